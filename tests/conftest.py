@@ -1,0 +1,1 @@
+"""Shared fixtures: real servers on free ports, real tools as oracles."""

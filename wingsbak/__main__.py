@@ -1,0 +1,3 @@
+from wingsbak.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""The archive engine: plain synchronous code, no asyncio and no HTTP."""
+
+from wingsbak.archive.archiver import (
+    ArchiveProgress,
+    ArchiveResult,
+    archive_to_file,
+    measure_tree,
+    write_archive,
+)
+from wingsbak.archive.rules import IgnoreRules
+from wingsbak.archive.sink import AtomicFile, Cancelled
+
+__all__ = [
+    "ArchiveProgress",
+    "ArchiveResult",
+    "AtomicFile",
+    "Cancelled",
+    "IgnoreRules",
+    "archive_to_file",
+    "measure_tree",
+    "write_archive",
+]

@@ -1,0 +1,246 @@
+"""Write one ``.tar.gz`` of a server root into a sink, as a single stream.
+
+files -> tar -> gzip (worker threads) -> checksum, byte count, rate limit -> sink.
+Plain synchronous code for a worker thread; it never reads the archive back.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from wingsbak.archive import tarstream
+from wingsbak.archive.gzip import BEST_SPEED, open_gzip_writer
+from wingsbak.archive.rules import IgnoreRules
+from wingsbak.archive.sink import (
+    MIB,
+    AtomicFile,
+    Cancelled,
+    MeteredWriter,
+    Sink,
+    TokenBucket,
+    write_sidecar,
+)
+from wingsbak.archive.walk import Kind, WalkEntry, walk
+from wingsbak.log import get_logger
+
+log = get_logger(__name__)
+
+READ_CHUNK = 1024 * 1024
+PROGRESS_INTERVAL = 0.25
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@dataclass(slots=True, frozen=True)
+class ArchiveResult:
+    size: int  # bytes of the compressed archive
+    checksum: str
+    checksum_type: str
+    files: int  # entries written: files, directories and symlinks
+    skipped: int  # entries that could not be archived (logged one by one)
+    bytes_read: int  # file data read from the server root
+
+
+@dataclass(slots=True)
+class ArchiveProgress:
+    bytes_read: int
+    bytes_total: int  # 0 while still being measured
+    files: int
+
+    @property
+    def percent(self) -> float:
+        if not self.bytes_total:
+            return 0.0
+        return min(100.0, 100.0 * self.bytes_read / self.bytes_total)
+
+
+ProgressCallback = Callable[[ArchiveProgress], None]
+
+
+def measure_tree(root: str | os.PathLike[str], rules: IgnoreRules | None = None) -> int:
+    """Bytes of file data a backup of ``root`` would read, without reading any."""
+    return sum(e.st.st_size for e in walk(root, rules) if e.kind is Kind.FILE)
+
+
+class _Archiver:
+    def __init__(
+        self,
+        out: BinaryIO,
+        cancel: threading.Event | None,
+        progress: ProgressCallback | None,
+        bytes_total: list[int],
+    ) -> None:
+        self.out = out
+        self.cancel = cancel
+        self.progress = progress
+        self.bytes_total = bytes_total
+        self.bytes_read = 0
+        self.files = 0
+        self.skipped = 0
+        self.next_report = time.monotonic() + PROGRESS_INTERVAL
+
+    def skip(self, relpath: str, reason: str) -> None:
+        self.skipped += 1
+        log.warning("archive_entry_skipped", path=relpath, reason=reason)
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("backup cancelled")
+        if self.progress is not None:
+            now = time.monotonic()
+            if now >= self.next_report:
+                self.next_report = now + PROGRESS_INTERVAL
+                self.report()
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(ArchiveProgress(self.bytes_read, self.bytes_total[0], self.files))
+
+    def add(self, entry: WalkEntry) -> None:
+        if entry.kind is Kind.FILE:
+            self.add_file(entry)
+        else:
+            self.out.write(tarstream.entry_header(entry))
+        self.files += 1
+
+    def add_file(self, entry: WalkEntry) -> None:
+        try:
+            fd = os.open(entry.name, _FILE_FLAGS, dir_fd=entry.dir_fd)
+        except FileNotFoundError:
+            return  # deleted since the listing: it is simply not part of this backup
+        except OSError as exc:
+            self.skip(entry.relpath, f"cannot open: {exc.strerror}")
+            self.files -= 1
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.skip(entry.relpath, "no longer a regular file")
+                self.files -= 1
+                return
+            entry.st = st
+            self.copy_data(entry, fd, st.st_size)
+        finally:
+            os.close(fd)
+
+    def copy_data(self, entry: WalkEntry, fd: int, size: int) -> None:
+        """Write header and exactly ``size`` bytes of data, whatever the file does meanwhile."""
+        out = self.out
+        out.write(tarstream.entry_header(entry, size))
+        remaining = size
+        while True:
+            # Asking for one byte more than the header promises tells at no extra cost
+            # whether the file has grown since it was measured.
+            chunk = os.read(fd, min(remaining + 1, READ_CHUNK))
+            n = len(chunk)
+            if n > remaining:
+                out.write(chunk[:remaining] if remaining else b"")
+                self.bytes_read += remaining
+                log.warning("archive_file_grew", path=entry.relpath, archived_bytes=size)
+                remaining = 0
+                break
+            if n == 0:
+                if remaining:
+                    log.warning(
+                        "archive_file_shrank",
+                        path=entry.relpath,
+                        archived_bytes=size - remaining,
+                        zero_padded=remaining,
+                    )
+                    zeros = bytes(min(remaining, READ_CHUNK))
+                    while remaining:
+                        k = min(remaining, len(zeros))
+                        out.write(zeros[:k])
+                        remaining -= k
+                break
+            out.write(chunk)
+            remaining -= n
+            self.bytes_read += n
+            if remaining == 0 and n < READ_CHUNK:
+                break  # a short read that ends exactly at the promised size: end of file
+            if n >= READ_CHUNK // 2:
+                self.check()
+        out.write(tarstream.padding(size))
+
+
+def write_archive(
+    root: str | os.PathLike[str],
+    sink: Sink,
+    rules: IgnoreRules | None = None,
+    *,
+    level: str = BEST_SPEED,
+    checksum: str = "sha1",
+    write_limit: float = 0,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    threads: int | None = None,
+) -> ArchiveResult:
+    """Stream a ``.tar.gz`` of ``root`` into ``sink`` and say what was written.
+
+    ``write_limit`` is in MiB/s (0: unlimited). ``progress`` is called from this thread a few
+    times a second; when given, the total is measured by a second walk alongside.
+    Raises :class:`Cancelled` when ``cancel`` is set, or the sink's own error.
+    """
+    limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
+    metered = MeteredWriter(sink, checksum, limiter, cancel)
+    bytes_total = [0]
+    if progress is not None:
+
+        def _measure() -> None:
+            try:
+                bytes_total[0] = measure_tree(root, rules)
+            except OSError:
+                pass
+
+        threading.Thread(target=_measure, name="wingsbak-measure", daemon=True).start()
+
+    gz = open_gzip_writer(metered, level, threads)  # type: ignore[arg-type]
+    archiver = _Archiver(gz, cancel, progress, bytes_total)
+    ok = False
+    try:
+        for entry in walk(root, rules, archiver.skip):
+            archiver.check()
+            archiver.add(entry)
+        tarstream.write_end(gz)
+        ok = True
+    finally:
+        if ok:
+            gz.close()
+        else:
+            try:
+                gz.close()
+            except Exception:  # the first error is the one that matters
+                pass
+    archiver.report()
+    return ArchiveResult(
+        size=metered.size,
+        checksum=metered.hexdigest(),
+        checksum_type=checksum,
+        files=archiver.files,
+        skipped=archiver.skipped,
+        bytes_read=archiver.bytes_read,
+    )
+
+
+def archive_to_file(
+    root: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    rules: IgnoreRules | None = None,
+    **options: object,
+) -> ArchiveResult:
+    """Write the archive of ``root`` to ``path`` atomically, then its checksum sidecar.
+
+    On any error or cancellation the temporary file is removed and ``path`` does not appear.
+    """
+    path = Path(path)
+    with AtomicFile(path) as f:
+        result = write_archive(root, f, rules, **options)  # type: ignore[arg-type]
+        f.commit()
+    write_sidecar(path, result.checksum, result.checksum_type)
+    return result

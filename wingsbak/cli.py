@@ -1,0 +1,169 @@
+"""Command line: ``wingsbak serve``, ``wingsbak archive`` and ``wingsbak restore``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from wingsbak import __version__
+from wingsbak.archive.gzip import LEVELS
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class ProgressBar:
+    """One self-rewriting line on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.start = time.monotonic()
+
+    def __call__(self, p: object) -> None:
+        if not self.enabled:
+            return
+        done = getattr(p, "bytes_read", 0)
+        total = getattr(p, "bytes_total", 0)
+        files = getattr(p, "files", 0)
+        rate = done / max(time.monotonic() - self.start, 1e-6) / 1e6
+        if total:
+            pct = min(100.0, 100.0 * done / total)
+            bar = "#" * int(pct / 4)
+            text = f"{self.label} [{bar:<25}] {pct:5.1f}% {done / 1e6:,.0f}/{total / 1e6:,.0f} MB"
+        else:
+            text = f"{self.label} {done / 1e6:,.0f} MB"
+        sys.stderr.write(f"\r{text} {files} files {rate:,.0f} MB/s\x1b[K")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from wingsbak.archive import IgnoreRules, archive_to_file
+    from wingsbak.archive.rules import read_pteroignore
+
+    src = Path(args.src)
+    if not src.is_dir():
+        raise SystemExit(f"wingsbak: {src} is not a directory")
+    request_lines: list[str] = list(args.ignore or [])
+    if args.ignore_file:
+        request_lines.extend(Path(args.ignore_file).read_text(encoding="utf-8").splitlines())
+    rules = IgnoreRules.from_text(read_pteroignore(src), "\n".join(request_lines))
+    bar = ProgressBar("archive") if sys.stderr.isatty() else None
+    started = time.monotonic()
+    try:
+        result = archive_to_file(
+            src,
+            args.output,
+            rules,
+            level=args.level,
+            checksum=args.checksum,
+            write_limit=args.write_limit,
+            progress=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.finish()
+    print(
+        json.dumps(
+            {
+                "path": str(Path(args.output).absolute()),
+                "size": result.size,
+                "checksum": result.checksum,
+                "checksum_type": result.checksum_type,
+                "files": result.files,
+                "seconds": round(time.monotonic() - started, 3),
+            }
+        )
+    )
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from wingsbak.archive.extract import restore_archive_file
+
+    bar = ProgressBar("restore") if sys.stderr.isatty() else None
+    started = time.monotonic()
+    try:
+        result = restore_archive_file(args.archive, args.dest, truncate=args.truncate, progress=bar)
+    finally:
+        if bar is not None:
+            bar.finish()
+    out = {"dest": str(Path(args.dest).absolute()), "seconds": round(time.monotonic() - started, 3)}
+    out.update(
+        {k: v for k, v in vars(result).items() if isinstance(v, int | str)}
+        if hasattr(result, "__dict__")
+        else {}
+    )
+    print(json.dumps(out))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from wingsbak.daemon import serve
+
+    return serve(args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wingsbak", description="Backup engine for game-server nodes (Wings-compatible)."
+    )
+    parser.add_argument("--version", action="version", version=f"wingsbak {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the node daemon")
+    serve.add_argument(
+        "--config",
+        default=None,
+        help="YAML configuration (default: $WINGSBAK_CONFIG, then /etc/pterodactyl/config.yml, "
+        "then an embedded configuration under ./wingsbak-data)",
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    arch = sub.add_parser("archive", help="write a .tar.gz of a directory, as a backup does")
+    arch.add_argument("src", help="directory to archive (its .pteroignore applies)")
+    arch.add_argument("-o", "--output", required=True, help="archive to write (OUT.tar.gz)")
+    arch.add_argument("--ignore", action="append", metavar="PATTERN", help="an ignore line")
+    arch.add_argument("--ignore-file", metavar="FILE", help="a file of ignore lines")
+    arch.add_argument("--level", choices=LEVELS, default="best_speed")
+    arch.add_argument("--write-limit", type=float, default=0, metavar="MIBPS")
+    arch.add_argument("--checksum", choices=("sha1", "sha256"), default="sha1")
+    arch.set_defaults(func=_cmd_archive)
+
+    rest = sub.add_parser("restore", help="extract a backup archive into a directory, safely")
+    rest.add_argument("archive")
+    rest.add_argument("dest")
+    rest.add_argument("--truncate", action="store_true", help="empty DEST first")
+    rest.set_defaults(func=_cmd_restore)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from wingsbak.log import configure_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(os.environ.get("WINGSBAK_LOG_LEVEL", "info"))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("wingsbak: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as exc:  # one line for the operator, no traceback
+        message = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        filename = getattr(exc, "filename", None)
+        if filename:
+            message = f"{filename}: {message}"
+        print(f"wingsbak: {message}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,249 @@
+"""Typed configuration in Wings' key names.
+
+A Wings ``config.yml`` loads unchanged: keys wingsbak does not know are ignored, every key it
+knows has a default, and a known key with a bad value is refused with a message that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COMPRESSION_LEVELS = ("none", "best_speed", "best_compression")
+CHECKSUM_TYPES = ("sha1", "sha256")
+MIN_S3_PART_SIZE = 5 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration value that wingsbak refuses, with the key that holds it."""
+
+
+@dataclass(slots=True)
+class SslConfig:
+    enabled: bool = False
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(slots=True)
+class ApiConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    ssl: SslConfig = field(default_factory=SslConfig)
+    # Largest JSON body accepted by the API, in bytes.
+    max_body_bytes: int = 64 * 1024
+    # Serve /metrics without the bearer token (for a scraper on a private network).
+    metrics_public: bool = False
+
+
+@dataclass(slots=True)
+class S3Config:
+    bucket: str = ""
+    region: str = "us-east-1"
+    endpoint: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    path_style: bool = False
+    part_size: int = MIN_S3_PART_SIZE
+    concurrency: int = 4
+    storage_class: str = ""
+    prefix: str = ""
+
+
+@dataclass(slots=True)
+class BackupsConfig:
+    # MiB/s written by the archiver (and by restores); 0 = unlimited.
+    write_limit: int = 0
+    compression_level: str = "best_speed"
+    checksum: str = "sha1"
+    # Backups running at once across the node; one per server in any case.
+    max_concurrent: int = 2
+    # Seconds a stopping daemon waits for running backups before failing them.
+    shutdown_grace: float = 30.0
+    # Hosts (names or addresses/CIDRs) a restore may download from although they are private.
+    restore_host_allowlist: list[str] = field(default_factory=list)
+    # Node-side S3 credentials; without a bucket, s3 backups use the panel's pre-signed flow.
+    s3: S3Config = field(default_factory=S3Config)
+
+
+@dataclass(slots=True)
+class UserConfig:
+    uid: int = 988
+    gid: int = 988
+
+
+@dataclass(slots=True)
+class SystemConfig:
+    data: str = "/var/lib/pterodactyl/volumes"
+    backup_directory: str = "/var/lib/pterodactyl/backups"
+    user: UserConfig = field(default_factory=UserConfig)
+    backups: BackupsConfig = field(default_factory=BackupsConfig)
+
+
+@dataclass(slots=True)
+class Config:
+    uuid: str = ""
+    token_id: str = ""
+    token: str = ""
+    remote: str = ""
+    api: ApiConfig = field(default_factory=ApiConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    # Set when the token was generated for an embedded default configuration.
+    generated_token: bool = field(default=False, metadata={"internal": True})
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.system.data)
+
+    @property
+    def backup_dir(self) -> Path:
+        return Path(self.system.backup_directory)
+
+    @property
+    def s3_enabled(self) -> bool:
+        return bool(self.system.backups.s3.bucket)
+
+
+def _check_scalar(key: str, value: Any, typ: Any) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item_type,) = typing.get_args(typ)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_check_scalar(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    raise ConfigError(f"{key}: unsupported type {typ!r}")  # pragma: no cover
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal") or f.name not in raw:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        typ = hints[f.name]
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
+            values[f.name] = _build(typ, raw[f.name], key)
+        elif isinstance(typ, types.UnionType):  # pragma: no cover - no optional keys yet
+            values[f.name] = raw[f.name]
+        else:
+            values[f.name] = _check_scalar(key, raw[f.name], typ)
+    return cls(**values)
+
+
+def _validate(cfg: Config) -> None:
+    b = cfg.system.backups
+    if b.compression_level not in COMPRESSION_LEVELS:
+        raise ConfigError(
+            f"system.backups.compression_level: {b.compression_level!r} is not one of "
+            + ", ".join(COMPRESSION_LEVELS)
+        )
+    if b.checksum not in CHECKSUM_TYPES:
+        raise ConfigError(
+            f"system.backups.checksum: {b.checksum!r} is not one of " + ", ".join(CHECKSUM_TYPES)
+        )
+    if b.write_limit < 0:
+        raise ConfigError("system.backups.write_limit: must be 0 (unlimited) or positive")
+    if b.max_concurrent < 1:
+        raise ConfigError("system.backups.max_concurrent: must be at least 1")
+    if b.shutdown_grace < 0:
+        raise ConfigError("system.backups.shutdown_grace: must not be negative")
+    if b.s3.part_size < MIN_S3_PART_SIZE:
+        raise ConfigError(
+            f"system.backups.s3.part_size: {b.s3.part_size} is below S3's minimum of "
+            f"{MIN_S3_PART_SIZE} bytes"
+        )
+    if b.s3.concurrency < 1:
+        raise ConfigError("system.backups.s3.concurrency: must be at least 1")
+    if not 0 < cfg.api.port < 65536:
+        raise ConfigError(f"api.port: {cfg.api.port} is not a TCP port")
+    if cfg.api.ssl.enabled:
+        for name in ("cert", "key"):
+            path = getattr(cfg.api.ssl, name)
+            if not path or not os.access(path, os.R_OK):
+                raise ConfigError(f"api.ssl.{name}: {path!r} is not a readable file")
+    if cfg.remote and not cfg.remote.startswith(("http://", "https://")):
+        raise ConfigError(f"remote: {cfg.remote!r} is not an http(s) URL")
+
+
+def parse_config(raw: Any) -> Config:
+    """Build a validated :class:`Config` from the parsed YAML document."""
+    cfg = _build(Config, raw, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    cfg = parse_config(raw)
+    if not cfg.token:
+        raise ConfigError("token: must be set (the node token the panel signs with)")
+    return cfg
+
+
+def default_config(base: str | os.PathLike[str] = "wingsbak-data") -> Config:
+    """The embedded configuration for a laptop: everything under ``base``, no panel."""
+    root = Path(base).absolute()
+    cfg = Config(
+        uuid="00000000-0000-4000-8000-000000000000",
+        token_id="local",
+        token=secrets.token_urlsafe(32),
+        api=ApiConfig(host="127.0.0.1", port=8080),
+        system=SystemConfig(data=str(root / "volumes"), backup_directory=str(root / "backups")),
+        generated_token=True,
+    )
+    _validate(cfg)
+    return cfg
+
+
+def prepare_directories(cfg: Config) -> None:
+    """Create the data and backup directories, refusing ones that cannot be used."""
+    for key, path in (
+        ("system.data", cfg.data_dir),
+        ("system.backup_directory", cfg.backup_dir),
+    ):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot create {path}: {exc.strerror}") from exc
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}: {path} is not readable and writable")
