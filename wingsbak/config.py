@@ -70,6 +70,9 @@ class BackupsConfig:
     shutdown_grace: float = 30.0
     # Hosts (names or addresses/CIDRs) a restore may download from although they are private.
     restore_host_allowlist: list[str] = field(default_factory=list)
+    # Backoff of undelivered panel reports: first delay and ceiling, in seconds.
+    report_retry_initial: float = 1.0
+    report_retry_max: float = 60.0
     # Node-side S3 credentials; without a bucket, s3 backups use the panel's pre-signed flow.
     s3: S3Config = field(default_factory=S3Config)
 

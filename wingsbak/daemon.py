@@ -1,0 +1,88 @@
+"""``wingsbak serve``: load the configuration, run the API, stop gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from wingsbak import __version__
+from wingsbak.config import Config, ConfigError, default_config, load_config, prepare_directories
+from wingsbak.http.app import create_app
+from wingsbak.log import get_logger
+
+log = get_logger(__name__)
+
+SYSTEM_CONFIG = Path("/etc/pterodactyl/config.yml")
+
+
+def resolve_config(path: str | None) -> Config:
+    """--config, then $WINGSBAK_CONFIG, then /etc/pterodactyl/config.yml, then the default."""
+    chosen = path or os.environ.get("WINGSBAK_CONFIG") or None
+    if chosen is None and SYSTEM_CONFIG.is_file():
+        chosen = str(SYSTEM_CONFIG)
+    if chosen is None:
+        return default_config()
+    return load_config(chosen)
+
+
+def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    if not cfg.api.ssl.enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.api.ssl.cert, cfg.api.ssl.key)
+    return ctx
+
+
+async def run(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
+    app = create_app(cfg)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.api.host, cfg.api.port, ssl_context=_ssl_context(cfg))
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    scheme = "https" if cfg.api.ssl.enabled else "http"
+    log.info(
+        "wingsbak_started",
+        version=__version__,
+        url=f"{scheme}://{cfg.api.host}:{cfg.api.port}",
+        data=cfg.system.data,
+        backups=cfg.system.backup_directory,
+        panel=cfg.remote or None,
+        pid=os.getpid(),
+    )
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("wingsbak_stopping", grace=cfg.system.backups.shutdown_grace)
+    # runner.cleanup stops the listening sockets first, then runs on_shutdown, which lets
+    # running backups finish within the grace period and reports the rest as failed.
+    await runner.cleanup()
+    log.info("wingsbak_stopped")
+
+
+def serve(config_path: str | None) -> int:
+    try:
+        cfg = resolve_config(config_path)
+        prepare_directories(cfg)
+    except ConfigError as exc:
+        log.error("configuration_refused", error=str(exc))
+        print(f"wingsbak: {exc}", flush=True)
+        return 2
+    if cfg.generated_token:
+        # Printed once for the person who started it; never logged.
+        print(
+            f"wingsbak: no configuration found, using the embedded default.\n"
+            f"  data:    {cfg.system.data}\n  backups: {cfg.system.backup_directory}\n"
+            f"  API:     http://{cfg.api.host}:{cfg.api.port}\n  token:   {cfg.token}",
+            flush=True,
+        )
+    asyncio.run(run(cfg))
+    return 0

@@ -1,0 +1,48 @@
+"""Errors a client can act on, each with its HTTP status. The HTTP layer maps them in one place
+(``wingsbak.http.middleware``); the message is one human sentence and never holds a node path."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 500
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class TokenRejected(ApiError):
+    """A download or websocket token that is invalid, expired or already used."""
+
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class Unavailable(ApiError):
+    status = 503

@@ -1,0 +1,58 @@
+"""The aiohttp application: wiring only; each route group lives in its own module."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from wingsbak.config import Config
+from wingsbak.events import EventBus
+from wingsbak.http import backups, download, system
+from wingsbak.http.middleware import errors_middleware, make_auth_middleware
+from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS
+from wingsbak.jobs import JobManager
+from wingsbak.panel import Outbox, PanelClient
+from wingsbak.storage.local import LocalStorage
+from wingsbak.tokens import UsedTokens
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, make_auth_middleware(config.token)],
+        client_max_size=config.api.max_body_bytes,
+    )
+    storage = LocalStorage(config.backup_dir)
+    panel = PanelClient(config.remote, config.token_id, config.token)
+    outbox = Outbox(
+        panel,
+        config.backup_dir,
+        retry_initial=config.system.backups.report_retry_initial,
+        retry_max=config.system.backups.report_retry_max,
+    )
+    events = EventBus()
+    app[CONFIG] = config
+    app[STORAGE] = storage
+    app[PANEL] = panel
+    app[OUTBOX] = outbox
+    app[EVENTS] = events
+    app[USED_TOKENS] = UsedTokens(config.backup_dir)
+    app[JOBS] = JobManager(config, storage=storage, outbox=outbox, events=events)
+    app.add_routes(backups.routes)
+    app.add_routes(download.routes)
+    app.add_routes(system.routes)
+
+    async def startup(app: web.Application) -> None:
+        await asyncio.to_thread(app[USED_TOKENS].load)
+        await outbox.load()
+        await app[JOBS].recover()
+
+    async def shutdown(app: web.Application) -> None:
+        await app[JOBS].shutdown()
+        await outbox.drain(timeout=2.0)
+        await outbox.close()
+        await panel.close()
+
+    app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
+    return app

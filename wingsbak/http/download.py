@@ -1,0 +1,57 @@
+"""GET /download/backup?token=<JWT>: the panel-signed, one-time download link."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import hdrs, web
+
+from wingsbak.errors import NotFound, TokenRejected
+from wingsbak.http.state import CONFIG, JOBS, STORAGE, USED_TOKENS
+from wingsbak.http.validation import is_uuid
+from wingsbak.log import get_logger
+from wingsbak.storage.local import archive_name
+from wingsbak.tokens import decode_token
+
+log = get_logger(__name__)
+routes = web.RouteTableDef()
+
+
+@routes.get("/download/backup")
+async def download_backup(request: web.Request) -> web.StreamResponse:
+    token = request.query.get("token", "")
+    claims = decode_token(
+        token, request.app[CONFIG].token, ["server_uuid", "backup_uuid", "unique_id"]
+    )
+    server, backup = claims["server_uuid"], claims["backup_uuid"]
+    if not is_uuid(server) or not is_uuid(backup):
+        raise TokenRejected("the token names no valid server or backup")
+    path = await asyncio.to_thread(request.app[STORAGE].find, server, backup)
+    redirect = None
+    if path is None:
+        for locate in request.app[JOBS].remote_locators:
+            redirect = await asyncio.to_thread(locate, server, backup)
+            if redirect:
+                break
+        if redirect is None:
+            raise NotFound("The requested backup does not exist on this node.")
+    address = request.remote or ""
+    resume = hdrs.RANGE in request.headers
+    fresh = await asyncio.to_thread(
+        request.app[USED_TOKENS].claim, claims["unique_id"], float(claims["exp"]), address, resume
+    )
+    if not fresh:
+        log.warning("download_token_replayed", server=server, backup=backup)
+        raise TokenRejected("the token has already been used")
+    if redirect is not None:
+        raise web.HTTPFound(redirect)
+    log.info("backup_download", server=server, backup=backup, resume=resume)
+    request.app[JOBS].downloads += 1
+    return web.FileResponse(
+        path,
+        chunk_size=1024 * 1024,
+        headers={
+            hdrs.CONTENT_TYPE: "application/octet-stream",
+            hdrs.CONTENT_DISPOSITION: f'attachment; filename="{archive_name(backup)}"',
+        },
+    )

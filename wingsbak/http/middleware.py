@@ -1,0 +1,78 @@
+"""Request ids, bearer authentication, and the one place errors become HTTP answers."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from wingsbak.errors import ApiError, Forbidden, Unauthorized
+from wingsbak.log import get_logger
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS_MESSAGES = {
+    400: "The request is malformed.",
+    404: "The requested resource does not exist.",
+    405: "The method is not allowed for this resource.",
+    413: "The request body is too large.",
+}
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = _STATUS_MESSAGES.get(exc.status, exc.reason or "The request failed.")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        response = error_response(exc.status, message, headers)
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        response = error_response(500, "An unexpected error occurred on the node.")
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def make_auth_middleware(
+    token: str,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    expected = token.encode()
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/") and not _is_websocket(request):
+            header = request.headers.get("Authorization", "")
+            scheme, _, credentials = header.partition(" ")
+            if scheme.lower() != "bearer" or not credentials.strip():
+                raise Unauthorized("The request needs a bearer token.")
+            if not hmac.compare_digest(credentials.strip().encode(), expected):
+                raise Forbidden("The bearer token is not valid for this node.")
+        return await handler(request)
+
+    return auth_middleware
+
+
+def _is_websocket(request: web.Request) -> bool:
+    # The websocket authenticates inside the socket with a panel-signed JWT, as Wings does.
+    return request.path.endswith("/ws") and request.method == "GET"

@@ -1,0 +1,62 @@
+"""Input checks that run before any file system access."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from wingsbak.errors import BadRequest, NotFound, PayloadTooLarge
+from wingsbak.http.state import CONFIG
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_uuid(value: object) -> bool:
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
+def require_uuid(value: object, what: str) -> str:
+    """A canonical lower-case UUID, or 400."""
+    if not is_uuid(value):
+        raise BadRequest(f"The {what} identifier is not a valid UUID.")
+    return value  # type: ignore[return-value]
+
+
+def path_uuid(request: web.Request, name: str, what: str) -> str:
+    return require_uuid(request.match_info.get(name), what)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge("The request body is too large.") from exc
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("The request body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return body
+
+
+def server_root_or_404(request: web.Request, server: str) -> None:
+    root = request.app[CONFIG].data_dir / server
+    if not root.is_dir():
+        raise NotFound("The requested server does not exist on this node.")
+
+
+def optional_str(body: dict[str, Any], key: str) -> str:
+    value = body.get(key, "")
+    if value is None:
+        return ""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)  # some panels send the ignore lines as a list
+    if not isinstance(value, str):
+        raise BadRequest(f"The '{key}' field must be a string.")
+    return value

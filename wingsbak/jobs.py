@@ -1,0 +1,311 @@
+"""Backup and restore jobs: limits, lifecycle, events and the report to the panel.
+
+One backup at a time per server (a second waits in line), at most ``max_concurrent`` across
+the node. The archive work runs in worker threads; this module only coordinates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wingsbak.archive import ArchiveProgress, ArchiveResult, Cancelled, IgnoreRules
+from wingsbak.archive.archiver import archive_to_file
+from wingsbak.config import Config
+from wingsbak.errors import Conflict, Unavailable
+from wingsbak.events import BACKUP_COMPLETED, BACKUP_PROGRESS, EventBus
+from wingsbak.journal import Journal
+from wingsbak.log import get_logger
+from wingsbak.panel import Outbox
+from wingsbak.storage.local import LocalStorage
+
+log = get_logger(__name__)
+
+ADAPTERS = ("wings", "s3")
+
+
+@dataclass(slots=True)
+class BackupJob:
+    server: str
+    uuid: str
+    adapter: str
+    ignore: str = ""
+    state: str = "queued"
+    cancel: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task[None] | None = None
+    created: float = field(default_factory=time.time)
+    progress: ArchiveProgress | None = None
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "server": self.server,
+            "uuid": self.uuid,
+            "adapter": self.adapter,
+            "state": self.state,
+        }
+        if self.progress is not None:
+            out["bytes_read"] = self.progress.bytes_read
+            out["bytes_total"] = self.progress.bytes_total
+            out["files"] = self.progress.files
+        return out
+
+
+@dataclass(slots=True)
+class Outcome:
+    successful: bool
+    checksum: str = ""
+    checksum_type: str = "sha1"
+    size: int = 0
+    parts: list[dict[str, Any]] | None = None
+
+
+class JobManager:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        storage: LocalStorage,
+        outbox: Outbox,
+        events: EventBus,
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.outbox = outbox
+        self.events = events
+        self.journal = Journal(config.backup_dir)
+        limit = config.system.backups.max_concurrent
+        self._slots = asyncio.Semaphore(limit)
+        self._executor = ThreadPoolExecutor(
+            max_workers=limit + 2, thread_name_prefix="wingsbak-job"
+        )
+        self._server_locks: dict[str, asyncio.Lock] = {}
+        self.backups: dict[str, BackupJob] = {}
+        self.accepting = True
+        self.completed = 0
+        self.failed = 0
+        # adapter -> function run in a worker thread that writes the backup somewhere
+        self.backup_runners: dict[str, Callable[[BackupJob, Any], Outcome]] = {
+            "wings": self._backup_local,
+        }
+        # Called (in a thread) for each interrupted backup found at start, e.g. to abort an
+        # S3 multipart upload recorded in the journal.
+        self.recovery_hooks: list[Callable[[str, dict[str, Any]], None]] = []
+        # Backends other than the local folder: (server, backup) -> deleted? / download URL.
+        self.remote_deleters: list[Callable[[str, str], bool]] = []
+        self.remote_locators: list[Callable[[str, str], str | None]] = []
+        self.downloads = 0
+
+    # -- state -----------------------------------------------------------------------------
+
+    def running(self) -> list[BackupJob]:
+        return [j for j in self.backups.values() if j.state == "running"]
+
+    def queued(self) -> list[BackupJob]:
+        return [j for j in self.backups.values() if j.state == "queued"]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "accepting": self.accepting,
+            "max_concurrent": self.config.system.backups.max_concurrent,
+            "running": [j.summary() for j in self.running()],
+            "queued": [j.summary() for j in self.queued()],
+            "completed": self.completed,
+            "failed": self.failed,
+            "outbox": len(self.outbox),
+        }
+
+    def _server_lock(self, server: str) -> asyncio.Lock:
+        lock = self._server_locks.get(server)
+        if lock is None:
+            lock = self._server_locks[server] = asyncio.Lock()
+        return lock
+
+    # -- backups ---------------------------------------------------------------------------
+
+    async def submit_backup(
+        self, server: str, backup_uuid: str, adapter: str, ignore: str
+    ) -> BackupJob:
+        if not self.accepting:
+            raise Unavailable("the daemon is shutting down")
+        if backup_uuid in self.backups:
+            raise Conflict("a backup with this uuid is already running or queued")
+        exists = await asyncio.to_thread(self.storage.exists_anywhere, backup_uuid)
+        if exists:
+            raise Conflict("a backup with this uuid already exists on this node")
+        if backup_uuid in self.backups:  # submitted by another request while we looked
+            raise Conflict("a backup with this uuid is already running or queued")
+        job = BackupJob(server=server, uuid=backup_uuid, adapter=adapter, ignore=ignore)
+        self.backups[backup_uuid] = job
+        job.task = asyncio.create_task(self._run_backup(job), name=f"backup-{backup_uuid}")
+        log.info("backup_queued", server=server, backup=backup_uuid, adapter=adapter)
+        return job
+
+    async def _run_backup(self, job: BackupJob) -> None:
+        outcome = Outcome(successful=False, checksum_type=self.config.system.backups.checksum)
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._server_lock(job.server), self._slots:
+                if job.cancel.is_set():
+                    raise Cancelled("cancelled before it started")
+                job.state = "running"
+                log.info("backup_started", server=job.server, backup=job.uuid, adapter=job.adapter)
+                started = time.monotonic()
+                runner = self.backup_runners.get(job.adapter)
+                if runner is None:
+                    raise RuntimeError(f"the {job.adapter} adapter is not available on this node")
+                outcome = await loop.run_in_executor(self._executor, runner, job, loop)
+                log.info(
+                    "backup_completed",
+                    server=job.server,
+                    backup=job.uuid,
+                    size=outcome.size,
+                    checksum=outcome.checksum,
+                    seconds=round(time.monotonic() - started, 3),
+                )
+        except (Cancelled, asyncio.CancelledError):
+            log.warning("backup_cancelled", server=job.server, backup=job.uuid)
+        except Exception as exc:
+            log.error(
+                "backup_failed",
+                server=job.server,
+                backup=job.uuid,
+                error=_describe(exc),
+                exc_info=not isinstance(exc, OSError),
+            )
+        finally:
+            self.backups.pop(job.uuid, None)
+            if outcome.successful:
+                self.completed += 1
+            else:
+                self.failed += 1
+                outcome = Outcome(successful=False, checksum_type=outcome.checksum_type)
+            await self._report_backup(job, outcome)
+
+    async def _report_backup(self, job: BackupJob, outcome: Outcome) -> None:
+        self.events.publish(
+            job.server,
+            BACKUP_COMPLETED,
+            {
+                "uuid": job.uuid,
+                "is_successful": outcome.successful,
+                "checksum": outcome.checksum,
+                "checksum_type": outcome.checksum_type,
+                "file_size": outcome.size,
+            },
+        )
+        await self.outbox.send(
+            "POST",
+            f"/backups/{job.uuid}",
+            {
+                "checksum": outcome.checksum,
+                "checksum_type": outcome.checksum_type,
+                "size": outcome.size,
+                "successful": outcome.successful,
+                "parts": outcome.parts,
+            },
+        )
+
+    def _progress_callback(self, job: BackupJob, loop: asyncio.AbstractEventLoop) -> Any:
+        def progress(p: ArchiveProgress) -> None:
+            job.progress = p
+            payload = {
+                "uuid": job.uuid,
+                "bytes_read": p.bytes_read,
+                "bytes_total": p.bytes_total,
+                "files": p.files,
+                "percent": round(p.percent, 1),
+            }
+            with contextlib.suppress(RuntimeError):  # loop closed while stopping
+                loop.call_soon_threadsafe(self.events.publish, job.server, BACKUP_PROGRESS, payload)
+
+        return progress
+
+    def archive_options(self, job: BackupJob, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+        b = self.config.system.backups
+        return {
+            "level": b.compression_level,
+            "checksum": b.checksum,
+            "write_limit": b.write_limit,
+            "progress": self._progress_callback(job, loop),
+            "cancel": job.cancel,
+        }
+
+    def server_root(self, server: str) -> Path:
+        return self.config.data_dir / server
+
+    def _backup_local(self, job: BackupJob, loop: asyncio.AbstractEventLoop) -> Outcome:
+        """Worker thread: write ``backup-<uuid>.tar.gz`` into the server's backup folder."""
+        self.journal.record(job.uuid, kind="backup", server=job.server, adapter=job.adapter)
+        try:
+            root = self.server_root(job.server)
+            rules = IgnoreRules.for_server(root, job.ignore)
+            self.storage.ensure_server_dir(job.server)
+            result: ArchiveResult = archive_to_file(
+                root,
+                self.storage.path_for(job.server, job.uuid),
+                rules,
+                **self.archive_options(job, loop),  # type: ignore[arg-type]
+            )
+        finally:
+            self.journal.forget(job.uuid)
+        return Outcome(True, result.checksum, result.checksum_type, result.size)
+
+    # -- recovery and shutdown ---------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Clean up after an earlier run that died mid-job and tell the panel they failed."""
+        leftovers = await asyncio.to_thread(self.journal.load)
+        for key, entry in leftovers.items():
+            server = str(entry.get("server", ""))
+            kind = entry.get("kind")
+            log.warning("interrupted_job_found", kind=kind, server=server, backup=key)
+            if kind == "backup":
+                removed = await asyncio.to_thread(self.storage.remove_temporaries, server, key)
+                for hook in self.recovery_hooks:
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(hook, key, entry)
+                await self.outbox.send(
+                    "POST",
+                    f"/backups/{key}",
+                    {
+                        "checksum": "",
+                        "checksum_type": self.config.system.backups.checksum,
+                        "size": 0,
+                        "successful": False,
+                        "parts": None,
+                    },
+                )
+                log.info("interrupted_backup_reported", backup=key, temporaries_removed=removed)
+            elif kind == "restore":
+                await self.outbox.send("POST", f"/backups/{key}/restore", {"successful": False})
+            await asyncio.to_thread(self.journal.forget, key)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting; let running jobs finish within ``grace`` seconds, cancel the rest
+        (their temporary files are removed and the panel is told they failed)."""
+        self.accepting = False
+        grace = self.config.system.backups.shutdown_grace if grace is None else grace
+        for job in self.queued():
+            job.cancel.set()
+        tasks = [j.task for j in self.backups.values() if j.task is not None]
+        if tasks:
+            log.info("shutdown_waiting_for_jobs", jobs=len(tasks), grace=grace)
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            if pending:
+                for job in list(self.backups.values()):
+                    job.cancel.set()
+                await asyncio.wait(pending)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,254 @@
+"""The client of the panel's remote API, with a durable outbox for reports.
+
+Every report (backup finished, restore finished) is first written to a small JSON file under
+the backup directory, then delivered with retries: 5xx, 429 and connection errors back off
+exponentially with jitter and try again, forever; a 4xx other than 429 is final (the panel
+refuses it, e.g. a backup already marked complete) and is logged loudly, never retried. A
+report still in the outbox when the daemon stops is delivered after it starts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from wingsbak.log import get_logger
+
+log = get_logger(__name__)
+
+ACCEPT = "application/vnd.pterodactyl.v1+json"
+OUTBOX_NAME = ".wingsbak-outbox.json"
+
+
+class PanelError(Exception):
+    """The panel refused a request or could not be reached."""
+
+
+@dataclass(slots=True)
+class Report:
+    method: str
+    path: str  # below <remote>/api/remote
+    body: dict[str, Any]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempts: int = 0
+
+
+class PanelClient:
+    def __init__(
+        self,
+        remote: str,
+        token_id: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base = remote.rstrip("/") + "/api/remote" if remote else ""
+        self._auth = f"Bearer {token_id}.{token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.base)
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": self._auth,
+            "Accept": ACCEPT,
+            "Content-Type": "application/json",
+            "User-Agent": "wingsbak",
+        }
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One attempt. Returns the decoded JSON (or None); raises :class:`PanelStatus` for an
+        HTTP error answer and ``aiohttp.ClientError``/``TimeoutError`` for transport errors."""
+        session = await self.session()
+        async with session.request(
+            method, self.base + path, json=body, headers=self._headers()
+        ) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                raise PanelStatus(resp.status, text[:300])
+            if not text:
+                return None
+            try:
+                return json.loads(text)
+            except ValueError:
+                return None
+
+    async def get_part_urls(self, backup_uuid: str, size: int) -> tuple[list[str], int]:
+        """The stock panel's S3 flow: pre-signed part URLs for an archive of ``size`` bytes."""
+        data = await self.request("GET", f"/backups/{backup_uuid}?size={size}")
+        if not isinstance(data, dict) or not isinstance(data.get("parts"), list):
+            raise PanelError("the panel's answer holds no part URLs")
+        return [str(u) for u in data["parts"]], int(data.get("part_size") or 0)
+
+
+class PanelStatus(PanelError):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"panel answered HTTP {status}")
+        self.status = status
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        return self.status >= 500 or self.status == 429
+
+
+class Outbox:
+    """Reports not yet delivered, kept in a file so that a restart delivers them."""
+
+    def __init__(
+        self,
+        client: PanelClient,
+        directory: str | os.PathLike[str],
+        *,
+        retry_initial: float = 1.0,
+        retry_max: float = 60.0,
+    ) -> None:
+        self.client = client
+        self.path = Path(directory) / OUTBOX_NAME
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self._pending: dict[str, Report] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lock = asyncio.Lock()
+        self.delivered = 0
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def load(self) -> None:
+        """Read the file left by an earlier run and start delivering what it holds."""
+        if not self.client.configured:
+            return
+        raw = await asyncio.to_thread(self._read_file)
+        for item in raw:
+            try:
+                report = Report(item["method"], item["path"], item["body"], item["id"])
+            except (KeyError, TypeError):
+                log.error("outbox_entry_unreadable", entry=str(item)[:200])
+                continue
+            self._pending[report.id] = report
+        if self._pending:
+            log.info("outbox_loaded", reports=len(self._pending))
+        for report in list(self._pending.values()):
+            self._start(report)
+
+    def _read_file(self) -> list[Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.error("outbox_unreadable", path=str(self.path), error=str(exc))
+            return []
+        return data if isinstance(data, list) else []
+
+    def _write_file(self, items: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(items, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    async def _persist(self) -> None:
+        items = [
+            {"id": r.id, "method": r.method, "path": r.path, "body": r.body}
+            for r in self._pending.values()
+        ]
+        async with self._lock:
+            await asyncio.to_thread(self._write_file, items)
+
+    async def send(self, method: str, path: str, body: dict[str, Any]) -> None:
+        """Queue a report durably and start delivering it."""
+        if not self.client.configured:
+            log.info("panel_report_not_sent", reason="no panel configured", path=path, body=body)
+            return
+        report = Report(method, path, body)
+        self._pending[report.id] = report
+        await self._persist()
+        self._start(report)
+
+    def _start(self, report: Report) -> None:
+        task = asyncio.ensure_future(self._deliver(report))
+        self._tasks[report.id] = task
+        task.add_done_callback(lambda _t, rid=report.id: self._tasks.pop(rid, None))
+
+    async def _deliver(self, report: Report) -> None:
+        delay = self.retry_initial
+        while True:
+            report.attempts += 1
+            try:
+                await self.client.request(report.method, report.path, report.body)
+            except PanelStatus as exc:
+                if not exc.retryable:
+                    self.refused += 1
+                    log.error(
+                        "panel_refused_report",
+                        path=report.path,
+                        status=exc.status,
+                        answer=exc.body,
+                        note="not retried; the archive (if any) is kept",
+                    )
+                    break
+                log.warning(
+                    "panel_report_retry",
+                    path=report.path,
+                    status=exc.status,
+                    attempt=report.attempts,
+                    retry_in=round(delay, 2),
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning(
+                    "panel_report_retry",
+                    path=report.path,
+                    error=str(exc) or type(exc).__name__,
+                    attempt=report.attempts,
+                    retry_in=round(delay, 2),
+                )
+            else:
+                self.delivered += 1
+                log.info("panel_report_delivered", path=report.path, attempts=report.attempts)
+                break
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(self.retry_max, delay * 2)
+        self._pending.pop(report.id, None)
+        # Shielded: once delivered, the outbox file must forget it even if we are stopping.
+        await asyncio.shield(self._persist())
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every pending delivery; True when all are done."""
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return True
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        return not pending
+
+    async def close(self) -> None:
+        """Stop delivering; whatever is pending stays in the file for the next start."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,109 @@
+"""Panel-signed JWTs: HS256 with the node token, nothing else accepted.
+
+Download links are one-time: the ``unique_id`` of a used token is remembered (on disk, so a
+restart does not reopen it) until the token expires. A resumed download (a ``Range`` request
+from the address that made the first request) may reuse it, so a broken download can finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from wingsbak.errors import TokenRejected
+
+ALGORITHMS = ["HS256"]
+MAX_TOKEN_LENGTH = 8192
+USED_TOKENS_NAME = ".wingsbak-used-tokens.json"
+
+
+def decode_token(token: str, key: str, required: list[str]) -> dict[str, Any]:
+    """Verify a panel JWT and return its claims, or raise :class:`TokenRejected`."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected("the token is missing or malformed")
+    if not key:
+        raise TokenRejected("this node has no token to verify signatures with")
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=ALGORITHMS,
+            options={"require": ["exp", "iat", *required], "verify_aud": False},
+            leeway=5,
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise TokenRejected("the token has expired") from exc
+    except jwt.ImmatureSignatureError as exc:
+        raise TokenRejected("the token is not valid yet") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise TokenRejected(f"the token lacks the '{exc.claim}' claim") from exc
+    except jwt.InvalidTokenError as exc:
+        raise TokenRejected("the token is invalid") from exc
+    for name in required:
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise TokenRejected(f"the token's '{name}' claim is not a string")
+    return claims
+
+
+@dataclass(slots=True)
+class _Use:
+    expires: float
+    address: str
+
+
+class UsedTokens:
+    """``unique_id`` values already used, until their token expires; persisted to a file."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+        self.path = Path(directory) / USED_TOKENS_NAME if directory is not None else None
+        self._uses: dict[str, _Use] = {}
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        if self.path is None:
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        now = time.time()
+        if isinstance(data, dict):
+            for uid, item in data.items():
+                try:
+                    use = _Use(float(item["expires"]), str(item["address"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if use.expires > now:
+                    self._uses[uid] = use
+
+    def claim(self, unique_id: str, expires: float, address: str, resume: bool) -> bool:
+        """Mark ``unique_id`` used; False when it was used before (and this is no resume
+        from the same address). Call from a worker thread: it writes the file."""
+        now = time.time()
+        with self._lock:
+            for uid in [u for u, use in self._uses.items() if use.expires <= now]:
+                del self._uses[uid]
+            use = self._uses.get(unique_id)
+            if use is not None:
+                return resume and use.address == address
+            self._uses[unique_id] = _Use(expires, address)
+            self._save()
+            return True
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        data = {u: {"expires": x.expires, "address": x.address} for u, x in self._uses.items()}
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
