@@ -23,6 +23,7 @@ from wingsbak.errors import Conflict, Unavailable
 from wingsbak.events import BACKUP_COMPLETED, BACKUP_PROGRESS, EventBus
 from wingsbak.journal import Journal
 from wingsbak.log import get_logger
+from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox
 from wingsbak.storage.local import LocalStorage
 
@@ -74,8 +75,13 @@ class JobManager:
         storage: LocalStorage,
         outbox: Outbox,
         events: EventBus,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
+        self.metrics.queue_depth.set_function(lambda: len(self.queued()))
+        self.metrics.running.set_function(lambda: len(self.running()))
+        self.metrics.outbox_size.set_function(lambda: len(self.outbox))
         self.storage = storage
         self.outbox = outbox
         self.events = events
@@ -100,7 +106,6 @@ class JobManager:
         # Backends other than the local folder: (server, backup) -> deleted? / download URL.
         self.remote_deleters: list[Callable[[str, str], bool]] = []
         self.remote_locators: list[Callable[[str, str], str | None]] = []
-        self.downloads = 0
 
     # -- state -----------------------------------------------------------------------------
 
@@ -155,12 +160,15 @@ class JobManager:
                 if job.cancel.is_set():
                     raise Cancelled("cancelled before it started")
                 job.state = "running"
+                self.metrics.backups_started.labels(job.adapter).inc()
                 log.info("backup_started", server=job.server, backup=job.uuid, adapter=job.adapter)
                 started = time.monotonic()
                 runner = self.backup_runners.get(job.adapter)
                 if runner is None:
                     raise RuntimeError(f"the {job.adapter} adapter is not available on this node")
                 outcome = await loop.run_in_executor(self._executor, runner, job, loop)
+                self.metrics.archive_duration.observe(time.monotonic() - started)
+                self.metrics.archived_bytes.inc(outcome.size)
                 log.info(
                     "backup_completed",
                     server=job.server,
@@ -183,8 +191,10 @@ class JobManager:
             self.backups.pop(job.uuid, None)
             if outcome.successful:
                 self.completed += 1
+                self.metrics.backups_succeeded.labels(job.adapter).inc()
             else:
                 self.failed += 1
+                self.metrics.backups_failed.labels(job.adapter).inc()
                 outcome = Outcome(successful=False, checksum_type=outcome.checksum_type)
             await self._report_backup(job, outcome)
 

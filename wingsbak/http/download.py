@@ -46,7 +46,7 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
     if redirect is not None:
         raise web.HTTPFound(redirect)
     log.info("backup_download", server=server, backup=backup, resume=resume)
-    request.app[JOBS].downloads += 1
+    request.app[JOBS].metrics.downloads.inc()
     return web.FileResponse(
         path,
         chunk_size=1024 * 1024,

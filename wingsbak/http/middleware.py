@@ -57,20 +57,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 def make_auth_middleware(
     token: str,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    expected = token.encode()
-
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/") and not _is_websocket(request):
-            header = request.headers.get("Authorization", "")
-            scheme, _, credentials = header.partition(" ")
-            if scheme.lower() != "bearer" or not credentials.strip():
-                raise Unauthorized("The request needs a bearer token.")
-            if not hmac.compare_digest(credentials.strip().encode(), expected):
-                raise Forbidden("The bearer token is not valid for this node.")
+            check_bearer(request, token)
         return await handler(request)
 
     return auth_middleware
+
+
+def check_bearer(request: web.Request, token: str) -> None:
+    """401 without a well-formed bearer header, 403 with the wrong token (constant time)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise Unauthorized("The request needs a bearer token.")
+    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        raise Forbidden("The bearer token is not valid for this node.")
 
 
 def _is_websocket(request: web.Request) -> bool:
