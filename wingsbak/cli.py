@@ -88,6 +88,8 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from wingsbak.archive.extract import restore_archive_file
 
     bar = ProgressBar("restore") if sys.stderr.isatty() else None
@@ -97,12 +99,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.finish()
-    out = {"dest": str(Path(args.dest).absolute()), "seconds": round(time.monotonic() - started, 3)}
-    out.update(
-        {k: v for k, v in vars(result).items() if isinstance(v, int | str)}
-        if hasattr(result, "__dict__")
-        else {}
-    )
+    out: dict[str, object] = {"dest": str(Path(args.dest).absolute())}
+    out.update(asdict(result))
+    out["seconds"] = round(time.monotonic() - started, 3)
     print(json.dumps(out))
     return 0
 

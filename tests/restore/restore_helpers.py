@@ -1,0 +1,72 @@
+"""Helpers for the restore tests: crafted archives and tree snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+
+def snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[object, ...]]:
+    """Everything about a tree a restore promises to keep: type, mode, mtime, content, target."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if skip is not None:
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d) != skip]
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(path), int(st.st_mtime))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", oct(mode), int(st.st_mtime))
+            else:
+                digest = hashlib.sha1(path.read_bytes()).hexdigest()
+                out[rel] = ("file", oct(mode), int(st.st_mtime), digest, st.st_nlink)
+    return out
+
+
+class Crafted:
+    """A ``.tar.gz`` built entry by entry with ``tarfile``, whatever the entries say."""
+
+    def __init__(self, path: Path, fmt: int = tarfile.PAX_FORMAT) -> None:
+        self.path = path
+        self.tar = tarfile.open(path, "w:gz", format=fmt)  # noqa: SIM115 - closed by close()
+
+    def file(self, name: str, data: bytes = b"data", mode: int = 0o644) -> Crafted:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = mode
+        info.mtime = 1_600_000_000
+        self.tar.addfile(info, io.BytesIO(data))
+        return self
+
+    def dir(self, name: str, mode: int = 0o755) -> Crafted:
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        info.mode = mode
+        self.tar.addfile(info)
+        return self
+
+    def link(self, name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> Crafted:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.linkname = target
+        self.tar.addfile(info)
+        return self
+
+    def node(self, name: str, kind: bytes) -> Crafted:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.devmajor, info.devminor = 1, 3
+        self.tar.addfile(info)
+        return self
+
+    def close(self) -> Path:
+        self.tar.close()
+        return self.path

@@ -1,0 +1,794 @@
+"""Safe, streaming restore of a ``.tar.gz`` into a server directory.
+
+gzip (ISA-L on its own thread, zlib as fallback) -> a small tar reader -> files written with
+``os.write`` straight from the decompressed buffer. Plain synchronous code for a worker thread.
+
+The guard: every path is opened one component at a time relative to an open directory with
+``O_NOFOLLOW``, so no symlink, whether already in the directory or created earlier by the same
+archive, is ever followed. Names with ``..`` or a leading ``/``, links leaving the directory,
+hard links to anything but a regular file inside it, and device or FIFO entries are skipped
+with a log line. A file is written under a temporary name in its directory and renamed over
+its final name once complete, so a failed restore never leaves a half-written file behind a
+real name (the previous version, if any, stays until the new one is whole).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from wingsbak.archive.gzip import HAVE_ISAL
+from wingsbak.archive.sink import MIB, Cancelled, TokenBucket
+from wingsbak.log import get_logger
+
+if HAVE_ISAL:
+    from isal import igzip_threaded
+
+log = get_logger(__name__)
+
+__all__ = [
+    "Cancelled",
+    "RestoreError",
+    "RestoreProgress",
+    "RestoreResult",
+    "extract_archive",
+    "restore_archive_file",
+]
+
+BLOCK = 512
+READ_CHUNK = 1024 * 1024
+PROGRESS_INTERVAL = 0.25
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# setuid, setgid and sticky never come back from an archive: a restore must not hand out
+# privileges, whatever the archive says.
+_MODE_MASK = 0o777
+_NAME_MAX = 255
+
+_REGULAR = frozenset(b"07\x00")  # '0', contiguous '7', and old-style NUL
+_HARDLINK, _SYMLINK, _DIRECTORY = ord("1"), ord("2"), ord("5")
+_DEVICES = {ord("3"): "character device", ord("4"): "block device", ord("6"): "FIFO"}
+_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = ord("x"), ord("g"), ord("L"), ord("K")
+# Types whose header says nothing about data following it: tarfile and GNU tar skip none.
+_NO_DATA = frozenset({_HARDLINK, _SYMLINK, _DIRECTORY, *_DEVICES})
+
+
+class RestoreError(Exception):
+    """The restore failed: corrupt or truncated archive, unreadable source, or a write that
+    failed in the destination. ``str()`` is one line meant for the operator."""
+
+
+@dataclass(slots=True)
+class RestoreProgress:
+    bytes_read: int  # compressed bytes consumed from the source
+    bytes_total: int  # compressed size when known (file size, Content-Length), else 0
+    files: int  # entries restored so far
+    bytes_written: int  # file data written into the destination
+
+    @property
+    def percent(self) -> float:
+        if not self.bytes_total:
+            return 0.0
+        return min(100.0, 100.0 * self.bytes_read / self.bytes_total)
+
+
+@dataclass(slots=True, frozen=True)
+class RestoreResult:
+    files: int  # regular files written
+    directories: int
+    symlinks: int
+    hardlinks: int
+    skipped: int  # entries refused by the guard or not restorable (each one logged)
+    bytes_written: int  # file data written into the destination
+    bytes_read: int  # compressed bytes read from the source
+
+
+ProgressCallback = Callable[[RestoreProgress], None]
+
+
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class _Skip(Exception):
+    """This entry is not restored; the message says why (logged, never raised out)."""
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts the compressed bytes pulled from the source, for progress."""
+
+    def __init__(self, raw: _Readable) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        readinto = getattr(self.raw, "readinto", None)
+        if readinto is not None:
+            n: int = readinto(b) or 0
+        else:
+            data = self.raw.read(len(memoryview(b)))
+            n = len(data)
+            memoryview(b).cast("B")[:n] = data
+        self.count += n
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+
+def _open_gunzip(raw: _CountingReader) -> BinaryIO:
+    if HAVE_ISAL:
+        # One thread decompresses ahead while this one writes files: two cores busy.
+        return igzip_threaded.open(raw, "rb", threads=1, block_size=READ_CHUNK)  # type: ignore[return-value]
+    import gzip
+
+    return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type,return-value]
+
+
+class _Feed:
+    """The decompressed stream, served from large chunks without copying file data."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self.src = src
+        self.view = memoryview(b"")
+        self.pos = 0
+        self.offset = 0  # absolute offset of ``view[0]`` in the tar stream
+
+    def _refill(self) -> bool:
+        try:
+            data = self.src.read(READ_CHUNK)
+        except (RestoreError, Cancelled):
+            raise
+        except EOFError as exc:
+            raise RestoreError(f"the archive is truncated ({exc})") from exc
+        except Exception as exc:
+            raise RestoreError(f"cannot read the archive: {_describe(exc)}") from exc
+        self.offset += len(self.view)
+        self.view = memoryview(data)
+        self.pos = 0
+        return bool(data)
+
+    @property
+    def tell(self) -> int:
+        return self.offset + self.pos
+
+    def take(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (a header or pax record), or ``_Truncated``."""
+        end = self.pos + n
+        if end <= len(self.view):
+            data = self.view[self.pos : end].tobytes()
+            self.pos = end
+            return data
+        parts = [self.view[self.pos :].tobytes()]
+        need = n - len(parts[0])
+        while need:
+            if not self._refill():
+                raise _Truncated
+            piece = self.view[: min(need, len(self.view))]
+            parts.append(piece.tobytes())
+            self.pos = len(piece)
+            need -= len(piece)
+        return b"".join(parts)
+
+    def chunk(self, limit: int) -> memoryview:
+        """Between 1 and ``limit`` bytes, as a view into the current chunk."""
+        if self.pos >= len(self.view) and not self._refill():
+            raise _Truncated
+        end = min(len(self.view), self.pos + limit)
+        piece = self.view[self.pos : end]
+        self.pos = end
+        return piece
+
+    def skip(self, n: int) -> None:
+        while n:
+            n -= len(self.chunk(n))
+
+    def drain(self) -> None:
+        """Read to the end so the gzip layer checks its CRC and length trailer."""
+        while self._refill():
+            pass
+
+
+def _describe(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _number(field: bytes) -> int:
+    if field and field[0] & 0x80:  # GNU base-256 for values too large for octal
+        value = int.from_bytes(field[1:], "big")
+        return -((1 << (8 * len(field) - 8)) - value) if field[0] & 0x40 else value
+    text = field.split(b"\x00", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _cstr(field: bytes) -> bytes:
+    return field.split(b"\x00", 1)[0]
+
+
+def _parse_pax(data: bytes) -> dict[bytes, bytes]:
+    records: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos)
+        if space < 0:
+            raise RestoreError("the archive has a malformed pax header")
+        length = int(data[pos:space])
+        record = data[space + 1 : pos + length - 1]  # without the trailing newline
+        key, _, value = record.partition(b"=")
+        records[key] = value
+        if length <= 0:
+            raise RestoreError("the archive has a malformed pax header")
+        pos += length
+    return records
+
+
+def _show(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
+
+
+def _split_name(name: bytes) -> list[bytes]:
+    """The components of an archive name, or ``_Skip`` when it could leave the root."""
+    if name.startswith(b"/"):
+        raise _Skip("absolute name")
+    parts = [p for p in name.split(b"/") if p and p != b"."]
+    if b".." in parts:
+        raise _Skip("name contains '..'")
+    if any(len(p) > _NAME_MAX for p in parts):
+        # Refused here rather than by the kernel after the data was consumed, so one odd
+        # name is skipped instead of failing the whole restore.
+        raise _Skip(f"a name component is longer than {_NAME_MAX} bytes")
+    return parts
+
+
+def _check_symlink_target(parts: list[bytes], target: bytes) -> None:
+    """A symlink may only point inside the root, judged by its text alone.
+
+    Leading ``..`` climb through real directories (the symlink's own parents, which this
+    restore opened with O_NOFOLLOW), so counting them is exact. A ``..`` after any other
+    component could climb out of a symlink pointing elsewhere, where counting lies
+    (``a/up -> ..`` then ``a/x -> up/../..``), so such targets are refused outright; the
+    components that follow the leading ``..`` are either real directories or symlinks that
+    passed this same test.
+    """
+    if not target:
+        raise _Skip("empty symlink target")
+    if target.startswith(b"/"):
+        raise _Skip("symlink with an absolute target")
+    comps = [c for c in target.split(b"/") if c and c != b"."]
+    ups = 0
+    while ups < len(comps) and comps[ups] == b"..":
+        ups += 1
+    if b".." in comps[ups:]:
+        raise _Skip("symlink target with '..' after a name")
+    if ups > len(parts) - 1:
+        raise _Skip("symlink pointing outside the directory")
+
+
+class _Dirs:
+    """Open descriptors of the current parent chain, reused while the archive stays in one
+    directory (archives list a directory's entries together)."""
+
+    def __init__(self, root_fd: int, owner: tuple[int, int] | None) -> None:
+        self.root_fd = root_fd
+        self.owner = owner
+        self.names: list[bytes] = []
+        self.fds: list[int] = []
+
+    def _drop(self, depth: int) -> None:
+        while len(self.fds) > depth:
+            self.names.pop()
+            os.close(self.fds.pop())
+
+    def close(self) -> None:
+        self._drop(0)
+
+    def forget(self, parts: list[bytes]) -> None:
+        """``parts`` is about to be replaced: close any cached descriptor of it or below."""
+        depth = len(parts)
+        if len(self.names) >= depth and self.names[:depth] == parts:
+            self._drop(depth - 1)
+
+    def open(self, parts: list[bytes], replace_last: bool = False) -> int:
+        """The directory ``parts``, created when missing, never through a symlink."""
+        n = 0
+        limit = min(len(parts), len(self.names))
+        while n < limit and parts[n] == self.names[n]:
+            n += 1
+        if replace_last and n == len(parts):
+            n -= 1  # re-check the entry itself: something may have replaced it
+        self._drop(n)
+        fd = self.fds[-1] if self.fds else self.root_fd
+        for i in range(n, len(parts)):
+            fd = _open_dir(fd, parts[i], self.owner, replace=replace_last and i == len(parts) - 1)
+            self.names.append(parts[i])
+            self.fds.append(fd)
+        return fd
+
+
+def _open_dir(parent: int, name: bytes, owner: tuple[int, int] | None, *, replace: bool) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        if not replace:
+            raise _Skip(f"{_show(name)!r} on the way is a symlink or a file") from None
+        # An explicit directory entry wins over a file or symlink of the same name (as GNU
+        # tar does); the symlink itself is removed, never what it points to.
+        log.info("restore_replacing_with_directory", name=_show(name))
+        os.unlink(name, dir_fd=parent)
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent)
+    except FileExistsError:
+        pass  # created meanwhile: the O_NOFOLLOW open below still decides
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _Skip(f"{_show(name)!r} is not a directory") from None
+        raise
+    if owner is not None:
+        os.fchown(fd, *owner)  # also directories that have no entry of their own
+    return fd
+
+
+def _clear_way(parent: int, name: bytes) -> None:
+    """Make room for a non-directory at ``name``: remove a file or symlink, or an empty
+    directory; a directory with contents stays and the entry is skipped."""
+    try:
+        st = os.lstat(name, dir_fd=parent)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.rmdir(name, dir_fd=parent)
+        except OSError:
+            raise _Skip("a directory with contents has the same name") from None
+    else:
+        os.unlink(name, dir_fd=parent)
+
+
+def empty_directory(root_fd: int) -> None:
+    """Delete everything inside ``root_fd`` (not the directory itself), following no symlink."""
+    with os.scandir(root_fd) as it:
+        names = [e.name for e in it]
+    for name in names:
+        st = os.lstat(name, dir_fd=root_fd)
+        if stat.S_ISDIR(st.st_mode):
+            # rmtree with dir_fd uses its symlink-attack-safe, fd-based walk.
+            shutil.rmtree(name, dir_fd=root_fd)
+        else:
+            os.unlink(name, dir_fd=root_fd)
+
+
+@dataclass(slots=True)
+class _Entry:
+    name: bytes
+    type: int
+    mode: int
+    size: int
+    mtime: int  # nanoseconds
+    linkname: bytes
+
+
+class _Extractor:
+    def __init__(
+        self,
+        feed: _Feed,
+        root_fd: int,
+        *,
+        limiter: TokenBucket | None,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        owner: tuple[int, int] | None,
+        counter: _CountingReader,
+        bytes_total: int,
+    ) -> None:
+        self.feed = feed
+        self.root_fd = root_fd
+        self.limiter = limiter
+        self.progress = progress
+        self.cancel = cancel
+        self.owner = owner if owner is not None and os.geteuid() == 0 else None
+        self.dirs = _Dirs(root_fd, self.owner)
+        self.counter = counter
+        self.bytes_total = bytes_total
+        self.next_report = time.monotonic() + PROGRESS_INTERVAL
+        self.dir_meta: dict[tuple[bytes, ...], tuple[int, int]] = {}
+        self.tmp_seq = 0
+        self.tmp_prefix = f".wingsbak-restore-{os.getpid()}-".encode()
+        self.files = self.directories = self.symlinks = self.hardlinks = 0
+        self.skipped = 0
+        self.bytes_written = 0
+
+    # -- the tar stream ---------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._entries()
+            self.feed.drain()
+            self._finish_directories()
+        finally:
+            self.dirs.close()
+        self._report()
+
+    def _entries(self) -> None:
+        feed = self.feed
+        pax_global: dict[bytes, bytes] = {}
+        pax: dict[bytes, bytes] = {}
+        long_name = long_link = None
+        while True:
+            self._check()
+            at = feed.tell
+            try:
+                header = feed.take(BLOCK)
+            except _Truncated:
+                raise RestoreError(
+                    "the archive is truncated: it ends without the end-of-archive marker"
+                ) from None
+            if header.count(0) == BLOCK:
+                return
+            try:
+                if sum(header[:148]) + 256 + sum(header[156:]) != _number(header[148:156]):
+                    raise RestoreError(f"the archive is corrupt: bad tar header at byte {at}")
+                kind = header[156]
+                size = _number(header[124:136])
+                if size < 0:
+                    raise ValueError("negative size")
+                if kind in (_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
+                    data = self._take(size + (-size % BLOCK))[:size]
+                    if kind == _PAX:
+                        pax = _parse_pax(data)
+                    elif kind == _PAX_GLOBAL:
+                        pax_global.update(_parse_pax(data))
+                    elif kind == _GNU_LONGNAME:
+                        long_name = _cstr(data)
+                    else:
+                        long_link = _cstr(data)
+                    continue
+                name = _cstr(header[0:100])
+                if header[257:262] == b"ustar" and header[345] != 0:
+                    name = _cstr(header[345:500]) + b"/" + name
+                meta = {**pax_global, **pax} if pax_global else pax
+                mtime = _number(header[136:148]) * 1_000_000_000
+                entry = _Entry(
+                    name=meta.get(b"path") or long_name or name,
+                    type=kind,
+                    mode=_number(header[100:108]),
+                    size=_pax_size(meta[b"size"]) if b"size" in meta else size,
+                    mtime=_pax_time(meta[b"mtime"]) if b"mtime" in meta else mtime,
+                    linkname=meta.get(b"linkpath") or long_link or _cstr(header[157:257]),
+                )
+            except ValueError:
+                raise RestoreError(f"the archive is corrupt: bad tar header at byte {at}") from None
+            pax = {}
+            long_name = long_link = None
+            sparse = any(k.startswith(b"GNU.sparse") for k in meta) or kind == ord("S")
+            data_left = 0 if kind in _NO_DATA else entry.size
+            try:
+                if sparse:
+                    raise _Skip("sparse files are not supported")
+                data_left = self._entry(entry, data_left)
+            except _Skip as why:
+                self.skipped += 1
+                log.warning("restore_entry_skipped", path=_show(entry.name), reason=str(why))
+            except _Truncated:
+                raise RestoreError(
+                    f"the archive is truncated inside {_show(entry.name)!r}"
+                ) from None
+            except OSError as exc:
+                raise RestoreError(
+                    f"cannot restore {_show(entry.name)!r}: {_describe(exc)}"
+                ) from exc
+            try:
+                feed.skip(data_left + (-entry.size % BLOCK if kind not in _NO_DATA else 0))
+            except _Truncated:
+                raise RestoreError(
+                    f"the archive is truncated inside {_show(entry.name)!r}"
+                ) from None
+
+    def _take(self, n: int) -> bytes:
+        if n > 16 * MIB:
+            raise RestoreError("the archive has an oversized extended header")
+        try:
+            return self.feed.take(n)
+        except _Truncated:
+            raise RestoreError("the archive is truncated inside an extended header") from None
+
+    def _entry(self, e: _Entry, data_left: int) -> int:
+        """Restore one entry; returns how much of its data is still to be skipped."""
+        parts = _split_name(e.name)
+        if not parts:
+            return data_left  # the root itself ("./"): its mode and owner stay as they are
+        kind = e.type
+        if kind in _REGULAR:
+            self._file(parts, e)
+            return 0
+        if kind == _DIRECTORY:
+            self.dirs.open(parts, replace_last=True)
+            self.dir_meta[tuple(parts)] = (e.mode & _MODE_MASK, e.mtime)
+            self.directories += 1
+        elif kind == _SYMLINK:
+            self._symlink(parts, e)
+        elif kind == _HARDLINK:
+            self._hardlink(parts, e)
+        elif kind in _DEVICES:
+            raise _Skip(f"{_DEVICES[kind]} entries are never restored")
+        else:
+            raise _Skip(f"unsupported entry type {chr(kind)!r}")
+        self._tick()
+        return data_left
+
+    # -- one entry each -----------------------------------------------------------------
+
+    def _parent(self, parts: list[bytes]) -> int:
+        self.dirs.forget(parts)
+        return self.dirs.open(parts[:-1])
+
+    def _file(self, parts: list[bytes], e: _Entry) -> None:
+        parent = self._parent(parts)
+        tmp, fd = self._create_temp(parent)
+        ok = False
+        try:
+            self._copy(fd, e.size)
+            os.fchmod(fd, e.mode & _MODE_MASK)
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
+            os.utime(fd, ns=(e.mtime, e.mtime))
+            os.close(fd)
+            fd = -1
+            self._rename_into_place(parent, tmp, parts[-1])
+            ok = True
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if not ok:
+                try:
+                    os.unlink(tmp, dir_fd=parent)
+                except OSError:
+                    pass
+        self.files += 1
+        self._tick()
+
+    def _create_temp(self, parent: int) -> tuple[bytes, int]:
+        while True:
+            self.tmp_seq += 1
+            tmp = self.tmp_prefix + str(self.tmp_seq).encode()
+            try:
+                return tmp, os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+            except FileExistsError:
+                continue  # a leftover of an earlier run, or a trap: pick another name
+
+    def _rename_into_place(self, parent: int, tmp: bytes, name: bytes) -> None:
+        # rename() replaces a file or a symlink itself, atomically, and never follows it.
+        try:
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except (IsADirectoryError, FileExistsError, OSError) as exc:
+            if exc.errno not in (errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            _clear_way(parent, name)
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+
+    def _copy(self, fd: int, size: int) -> None:
+        feed, limiter, write = self.feed, self.limiter, os.write
+        remaining = size
+        while remaining:
+            view = feed.chunk(remaining)
+            n = len(view)
+            if limiter is not None:
+                limiter.consume(n)
+            while view:
+                view = view[write(fd, view) :]
+            remaining -= n
+            self.bytes_written += n
+            if n >= READ_CHUNK // 2:
+                self._check()
+
+    def _symlink(self, parts: list[bytes], e: _Entry) -> None:
+        _check_symlink_target(parts, e.linkname)
+        parent = self._parent(parts)
+        name = parts[-1]
+        try:
+            os.symlink(e.linkname, name, dir_fd=parent)
+        except FileExistsError:
+            _clear_way(parent, name)
+            os.symlink(e.linkname, name, dir_fd=parent)
+        if self.owner is not None:
+            os.chown(name, *self.owner, dir_fd=parent, follow_symlinks=False)
+        os.utime(name, ns=(e.mtime, e.mtime), dir_fd=parent, follow_symlinks=False)
+        self.symlinks += 1
+
+    def _hardlink(self, parts: list[bytes], e: _Entry) -> None:
+        target = _split_name(e.linkname)
+        if not target:
+            raise _Skip("hard link to the directory itself")
+        try:
+            src_parent = self.dirs.open(target[:-1])
+            src_st = os.lstat(target[-1], dir_fd=src_parent)
+        except (FileNotFoundError, _Skip):
+            raise _Skip("hard link to a missing file") from None
+        if not stat.S_ISREG(src_st.st_mode):
+            raise _Skip("hard link to something other than a regular file")
+        # Link from the open source directory; the descriptor stays valid even when the
+        # chain cache moves on to the destination's parent.
+        src_fd = os.dup(src_parent)
+        try:
+            parent = self._parent(parts)
+            name = parts[-1]
+            try:
+                # follow_symlinks=False: linkat without AT_SYMLINK_FOLLOW; a symlink swapped
+                # in meanwhile would be linked itself, not what it points to.
+                os.link(
+                    target[-1], name, src_dir_fd=src_fd, dst_dir_fd=parent, follow_symlinks=False
+                )
+            except FileExistsError:
+                if os.path.samestat(src_st, os.lstat(name, dir_fd=parent)):
+                    pass  # already that very file (restored over itself)
+                else:
+                    _clear_way(parent, name)
+                    os.link(
+                        target[-1],
+                        name,
+                        src_dir_fd=src_fd,
+                        dst_dir_fd=parent,
+                        follow_symlinks=False,
+                    )
+        finally:
+            os.close(src_fd)
+        self.hardlinks += 1
+
+    # -- after the stream ---------------------------------------------------------------
+
+    def _finish_directories(self) -> None:
+        """Modes and mtimes of directories, deepest first: entries created inside a directory
+        change its mtime, and a read-only mode must not stop the restore of its contents."""
+        self.dirs.close()
+        for parts_t, (mode, mtime) in sorted(self.dir_meta.items(), key=lambda kv: -len(kv[0])):
+            parts = list(parts_t)
+            try:
+                parent = self.dirs.open(parts[:-1])
+                fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            except (OSError, _Skip):
+                continue  # replaced later in the archive by a file or a symlink
+            try:
+                os.fchmod(fd, mode)
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
+                os.utime(fd, ns=(mtime, mtime))
+            finally:
+                os.close(fd)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("restore cancelled")
+
+    def _tick(self) -> None:
+        if self.progress is not None:
+            now = time.monotonic()
+            if now >= self.next_report:
+                self.next_report = now + PROGRESS_INTERVAL
+                self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(
+                RestoreProgress(
+                    self.counter.count, self.bytes_total, self.entries, self.bytes_written
+                )
+            )
+
+    @property
+    def entries(self) -> int:
+        return self.files + self.directories + self.symlinks + self.hardlinks
+
+    def result(self) -> RestoreResult:
+        return RestoreResult(
+            files=self.files,
+            directories=self.directories,
+            symlinks=self.symlinks,
+            hardlinks=self.hardlinks,
+            skipped=self.skipped,
+            bytes_written=self.bytes_written,
+            bytes_read=self.counter.count,
+        )
+
+
+def _pax_size(value: bytes) -> int:
+    size = int(value)
+    if size < 0:
+        raise ValueError("negative size")
+    return size
+
+
+def _pax_time(value: bytes) -> int:
+    """A pax time ("1700000000.123456789") in nanoseconds, without float rounding."""
+    whole, _, frac = value.partition(b".")
+    ns = int(whole) * 1_000_000_000
+    if frac:
+        digits = (frac + b"000000000")[:9]
+        ns += -int(digits) if whole.startswith(b"-") else int(digits)
+    return ns
+
+
+def extract_archive(
+    fileobj: _Readable,
+    dest: str | os.PathLike[str],
+    *,
+    truncate: bool = False,
+    write_limit: float = 0,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    owner: tuple[int, int] | None = None,
+    bytes_total: int = 0,
+) -> RestoreResult:
+    """Restore the ``.tar.gz`` read from ``fileobj`` into the directory ``dest``.
+
+    ``dest`` is created when missing; with ``truncate`` its contents are deleted first.
+    ``write_limit`` caps the file data written, in MiB/s (0: unlimited). ``owner`` (uid, gid)
+    is applied to everything restored when running as root. ``bytes_total`` (the compressed
+    size, when known) only feeds ``progress``.
+
+    Raises :class:`RestoreError` (corrupt or truncated archive, unreadable source, failed
+    write) or :class:`Cancelled`. Entries refused by the guard are logged and counted in
+    ``skipped``; they do not fail the restore.
+    """
+    os.makedirs(dest, exist_ok=True)
+    root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if truncate:
+            try:
+                empty_directory(root_fd)
+            except OSError as exc:
+                raise RestoreError(f"cannot empty {os.fspath(dest)}: {_describe(exc)}") from exc
+        counter = _CountingReader(fileobj)
+        limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
+        gz = _open_gunzip(counter)
+        try:
+            extractor = _Extractor(
+                _Feed(gz),
+                root_fd,
+                limiter=limiter,
+                progress=progress,
+                cancel=cancel,
+                owner=owner,
+                counter=counter,
+                bytes_total=bytes_total,
+            )
+            extractor.run()
+        finally:
+            gz.close()
+    finally:
+        os.close(root_fd)
+    return extractor.result()
+
+
+def restore_archive_file(
+    path: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    **options: object,
+) -> RestoreResult:
+    """:func:`extract_archive` of a local archive file (``bytes_total`` is its size)."""
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, after the gzip reader
+    except OSError as exc:
+        raise RestoreError(f"cannot open {os.fspath(path)}: {_describe(exc)}") from exc
+    with f:
+        options.setdefault("bytes_total", os.fstat(f.fileno()).st_size)
+        return extract_archive(f, dest, **options)  # type: ignore[arg-type]

@@ -1,0 +1,299 @@
+"""Restore URLs: refuse those that would make the node fetch internal addresses (SSRF), and
+stream an accepted one as the gzip source of a restore.
+
+Every function here blocks (DNS, sockets): call them from a worker thread
+(``await asyncio.to_thread(check_restore_url, url, allowlist)``), as the restore engine is.
+
+DNS rebinding: :func:`open_restore_stream` resolves the name once, checks every address, and
+then connects to one of *those* addresses (the Host header and TLS server name stay the URL's
+host, so virtual hosting and certificate checks work as usual). A second resolution that
+answers 127.0.0.1 therefore never gets a connection. Redirects are not followed (a 3xx is
+refused like any answer that is not 200), so a public URL cannot bounce the node inwards.
+Proxy environment variables are ignored for the same reason.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from wingsbak.archive.extract import RestoreError
+
+__all__ = [
+    "DownloadError",
+    "HTTPArchiveStream",
+    "ResolvedURL",
+    "UnsafeURL",
+    "check_restore_url",
+    "open_restore_stream",
+    "resolve_restore_url",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+GZIP_MAGIC = b"\x1f\x8b"
+# Answers that are certainly an error page, not an archive, whatever their first bytes.
+_NOT_ARCHIVE_TYPES = ("text/", "application/json", "application/xml", "application/xhtml")
+READ_TIMEOUT = 60.0
+
+
+class UnsafeURL(ValueError):
+    """The URL may not be fetched: wrong scheme, no host, or an address that is not public.
+    ``str()`` is one sentence fit for a 400 answer."""
+
+
+class DownloadError(RestoreError):
+    """Fetching the archive failed: refused answer, not gzip, or the connection broke."""
+
+
+@dataclass(slots=True, frozen=True)
+class ResolvedURL:
+    scheme: str  # "http" or "https"
+    host: str  # as in the URL, lower case, for Host and TLS server name
+    port: int
+    target: str  # path and query, what goes on the request line
+    addresses: tuple[str, ...]  # the checked addresses, in resolver order
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries (mapped, NAT64, 6to4, Teredo), if any: the
+    kernel or a gateway may deliver such packets to that IPv4 address."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    return None
+
+
+def _why_not_public(ip: IPAddress) -> str | None:
+    inner = _embedded_ipv4(ip)
+    if inner is not None:
+        why = _why_not_public(inner)
+        return f"{why} (inside {ip})" if why else None
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_unspecified:
+        return "the unspecified address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
+        return "a carrier-grade NAT address"
+    if ip.is_private:
+        return "a private address"
+    if ip.is_reserved or not ip.is_global:
+        return "a reserved address"
+    return None
+
+
+def _parse_allowlist(allowlist: Iterable[str]) -> tuple[set[str], list[IPNetwork]]:
+    names: set[str] = set()
+    nets: list[IPNetwork] = []
+    for item in allowlist:
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item.strip("[]"), strict=False))
+        except ValueError:
+            names.add(item.lower().rstrip("."))
+    return names, nets
+
+
+def _address(text: str) -> IPAddress:
+    return ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
+
+
+def resolve_restore_url(url: str, allowlist: Iterable[str] = ()) -> ResolvedURL:
+    """Parse and resolve ``url``; raise :class:`UnsafeURL` unless it is http(s) and every
+    address of its host is public, or the host name or each address is in ``allowlist``
+    (host names, addresses or CIDR blocks). Blocks on DNS."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURL(f"the download URL is malformed: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UnsafeURL(f"the download URL must be http or https, not {scheme or 'empty'!r}")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise UnsafeURL("the download URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeURL("the download URL must not carry credentials")
+    port = port or (443 if scheme == "https" else 80)
+    names, nets = _parse_allowlist(allowlist)
+    host_allowed = host.lower() in names
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeURL(f"the download host {host!r} does not resolve ({exc})") from None
+    addresses: list[str] = []
+    for info in infos:
+        text = str(info[4][0])
+        ip = _address(text)
+        if not host_allowed and not any(ip in net for net in nets):
+            why = _why_not_public(ip)
+            if why is not None:
+                raise UnsafeURL(
+                    f"the download host {host!r} resolves to {ip}, {why}; "
+                    "add it to system.backups.restore_host_allowlist to allow it"
+                )
+        if text not in addresses:
+            addresses.append(text)
+    if not addresses:
+        raise UnsafeURL(f"the download host {host!r} has no address")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return ResolvedURL(scheme, host.lower(), port, target, tuple(addresses))
+
+
+def check_restore_url(url: str, allowlist: Iterable[str] = ()) -> None:
+    """Raise :class:`UnsafeURL` unless ``url`` may be fetched (see :func:`resolve_restore_url`).
+    Blocks on DNS: run it in a thread from async code."""
+    resolve_restore_url(url, allowlist)
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to a checked address instead of resolving the host name again."""
+
+    def __init__(self, resolved: ResolvedURL, address: str, timeout: float) -> None:
+        super().__init__(resolved.host, resolved.port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, resolved: ResolvedURL, address: str, timeout: float) -> None:
+        super().__init__(
+            resolved.host, resolved.port, timeout=timeout, context=ssl.create_default_context()
+        )
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        # Certificate and SNI are checked against the URL's host, not the address.
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+class HTTPArchiveStream:
+    """The body of a 200 answer carrying gzip, as a readable for
+    :func:`wingsbak.archive.extract.extract_archive`. Read errors, and a body shorter than its
+    ``Content-Length``, raise :class:`DownloadError`."""
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
+        self._conn = conn
+        self._response = response
+        length = response.getheader("Content-Length")
+        self.size = int(length) if length and length.isdigit() else 0  # 0: unknown
+        self.received = 0
+        self._head = b""
+        self._check_gzip()
+
+    def _check_gzip(self) -> None:
+        ctype = (self._response.getheader("Content-Type") or "").lower()
+        if ctype.startswith(_NOT_ARCHIVE_TYPES):
+            raise DownloadError(f"the download is not a gzip archive (Content-Type {ctype})")
+        head = b""
+        while len(head) < 2:
+            piece = self._raw_read(2 - len(head))
+            if not piece:
+                break
+            head += piece
+        if head != GZIP_MAGIC:
+            raise DownloadError("the download is not a gzip archive (wrong first bytes)")
+        self._head = head
+
+    def _raw_read(self, n: int) -> bytes:
+        try:
+            data = self._response.read(n)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DownloadError(
+                f"the download broke after {self.received} bytes: {exc or type(exc).__name__}"
+            ) from exc
+        self.received += len(data)
+        if not data and self.size and self.received < self.size:
+            raise DownloadError(f"the download broke after {self.received} of {self.size} bytes")
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            if n is not None and 0 <= n <= len(head):
+                self._head = head[n:]
+                return head[:n]
+            rest = self._raw_read(n - len(head)) if n is not None and n > 0 else b""
+            return head + rest
+        if n is None or n < 0:
+            chunks = []
+            while chunk := self._raw_read(1024 * 1024):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        return self._raw_read(n)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._response.close()
+        self._conn.close()
+
+    def __enter__(self) -> HTTPArchiveStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_restore_stream(
+    url: str, allowlist: Iterable[str] = (), *, timeout: float = READ_TIMEOUT
+) -> HTTPArchiveStream:
+    """GET ``url`` after :func:`resolve_restore_url`, connected to a checked address.
+
+    Raises :class:`UnsafeURL` (refused before any connection) or :class:`DownloadError`
+    (no connection, an answer other than 200, not gzip). ``timeout`` bounds each socket
+    operation, so a stalled server fails the restore instead of hanging it.
+    """
+    resolved = resolve_restore_url(url, allowlist)
+    cls = _PinnedHTTPSConnection if resolved.scheme == "https" else _PinnedHTTPConnection
+    last: Exception | None = None
+    for address in resolved.addresses:
+        conn = cls(resolved, address, timeout)
+        try:
+            conn.request(
+                "GET",
+                resolved.target,
+                headers={"Accept-Encoding": "identity", "User-Agent": "wingsbak-restore"},
+            )
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            last = exc
+            continue
+        if response.status != 200:
+            conn.close()
+            raise DownloadError(
+                f"the download answered {response.status} {response.reason}, not 200"
+            )
+        try:
+            return HTTPArchiveStream(conn, response)
+        except BaseException:
+            conn.close()
+            raise
+    raise DownloadError(f"cannot connect to {resolved.host}: {last}")
