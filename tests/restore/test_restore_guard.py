@@ -154,9 +154,11 @@ def test_names_that_differ_by_a_trailing_slash(tmp_path: Path, dest: Path) -> No
         .dir("b/")
         .file("b/y", b"inside b")
         .file("b", b"a file over a full directory")
+        .file("c", b"after the refused file")
         .close()
     )
     assert restore_checked(tmp_path, archive, dest) == 1
+    assert (dest / "c").read_bytes() == b"after the refused file"
     assert (dest / "a" / "x").read_bytes() == b"inside a"
     assert (dest / "b" / "y").read_bytes() == b"inside b"
 

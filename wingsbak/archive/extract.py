@@ -415,6 +415,7 @@ class _Extractor:
         self.files = self.directories = self.symlinks = self.hardlinks = 0
         self.skipped = 0
         self.bytes_written = 0
+        self.pending = 0
 
     # -- the tar stream ---------------------------------------------------------------
 
@@ -422,7 +423,10 @@ class _Extractor:
         try:
             self._entries()
             self.feed.drain()
-            self._finish_directories()
+            try:
+                self._finish_directories()
+            except OSError as exc:
+                raise RestoreError(f"cannot set directory modes: {_describe(exc)}") from exc
         finally:
             self.dirs.close()
         self._report()
@@ -479,11 +483,12 @@ class _Extractor:
             pax = {}
             long_name = long_link = None
             sparse = any(k.startswith(b"GNU.sparse") for k in meta) or kind == ord("S")
-            data_left = 0 if kind in _NO_DATA else entry.size
+            # File data not yet consumed; _copy lowers it as it writes, whatever happens next.
+            self.pending = 0 if kind in _NO_DATA else entry.size
             try:
                 if sparse:
                     raise _Skip("sparse files are not supported")
-                data_left = self._entry(entry, data_left)
+                self._entry(entry)
             except _Skip as why:
                 self.skipped += 1
                 log.warning("restore_entry_skipped", path=_show(entry.name), reason=str(why))
@@ -496,7 +501,7 @@ class _Extractor:
                     f"cannot restore {_show(entry.name)!r}: {_describe(exc)}"
                 ) from exc
             try:
-                feed.skip(data_left + (-entry.size % BLOCK if kind not in _NO_DATA else 0))
+                feed.skip(self.pending + (-entry.size % BLOCK if kind not in _NO_DATA else 0))
             except _Truncated:
                 raise RestoreError(
                     f"the archive is truncated inside {_show(entry.name)!r}"
@@ -510,15 +515,15 @@ class _Extractor:
         except _Truncated:
             raise RestoreError("the archive is truncated inside an extended header") from None
 
-    def _entry(self, e: _Entry, data_left: int) -> int:
-        """Restore one entry; returns how much of its data is still to be skipped."""
+    def _entry(self, e: _Entry) -> None:
+        """Restore one entry (its data, if unused, is skipped by the caller)."""
         parts = _split_name(e.name)
         if not parts:
-            return data_left  # the root itself ("./"): its mode and owner stay as they are
+            return  # the root itself ("./"): its mode and owner stay as they are
         kind = e.type
         if kind in _REGULAR:
             self._file(parts, e)
-            return 0
+            return
         if kind == _DIRECTORY:
             self.dirs.open(parts, replace_last=True)
             self.dir_meta[tuple(parts)] = (e.mode & _MODE_MASK, e.mtime)
@@ -532,7 +537,6 @@ class _Extractor:
         else:
             raise _Skip(f"unsupported entry type {chr(kind)!r}")
         self._tick()
-        return data_left
 
     # -- one entry each -----------------------------------------------------------------
 
@@ -595,6 +599,7 @@ class _Extractor:
             while view:
                 view = view[write(fd, view) :]
             remaining -= n
+            self.pending -= n
             self.bytes_written += n
             if n >= READ_CHUNK // 2:
                 self._check()
