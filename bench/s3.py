@@ -1,0 +1,284 @@
+"""A backup straight to S3 against the same backup to the local adapter, in one run.
+
+    python -m bench.s3 [--size 300M] [--part-size 5] [--concurrency 4] [--runs 2]
+
+A local moto server plays S3. Each backup runs in a child process of its own, so the wall time
+and the peak RSS (from ``wait4``) are those of the backup alone; moto keeps objects in its own
+memory, which is not counted. Targets: S3 wall time <= 1.25 x local, and peak RSS of the S3
+backup <= (concurrency + 2) x part_size + 100 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+MB = 1000 * 1000
+BENCH_DIR = Path(__file__).resolve().parent
+SERVER_UUID = "3f0b6a57-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+BUCKET = "wingsbak-bench"
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1000, "M": MB, "G": 1000 * MB}
+    text = text.strip().upper().removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def dataset(total: int) -> Path:
+    try:
+        from bench.dataset import build_dataset
+    except ImportError:
+        return _fallback_dataset(total)
+    return build_dataset(None, total)
+
+
+def _fallback_dataset(total: int) -> Path:
+    # Only when bench/dataset.py is missing: half random (already compressed), half text.
+    tree = BENCH_DIR / ".data" / f"s3-mixed-{total}"
+    marker = tree.with_name(tree.name + ".complete")
+    if marker.exists():
+        return tree
+    rng = random.Random(1)
+    words = b"Server thread INFO WARN Saving chunks player joined the game left ".split()
+    written = i = 0
+    while written < total:
+        d = tree / f"d{i % 20}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = min(total - written, rng.choice((4 * 1024, 64 * 1024, MIB, 8 * MIB)))
+        if i % 2:
+            data = rng.randbytes(size)
+        else:
+            data = (b" ".join(rng.choices(words, k=size // 6 + 1)))[:size]
+        (d / f"f{i}.bin").write_bytes(data)
+        written += size
+        i += 1
+    marker.write_text("ok")
+    return tree
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            return proc, endpoint
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("moto server did not start")
+
+
+def s3_config(endpoint: str, part_size: int, concurrency: int) -> Any:
+    from wingsbak.config import S3Config
+
+    return S3Config(
+        bucket=BUCKET,
+        endpoint=endpoint,
+        access_key_id="bench",
+        secret_access_key="bench",
+        path_style=True,
+        part_size=part_size,
+        concurrency=concurrency,
+    )
+
+
+def child(args: argparse.Namespace) -> None:
+    """One backup, timed from the first byte read to the upload's completion."""
+    from wingsbak.archive import archive_to_file
+    from wingsbak.log import configure_logging
+
+    configure_logging("warning", json=True)
+    if args.child == "local":
+        start = time.perf_counter()
+        result = archive_to_file(args.src, args.out, level=args.level)
+    elif args.child == "floor":
+        floor(args)
+        return
+    else:
+        from wingsbak.storage.s3 import S3Storage
+
+        storage = S3Storage(s3_config(args.endpoint, args.part_size, args.concurrency))
+        start = time.perf_counter()
+        result = storage.upload_backup(str(args.src), SERVER_UUID, args.backup, level=args.level)
+    wall = time.perf_counter() - start
+    print(json.dumps({"wall": wall, "size": result.size, "checksum": result.checksum}))
+
+
+def floor(args: argparse.Namespace) -> None:
+    """The server's own limit: as many bytes as the archive, from memory, no archiving."""
+    from wingsbak.storage.s3 import S3Storage
+
+    storage = S3Storage(s3_config(args.endpoint, args.part_size, args.concurrency))
+    block = memoryview(os.urandom(16 * MIB))
+    start = time.perf_counter()
+    with storage.open_sink(SERVER_UUID, args.backup) as sink:
+        left = args.bytes
+        while left:
+            n = min(left, MIB)
+            sink.write(block[(left % 15) * MIB :][:n])
+            left -= n
+        sink.complete()
+    wall = time.perf_counter() - start
+    print(json.dumps({"wall": wall, "size": args.bytes, "checksum": ""}))
+
+
+def run_child(kind: str, common: list[str], extra: list[str]) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.s3", "--child", kind, *common, *extra],
+        stdout=subprocess.PIPE,
+        cwd=BENCH_DIR.parent,
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} backup failed (exit {proc.returncode})")
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    report["maxrss"] = usage.ru_maxrss * 1024  # Linux reports KiB
+    return report
+
+
+def object_sha1(client: Any, key: str) -> str:
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
+    h = hashlib.sha1()
+    for chunk in iter(lambda: body.read(MIB), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=parse_size, default=300 * MB)
+    parser.add_argument("--part-size", type=int, default=5, help="MiB")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--level", default="best_speed")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--child", choices=("local", "s3", "floor"))
+    parser.add_argument("--bytes", type=int, default=0)
+    parser.add_argument("--src", type=Path)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--endpoint")
+    parser.add_argument("--backup")
+    args = parser.parse_args(argv)
+    if args.child:
+        args.part_size *= MIB
+        child(args)
+        return
+
+    import boto3
+
+    src = dataset(args.size)
+    data_bytes = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    for p in src.rglob("*"):  # warm the page cache: both backups then read from memory
+        if p.is_file():
+            p.read_bytes()
+    part_size = args.part_size * MIB
+    moto, endpoint = start_moto()
+    try:
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+        client.create_bucket(Bucket=BUCKET)
+        common = [
+            "--src",
+            str(src),
+            "--level",
+            args.level,
+            "--part-size",
+            str(args.part_size),
+            "--concurrency",
+            str(args.concurrency),
+        ]
+        local_runs: list[dict[str, Any]] = []
+        s3_runs: list[dict[str, Any]] = []
+        floor_runs: list[dict[str, Any]] = []
+        (BENCH_DIR / ".data").mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=BENCH_DIR / ".data") as tmp:
+            for i in range(args.runs):  # alternate, so that drift hits both alike
+                out = Path(tmp) / f"local-{i}.tar.gz"
+                local_runs.append(run_child("local", common, ["--out", str(out)]))
+                out.unlink()
+                Path(f"{out}.sha1").unlink()
+                backup = f"00000000-0000-4000-8000-{i:012d}"
+                s3_run = run_child("s3", common, ["--endpoint", endpoint, "--backup", backup])
+                key = f"{SERVER_UUID}/{backup}.tar.gz"
+                if object_sha1(client, key) != s3_run["checksum"]:
+                    raise SystemExit("the uploaded object does not match its checksum")
+                client.delete_object(Bucket=BUCKET, Key=key)  # moto holds it in memory
+                s3_runs.append(s3_run)
+                backup = f"00000000-0000-4000-9000-{i:012d}"
+                floor_args = ["--endpoint", endpoint, "--backup", backup]
+                floor_args += ["--bytes", str(s3_run["size"])]
+                floor_runs.append(run_child("floor", common, floor_args))
+                client.delete_object(Bucket=BUCKET, Key=f"{SERVER_UUID}/{backup}.tar.gz")
+    finally:
+        moto.terminate()
+        moto.wait(10)
+
+    local = min(local_runs, key=lambda r: r["wall"])
+    s3 = min(s3_runs, key=lambda r: r["wall"])
+    bare = min(floor_runs, key=lambda r: r["wall"])
+    ratio = s3["wall"] / local["wall"]
+    rss_target = (args.concurrency + 2) * part_size + 100 * MIB
+    print(f"data set: {src} ({data_bytes / MB:.0f} MB), level {args.level}, best of {args.runs}")
+    print(f"archive: {s3['size'] / MB:.0f} MB, {math.ceil(s3['size'] / part_size)} parts")
+    print(f"{'':14}{'wall s':>8}{'MB/s in':>9}{'peak RSS MiB':>14}")
+    for name, r in (("local adapter", local), ("s3 (moto)", s3)):
+        rate = data_bytes / MB / r["wall"]
+        print(f"{name:14}{r['wall']:8.2f}{rate:9.0f}{r['maxrss'] / MIB:14.1f}")
+    r = bare
+    print(f"{'moto floor':14}{r['wall']:8.2f}{'':>9}{r['maxrss'] / MIB:14.1f}")
+    print(
+        "  (moto floor: the same number of bytes uploaded from memory with no archiving, "
+        "i.e. what the S3 server itself allows)"
+    )
+    verdict = "ok" if ratio <= 1.25 else "over target"
+    print(f"s3 / local wall time: {ratio:.2f}x (target <= 1.25x: {verdict})")
+    print(
+        f"s3 / moto floor: {s3['wall'] / bare['wall']:.2f}x "
+        "(what archiving adds on top of the server's own limit)"
+    )
+    rss_ok = "ok" if s3["maxrss"] <= rss_target else "over target"
+    print(
+        f"s3 peak RSS: {s3['maxrss'] / MIB:.1f} MiB (target <= ({args.concurrency} + 2) x "
+        f"{args.part_size} MiB + 100 MiB = {rss_target / MIB:.0f} MiB: {rss_ok})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,561 @@
+"""Backups in S3 with the node's own credentials (``system.backups.s3``).
+
+The archive engine writes straight into :class:`S3PartSink`: each filled part is uploaded by a
+small thread pool while the next one is being compressed, so no archive ever touches the
+node's disk and memory stays about ``(concurrency + 2) x part_size``. A part is retried with
+the very bytes it was first sent with; any failure aborts the multipart upload, so no orphaned
+parts stay in the bucket.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Any, BinaryIO, TypeVar
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from wingsbak.archive.archiver import ArchiveResult, write_archive
+from wingsbak.archive.rules import IgnoreRules
+from wingsbak.config import MIN_S3_PART_SIZE, S3Config
+from wingsbak.log import get_logger
+
+log = get_logger(__name__)
+
+CONTENT_TYPE = "application/x-gzip"
+PART_ATTEMPTS = 5
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 8.0
+DOWNLOAD_URL_TTL = 900
+MAX_PARTS = 10_000  # S3's limit per multipart upload
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_RETRY_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"}
+)
+T = TypeVar("T")
+
+
+class S3Error(Exception):
+    """An S3 operation that failed for good, with one line a node operator can act on.
+
+    ``code`` is S3's error code (``NoSuchBucket``, ``InvalidAccessKeyId``...) or a short
+    name of our own (``ConnectionError``, ``NoCredentials``, ``Aborted``)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class S3NotFound(S3Error):
+    """The backup's object is not in the bucket."""
+
+
+def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _http_status(exc: BaseException) -> int:
+    if isinstance(exc, ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return 0
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """5xx, throttling and connection-level errors: the same request may well succeed later."""
+    if isinstance(exc, ClientError):
+        status = _http_status(exc)
+        return status >= 500 or status == 429 or _error_code(exc) in _RETRY_CODES
+    return isinstance(exc, BotoConnectionError | HTTPClientError)
+
+
+def describe(exc: BaseException, bucket: str, action: str) -> S3Error:
+    """One line for the log and the failure report; never a credential."""
+    if isinstance(exc, S3Error):
+        return exc
+    code = _error_code(exc)
+    if code == "InvalidAccessKeyId":
+        msg = "S3 does not know the access key id (system.backups.s3.access_key_id)"
+    elif code == "SignatureDoesNotMatch":
+        msg = "S3 refused the secret access key (system.backups.s3.secret_access_key)"
+    elif code == "NoSuchBucket":
+        msg = f"S3 bucket {bucket!r} does not exist"
+    elif code in ("AccessDenied", "AllAccessDisabled"):
+        msg = f"S3 denied access to bucket {bucket!r} ({action})"
+    elif code in ("NoSuchKey", "404", "NotFound"):
+        return S3NotFound(f"S3 has no such backup object ({action})", "NoSuchKey")
+    elif isinstance(exc, ClientError):
+        text = exc.response.get("Error", {}).get("Message") or "no message"
+        msg = f"S3 {action} failed: {code or _http_status(exc)}: {text}"
+    elif isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        code = "NoCredentials"
+        msg = "no S3 credentials: set system.backups.s3.access_key_id and secret_access_key"
+    elif isinstance(exc, EndpointConnectionError):
+        code = "ConnectionError"
+        msg = f"cannot connect to the S3 endpoint ({action}): {exc}"
+    elif isinstance(exc, BotoConnectionError | HTTPClientError):
+        code = "ConnectionError"
+        msg = f"S3 connection failed ({action}): {exc}"
+    else:
+        code = code or type(exc).__name__
+        msg = f"S3 {action} failed: {exc}"
+    return S3Error(" ".join(msg.split()), code)
+
+
+def make_client(cfg: S3Config) -> Any:
+    """A boto3 S3 client for ``cfg``. Retries are ours (:func:`call_with_retries`), so that a
+    part is never retried twice over by two layers."""
+    endpoint = cfg.endpoint or None
+    if endpoint and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    boto_cfg = BotoConfig(
+        region_name=cfg.region or None,
+        signature_version="s3v4",
+        connect_timeout=10,
+        read_timeout=120,
+        retries={"total_max_attempts": 1},
+        max_pool_connections=max(10, cfg.concurrency + 4),
+        tcp_keepalive=True,
+        s3={"addressing_style": "path" if cfg.path_style else "auto"},
+        # The CRC headers boto3 adds by default since 1.36 are refused by several
+        # S3-compatible stores (older MinIO, Backblaze, Wasabi...): only send them when needed.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=cfg.access_key_id or None,
+        aws_secret_access_key=cfg.secret_access_key or None,
+        config=boto_cfg,
+    )
+
+
+def call_with_retries(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    attempts: int = PART_ATTEMPTS,
+    backoff: float = BACKOFF_INITIAL,
+    stop: threading.Event | None = None,
+) -> T:
+    """``fn()``, again after an exponential, jittered pause while it fails retryably."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == attempts or not is_retryable(exc):
+                raise
+            delay = min(BACKOFF_MAX, backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            log.warning(
+                "s3_retry",
+                request=what,
+                attempt=attempt,
+                error=_error_code(exc) or type(exc).__name__,
+                delay=round(delay, 2),
+            )
+            if stop is not None:
+                if stop.wait(delay):
+                    raise
+            else:
+                time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_uuid(value: str, what: str) -> str:
+    # Identifiers become object key components: nothing but a canonical UUID may get there.
+    if not _UUID.match(value):
+        raise ValueError(f"{what} is not a canonical lower-case UUID")
+    return value
+
+
+class S3PartSink:
+    """A writable that uploads what it is given as one S3 multipart upload.
+
+    The upload is created by the constructor (so bad credentials or a missing bucket fail
+    before anything is compressed). ``write`` fills ``part_size`` buffers and hands each full
+    one to a pool of ``concurrency`` uploader threads, blocking while all of them are busy.
+    ``complete()`` sends the last part and completes the upload; ``abort()`` (also what
+    leaving a ``with`` block without ``complete()`` does) aborts it. Every failure is raised as
+    :class:`S3Error` after the upload has been aborted.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        *,
+        part_size: int = MIN_S3_PART_SIZE,
+        concurrency: int = 4,
+        storage_class: str = "",
+        content_type: str = CONTENT_TYPE,
+        attempts: int = PART_ATTEMPTS,
+        backoff: float = BACKOFF_INITIAL,
+    ) -> None:
+        if part_size < MIN_S3_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_S3_PART_SIZE} bytes")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.part_size = part_size
+        self.concurrency = concurrency
+        self.attempts = attempts
+        self.backoff = backoff
+        self.size = 0
+        self.parts_in_flight_peak = 0
+        self._buf = bytearray(part_size)
+        self._fill = 0
+        self._next_part = 1
+        self._futures: list[Future[tuple[int, str]]] = []
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._error: S3Error | None = None
+        self._stop = threading.Event()
+        self._done = False
+        extra: dict[str, str] = {"ContentType": content_type}
+        if storage_class:
+            extra["StorageClass"] = storage_class
+        try:
+            created = call_with_retries(
+                lambda: client.create_multipart_upload(Bucket=bucket, Key=key, **extra),
+                what="CreateMultipartUpload",
+                attempts=attempts,
+                backoff=backoff,
+            )
+        except Exception as exc:
+            raise describe(exc, bucket, "starting the upload") from exc
+        self.upload_id: str = created["UploadId"]
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wingsbak-s3")
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        if self._done:
+            raise ValueError("write to a finished S3 upload")
+        self._raise_if_failed()
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            take = min(self.part_size - self._fill, len(view))
+            self._buf[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.part_size:
+                full, self._buf, self._fill = self._buf, bytearray(self.part_size), 0
+                # The full buffer goes to the uploader as is and is never written again, so a
+                # retry re-sends exactly the bytes of the first attempt.
+                self._submit(full)
+        self.size += total
+        return total
+
+    def flush(self) -> None:
+        """Nothing to do: a part is sent when it is full, not when the writer flushes."""
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _submit(self, body: bytes | bytearray) -> None:
+        self._slots.acquire()  # the memory bound: blocks while `concurrency` parts are in flight
+        if self._error is not None:
+            self._slots.release()
+            raise self._error
+        number = self._next_part
+        if number > MAX_PARTS:
+            self._slots.release()
+            self._fail(S3Error(f"the archive needs more than {MAX_PARTS} parts", "TooManyParts"))
+            raise self._error  # type: ignore[misc]
+        self._next_part += 1
+        with self._lock:
+            self._in_flight += 1
+            self.parts_in_flight_peak = max(self.parts_in_flight_peak, self._in_flight)
+        future = self._pool.submit(self._upload_part, number, body)
+        future.add_done_callback(self._part_done)
+        self._futures.append(future)
+
+    def _part_done(self, _future: Future[tuple[int, str]]) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        self._slots.release()
+
+    def _upload_part(self, number: int, body: bytes | bytearray) -> tuple[int, str]:
+        if self._stop.is_set():
+            raise S3Error("upload aborted", "Aborted")
+        try:
+            answer = call_with_retries(
+                lambda: self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ContentLength=len(body),
+                ),
+                what=f"UploadPart {number}",
+                attempts=self.attempts,
+                backoff=self.backoff,
+                stop=self._stop,
+            )
+        except Exception as exc:
+            error = describe(exc, self.bucket, f"uploading part {number}")
+            self._fail(error)
+            raise error from exc
+        return number, str(answer["ETag"])
+
+    def _fail(self, error: S3Error) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = error
+        self._stop.set()  # the other parts need not be retried: the upload is lost anyway
+
+    # -- finishing --------------------------------------------------------------------------
+
+    def complete(self) -> str:
+        """Upload the last part and complete the upload; returns the object's ETag.
+
+        On failure the upload is aborted and :class:`S3Error` raised."""
+        if self._done:
+            raise ValueError("the S3 upload is already finished")
+        try:
+            self._raise_if_failed()
+            if self._fill or self._next_part == 1:  # S3 wants at least one part, even empty
+                last = bytes(memoryview(self._buf)[: self._fill])
+                self._buf = bytearray()
+                self._submit(last)
+            wait_futures(self._futures)
+            self._raise_if_failed()
+            parts = sorted(f.result() for f in self._futures)
+            etag = self._complete([{"PartNumber": n, "ETag": e} for n, e in parts])
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._pool.shutdown(wait=False)
+        log.info("s3_upload_completed", key=self.key, parts=len(parts), size=self.size)
+        return etag
+
+    def _complete(self, parts: list[dict[str, Any]]) -> str:
+        tried = False
+
+        def once() -> Any:
+            nonlocal tried
+            try:
+                return self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            except ClientError as exc:
+                # A retry after a lost answer finds the upload already completed.
+                if tried and _error_code(exc) == "NoSuchUpload":
+                    return self.client.head_object(Bucket=self.bucket, Key=self.key)
+                raise
+            finally:
+                tried = True
+
+        try:
+            answer = call_with_retries(
+                once, what="CompleteMultipartUpload", attempts=self.attempts, backoff=self.backoff
+            )
+        except Exception as exc:
+            raise describe(exc, self.bucket, "completing the upload") from exc
+        return str(answer.get("ETag", ""))
+
+    def abort(self) -> None:
+        """Abort the upload, after the parts in flight have finished; never raises."""
+        if self._done:
+            return
+        self._done = True
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._buf = bytearray()
+        try:
+            call_with_retries(
+                lambda: self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
+                ),
+                what="AbortMultipartUpload",
+                attempts=self.attempts,
+                backoff=self.backoff,
+            )
+        except Exception as exc:
+            if _error_code(exc) == "NoSuchUpload":
+                return
+            # Parts stay billed until a bucket lifecycle rule or a later abort removes them.
+            log.error(
+                "s3_abort_failed",
+                key=self.key,
+                upload_id=self.upload_id,
+                error=str(describe(exc, self.bucket, "aborting the upload")),
+            )
+            return
+        log.info("s3_upload_aborted", key=self.key, parts_sent=self._next_part - 1)
+
+    def __enter__(self) -> S3PartSink:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._done:
+            self.abort()
+
+
+class S3Storage:
+    """The bucket of ``system.backups.s3``: upload, download link, delete, restore stream."""
+
+    def __init__(
+        self,
+        cfg: S3Config,
+        *,
+        client: Any = None,
+        attempts: int = PART_ATTEMPTS,
+        backoff: float = BACKOFF_INITIAL,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client if client is not None else make_client(cfg)
+        self.attempts = attempts
+        self.backoff = backoff
+
+    @property
+    def bucket(self) -> str:
+        return self.cfg.bucket
+
+    def key(self, server_uuid: str, backup_uuid: str) -> str:
+        """``<prefix><server-uuid>/<backup-uuid>.tar.gz``: the panel's own layout."""
+        check_uuid(server_uuid, "server uuid")
+        check_uuid(backup_uuid, "backup uuid")
+        return f"{self.cfg.prefix}{server_uuid}/{backup_uuid}.tar.gz"
+
+    def _call(self, action: str, fn: Callable[[], T]) -> T:
+        try:
+            return call_with_retries(fn, what=action, attempts=self.attempts, backoff=self.backoff)
+        except Exception as exc:
+            raise describe(exc, self.bucket, action) from exc
+
+    def check(self) -> None:
+        """Raise :class:`S3Error` unless the bucket is there and these credentials reach it."""
+        self._call("checking the bucket", lambda: self.client.head_bucket(Bucket=self.bucket))
+
+    def open_sink(self, server_uuid: str, backup_uuid: str) -> S3PartSink:
+        return S3PartSink(
+            self.client,
+            self.bucket,
+            self.key(server_uuid, backup_uuid),
+            part_size=self.cfg.part_size,
+            concurrency=self.cfg.concurrency,
+            storage_class=self.cfg.storage_class,
+            attempts=self.attempts,
+            backoff=self.backoff,
+        )
+
+    def upload_backup(
+        self,
+        root: str,
+        server_uuid: str,
+        backup_uuid: str,
+        rules: IgnoreRules | None = None,
+        **options: Any,
+    ) -> ArchiveResult:
+        """Archive ``root`` straight into the bucket (no temporary file), for a worker thread.
+
+        ``options`` are those of :func:`write_archive` (level, checksum, write_limit,
+        progress, cancel). Raises :class:`S3Error`, :class:`Cancelled` or the archive's own
+        error; in every case the multipart upload has been aborted."""
+        with self.open_sink(server_uuid, backup_uuid) as sink:
+            result = write_archive(root, sink, rules, **options)
+            if result.size != sink.size:  # pragma: no cover - an engine bug, not an S3 one
+                raise S3Error(f"archive size {result.size} != uploaded {sink.size}", "SizeMismatch")
+            sink.complete()
+        return result
+
+    def presigned_download_url(
+        self, server_uuid: str, backup_uuid: str, expires: int = DOWNLOAD_URL_TTL
+    ) -> str:
+        """A GET URL for the archive, valid ``expires`` seconds (no request is made)."""
+        return str(
+            self.client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": self.key(server_uuid, backup_uuid),
+                    "ResponseContentDisposition": (
+                        f'attachment; filename="backup-{backup_uuid}.tar.gz"'
+                    ),
+                },
+                ExpiresIn=expires,
+            )
+        )
+
+    def size(self, server_uuid: str, backup_uuid: str) -> int | None:
+        """The object's size, or None when there is no such backup."""
+        key = self.key(server_uuid, backup_uuid)
+        try:
+            head = self._call(
+                "looking up the backup",
+                lambda: self.client.head_object(Bucket=self.bucket, Key=key),
+            )
+        except S3NotFound:
+            return None
+        return int(head["ContentLength"])
+
+    def exists(self, server_uuid: str, backup_uuid: str) -> bool:
+        return self.size(server_uuid, backup_uuid) is not None
+
+    def delete(self, server_uuid: str, backup_uuid: str) -> bool:
+        """Remove the backup's object; False when there was none."""
+        if not self.exists(server_uuid, backup_uuid):
+            return False
+        key = self.key(server_uuid, backup_uuid)
+        self._call(
+            "deleting the backup", lambda: self.client.delete_object(Bucket=self.bucket, Key=key)
+        )
+        return True
+
+    def open_stream(self, server_uuid: str, backup_uuid: str) -> BinaryIO:
+        """The archive's bytes as a readable stream (close it when done), for a restore."""
+        key = self.key(server_uuid, backup_uuid)
+        answer = self._call(
+            "opening the backup", lambda: self.client.get_object(Bucket=self.bucket, Key=key)
+        )
+        return answer["Body"]  # type: ignore[no-any-return]
+
+    def abort_incomplete(self, server_uuid: str, backup_uuid: str) -> int:
+        """Abort any multipart upload of this backup left by a crash; returns how many."""
+        key = self.key(server_uuid, backup_uuid)
+        listing = self._call(
+            "listing unfinished uploads",
+            lambda: self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key),
+        )
+        aborted = 0
+        for upload in listing.get("Uploads", []):
+            if upload.get("Key") != key:
+                continue
+            upload_id = upload["UploadId"]
+            self._call(
+                "aborting an unfinished upload",
+                lambda u=upload_id: self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=u
+                ),
+            )
+            aborted += 1
+        return aborted
