@@ -72,7 +72,9 @@ def check_bearer(request: web.Request, token: str) -> None:
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         raise Unauthorized("The request needs a bearer token.")
-    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+    # surrogateescape: a header with bytes that are not UTF-8 is a wrong token, not a 500.
+    presented = credentials.strip().encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(presented, token.encode()):
         raise Forbidden("The bearer token is not valid for this node.")
 
 

@@ -1,0 +1,331 @@
+"""Helpers of the daemon tests: a recording panel, the node layout, daemon handles, JWTs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import yaml
+from aiohttp import web
+from yarl import URL
+
+from wingsbak.config import Config
+
+NODE_TOKEN = "node-secret-token-" + "0123456789abcdef" * 3  # 66 bytes: enough for HS512
+TOKEN_ID = "node-token-id"
+ACCEPT = "application/vnd.pterodactyl.v1+json"
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def auth(token: str = NODE_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# -- the panel -------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    json: Any
+
+
+@dataclass
+class Panel:
+    """A real HTTP panel on 127.0.0.1 recording every request to ``/api/remote/...``.
+
+    ``fail_first``: answer ``fail_status`` to that many requests before answering 204.
+    ``status``: the status of every other answer (204, or e.g. 400 to refuse).
+    ``stop()``/``start()`` keep the port, so "not listening" is a real refused connection.
+    """
+
+    port: int = field(default_factory=free_port)
+    status: int = 204
+    fail_first: int = 0
+    fail_status: int = 500
+    requests: list[Recorded] = field(default_factory=list)
+    attempts: int = 0
+    _runner: web.AppRunner | None = None
+    _event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        self.attempts += 1
+        rec = Recorded(
+            request.method, request.path, request.query_string, dict(request.headers), body
+        )
+        self.requests.append(rec)
+        self._event.set()
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return web.json_response({"errors": [{"code": "Fail"}]}, status=self.fail_status)
+        if self.status == 204:
+            return web.Response(status=204)
+        return web.json_response({"errors": [{"code": "Refused"}]}, status=self.status)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def reports(self, backup: str | None = None) -> list[Recorded]:
+        """Backup reports that the panel answered with success (or all attempts, if failing)."""
+        return [
+            r
+            for r in self.requests
+            if r.method == "POST"
+            and r.path.startswith("/api/remote/backups/")
+            and not r.path.endswith("/restore")
+            and (backup is None or r.path == f"/api/remote/backups/{backup}")
+        ]
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 15.0, what: str = "panel requests"
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {self.requests!r}")
+            self._event.clear()
+            try:
+                await asyncio.wait_for(self._event.wait(), 0.1)
+            except TimeoutError:
+                pass
+
+    async def wait_report(self, backup: str, count: int = 1, timeout: float = 15.0) -> Recorded:
+        await self.wait_for(
+            lambda: len(self.reports(backup)) >= count, timeout, f"report of {backup}"
+        )
+        return self.reports(backup)[count - 1]
+
+
+# -- node layout and configuration -----------------------------------------------------------
+
+
+@dataclass
+class Node:
+    root: Path
+    data: Path
+    backups: Path
+
+    def server(self, files: dict[str, bytes | str] | None = None, name: str | None = None) -> str:
+        """Create a server directory holding ``files`` (relative path -> content)."""
+        server = name or new_uuid()
+        base = self.data / server
+        base.mkdir(parents=True, exist_ok=True)
+        for rel, content in (files or {"server.properties": "motd=hello\n"}).items():
+            path = base / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return server
+
+    def random_server(self, size: int, files: int = 5) -> str:
+        """A server holding ``size`` bytes of incompressible data in ``files`` files."""
+        per = max(1, size // files)
+        return self.server({f"world/region-{i}.mca": os.urandom(per) for i in range(files)})
+
+    def archive(self, server: str, backup: str) -> Path:
+        return self.backups / server / f"backup-{backup}.tar.gz"
+
+    def temporaries(self, server: str | None = None) -> list[Path]:
+        base = self.backups / server if server else self.backups
+        return sorted(base.rglob("*.part"))
+
+    def config_dict(self, remote: str = "", port: int = 8080, **backups: Any) -> dict[str, Any]:
+        b: dict[str, Any] = {
+            "report_retry_initial": 0.05,
+            "report_retry_max": 0.2,
+            "shutdown_grace": 0.5,
+        }
+        b.update(backups)
+        return {
+            "uuid": new_uuid(),
+            "token_id": TOKEN_ID,
+            "token": NODE_TOKEN,
+            "remote": remote,
+            "api": {"host": "127.0.0.1", "port": port},
+            "system": {
+                "data": str(self.data),
+                "backup_directory": str(self.backups),
+                "backups": b,
+            },
+        }
+
+
+# -- the daemon, in-process ------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    url: str
+    cfg: Config
+    app: web.Application
+    session: aiohttp.ClientSession
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        """``path`` goes on the wire as written (percent-escapes are not re-encoded)."""
+        return self.session.request(method, URL(self.url + path, encoded=True), **kw)
+
+    async def post_backup(
+        self, server: str, backup: str | None = None, ignore: str = "", **extra: Any
+    ) -> tuple[int, Any]:
+        body = {"adapter": "wings", "uuid": backup or new_uuid(), "ignore": ignore, **extra}
+        async with self.request(
+            "POST", f"/api/servers/{server}/backup", json=body, headers=auth()
+        ) as r:
+            return r.status, await r.json()
+
+    async def system(self) -> dict[str, Any]:
+        async with self.request("GET", "/api/system", headers=auth()) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = (await self.system())["jobs"]
+            if not jobs["running"] and not jobs["queued"]:
+                return
+            assert time.monotonic() < deadline, f"jobs still busy: {jobs}"
+            await asyncio.sleep(0.05)
+
+
+# -- the daemon, as a real process -----------------------------------------------------------
+
+
+@dataclass
+class DaemonProcess:
+    """``python -m wingsbak serve --config cfg.yml`` on a fixed free port."""
+
+    node: Node
+    config: dict[str, Any]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config['api']['port']}"
+
+    async def start(self) -> None:
+        cfg_path = self.node.root / "cfg.yml"
+        cfg_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open by the child
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wingsbak", "serve", "--config", str(cfg_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.node.root,
+                env={**os.environ, "WINGSBAK_LOG_LEVEL": "debug"},
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + 20
+        async with aiohttp.ClientSession() as s:
+            while True:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"daemon exited {self.proc.returncode}: {self.logs()}")
+                try:
+                    async with s.get(self.url + "/healthz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"daemon did not come up: {self.logs()}")
+                await asyncio.sleep(0.05)
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"daemon did not stop on signal {sig}: {self.logs()}")
+            await asyncio.sleep(0.02)
+        return self.proc.returncode
+
+    def kill_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- download tokens -------------------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def download_claims(server: str, backup: str, **over: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "server_uuid": server,
+        "backup_uuid": backup,
+        "unique_id": uuid.uuid4().hex,
+        "iat": now,
+        "exp": now + 600,
+    }
+    claims.update(over)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def sign(claims: dict[str, Any], key: str = NODE_TOKEN, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def unsigned(claims: dict[str, Any]) -> str:
+    """A token with ``alg: none``, crafted by hand (empty signature)."""
+    header = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    return f"{header}.{b64url(json.dumps(claims).encode())}."

@@ -1,0 +1,178 @@
+"""The daemon as a real process: SIGTERM during a backup, kill -9 and restart, the outbox across
+a restart, one-time download tokens across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import aiohttp
+from daemon_helpers import (
+    DaemonProcess,
+    Node,
+    Panel,
+    auth,
+    download_claims,
+    new_uuid,
+    sign,
+)
+
+FIVE_MIB = 5 * 1024 * 1024
+
+
+async def post_backup(proc: DaemonProcess, server: str, backup: str) -> int:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{proc.url}/api/servers/{server}/backup",
+            json={"adapter": "wings", "uuid": backup, "ignore": ""},
+            headers=auth(),
+        ) as r,
+    ):
+        return r.status
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def journal(node: Node) -> dict:
+    try:
+        return json.loads((node.backups / ".wingsbak-journal.json").read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def outbox(node: Node) -> list:
+    try:
+        return json.loads((node.backups / ".wingsbak-outbox.json").read_text())
+    except FileNotFoundError:
+        return []
+
+
+async def test_sigterm_during_backup(daemon_process, node: Node, panel: Panel):
+    proc: DaemonProcess = daemon_process(remote=panel.url, write_limit=1, shutdown_grace=0.5)
+    await proc.start()
+    server = node.random_server(FIVE_MIB, files=5)
+    backup, queued = new_uuid(), new_uuid()
+    assert await post_backup(proc, server, backup) == 202
+    assert await post_backup(proc, server, queued) == 202  # waits behind the first
+    await wait_until(lambda: bool(node.temporaries(server)), "the temporary archive")
+
+    assert await proc.stop(signal.SIGTERM) == 0, proc.logs()
+    for b in (backup, queued):
+        assert not node.archive(server, b).exists()
+    assert not node.temporaries(), node.temporaries()
+    assert journal(node) == {}
+    for b in (backup, queued):
+        report = await panel.wait_report(b)
+        assert report.json["successful"] is False
+        assert report.json["size"] == 0
+    # Delivered before the process stopped, so nothing is left for the next start.
+    assert outbox(node) == []
+    await asyncio.sleep(0.2)
+    assert len(panel.reports(backup)) == 1 and len(panel.reports(queued)) == 1
+
+
+async def test_sigterm_with_panel_down_reports_after_restart(
+    daemon_process, node: Node, panel_down: Panel
+):
+    panel = panel_down
+    proc: DaemonProcess = daemon_process(remote=panel.url, write_limit=1, shutdown_grace=0.5)
+    await proc.start()
+    server = node.random_server(FIVE_MIB, files=5)
+    backup = new_uuid()
+    assert await post_backup(proc, server, backup) == 202
+    await wait_until(lambda: bool(node.temporaries(server)), "the temporary archive")
+    assert await proc.stop(signal.SIGTERM) == 0, proc.logs()
+    assert not node.archive(server, backup).exists()
+    assert not node.temporaries()
+    assert [item["path"] for item in outbox(node)] == [f"/backups/{backup}"]
+
+    await panel.start()
+    await proc.start()
+    report = await panel.wait_report(backup)
+    assert report.json["successful"] is False
+    await wait_until(lambda: outbox(node) == [], "the outbox to empty")
+    await asyncio.sleep(0.2)
+    assert len(panel.reports(backup)) == 1
+    assert await proc.stop() == 0
+
+
+async def test_kill_9_during_backup_then_restart(daemon_process, node: Node, panel: Panel):
+    proc: DaemonProcess = daemon_process(remote=panel.url, write_limit=1)
+    await proc.start()
+    server = node.random_server(FIVE_MIB, files=5)
+    backup = new_uuid()
+    assert await post_backup(proc, server, backup) == 202
+    await wait_until(lambda: bool(node.temporaries(server)), "the temporary archive")
+    assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
+    # A crash leaves the temporary file and the journal entry, never a final archive.
+    assert node.temporaries(server)
+    assert backup in journal(node)
+    assert not node.archive(server, backup).exists()
+    assert panel.reports(backup) == []
+
+    await proc.start()
+    report = await panel.wait_report(backup)
+    assert report.json["successful"] is False
+    assert not node.temporaries(), node.temporaries()
+    assert not node.archive(server, backup).exists()
+    assert journal(node) == {}
+    await asyncio.sleep(0.2)
+    assert len(panel.reports(backup)) == 1
+    assert await proc.stop() == 0
+
+
+async def test_outbox_survives_restart(daemon_process, node: Node, panel_down: Panel):
+    panel = panel_down
+    proc: DaemonProcess = daemon_process(remote=panel.url)
+    await proc.start()
+    server = node.server({"a.txt": "a" * 1000})
+    backup = new_uuid()
+    assert await post_backup(proc, server, backup) == 202
+    archive = node.archive(server, backup)
+    await wait_until(archive.is_file, "the archive")
+    await wait_until(lambda: len(outbox(node)) == 1, "the outbox entry")
+    assert await proc.stop(signal.SIGTERM) == 0, proc.logs()
+    assert len(outbox(node)) == 1, "the undelivered report must stay in the outbox"
+
+    await panel.start()
+    await proc.start()
+    report = await panel.wait_report(backup)
+    sha1 = subprocess.run(["sha1sum", str(archive)], capture_output=True, text=True, check=True)
+    assert report.json["successful"] is True
+    assert report.json["checksum"] == sha1.stdout.split()[0]
+    assert report.json["size"] == archive.stat().st_size
+    await wait_until(lambda: outbox(node) == [], "the outbox to empty")
+    await asyncio.sleep(0.3)
+    assert len(panel.reports(backup)) == 1
+    assert await proc.stop() == 0
+
+
+async def test_download_token_replay_after_restart(daemon_process, node: Node, panel: Panel):
+    proc: DaemonProcess = daemon_process(remote=panel.url)
+    await proc.start()
+    server = node.server({"a.txt": "a" * 1000})
+    backup = new_uuid()
+    assert await post_backup(proc, server, backup) == 202
+    await panel.wait_report(backup)
+    token = sign(download_claims(server, backup))
+    url = f"{proc.url}/download/backup"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url, params={"token": token}) as r:
+            assert r.status == 200
+            assert await r.read() == node.archive(server, backup).read_bytes()
+        assert await proc.stop() == 0
+        await proc.start()
+        async with s.get(url, params={"token": token}) as r:
+            assert r.status == 401
+            assert set(await r.json()) == {"error"}
+    assert await proc.stop() == 0
