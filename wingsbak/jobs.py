@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,16 @@ from wingsbak.events import BACKUP_COMPLETED, BACKUP_PROGRESS, EventBus
 from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
-from wingsbak.panel import Outbox
+from wingsbak.panel import Outbox, PanelError
 from wingsbak.storage.local import LocalStorage
+from wingsbak.storage.presigned import PresignedUploadError, upload_via_panel
+from wingsbak.storage.s3 import S3Error, S3Storage
 
 log = get_logger(__name__)
 
 ADAPTERS = ("wings", "s3")
+# Failures with a message that says it all: logged as one line, without a traceback.
+EXPECTED_FAILURES = (OSError, S3Error, PresignedUploadError, PanelError)
 
 
 @dataclass(slots=True)
@@ -96,16 +101,25 @@ class JobManager:
         self.accepting = True
         self.completed = 0
         self.failed = 0
-        # adapter -> function run in a worker thread that writes the backup somewhere
-        self.backup_runners: dict[str, Callable[[BackupJob, Any], Outcome]] = {
-            "wings": self._backup_local,
+        # Node-side S3 credentials: stream straight into the bucket. Without them, the s3
+        # adapter uses the panel's pre-signed part URLs, as a stock panel expects.
+        self.s3: S3Storage | None = (
+            S3Storage(config.system.backups.s3) if config.s3_enabled else None
+        )
+        # adapter -> coroutine that writes the backup somewhere and says what it wrote
+        self.backup_runners: dict[str, Callable[[BackupJob], Awaitable[Outcome]]] = {
+            "wings": self._in_thread(self._backup_local),
+            "s3": self._in_thread(self._backup_s3) if self.s3 else self._backup_via_panel,
         }
-        # Called (in a thread) for each interrupted backup found at start, e.g. to abort an
-        # S3 multipart upload recorded in the journal.
-        self.recovery_hooks: list[Callable[[str, dict[str, Any]], None]] = []
-        # Backends other than the local folder: (server, backup) -> deleted? / download URL.
-        self.remote_deleters: list[Callable[[str, str], bool]] = []
-        self.remote_locators: list[Callable[[str, str], str | None]] = []
+
+    def _in_thread(
+        self, fn: Callable[[BackupJob, asyncio.AbstractEventLoop], Outcome]
+    ) -> Callable[[BackupJob], Awaitable[Outcome]]:
+        async def run(job: BackupJob) -> Outcome:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, fn, job, loop)
+
+        return run
 
     # -- state -----------------------------------------------------------------------------
 
@@ -154,7 +168,6 @@ class JobManager:
 
     async def _run_backup(self, job: BackupJob) -> None:
         outcome = Outcome(successful=False, checksum_type=self.config.system.backups.checksum)
-        loop = asyncio.get_running_loop()
         try:
             async with self._server_lock(job.server), self._slots:
                 if job.cancel.is_set():
@@ -163,10 +176,18 @@ class JobManager:
                 self.metrics.backups_started.labels(job.adapter).inc()
                 log.info("backup_started", server=job.server, backup=job.uuid, adapter=job.adapter)
                 started = time.monotonic()
-                runner = self.backup_runners.get(job.adapter)
-                if runner is None:
-                    raise RuntimeError(f"the {job.adapter} adapter is not available on this node")
-                outcome = await loop.run_in_executor(self._executor, runner, job, loop)
+                runner = self.backup_runners[job.adapter]
+                await asyncio.to_thread(
+                    self.journal.record,
+                    job.uuid,
+                    kind="backup",
+                    server=job.server,
+                    adapter=job.adapter,
+                )
+                try:
+                    outcome = await runner(job)
+                finally:
+                    await asyncio.to_thread(self.journal.forget, job.uuid)
                 self.metrics.archive_duration.observe(time.monotonic() - started)
                 self.metrics.archived_bytes.inc(outcome.size)
                 log.info(
@@ -185,7 +206,7 @@ class JobManager:
                 server=job.server,
                 backup=job.uuid,
                 error=_describe(exc),
-                exc_info=not isinstance(exc, OSError),
+                exc_info=not isinstance(exc, EXPECTED_FAILURES),
             )
         finally:
             self.backups.pop(job.uuid, None)
@@ -252,20 +273,51 @@ class JobManager:
 
     def _backup_local(self, job: BackupJob, loop: asyncio.AbstractEventLoop) -> Outcome:
         """Worker thread: write ``backup-<uuid>.tar.gz`` into the server's backup folder."""
-        self.journal.record(job.uuid, kind="backup", server=job.server, adapter=job.adapter)
-        try:
-            root = self.server_root(job.server)
-            rules = IgnoreRules.for_server(root, job.ignore)
-            self.storage.ensure_server_dir(job.server)
-            result: ArchiveResult = archive_to_file(
-                root,
-                self.storage.path_for(job.server, job.uuid),
-                rules,
-                **self.archive_options(job, loop),  # type: ignore[arg-type]
-            )
-        finally:
-            self.journal.forget(job.uuid)
+        root = self.server_root(job.server)
+        rules = IgnoreRules.for_server(root, job.ignore)
+        self.storage.ensure_server_dir(job.server)
+        result: ArchiveResult = archive_to_file(
+            root,
+            self.storage.path_for(job.server, job.uuid),
+            rules,
+            **self.archive_options(job, loop),  # type: ignore[arg-type]
+        )
         return Outcome(True, result.checksum, result.checksum_type, result.size)
+
+    def _backup_s3(self, job: BackupJob, loop: asyncio.AbstractEventLoop) -> Outcome:
+        """Worker thread: stream the archive into a multipart upload; nothing touches disk."""
+        assert self.s3 is not None
+        root = self.server_root(job.server)
+        rules = IgnoreRules.for_server(root, job.ignore)
+        result = self.s3.upload_backup(
+            str(root), job.server, job.uuid, rules, **self.archive_options(job, loop)
+        )
+        self.metrics.s3_uploaded_bytes.inc(result.size)
+        return Outcome(True, result.checksum, result.checksum_type, result.size, parts=[])
+
+    async def _backup_via_panel(self, job: BackupJob) -> Outcome:
+        """The stock panel's flow: archive to a temporary file, PUT it to pre-signed URLs."""
+        panel = self.outbox.client
+        if not panel.configured:
+            raise RuntimeError(
+                "the s3 adapter needs system.backups.s3 credentials or a panel to presign parts"
+            )
+        root = self.server_root(job.server)
+        rules = await asyncio.to_thread(IgnoreRules.for_server, root, job.ignore)
+        await asyncio.to_thread(self.storage.ensure_server_dir, job.server)
+        loop = asyncio.get_running_loop()
+        upload = await upload_via_panel(
+            root,
+            job.uuid,
+            functools.partial(panel.get_part_urls, job.uuid),
+            temp_dir=self.storage.server_dir(job.server),
+            rules=rules,
+            session=await panel.session(),
+            **self.archive_options(job, loop),
+        )
+        self.metrics.s3_uploaded_bytes.inc(upload.archive.size)
+        a = upload.archive
+        return Outcome(True, a.checksum, a.checksum_type, a.size, parts=upload.parts)
 
     # -- recovery and shutdown ---------------------------------------------------------------
 
@@ -278,9 +330,12 @@ class JobManager:
             log.warning("interrupted_job_found", kind=kind, server=server, backup=key)
             if kind == "backup":
                 removed = await asyncio.to_thread(self.storage.remove_temporaries, server, key)
-                for hook in self.recovery_hooks:
-                    with contextlib.suppress(Exception):
-                        await asyncio.to_thread(hook, key, entry)
+                if self.s3 is not None and entry.get("adapter") == "s3":
+                    try:
+                        aborted = await asyncio.to_thread(self.s3.abort_incomplete, server, key)
+                        log.info("interrupted_upload_aborted", backup=key, uploads=aborted)
+                    except Exception as exc:
+                        log.error("interrupted_upload_not_aborted", backup=key, error=str(exc))
                 await self.outbox.send(
                     "POST",
                     f"/backups/{key}",

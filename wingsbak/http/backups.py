@@ -44,8 +44,8 @@ async def delete_backup(request: web.Request) -> web.Response:
     if backup in jobs.backups:
         raise Conflict("The backup is still being written.")
     deleted = await asyncio.to_thread(request.app[STORAGE].delete, server, backup)
-    for remover in jobs.remote_deleters:
-        deleted = await asyncio.to_thread(remover, server, backup) or deleted
+    if jobs.s3 is not None:
+        deleted = await asyncio.to_thread(jobs.s3.delete, server, backup) or deleted
     if not deleted:
         raise NotFound("The requested backup does not exist on this node.")
     log.info("backup_deleted", server=server, backup=backup)

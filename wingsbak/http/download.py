@@ -28,13 +28,12 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
         raise TokenRejected("the token names no valid server or backup")
     path = await asyncio.to_thread(request.app[STORAGE].find, server, backup)
     redirect = None
-    if path is None:
-        for locate in request.app[JOBS].remote_locators:
-            redirect = await asyncio.to_thread(locate, server, backup)
-            if redirect:
-                break
-        if redirect is None:
-            raise NotFound("The requested backup does not exist on this node.")
+    s3 = request.app[JOBS].s3
+    if path is None and s3 is not None and await asyncio.to_thread(s3.exists, server, backup):
+        # A backup in the node's bucket: a pre-signed link valid for 15 minutes.
+        redirect = s3.presigned_download_url(server, backup)
+    if path is None and redirect is None:
+        raise NotFound("The requested backup does not exist on this node.")
     address = request.remote or ""
     resume = hdrs.RANGE in request.headers
     fresh = await asyncio.to_thread(
