@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -16,12 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from wingsbak.archive import ArchiveProgress, ArchiveResult, Cancelled, IgnoreRules
 from wingsbak.archive.archiver import archive_to_file
+from wingsbak.archive.extract import (
+    RestoreError,
+    RestoreResult,
+    extract_archive,
+    restore_archive_file,
+)
 from wingsbak.config import Config
-from wingsbak.errors import Conflict, Unavailable
-from wingsbak.events import BACKUP_COMPLETED, BACKUP_PROGRESS, EventBus
+from wingsbak.errors import BadRequest, Conflict, NotFound, Unavailable
+from wingsbak.events import (
+    BACKUP_COMPLETED,
+    BACKUP_PROGRESS,
+    BACKUP_RESTORE_COMPLETED,
+    EventBus,
+)
 from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
@@ -29,12 +42,13 @@ from wingsbak.panel import Outbox, PanelError
 from wingsbak.storage.local import LocalStorage
 from wingsbak.storage.presigned import PresignedUploadError, upload_via_panel
 from wingsbak.storage.s3 import S3Error, S3Storage
+from wingsbak.urlguard import UnsafeURL, check_restore_url, open_restore_stream
 
 log = get_logger(__name__)
 
 ADAPTERS = ("wings", "s3")
 # Failures with a message that says it all: logged as one line, without a traceback.
-EXPECTED_FAILURES = (OSError, S3Error, PresignedUploadError, PanelError)
+EXPECTED_FAILURES = (OSError, S3Error, PresignedUploadError, PanelError, RestoreError)
 
 
 @dataclass(slots=True)
@@ -61,6 +75,21 @@ class BackupJob:
             out["bytes_total"] = self.progress.bytes_total
             out["files"] = self.progress.files
         return out
+
+
+@dataclass(slots=True)
+class RestoreJob:
+    server: str
+    uuid: str
+    adapter: str
+    truncate: bool = False
+    download_url: str = ""
+    archive: Path | None = None  # the local archive (wings adapter)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task[None] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"server": self.server, "uuid": self.uuid, "adapter": self.adapter}
 
 
 @dataclass(slots=True)
@@ -98,6 +127,7 @@ class JobManager:
         )
         self._server_locks: dict[str, asyncio.Lock] = {}
         self.backups: dict[str, BackupJob] = {}
+        self.restores: dict[str, RestoreJob] = {}  # by server
         self.accepting = True
         self.completed = 0
         self.failed = 0
@@ -135,6 +165,7 @@ class JobManager:
             "max_concurrent": self.config.system.backups.max_concurrent,
             "running": [j.summary() for j in self.running()],
             "queued": [j.summary() for j in self.queued()],
+            "restoring": [j.summary() for j in self.restores.values()],
             "completed": self.completed,
             "failed": self.failed,
             "outbox": len(self.outbox),
@@ -155,6 +186,8 @@ class JobManager:
             raise Unavailable("the daemon is shutting down")
         if backup_uuid in self.backups:
             raise Conflict("a backup with this uuid is already running or queued")
+        if server in self.restores:
+            raise Conflict("the server is being restored")
         exists = await asyncio.to_thread(self.storage.exists_anywhere, backup_uuid)
         if exists:
             raise Conflict("a backup with this uuid already exists on this node")
@@ -319,6 +352,115 @@ class JobManager:
         a = upload.archive
         return Outcome(True, a.checksum, a.checksum_type, a.size, parts=upload.parts)
 
+    # -- restores ---------------------------------------------------------------------------
+
+    async def submit_restore(
+        self, server: str, backup_uuid: str, adapter: str, truncate: bool, download_url: str
+    ) -> RestoreJob:
+        if not self.accepting:
+            raise Unavailable("the daemon is shutting down")
+        if server in self.restores:
+            raise Conflict("the server is already being restored")
+        if any(j.server == server for j in self.backups.values()):
+            raise Conflict("a backup of this server is running or queued")
+        job = RestoreJob(server, backup_uuid, adapter, truncate, download_url)
+        if adapter == "wings":
+            job.archive = await asyncio.to_thread(self.storage.find, server, backup_uuid)
+            if job.archive is None:
+                raise NotFound("The requested backup does not exist on this node.")
+        elif download_url:
+            allow = self.restore_allowlist()
+            try:
+                # Checked here for a clear 400; checked again when connecting.
+                await asyncio.to_thread(check_restore_url, download_url, allow)
+            except UnsafeURL as exc:
+                raise BadRequest(f"The download_url is refused: {exc}.") from exc
+        elif self.s3 is None:
+            raise BadRequest("The 'download_url' field is required for the s3 adapter.")
+        if server in self.restores or any(j.server == server for j in self.backups.values()):
+            raise Conflict("the server is busy with another backup or restore")
+        self.restores[server] = job
+        job.task = asyncio.create_task(self._run_restore(job), name=f"restore-{backup_uuid}")
+        log.info("restore_queued", server=server, backup=backup_uuid, adapter=adapter)
+        return job
+
+    async def _run_restore(self, job: RestoreJob) -> None:
+        ok = False
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._server_lock(job.server), self._slots:
+                if job.cancel.is_set():
+                    raise Cancelled("cancelled before it started")
+                log.info("restore_started", server=job.server, backup=job.uuid)
+                await asyncio.to_thread(
+                    self.journal.record, job.uuid, kind="restore", server=job.server
+                )
+                try:
+                    result = await loop.run_in_executor(
+                        self._executor, self._restore_sync, job, loop
+                    )
+                finally:
+                    await asyncio.to_thread(self.journal.forget, job.uuid)
+                ok = True
+                log.info(
+                    "restore_completed",
+                    server=job.server,
+                    backup=job.uuid,
+                    files=result.files,
+                    skipped=result.skipped,
+                )
+        except (Cancelled, asyncio.CancelledError):
+            log.warning("restore_cancelled", server=job.server, backup=job.uuid)
+        except Exception as exc:
+            log.error(
+                "restore_failed",
+                server=job.server,
+                backup=job.uuid,
+                error=_describe(exc),
+                exc_info=not isinstance(exc, EXPECTED_FAILURES),
+            )
+        finally:
+            self.restores.pop(job.server, None)
+            self.metrics.restores.labels("true" if ok else "false").inc()
+            self.events.publish(
+                job.server, BACKUP_RESTORE_COMPLETED, {"uuid": job.uuid, "is_successful": ok}
+            )
+            await self.outbox.send("POST", f"/backups/{job.uuid}/restore", {"successful": ok})
+
+    def restore_allowlist(self) -> list[str]:
+        """The configured allowlist, plus the host of the node's own S3 endpoint: an operator
+        who configured a private MinIO has already said the node may talk to it."""
+        allow = list(self.config.system.backups.restore_host_allowlist)
+        endpoint = self.config.system.backups.s3.endpoint
+        if self.s3 is not None and endpoint:
+            host = urlsplit(endpoint).hostname
+            if host:
+                allow.append(host)
+        return allow
+
+    def _restore_sync(self, job: RestoreJob, loop: asyncio.AbstractEventLoop) -> RestoreResult:
+        """Worker thread: stream the archive into the server directory through the guard."""
+        user = self.config.system.user
+        options: dict[str, Any] = {
+            "truncate": job.truncate,
+            "write_limit": self.config.system.backups.write_limit,
+            "cancel": job.cancel,
+            "owner": (user.uid, user.gid) if os.geteuid() == 0 else None,
+        }
+        dest = self.server_root(job.server)
+        if job.archive is not None:
+            return restore_archive_file(job.archive, dest, **options)
+        if job.download_url:
+            allow = self.restore_allowlist()
+            with open_restore_stream(job.download_url, allow) as stream:
+                return extract_archive(stream, dest, **options)
+        assert self.s3 is not None
+        body = self.s3.open_stream(job.server, job.uuid)
+        try:
+            return extract_archive(body, dest, **options)
+        finally:
+            body.close()
+
     # -- recovery and shutdown ---------------------------------------------------------------
 
     async def recover(self) -> None:
@@ -359,12 +501,13 @@ class JobManager:
         grace = self.config.system.backups.shutdown_grace if grace is None else grace
         for job in self.queued():
             job.cancel.set()
-        tasks = [j.task for j in self.backups.values() if j.task is not None]
+        jobs: list[BackupJob | RestoreJob] = [*self.backups.values(), *self.restores.values()]
+        tasks = [j.task for j in jobs if j.task is not None]
         if tasks:
             log.info("shutdown_waiting_for_jobs", jobs=len(tasks), grace=grace)
             _done, pending = await asyncio.wait(tasks, timeout=grace)
             if pending:
-                for job in list(self.backups.values()):
+                for job in jobs:
                     job.cancel.set()
                 await asyncio.wait(pending)
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from wingsbak.config import Config
 from wingsbak.events import EventBus
-from wingsbak.http import backups, download, system, ws
+from wingsbak.http import backups, download, restore, system, ws
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware
 from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS
 from wingsbak.jobs import JobManager
@@ -42,6 +42,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(download.routes)
     app.add_routes(system.routes)
     app.add_routes(ws.routes)
+    app.add_routes(restore.routes)
 
     async def startup(app: web.Application) -> None:
         await asyncio.to_thread(app[USED_TOKENS].load)
