@@ -113,7 +113,8 @@ class _Archiver:
         try:
             fd = os.open(entry.name, _FILE_FLAGS, dir_fd=entry.dir_fd)
         except FileNotFoundError:
-            return  # deleted since the listing: it is simply not part of this backup
+            self.files -= 1  # deleted since the listing: it is simply not part of this backup
+            return
         except OSError as exc:
             self.skip(entry.relpath, f"cannot open: {exc.strerror}")
             self.files -= 1
@@ -217,6 +218,8 @@ def write_archive(
                 gz.close()
             except Exception:  # the first error is the one that matters
                 pass
+    # The measuring thread may not have finished: the final report has the exact total.
+    bytes_total[0] = archiver.bytes_read
     archiver.report()
     return ArchiveResult(
         size=metered.size,

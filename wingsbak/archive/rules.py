@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterable
 
@@ -17,15 +18,33 @@ MAX_PTEROIGNORE_BYTES = 32 * 1024
 
 
 class IgnoreRules:
-    """One matcher for every ignore line that applies to a server root."""
+    """One matcher for every ignore line that applies to a server root.
 
-    __slots__ = ("_match", "lines")
+    Git decides for a path whose parents are not excluded (the walk never enters an excluded
+    directory) by the last pattern that matches the path itself, a directory-only pattern
+    ``p/`` acting as ``p`` for directories and not at all for files. pathspec's own
+    ``match_file`` also matches a path through its parents, which decides wrongly for
+    ``dir/**`` (not ``dir`` itself), ``*`` with ``!*/``, and ``a/**/`` (directories only); so
+    only pathspec's per-pattern regular expressions are used, matching the path itself.
+    """
+
+    __slots__ = ("_dir_rules", "_file_rules", "lines")
 
     def __init__(self, lines: Iterable[str] = ()) -> None:
         self.lines: list[str] = [line.rstrip("\r") for line in lines]
-        meaningful = [ln for ln in self.lines if ln.strip() and not ln.startswith("#")]
-        spec = GitIgnoreSpec.from_lines(self.lines) if meaningful else None
-        self._match = spec.match_file if spec is not None else None
+        self._dir_rules: list[tuple[re.Pattern[str], bool]] = []
+        self._file_rules: list[tuple[re.Pattern[str], bool]] = []
+        for line in self.lines:
+            as_dir = _dir_line(line)
+            rule = _compile(as_dir)
+            if rule is None:
+                continue
+            self._dir_rules.append(rule)
+            if as_dir == line:
+                self._file_rules.append(rule)
+        # The last matching pattern decides: look from the end.
+        self._dir_rules.reverse()
+        self._file_rules.reverse()
 
     @classmethod
     def from_text(cls, *texts: str) -> IgnoreRules:
@@ -41,13 +60,43 @@ class IgnoreRules:
 
     @property
     def empty(self) -> bool:
-        return self._match is None
+        return not self._dir_rules
 
     def excludes(self, relpath: str, is_dir: bool = False) -> bool:
-        """Whether ``relpath`` (POSIX, relative to the root, no leading slash) is excluded."""
-        if self._match is None:
-            return False
-        return self._match(relpath + "/" if is_dir else relpath)
+        """Whether ``relpath`` (POSIX, relative to the root, no leading slash) is excluded,
+        given that no directory above it is."""
+        for regex, exclude in self._dir_rules if is_dir else self._file_rules:
+            m = regex.match(relpath)
+            # A match through the directory marker is a match of a parent, not of the path.
+            if m is not None and m.groupdict().get("ps_d") is None:
+                return exclude
+        return False
+
+
+def _dir_line(line: str) -> str:
+    """``line`` as it applies to a directory: a trailing "/" (before unescaped trailing
+    spaces, which git drops) no longer restricts it, since the path is a directory."""
+    body = line
+    while body.endswith(" ") and not body.endswith("\\ "):
+        body = body[:-1]
+    if len(body) > 1 and body.endswith("/") and not body.startswith("#"):
+        # Spaces before the slash are part of the name: escape them now that they trail.
+        stem = body[:-1]
+        core = stem.rstrip(" ")
+        spaces = len(stem) - len(core)
+        if spaces and core.endswith("\\"):
+            core = core[:-1]
+        return core + "\\ " * spaces
+    return line
+
+
+def _compile(line: str) -> tuple[re.Pattern[str], bool] | None:
+    """The regular expression of one line and whether it excludes; None for comments,
+    blank and invalid lines."""
+    for pattern in GitIgnoreSpec.from_lines([line]).patterns:
+        if pattern.include is not None and pattern.regex is not None:
+            return pattern.regex, bool(pattern.include)
+    return None
 
 
 def read_pteroignore(root: str | os.PathLike[str]) -> str:

@@ -8,6 +8,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -26,29 +27,41 @@ class Cancelled(Exception):
 
 class TokenBucket:
     """Limits a byte rate. The burst is a quarter second of the rate, so any window of a few
-    seconds averages within a few percent of the limit."""
+    seconds averages within a few percent of the limit.
 
-    def __init__(self, bytes_per_second: float, cancel: threading.Event | None = None) -> None:
+    ``clock`` and ``sleep`` default to the real ones (``sleep`` to waiting on ``cancel`` when
+    given, so that a cancellation ends the wait); tests pass simulated ones.
+    """
+
+    def __init__(
+        self,
+        bytes_per_second: float,
+        cancel: threading.Event | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
         if bytes_per_second <= 0:
             raise ValueError("rate must be positive")
         self.rate = float(bytes_per_second)
         self.burst = self.rate / 4
         self.tokens = self.burst
-        self.last = time.monotonic()
+        self.clock = clock
+        if sleep is None:
+            sleep = cancel.wait if cancel is not None else time.sleep
+        self.sleep = sleep
+        self.last = clock()
         self.cancel = cancel
 
     def consume(self, n: int) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
         self.tokens -= n
         if self.tokens < 0:
-            delay = -self.tokens / self.rate
-            if self.cancel is not None:
-                if self.cancel.wait(delay):
-                    raise Cancelled("cancelled")
-            else:
-                time.sleep(delay)
+            self.sleep(-self.tokens / self.rate)
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled("cancelled")
 
 
 class MeteredWriter:
