@@ -54,34 +54,50 @@ _user_name = _NameCache(lambda uid: pwd.getpwuid(uid).pw_name)
 _group_name = _NameCache(lambda gid: grp.getgrgid(gid).gr_name)
 
 
-def _ustar_header(
-    name: bytes, linkname: bytes, typeflag: bytes, st: os.stat_result, size: int
-) -> bytes:
-    mode = stat.S_IMODE(st.st_mode)
-    mtime = int(st.st_mtime)
-    head = b"".join(
-        (
-            name.ljust(100, b"\0"),
-            b"%07o\0" % mode,
-            b"%07o\0" % st.st_uid,
-            b"%07o\0" % st.st_gid,
-            b"%011o\0" % size,
-            b"%011o\0" % mtime,
-        )
-    )
+# (typeflag, uid, gid) -> the header from the type flag to the end, and its byte sum. Only
+# entries without a link name use it, so its size is bounded by the owners in the tree.
+_TAILS: dict[tuple[bytes, int, int], tuple[bytes, int]] = {}
+
+
+def _tail(typeflag: bytes, linkname: bytes, uid: int, gid: int) -> tuple[bytes, int]:
     tail = b"".join(
         (
             typeflag,
             linkname.ljust(100, b"\0"),
             b"ustar\x0000",
-            _user_name(st.st_uid).ljust(32, b"\0"),
-            _group_name(st.st_gid).ljust(32, b"\0"),
+            _user_name(uid).ljust(32, b"\0"),
+            _group_name(gid).ljust(32, b"\0"),
             b"0000000\x000000000\x00",
             bytes(167),  # prefix (155) and padding (12)
         )
     )
-    chksum = sum(head) + sum(tail) + 8 * 32
-    return head + b"%06o\0 " % chksum + tail
+    return tail, sum(tail)
+
+
+def _ustar_header(
+    name: bytes, linkname: bytes, typeflag: bytes, st: os.stat_result, size: int
+) -> bytes:
+    # Per entry only the name and the numeric fields change; summing just those (the zero
+    # fill adds nothing) keeps the checksum cheap on trees of many small files.
+    uid = st.st_uid
+    gid = st.st_gid
+    if linkname:
+        tail, tail_sum = _tail(typeflag, linkname, uid, gid)
+    else:
+        key = (typeflag, uid, gid)
+        cached = _TAILS.get(key)
+        if cached is None:
+            cached = _TAILS[key] = _tail(typeflag, b"", uid, gid)
+        tail, tail_sum = cached
+    fields = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (
+        stat.S_IMODE(st.st_mode),
+        uid,
+        gid,
+        size,
+        int(st.st_mtime),
+    )
+    chksum = sum(name) + sum(fields) + tail_sum + 8 * 32
+    return b"".join((name.ljust(100, b"\0"), fields, b"%06o\0 " % chksum, tail))
 
 
 def _pax_header(relpath: str, linkname: str, kind: Kind, st: os.stat_result, size: int) -> bytes:
