@@ -7,6 +7,7 @@ import itertools
 import os
 import time
 
+import aiohttp
 import pytest
 from daemon_helpers import (
     Daemon,
@@ -205,3 +206,23 @@ async def test_download_needs_no_bearer_and_ignores_one(daemon: Daemon, node: No
         daemon, sign(download_claims(server, backup)), {"Authorization": "Bearer wrong"}
     )
     assert status == 200 and body == data
+
+
+async def test_range_resume_from_another_address_is_refused(
+    daemon: Daemon, node: Node, panel: Panel
+):
+    """Only the address that used the token may resume with it (127.0.0.2 is loopback too)."""
+    server, backup, data = await make_backup(daemon, node, panel)
+    token = sign(download_claims(server, backup))
+    status, _, body = await download(daemon, token, {"Range": "bytes=0-99"})
+    assert status == 206 and body == data[:100]
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as other,
+        other.get(
+            daemon.url + "/download/backup",
+            params={"token": token},
+            headers={"Range": "bytes=100-"},
+        ) as r,
+    ):
+        assert_refused(r.status, await r.read(), data)
