@@ -53,6 +53,9 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     src = Path(args.src)
     if not src.is_dir():
         raise SystemExit(f"wingsbak: {src} is not a directory")
+    out_dir = Path(args.output).absolute().parent
+    if not out_dir.is_dir():
+        raise SystemExit(f"wingsbak: the output directory {out_dir} does not exist")
     request_lines: list[str] = list(args.ignore or [])
     if args.ignore_file:
         request_lines.extend(Path(args.ignore_file).read_text(encoding="utf-8").splitlines())
