@@ -110,7 +110,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             try:
                 data = json.loads(msg.data)
                 name, args = data.get("event"), data.get("args") or []
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError, TypeError):
                 continue
             if name == "auth":
                 await session.authenticate(args[0] if args else "")
