@@ -6,7 +6,9 @@
 All tools read the same warm page cache and write to the same disk, and every run ends with
 its archive durable there (wingsbak fsyncs before its rename; each peer is followed by
 ``sync FILE``). Runs alternate between the tools and the median is reported, so drift on the
-machine hits all of them alike. Peak RSS is the child's own ``ru_maxrss`` from ``wait4``.
+machine hits all of them alike. Peak RSS is the child's own ``ru_maxrss`` from ``wait4``; the
+CPU seconds (user + system, all threads and children) are printed too, since on a shared
+machine they move less than wall time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Run:
     seconds: float
     size: int
     maxrss: int  # bytes
+    cpu: float  # user + system seconds of the child and its children
 
 
 @dataclass(slots=True)
@@ -81,7 +84,8 @@ def run_once(argv: list[str], out: Path) -> Run:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{argv[0]} failed with exit code {proc.returncode}: {argv}")
-    return Run(seconds, out.stat().st_size, usage.ru_maxrss * 1024)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(seconds, out.stat().st_size, usage.ru_maxrss * 1024, cpu)
 
 
 def warm(src: Path) -> None:
@@ -126,6 +130,7 @@ def median_run(runs: list[Run]) -> Run:
         statistics.median(r.seconds for r in runs),
         runs[-1].size,
         max(r.maxrss for r in runs),
+        statistics.median(r.cpu for r in runs),
     )
 
 
@@ -134,12 +139,15 @@ def print_table(title: str, input_bytes: int, results: dict[str, list[Run]]) -> 
     names = list(med)
     ours = med[names[0]]
     print(f"\n{title}: {input_bytes / MB:.0f} MB of file data, median of {len(results[names[0]])}")
-    print(f"{'tool':<18} {'seconds':>8} {'MB/s':>8} {'output MB':>10} {'ratio':>6}  runs (s)")
+    print(
+        f"{'tool':<18} {'seconds':>8} {'MB/s':>8} {'cpu s':>6} {'output MB':>10} {'ratio':>6}"
+        "  runs (s)"
+    )
     for name in names:
         m = med[name]
         runs = " ".join(f"{r.seconds:.2f}" for r in results[name])
         print(
-            f"{name:<18} {m.seconds:8.2f} {input_bytes / MB / m.seconds:8.0f} "
+            f"{name:<18} {m.seconds:8.2f} {input_bytes / MB / m.seconds:8.0f} {m.cpu:6.2f} "
             f"{m.size / MB:10.1f} {m.size / input_bytes:6.3f}  {runs}"
         )
     for name in names[1:]:
