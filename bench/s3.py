@@ -98,14 +98,73 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("moto server did not start")
 
 
+S3RVER_DIR = BENCH_DIR / ".data" / "s3rver"
+S3RVER_KEY = "S3RVER"  # s3rver's fixed credentials
+
+
+def start_s3rver(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """s3rver (npm), a Node S3 server that stores objects on disk: a faster stand-in for a
+    real bucket than moto, whose Python request handling caps its ingest rate."""
+    exe = S3RVER_DIR / "node_modules" / ".bin" / "s3rver"
+    if not exe.exists():
+        subprocess.run(
+            ["npm", "install", "--silent", "--prefix", str(S3RVER_DIR), "s3rver@3.7.1"],
+            check=True,
+        )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "-d",
+            str(data_dir),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-s",
+            "--no-vhost-buckets",
+            "--configure-bucket",
+            BUCKET,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, endpoint
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("s3rver did not start")
+
+
+def start_null_s3() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.nulls3", str(port)], cwd=BENCH_DIR.parent)
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the null S3 server did not start")
+
+
+def s3_key() -> str:
+    return S3RVER_KEY if os.environ.get("WINGSBAK_BENCH_S3") == "s3rver" else "bench"
+
+
 def s3_config(endpoint: str, part_size: int, concurrency: int) -> Any:
     from wingsbak.config import S3Config
 
     return S3Config(
         bucket=BUCKET,
         endpoint=endpoint,
-        access_key_id="bench",
-        secret_access_key="bench",
+        access_key_id=s3_key(),
+        secret_access_key=s3_key(),
         path_style=True,
         part_size=part_size,
         concurrency=concurrency,
@@ -184,6 +243,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--level", default="best_speed")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument(
+        "--server",
+        choices=("moto", "s3rver", "null"),
+        default="moto",
+        help="the local S3 server: moto (server mode), s3rver (npm, needs node), or null "
+        "(bench/nulls3.py: accepts the parts and discards them, to show wingsbak's own cost)",
+    )
     parser.add_argument("--child", choices=("local", "s3", "floor"))
     parser.add_argument("--bytes", type=int, default=0)
     parser.add_argument("--src", type=Path)
@@ -204,16 +270,26 @@ def main(argv: list[str] | None = None) -> None:
         if p.is_file():
             p.read_bytes()
     part_size = args.part_size * MIB
-    moto, endpoint = start_moto()
+    (BENCH_DIR / ".data").mkdir(exist_ok=True)
+    server_dir = tempfile.TemporaryDirectory(dir=BENCH_DIR / ".data")
+    if args.server == "s3rver":
+        # Children inherit this and use s3rver's credentials.
+        os.environ["WINGSBAK_BENCH_S3"] = "s3rver"
+        moto, endpoint = start_s3rver(Path(server_dir.name))
+    elif args.server == "null":
+        moto, endpoint = start_null_s3()
+    else:
+        moto, endpoint = start_moto()
     try:
         client = boto3.client(
             "s3",
             endpoint_url=endpoint,
             region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
+            aws_access_key_id=s3_key(),
+            aws_secret_access_key=s3_key(),
         )
-        client.create_bucket(Bucket=BUCKET)
+        if args.server == "moto":
+            client.create_bucket(Bucket=BUCKET)
         common = [
             "--src",
             str(src),
@@ -237,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
                 backup = f"00000000-0000-4000-8000-{i:012d}"
                 s3_run = run_child("s3", common, ["--endpoint", endpoint, "--backup", backup])
                 key = f"{SERVER_UUID}/{backup}.tar.gz"
-                if object_sha1(client, key) != s3_run["checksum"]:
+                # The null server keeps nothing to compare; the others must hold the object.
+                if args.server != "null" and object_sha1(client, key) != s3_run["checksum"]:
                     raise SystemExit("the uploaded object does not match its checksum")
                 client.delete_object(Bucket=BUCKET, Key=key)  # moto holds it in memory
                 s3_runs.append(s3_run)
@@ -249,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         moto.terminate()
         moto.wait(10)
+        server_dir.cleanup()
 
     local = min(local_runs, key=lambda r: r["wall"])
     s3 = min(s3_runs, key=lambda r: r["wall"])
@@ -258,19 +336,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data set: {src} ({data_bytes / MB:.0f} MB), level {args.level}, best of {args.runs}")
     print(f"archive: {s3['size'] / MB:.0f} MB, {math.ceil(s3['size'] / part_size)} parts")
     print(f"{'':14}{'wall s':>8}{'MB/s in':>9}{'peak RSS MiB':>14}")
-    for name, r in (("local adapter", local), ("s3 (moto)", s3)):
+    for name, r in (("local adapter", local), (f"s3 ({args.server})", s3)):
         rate = data_bytes / MB / r["wall"]
         print(f"{name:14}{r['wall']:8.2f}{rate:9.0f}{r['maxrss'] / MIB:14.1f}")
     r = bare
-    print(f"{'moto floor':14}{r['wall']:8.2f}{'':>9}{r['maxrss'] / MIB:14.1f}")
+    print(f"{args.server + ' floor':14}{r['wall']:8.2f}{'':>9}{r['maxrss'] / MIB:14.1f}")
     print(
-        "  (moto floor: the same number of bytes uploaded from memory with no archiving, "
+        "  (floor: the same number of bytes uploaded from memory with no archiving, "
         "i.e. what the S3 server itself allows)"
     )
     verdict = "ok" if ratio <= 1.25 else "over target"
     print(f"s3 / local wall time: {ratio:.2f}x (target <= 1.25x: {verdict})")
     print(
-        f"s3 / moto floor: {s3['wall'] / bare['wall']:.2f}x "
+        f"s3 / {args.server} floor: {s3['wall'] / bare['wall']:.2f}x "
         "(what archiving adds on top of the server's own limit)"
     )
     rss_ok = "ok" if s3["maxrss"] <= rss_target else "over target"
