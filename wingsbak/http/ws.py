@@ -60,7 +60,9 @@ class _Session:
             if claims["server_uuid"] != self.server:
                 raise TokenRejected("the token is for another server")
             perms = claims.get("permissions")
-            if not isinstance(perms, list) or not ({"websocket.connect", "*"} & set(perms)):
+            if not isinstance(perms, list) or not (
+                {"websocket.connect", "*"} & {p for p in perms if isinstance(p, str)}
+            ):
                 raise TokenRejected("the token does not grant websocket.connect")
         except TokenRejected as exc:
             await self.send("jwt error", exc.message)

@@ -1,0 +1,301 @@
+"""The event socket over real HTTP: the JWT handshake, backup/restore events, several clients,
+a client that stops reading, and the expiry warning and close."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType
+
+import wingsbak.http.ws
+from wingsbak.events import EventBus
+from wingsbak.http.state import EVENTS
+
+MIB = 1024 * 1024
+PROGRESS_KEYS = {"uuid", "bytes_read", "bytes_total", "files", "percent"}
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def payload(event: dict[str, Any]) -> dict[str, Any]:
+    assert isinstance(event.get("args"), list) and len(event["args"]) == 1, event
+    assert isinstance(event["args"][0], str), event
+    data: dict[str, Any] = json.loads(event["args"][0])
+    return data
+
+
+async def assert_quiet(client: Any, sentinel_token: str, answer: str) -> None:
+    """Nothing is waiting for ``client``: a fresh ``auth`` is answered before anything else.
+
+    Messages on one socket keep their order, so an event forwarded earlier would arrive first.
+    """
+    got = await client.auth(sentinel_token)
+    assert got["event"] == answer, f"an event was delivered: {got!r}"
+
+
+async def test_backup_sends_progress_then_one_completed_with_the_archive_checksum(
+    start_daemon, panel, node, open_ws, ws_token
+):
+    # Uncompressed (level 0) so the archiver itself is paced by the write limit: ISA-L's
+    # threaded writer would take the first ~8 MiB in at once and report progress only at the end.
+    daemon = await start_daemon(remote=panel.url, write_limit=2, compression_level="none")
+    server = node.random_server(6 * MIB)
+    reader = await open_ws(daemon, server)
+    assert (await reader.auth(ws_token(server)))["event"] == "auth success"
+    everything = await open_ws(daemon, server)
+    assert (await everything.auth(ws_token(server, permissions=["*"])))["event"] == "auth success"
+    no_backup_read = await open_ws(daemon, server)
+    plain = ws_token(server, permissions=["websocket.connect", "control.console"])
+    assert (await no_backup_read.auth(plain))["event"] == "auth success"
+
+    backup = new_uuid()
+    started = time.monotonic()
+    await daemon.post_backup(server, backup)
+    events = await reader.until("backup completed")
+    elapsed = time.monotonic() - started
+
+    progress = [payload(e) for e in events if e["event"] == "backup progress"]
+    assert [e["event"] for e in events] == ["backup progress"] * len(progress) + [
+        "backup completed"
+    ]
+    assert len(progress) >= 3, progress
+    # The archiver reports at most every 0.25 s, plus one final report.
+    assert len(progress) <= elapsed / 0.25 + 2, (len(progress), elapsed)
+    for p in progress:
+        assert set(p) == PROGRESS_KEYS, p
+        assert p["uuid"] == backup
+        assert 0 <= p["percent"] <= 100
+    reads = [p["bytes_read"] for p in progress]
+    assert reads == sorted(reads) and reads[-1] >= 6 * MIB - 6, reads
+    assert [p["files"] for p in progress] == sorted(p["files"] for p in progress)
+    assert progress[-1]["percent"] == 100
+    assert progress[-1]["bytes_total"] == progress[-1]["bytes_read"]
+
+    done = payload(events[-1])
+    archive = node.archive(server, backup)
+    blob = archive.read_bytes()
+    assert done == {
+        "uuid": backup,
+        "is_successful": True,
+        "checksum": hashlib.sha1(blob).hexdigest(),
+        "checksum_type": "sha1",
+        "file_size": len(blob),
+    }
+    report = await panel.wait_report(backup)
+    assert report["checksum"] == done["checksum"] and report["size"] == len(blob)
+
+    # The '*' client saw the same stream; the client without backup.read saw none of it.
+    assert [payload(e) for e in await everything.until("backup completed")] == [
+        *progress,
+        done,
+    ]
+    await assert_quiet(no_backup_read, plain, "auth success")
+    # Exactly one 'backup completed': nothing more is waiting for the reader either.
+    await assert_quiet(reader, ws_token(server), "auth success")
+
+
+async def test_progress_is_throttled_while_archiving_many_small_files(
+    start_daemon, panel, node, open_ws, ws_token
+):
+    # 20 000 entries: the archiver checks for progress at every one, many times per 0.25 s.
+    files = {f"d{d}/f{i}.txt": b"x" * 100 for d in range(40) for i in range(500)}
+    daemon = await start_daemon(remote=panel.url)
+    server = node.server(files)
+    client = await open_ws(daemon, server)
+    assert (await client.auth(ws_token(server)))["event"] == "auth success"
+    backup = new_uuid()
+    started = time.monotonic()
+    await daemon.post_backup(server, backup)
+    events = await client.until("backup completed")
+    elapsed = time.monotonic() - started
+    progress = [payload(e) for e in events if e["event"] == "backup progress"]
+    assert progress, events
+    assert len(progress) <= elapsed / 0.25 + 2, (len(progress), elapsed)
+    assert progress[-1]["files"] == len(files) + 40  # the files and their 40 folders
+    assert payload(events[-1])["is_successful"] is True
+
+
+async def test_restore_sends_restore_completed(
+    start_daemon, panel, node, open_ws, ws_token, tmp_path
+):
+    daemon = await start_daemon(remote=panel.url)
+    server = node.server({"world/level.dat": b"level" * 1000, "eula.txt": b"eula=true\n"})
+    client = await open_ws(daemon, server)
+    assert (await client.auth(ws_token(server)))["event"] == "auth success"
+    backup = new_uuid()
+    await daemon.post_backup(server, backup)
+    assert payload((await client.until("backup completed"))[-1])["is_successful"] is True
+    (node.data / server / "eula.txt").write_bytes(b"eula=false\n")
+    # The job is forgotten just after the event; wait for the node to be idle.
+    deadline = time.monotonic() + 10
+    while (await daemon.jobs())["running"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+    await daemon.post_restore(server, backup)
+    events = await client.until("backup restore completed")
+    assert [e["event"] for e in events] == ["backup restore completed"]
+    assert payload(events[-1]) == {"uuid": backup, "is_successful": True}
+    assert (node.data / server / "eula.txt").read_bytes() == b"eula=true\n"
+    assert (await panel.wait_report(backup, restore=True)) == {"successful": True}
+    await assert_quiet(client, ws_token(server), "auth success")
+
+
+BAD_TOKENS = {
+    "wrong key": lambda s, tok, unsigned: tok(s, key="not-the-node-token-" + "x" * 40),
+    "alg none": lambda s, tok, unsigned: unsigned(s),
+    "expired": lambda s, tok, unsigned: tok(
+        s, iat=int(time.time()) - 600, exp=int(time.time()) - 120
+    ),
+    "other server": lambda s, tok, unsigned: tok(new_uuid()),
+    "no websocket.connect": lambda s, tok, unsigned: tok(s, permissions=["backup.read"]),
+    "no permissions": lambda s, tok, unsigned: tok(s, permissions=None),
+    "no user_uuid": lambda s, tok, unsigned: tok(s, user_uuid=None),
+    "permissions a string": lambda s, tok, unsigned: tok(s, permissions="websocket.connect"),
+    "permissions not strings": lambda s, tok, unsigned: tok(s, permissions=[{"a": 1}, ["b"]]),
+    "not a JWT": lambda s, tok, unsigned: "not-a-jwt",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_TOKENS))
+async def test_refused_token_gets_jwt_error_and_no_events(
+    kind, start_daemon, panel, node, open_ws, ws_token, unsigned_token
+):
+    daemon = await start_daemon(remote=panel.url)
+    server = node.server()
+    bad = BAD_TOKENS[kind](server, ws_token, unsigned_token)
+    refused = await open_ws(daemon, server)
+    answer = await refused.auth(bad)
+    assert answer["event"] == "jwt error", answer
+    assert len(answer["args"]) == 1 and isinstance(answer["args"][0], str) and answer["args"][0]
+
+    witness = await open_ws(daemon, server)
+    assert (await witness.auth(ws_token(server)))["event"] == "auth success"
+    backup = new_uuid()
+    await daemon.post_backup(server, backup)
+    await witness.until("backup completed")
+    await panel.wait_report(backup)
+    await assert_quiet(refused, bad, "jwt error")
+
+
+async def test_events_before_auth_are_not_delivered(start_daemon, panel, node, open_ws, ws_token):
+    daemon = await start_daemon(remote=panel.url)
+    server = node.server()
+    early = await open_ws(daemon, server)
+    witness = await open_ws(daemon, server)
+    assert (await witness.auth(ws_token(server)))["event"] == "auth success"
+    backup = new_uuid()
+    await daemon.post_backup(server, backup)
+    await witness.until("backup completed")
+
+    assert (await early.auth(ws_token(server)))["event"] == "auth success"
+    await assert_quiet(early, ws_token(server), "auth success")
+    # ... and it does get the next backup's events.
+    second = new_uuid()
+    await daemon.post_backup(server, second)
+    assert payload((await early.until("backup completed"))[-1])["uuid"] == second
+
+
+async def test_reauth_with_a_fresh_token_takes_effect(start_daemon, panel, node, open_ws, ws_token):
+    daemon = await start_daemon(remote=panel.url)
+    server = node.server()
+    client = await open_ws(daemon, server)
+    first = ws_token(server, permissions=["websocket.connect"], exp=int(time.time()) + 120)
+    assert (await client.auth(first))["event"] == "auth success"
+    backup = new_uuid()
+    await daemon.post_backup(server, backup)
+    await panel.wait_report(backup)
+    await assert_quiet(client, first, "auth success")
+
+    # A refused re-auth in between, then a fresh token that grants backup.read.
+    assert (await client.auth("garbage"))["event"] == "jwt error"
+    fresh = ws_token(server, exp=int(time.time()) + 600)
+    assert (await client.auth(fresh))["event"] == "auth success"
+    second = new_uuid()
+    await daemon.post_backup(server, second)
+    assert payload((await client.until("backup completed"))[-1])["uuid"] == second
+
+
+async def test_two_clients_receive_and_a_client_that_stops_reading_holds_nobody_up(
+    start_daemon, panel, node, open_ws, ws_token, raw_ws
+):
+    daemon = await start_daemon(remote=panel.url, write_limit=2)
+    server = node.random_server(2 * MIB)
+    bus: EventBus = daemon.app[EVENTS]
+    assert json.loads(await raw_ws(daemon, server, ws_token(server)))["event"] == "auth success"
+    first = await open_ws(daemon, server)
+    second = await open_ws(daemon, server)
+    for c in (first, second):
+        assert (await c.auth(ws_token(server)))["event"] == "auth success"
+    assert bus.subscribers(server) == 3
+
+    # Several MiB of events through the node's own bus: far more than the stalled client's
+    # socket buffers hold, so its forwarder blocks and its queue overflows (drop-oldest),
+    # while the clients that read get every one, in order.
+    filler = "x" * 16384
+    total = 400
+    got: list[list[int]] = [[], []]
+
+    async def read(client: Any, into: list[int]) -> None:
+        while len(into) < total:
+            into.append(int(payload(await client.next())["n"]))
+
+    readers = [asyncio.create_task(read(c, g)) for c, g in zip((first, second), got, strict=True)]
+    deadline = time.monotonic() + 20
+    for n in range(total):
+        bus.publish(server, "backup progress", {"n": n, "filler": filler})
+        if n % 16 == 15:
+            while min(len(g) for g in got) <= n and not any(t.done() for t in readers):
+                assert time.monotonic() < deadline, [len(g) for g in got]
+                await asyncio.sleep(0.001)
+    await asyncio.wait_for(asyncio.gather(*readers), 20)
+    assert got == [list(range(total))] * 2
+    assert bus.dropped > 0
+
+    backup = new_uuid()
+    await daemon.post_backup(server, backup)
+    done = [payload((await c.until("backup completed"))[-1]) for c in (first, second)]
+    assert done[0] == done[1]
+    assert done[0]["uuid"] == backup and done[0]["is_successful"] is True
+    report = await panel.wait_report(backup)
+    assert report["successful"] is True and report["checksum"] == done[0]["checksum"]
+
+
+async def test_event_bus_drops_the_oldest_when_a_queue_is_full():
+    bus = EventBus(queue_size=3)
+    slow = bus.subscribe("s")
+    other = bus.subscribe("t")
+    for n in range(5):
+        bus.publish("s", "backup progress", {"n": n})
+    assert bus.dropped == 2
+    kept = [json.loads(slow.get_nowait().args[0])["n"] for _ in range(slow.qsize())]
+    assert kept == [2, 3, 4]
+    assert other.empty()
+    bus.unsubscribe("s", slow)
+    assert bus.subscribers("s") == 0
+
+
+async def test_expiring_token_is_warned_then_closed(
+    start_daemon, panel, node, open_ws, ws_token, monkeypatch
+):
+    # The warning comes a minute before expiry; a long warning window lets a token that
+    # expires in 3 s show both messages without waiting a minute.
+    monkeypatch.setattr(wingsbak.http.ws, "EXPIRY_WARNING_SECONDS", 3600)
+    daemon = await start_daemon(remote=panel.url)
+    server = node.server()
+    client = await open_ws(daemon, server)
+    assert (await client.auth(ws_token(server, exp=int(time.time()) + 3)))[
+        "event"
+    ] == "auth success"
+    assert (await client.next(timeout=20))["event"] == "token expiring"
+    assert (await client.next(timeout=20))["event"] == "token expired"
+    msg = await client.ws.receive(timeout=20)
+    assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED), msg
