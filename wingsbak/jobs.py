@@ -47,6 +47,8 @@ from wingsbak.urlguard import UnsafeURL, check_restore_url, open_restore_stream
 log = get_logger(__name__)
 
 ADAPTERS = ("wings", "s3")
+# Added to the nice value of job threads (Linux: per thread, inherited by threads they start).
+BACKGROUND_NICE = 10
 # Failures with a message that says it all: logged as one line, without a traceback.
 EXPECTED_FAILURES = (OSError, S3Error, PresignedUploadError, PanelError, RestoreError)
 
@@ -123,7 +125,7 @@ class JobManager:
         limit = config.system.backups.max_concurrent
         self._slots = asyncio.Semaphore(limit)
         self._executor = ThreadPoolExecutor(
-            max_workers=limit + 2, thread_name_prefix="wingsbak-job"
+            max_workers=limit + 2, thread_name_prefix="wingsbak-job", initializer=_background
         )
         self._server_locks: dict[str, asyncio.Lock] = {}
         self.backups: dict[str, BackupJob] = {}
@@ -511,6 +513,14 @@ class JobManager:
                     job.cancel.set()
                 await asyncio.wait(pending)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _background() -> None:
+    """Run a job thread (and the compressor threads it starts, which inherit it) at a lower
+    CPU priority, so that on a busy node the API's event loop is scheduled first."""
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
 
 
 def _describe(exc: BaseException) -> str:
