@@ -39,11 +39,15 @@ class Journal:
 
     def _write(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self._entries, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self._entries, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def record(self, key: str, **fields: Any) -> None:
         with self._lock:
@@ -51,6 +55,11 @@ class Journal:
             self._write()
 
     def forget(self, key: str) -> None:
+        """Drop a finished job. Never raises: a job must not fail because the journal cannot
+        be rewritten (a full disk); the stale entry is then only reported again at start."""
         with self._lock:
             if self._entries.pop(key, None) is not None:
-                self._write()
+                try:
+                    self._write()
+                except OSError as exc:
+                    log.error("journal_not_saved", path=str(self.path), error=str(exc))

@@ -166,19 +166,33 @@ class Outbox:
 
     def _write_file(self, items: list[dict[str, Any]]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(items, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(items, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     async def _persist(self) -> None:
+        """Rewrite the file; a failure (a full disk) is logged, never raised: the reports are
+        still delivered from memory, only their survival of a restart is lost meanwhile."""
         items = [
             {"id": r.id, "method": r.method, "path": r.path, "body": r.body}
             for r in self._pending.values()
         ]
         async with self._lock:
-            await asyncio.to_thread(self._write_file, items)
+            try:
+                await asyncio.to_thread(self._write_file, items)
+            except OSError as exc:
+                log.error(
+                    "outbox_not_saved",
+                    path=str(self.path),
+                    error=exc.strerror or str(exc),
+                    pending=len(items),
+                )
 
     async def send(self, method: str, path: str, body: dict[str, Any]) -> None:
         """Queue a report durably and start delivering it."""

@@ -297,11 +297,17 @@ def archive_to_file(
 ) -> ArchiveResult:
     """Write the archive of ``root`` to ``path`` atomically, then its checksum sidecar.
 
-    On any error or cancellation the temporary file is removed and ``path`` does not appear.
+    On any error or cancellation the temporary file is removed and ``path`` does not appear;
+    if the sidecar cannot be written (a full disk), the archive is removed again, so a backup
+    reported as failed never leaves an archive under its final name.
     """
     path = Path(path)
     with AtomicFile(path) as f:
         result = write_archive(root, f, rules, **options)  # type: ignore[arg-type]
         f.commit()
-    write_sidecar(path, result.checksum, result.checksum_type)
+    try:
+        write_sidecar(path, result.checksum, result.checksum_type)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return result
