@@ -90,7 +90,10 @@ def run_once(argv: list[str], out: Path) -> Run:
 
 def warm(src: Path) -> None:
     """Read every file once so all tools start from the same warm page cache. (GNU tar does
-    not read file data when its output is /dev/null, hence the pipe.)"""
+    not read file data when its output is /dev/null, hence the pipe.) A data set generated
+    just now is still being written back; ``sync`` first, so the first run does not compete
+    with that."""
+    os.sync()
     subprocess.run(f"tar -cf - -C {src} . | cat > /dev/null", shell=True, check=True)
 
 
