@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import hdrs, web
 
 from wingsbak.errors import NotFound, TokenRejected
+from wingsbak.http.sendfile import ArchiveFileResponse
 from wingsbak.http.state import CONFIG, JOBS, STORAGE, USED_TOKENS
 from wingsbak.http.validation import is_uuid
 from wingsbak.log import get_logger
@@ -46,7 +47,7 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(redirect)
     log.info("backup_download", server=server, backup=backup, resume=resume)
     request.app[JOBS].metrics.downloads.inc()
-    return web.FileResponse(
+    return ArchiveFileResponse(
         path,
         chunk_size=1024 * 1024,
         headers={

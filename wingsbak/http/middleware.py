@@ -44,6 +44,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         message = _STATUS_MESSAGES.get(exc.status, exc.reason or "The request failed.")
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         response = error_response(exc.status, message, headers)
+    except ConnectionError:
+        raise  # the client went away: nothing to answer, nothing to report
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         response = error_response(500, "An unexpected error occurred on the node.")
