@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wingsbak.log import get_logger
+from wingsbak.statefile import write_json_atomic
 
 log = get_logger(__name__)
 
@@ -38,16 +39,7 @@ class Journal:
             return dict(self._entries)
 
     def _write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self._entries, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_json_atomic(self.path, self._entries)
 
     def record(self, key: str, **fields: Any) -> None:
         with self._lock:

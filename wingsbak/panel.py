@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from wingsbak.log import get_logger
+from wingsbak.statefile import write_json_atomic
 
 log = get_logger(__name__)
 
@@ -165,16 +166,7 @@ class Outbox:
         return data if isinstance(data, list) else []
 
     def _write_file(self, items: list[dict[str, Any]]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(items, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_json_atomic(self.path, items)
 
     async def _persist(self) -> None:
         """Rewrite the file; a failure (a full disk) is logged, never raised: the reports are

@@ -18,6 +18,7 @@ from typing import Any
 import jwt
 
 from wingsbak.errors import TokenRejected
+from wingsbak.statefile import write_json_atomic
 
 ALGORITHMS = ["HS256"]
 MAX_TOKEN_LENGTH = 8192
@@ -100,10 +101,5 @@ class UsedTokens:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
         data = {u: {"expires": x.expires, "address": x.address} for u, x in self._uses.items()}
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, data)
