@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import aiohttp
 from daemon_helpers import (
+    NODE_TOKEN,
     DaemonProcess,
     Node,
     Panel,
@@ -176,3 +177,12 @@ async def test_download_token_replay_after_restart(daemon_process, node: Node, p
             assert r.status == 401
             assert set(await r.json()) == {"error"}
     assert await proc.stop() == 0
+    # The log (JSON lines, debug level) never holds the node token or a JWT, and the lines
+    # about this backup carry its server, backup and request id.
+    text = proc.log_path.read_text(encoding="utf-8")
+    assert NODE_TOKEN not in text
+    assert token not in text and token.split(".")[1] not in text
+    lines = [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
+    download = [ln for ln in lines if ln.get("event") == "backup_download"]
+    assert download and download[0]["server"] == server and download[0]["backup"] == backup
+    assert download[0]["request_id"]
