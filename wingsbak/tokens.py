@@ -21,6 +21,7 @@ from wingsbak.errors import TokenRejected
 from wingsbak.statefile import write_json_atomic
 
 ALGORITHMS = ["HS256"]
+LEEWAY_SECONDS = 5  # clock skew allowed between panel and node
 MAX_TOKEN_LENGTH = 8192
 USED_TOKENS_NAME = ".wingsbak-used-tokens.json"
 
@@ -37,7 +38,7 @@ def decode_token(token: str, key: str, required: list[str]) -> dict[str, Any]:
             key,
             algorithms=ALGORITHMS,
             options={"require": ["exp", "iat", *required], "verify_aud": False},
-            leeway=5,
+            leeway=LEEWAY_SECONDS,
         )
     except jwt.ExpiredSignatureError as exc:
         raise TokenRejected("the token has expired") from exc
@@ -57,6 +58,7 @@ def decode_token(token: str, key: str, required: list[str]) -> dict[str, Any]:
 class _Use:
     expires: float
     address: str
+    completed: bool = False
 
 
 class UsedTokens:
@@ -78,28 +80,43 @@ class UsedTokens:
         if isinstance(data, dict):
             for uid, item in data.items():
                 try:
-                    use = _Use(float(item["expires"]), str(item["address"]))
+                    use = _Use(
+                        float(item["expires"]), str(item["address"]), bool(item.get("completed"))
+                    )
                 except (KeyError, TypeError, ValueError):
                     continue
                 if use.expires > now:
                     self._uses[uid] = use
 
-    def claim(self, unique_id: str, expires: float, address: str, resume: bool) -> bool:
-        """Mark ``unique_id`` used; False when it was used before (and this is no resume
-        from the same address). Call from a worker thread: it writes the file."""
+    def claim(self, unique_id: str, expires: float, address: str, resume_from: int) -> bool:
+        """Mark ``unique_id`` used; False when it was used before. The one exception is a
+        resume: a ``Range`` from a byte past 0, from the address of the first request, while
+        no transfer of the whole (or of its end) has completed. Runs in a worker thread (it
+        writes the file). A used id is remembered until the token can no longer be valid."""
         now = time.time()
         with self._lock:
             for uid in [u for u, use in self._uses.items() if use.expires <= now]:
                 del self._uses[uid]
             use = self._uses.get(unique_id)
             if use is not None:
-                return resume and use.address == address
-            self._uses[unique_id] = _Use(expires, address)
+                return resume_from > 0 and not use.completed and use.address == address
+            self._uses[unique_id] = _Use(expires + LEEWAY_SECONDS, address)
             self._save()
             return True
+
+    def complete(self, unique_id: str) -> None:
+        """The archive (or its last byte range) has been sent: no resume any more."""
+        with self._lock:
+            use = self._uses.get(unique_id)
+            if use is not None and not use.completed:
+                use.completed = True
+                self._save()
 
     def _save(self) -> None:
         if self.path is None:
             return
-        data = {u: {"expires": x.expires, "address": x.address} for u, x in self._uses.items()}
+        data = {
+            u: {"expires": x.expires, "address": x.address, "completed": x.completed}
+            for u, x in self._uses.items()
+        }
         write_json_atomic(self.path, data)

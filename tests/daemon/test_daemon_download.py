@@ -3,6 +3,7 @@ Range resumption, the legacy Wings layout."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -159,10 +160,12 @@ async def test_download_unknown_backup_is_404(daemon: Daemon, node: Node):
 
 
 async def test_download_range_reassembles(daemon: Daemon, node: Node, panel: Panel):
+    """A broken download resumes with the same link: ranges from a byte past 0, from the same
+    address, until the end of the archive has been sent once."""
     server, backup, data = await make_backup(daemon, node, panel)
     token = sign(download_claims(server, backup))
     size = len(data)
-    cuts = [0, 1, 1000, size // 3, size // 2, size - 10, size]
+    cuts = [0, 1, 1000, size // 3, size // 2, size - 10]
     pieces = []
     for start, end in itertools.pairwise(cuts):
         status, headers, body = await download(daemon, token, {"Range": f"bytes={start}-{end - 1}"})
@@ -170,22 +173,32 @@ async def test_download_range_reassembles(daemon: Daemon, node: Node, panel: Pan
         assert headers["Content-Range"] == f"bytes {start}-{end - 1}/{size}"
         assert len(body) == end - start
         pieces.append(body)
-    assert b"".join(pieces) == data
     # An open-ended range to finish, as a resuming client sends.
-    status, _, body = await download(daemon, token, {"Range": f"bytes={size - 100}-"})
-    assert status == 206 and body == data[-100:]
-    # The same token without Range (a fresh download) is a replay.
-    status, _, body = await download(daemon, token)
-    assert_refused(status, body, data)
+    status, _, body = await download(daemon, token, {"Range": f"bytes={size - 10}-"})
+    assert status == 206
+    pieces.append(body)
+    assert b"".join(pieces) == data
+    # The end has been sent: the link is spent, for a fresh download and for a resume alike.
+    for headers in ({}, {"Range": "bytes=100-"}, {"Range": "bytes=0-"}):
+        status, _, body = await download(daemon, token, headers)
+        assert_refused(status, body, data)
 
 
-async def test_download_resume_after_full_download(daemon: Daemon, node: Node, panel: Panel):
+async def test_no_resume_from_byte_0_or_after_a_full_download(
+    daemon: Daemon, node: Node, panel: Panel
+):
     server, backup, data = await make_backup(daemon, node, panel)
     token = sign(download_claims(server, backup))
-    status, _, first = await download(daemon, token)
-    assert status == 200 and first == data
-    status, _, rest = await download(daemon, token, {"Range": "bytes=100-"})
-    assert status == 206 and rest == data[100:]
+    status, _, first = await download(daemon, token, {"Range": "bytes=0-999"})
+    assert status == 206 and first == data[:1000]
+    # "bytes=0-" would be a whole second copy: a replay, not a resume.
+    status, _, body = await download(daemon, token, {"Range": "bytes=0-"})
+    assert_refused(status, body, data)
+    other = sign(download_claims(server, backup))
+    status, _, whole = await download(daemon, other)
+    assert status == 200 and whole == data
+    status, _, body = await download(daemon, other, {"Range": "bytes=100-"})
+    assert_refused(status, body, data)
 
 
 async def test_download_legacy_layout(daemon: Daemon, node: Node):
@@ -226,3 +239,15 @@ async def test_range_resume_from_another_address_is_refused(
         ) as r,
     ):
         assert_refused(r.status, await r.read(), data)
+
+
+async def test_used_link_stays_refused_within_the_expiry_leeway(
+    daemon: Daemon, node: Node, panel: Panel
+):
+    """Tokens are accepted a few seconds past 'exp' (clock skew); a used one must not be."""
+    server, backup, data = await make_backup(daemon, node, panel)
+    token = sign(download_claims(server, backup, exp=int(time.time()) + 1))
+    assert (await download(daemon, token))[0] == 200
+    await asyncio.sleep(2.5)  # past exp, within the leeway
+    status, _, body = await download(daemon, token)
+    assert_refused(status, body, data)

@@ -16,6 +16,7 @@ import contextlib
 import os
 import select
 import socket
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
@@ -55,7 +56,24 @@ def _pump(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
 
 
 class ArchiveFileResponse(web.FileResponse):
+    def __init__(
+        self,
+        *args: Any,
+        on_end_sent: Callable[[], Awaitable[None]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_end_sent = on_end_sent
+
     async def _sendfile(  # type: ignore[override]
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        writer = await self._send_body(request, fobj, offset, count)
+        if self._on_end_sent is not None and offset + count == os.fstat(fobj.fileno()).st_size:
+            await self._on_end_sent()
+        return writer
+
+    async def _send_body(
         self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
     ) -> AbstractStreamWriter:
         global _busy
