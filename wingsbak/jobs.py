@@ -27,6 +27,7 @@ from wingsbak.archive.extract import (
     extract_archive,
     restore_archive_file,
 )
+from wingsbak.archive.sink import file_checksum, read_sidecar
 from wingsbak.config import Config
 from wingsbak.errors import BadRequest, Conflict, NotFound, Unavailable
 from wingsbak.events import (
@@ -451,6 +452,13 @@ class JobManager:
         }
         dest = self.server_root(job.server)
         if job.archive is not None:
+            # A local archive is checked against its sidecar before anything is written:
+            # a damaged backup must fail the restore, not half-replace the server's files.
+            expected = read_sidecar(job.archive)
+            if expected is not None and file_checksum(job.archive, expected[0]) != expected[1]:
+                raise RestoreError(
+                    f"the archive does not match its {expected[0]} checksum; nothing restored"
+                )
             return restore_archive_file(job.archive, dest, **options)
         if job.download_url:
             allow = self.restore_allowlist()

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from wingsbak.archive.extract import RestoreError, restore_archive_file
 from wingsbak.config import parse_config
 from wingsbak.http.app import create_app
 
@@ -240,3 +241,35 @@ async def test_allowlisted_download_url_restores_and_a_broken_one_reports_failur
             assert resp.status == 202
         report = await panel.wait_for(f"/api/remote/backups/{broken}/restore")
     assert report == {"successful": False}
+
+
+async def test_local_archive_not_matching_its_sidecar_restores_nothing(
+    node: tuple[str, Panel, Path],
+) -> None:
+    url, panel, root = node
+    backup = str(uuid.uuid4())
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{url}/api/servers/{SERVER}/backup",
+            json={"adapter": "wings", "uuid": backup},
+            headers=HEADERS,
+        ) as resp:
+            assert resp.status == 202
+        assert (await panel.wait_for(f"/api/remote/backups/{backup}"))["successful"] is True
+        archive = next(root.parent.parent.glob(f"backups/*/backup-{backup}.tar.gz"))
+        data = bytearray(archive.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped bit in the middle: the gzip CRC is at the end
+        archive.write_bytes(bytes(data))
+        (root / "server.properties").write_text("motd=changed since\n")
+        before = _snapshot(root)
+        async with http.post(
+            f"{url}/api/servers/{SERVER}/backup/{backup}/restore",
+            json={"adapter": "wings", "truncate_directory": True},
+            headers=HEADERS,
+        ) as resp:
+            assert resp.status == 202
+        report = await panel.wait_for(f"/api/remote/backups/{backup}/restore")
+    assert report == {"successful": False}
+    assert _snapshot(root) == before
+    with pytest.raises(RestoreError):  # the engine alone would have failed only at the end
+        restore_archive_file(archive, root.parent / "scratch")

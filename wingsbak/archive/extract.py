@@ -195,6 +195,23 @@ class _Feed:
         while n:
             n -= len(self.chunk(n))
 
+    def check_start(self) -> None:
+        """Read the first chunk and check that it starts with a tar header block (or the
+        zero block of an empty archive); raise :class:`RestoreError` otherwise."""
+        if not self._refill() or len(self.view) < BLOCK:
+            raise RestoreError("the archive is empty or truncated")
+        block = self.view[:BLOCK].tobytes()
+        if block == bytes(BLOCK):
+            return
+        stored = block[148:156].split(b"\0", 1)[0].strip()
+        computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
+        try:
+            valid = bool(stored) and int(stored, 8) == computed
+        except ValueError:
+            valid = False
+        if not valid:
+            raise RestoreError("the archive does not start with a tar header")
+
     def drain(self) -> None:
         """Read to the end so the gzip layer checks its CRC and length trailer."""
         while self._refill():
@@ -757,17 +774,21 @@ def extract_archive(
     os.makedirs(dest, exist_ok=True)
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if truncate:
-            try:
-                empty_directory(root_fd)
-            except OSError as exc:
-                raise RestoreError(f"cannot empty {os.fspath(dest)}: {_describe(exc)}") from exc
         counter = _CountingReader(fileobj)
         limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
         gz = _open_gunzip(counter)
         try:
+            feed = _Feed(gz)
+            # Nothing is deleted before the source has proved to be a readable tar.gz: an
+            # empty, cut or foreign file must not cost the server its files.
+            feed.check_start()
+            if truncate:
+                try:
+                    empty_directory(root_fd)
+                except OSError as exc:
+                    raise RestoreError(f"cannot empty {os.fspath(dest)}: {_describe(exc)}") from exc
             extractor = _Extractor(
-                _Feed(gz),
+                feed,
                 root_fd,
                 limiter=limiter,
                 progress=progress,

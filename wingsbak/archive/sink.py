@@ -207,3 +207,21 @@ def write_sidecar(archive: str | os.PathLike[str], checksum: str, checksum_type:
         f.write(f"{checksum}  {Path(archive).name}\n".encode())
         f.commit()
     return path
+
+
+def read_sidecar(archive: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(checksum type, hex digest) from the archive's sidecar, or None when it has none."""
+    for kind in ("sha1", "sha256"):
+        try:
+            text = sidecar_path(archive, kind).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        fields = text.split()
+        if fields:
+            return kind, fields[0].lower()
+    return None
+
+
+def file_checksum(path: str | os.PathLike[str], kind: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, kind).hexdigest()
