@@ -348,7 +348,7 @@ class JobManager:
             functools.partial(panel.get_part_urls, job.uuid),
             temp_dir=self.storage.server_dir(job.server),
             rules=rules,
-            session=await panel.session(),
+            # Not the panel's session: its 30 s total timeout would cut off big part PUTs.
             **self.archive_options(job, loop),
         )
         self.metrics.s3_uploaded_bytes.inc(upload.archive.size)

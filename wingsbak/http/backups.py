@@ -31,7 +31,7 @@ async def create_backup(request: web.Request) -> web.Response:
         raise BadRequest("The 'adapter' field must be 'wings' or 's3'.")
     backup = require_uuid(body.get("uuid"), "backup")
     ignore = optional_str(body, "ignore")
-    server_root_or_404(request, server)
+    await server_root_or_404(request, server)
     await request.app[JOBS].submit_backup(server, backup, adapter, ignore)
     return web.json_response({}, status=202)
 

@@ -24,6 +24,6 @@ async def restore_backup(request: web.Request) -> web.Response:
     if not isinstance(truncate, bool):
         raise BadRequest("The 'truncate_directory' field must be true or false.")
     download_url = optional_str(body, "download_url") if adapter == "s3" else ""
-    server_root_or_404(request, server)
+    await server_root_or_404(request, server)
     await request.app[JOBS].submit_restore(server, backup, adapter, truncate, download_url)
     return web.json_response({}, status=202)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -45,9 +46,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def server_root_or_404(request: web.Request, server: str) -> None:
+async def server_root_or_404(request: web.Request, server: str) -> None:
     root = request.app[CONFIG].data_dir / server
-    if not root.is_dir():
+    if not await asyncio.to_thread(root.is_dir):
         raise NotFound("The requested server does not exist on this node.")
 
 

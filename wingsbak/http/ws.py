@@ -95,7 +95,7 @@ class _Session:
 @routes.get("/api/servers/{server}/ws")
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     server = path_uuid(request, "server", "server")
-    server_root_or_404(request, server)
+    await server_root_or_404(request, server)
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
     await ws.prepare(request)
     session = _Session(ws, server, request.app[CONFIG].token)

@@ -82,7 +82,7 @@ async def upload_via_panel(
     (``Cancelled``...). The temporary file is gone when this returns or raises, also when the
     task is cancelled.
     """
-    temp = AtomicFile(Path(temp_dir) / f"backup-{backup_uuid}.tar.gz")
+    temp = await asyncio.to_thread(AtomicFile, Path(temp_dir) / f"backup-{backup_uuid}.tar.gz")
     try:
         result = await _archive_in_thread(root, temp, rules, archive_options)
         urls, part_size = await _call_get_part_urls(get_part_urls, result.size)
@@ -98,7 +98,12 @@ async def upload_via_panel(
             backoff=backoff,
         )
     finally:
-        temp.abort()  # never committed: this removes the temporary file
+        # Never committed: this removes the temporary file (off the loop: it may be GiBs).
+        try:
+            await asyncio.to_thread(temp.abort)
+        except asyncio.CancelledError:
+            temp.abort()  # idempotent; the file must go whatever happens
+            raise
     return PresignedUpload(result, parts)
 
 
