@@ -48,6 +48,8 @@ from wingsbak.urlguard import UnsafeURL, check_restore_url, open_restore_stream
 log = get_logger(__name__)
 
 ADAPTERS = ("wings", "s3")
+# How long cancelled jobs get to clean up at shutdown before their tasks are cancelled.
+CANCEL_WAIT_SECONDS = 10.0
 # Added to the nice value of job threads (Linux: per thread, inherited by threads they start).
 BACKGROUND_NICE = 10
 # Failures with a message that says it all: logged as one line, without a traceback.
@@ -220,10 +222,7 @@ class JobManager:
                     server=job.server,
                     adapter=job.adapter,
                 )
-                try:
-                    outcome = await runner(job)
-                finally:
-                    await asyncio.to_thread(self.journal.forget, job.uuid)
+                outcome = await runner(job)
                 self.metrics.archive_duration.observe(time.monotonic() - started)
                 self.metrics.archived_bytes.inc(outcome.size)
                 log.info(
@@ -254,6 +253,9 @@ class JobManager:
                 self.metrics.backups_failed.labels(job.adapter).inc()
                 outcome = Outcome(successful=False, checksum_type=outcome.checksum_type)
             await self._report_backup(job, outcome)
+            # Only once the report is safe in the outbox: a crash in between must leave a
+            # trace that recovery turns into a report.
+            await asyncio.to_thread(self.journal.forget, job.uuid)
 
     async def _report_backup(self, job: BackupJob, outcome: Outcome) -> None:
         self.events.publish(
@@ -398,12 +400,7 @@ class JobManager:
                 await asyncio.to_thread(
                     self.journal.record, job.uuid, kind="restore", server=job.server
                 )
-                try:
-                    result = await loop.run_in_executor(
-                        self._executor, self._restore_sync, job, loop
-                    )
-                finally:
-                    await asyncio.to_thread(self.journal.forget, job.uuid)
+                result = await loop.run_in_executor(self._executor, self._restore_sync, job, loop)
                 ok = True
                 log.info(
                     "restore_completed",
@@ -429,6 +426,7 @@ class JobManager:
                 job.server, BACKUP_RESTORE_COMPLETED, {"uuid": job.uuid, "is_successful": ok}
             )
             await self.outbox.send("POST", f"/backups/{job.uuid}/restore", {"successful": ok})
+            await asyncio.to_thread(self.journal.forget, job.uuid)
 
     def restore_allowlist(self) -> list[str]:
         """The configured allowlist, plus the host of the node's own S3 endpoint: an operator
@@ -480,7 +478,11 @@ class JobManager:
             server = str(entry.get("server", ""))
             kind = entry.get("kind")
             log.warning("interrupted_job_found", kind=kind, server=server, backup=key)
-            if kind == "backup":
+            path = f"/backups/{key}" if kind == "backup" else f"/backups/{key}/restore"
+            if self.outbox.has_pending(path):
+                # It finished and its report was queued just before the daemon died.
+                log.info("interrupted_job_already_reported", kind=kind, backup=key)
+            elif kind == "backup":
                 removed = await asyncio.to_thread(self.storage.remove_temporaries, server, key)
                 if self.s3 is not None and entry.get("adapter") == "s3":
                     try:
@@ -519,7 +521,11 @@ class JobManager:
             if pending:
                 for job in jobs:
                     job.cancel.set()
-                await asyncio.wait(pending)
+                _done, pending = await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
+            for task in pending:  # e.g. a part PUT that does not look at the cancel event
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

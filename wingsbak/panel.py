@@ -138,6 +138,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def has_pending(self, path: str) -> bool:
+        return any(r.path == path for r in self._pending.values())
+
     async def load(self) -> None:
         """Read the file left by an earlier run and start delivering what it holds."""
         if not self.client.configured:
