@@ -78,3 +78,28 @@ async def test_more_downloads_than_pump_threads(daemon: Daemon, node: Node, pane
         got = await asyncio.gather(*(fetch(http) for _ in range(sendfile.PUMP_THREADS + 4)))
     assert got == [want] * (sendfile.PUMP_THREADS + 4)
     assert sendfile._busy == 0
+
+
+async def test_stopping_frees_a_pump_held_by_a_client_that_reads_nothing(
+    daemon: Daemon, node: Node, panel: Panel
+) -> None:
+    server, backup, _data = await big_backup(daemon, node, panel)
+    host, port = daemon.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    token = sign(download_claims(server, backup))
+    writer.write(f"GET /download/backup?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await reader.read(1024)  # headers and a little body, then nothing more is read
+    for _ in range(100):
+        if sendfile._active:
+            break
+        await asyncio.sleep(0.02)
+    assert sendfile._busy == 1 and len(sendfile._active) == 1
+    # What the daemon's shutdown does; without it the pump would wait for the stall timeout.
+    assert sendfile.stop_pumps() == 1
+    for _ in range(250):
+        if sendfile._busy == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert sendfile._busy == 0 and not sendfile._active
+    writer.transport.abort()

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from wingsbak.config import Config
 from wingsbak.events import EventBus
-from wingsbak.http import backups, download, restore, system, ws
+from wingsbak.http import backups, download, restore, sendfile, system, ws
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware
 from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS
 from wingsbak.jobs import JobManager
@@ -50,6 +50,7 @@ def create_app(config: Config) -> web.Application:
         await app[JOBS].recover()
 
     async def shutdown(app: web.Application) -> None:
+        sendfile.stop_pumps()
         await app[JOBS].shutdown()
         await outbox.drain(timeout=2.0)
         await outbox.close()

@@ -16,6 +16,7 @@ import contextlib
 import os
 import select
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
@@ -27,22 +28,23 @@ PUMP_THREADS = 8
 STALL_TIMEOUT_MS = 60_000
 
 _pool = ThreadPoolExecutor(max_workers=PUMP_THREADS, thread_name_prefix="wingsbak-download")
-_busy = 0
+_busy = 0  # pumps submitted and not finished (event-loop thread only)
+_active: set[int] = set()  # socket descriptors the pumps are using
+_active_lock = threading.Lock()
 
 
 def _pump(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
     """Send ``count`` bytes of the file from ``offset``; returns the bytes sent.
 
-    Works on its own duplicate of the socket, so a connection closed meanwhile (a daemon
-    stopping) can never make this thread write into a reused descriptor number."""
-    fd = os.dup(sock_fd)
+    Both descriptors are this pump's own duplicates (closed here), so a connection or file
+    closed meanwhile can never make it write into a reused descriptor number."""
     try:
         poller = select.poll()
-        poller.register(fd, select.POLLOUT)
+        poller.register(sock_fd, select.POLLOUT)
         sent = 0
         while sent < count:
             try:
-                n = os.sendfile(fd, file_fd, offset + sent, count - sent)
+                n = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
             except BlockingIOError:
                 if not poller.poll(STALL_TIMEOUT_MS):
                     raise ConnectionResetError("the client stopped reading") from None
@@ -52,7 +54,34 @@ def _pump(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
             sent += n
         return sent
     finally:
-        os.close(fd)
+        with _active_lock:
+            _active.discard(sock_fd)
+        os.close(sock_fd)
+        os.close(file_fd)
+
+
+def stop_pumps() -> int:
+    """Shut down the connections pumps are sending on (a stopping daemon): their sendfile
+    fails at once instead of holding the process until the client has read everything."""
+    with _active_lock:
+        for fd in _active:
+            with contextlib.suppress(OSError):
+                s = socket.socket(fileno=os.dup(fd))
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                finally:
+                    s.close()
+        return len(_active)
+
+
+def _release() -> None:
+    global _busy
+    _busy -= 1
+
+
+def _pump_done(loop: asyncio.AbstractEventLoop) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is gone: nothing left to count
+        loop.call_soon_threadsafe(_release)
 
 
 class ArchiveFileResponse(web.FileResponse):
@@ -90,16 +119,20 @@ class ArchiveFileResponse(web.FileResponse):
         assert writer is not None
         while transport.get_write_buffer_size():  # the headers must leave before the body
             await asyncio.sleep(0.001)
+        loop = asyncio.get_running_loop()
+        sock_fd = os.dup(sock.fileno())
+        file_fd = os.dup(fobj.fileno())
+        with _active_lock:
+            _active.add(sock_fd)
         _busy += 1
         transport.pause_reading()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         try:
-            loop = asyncio.get_running_loop()
-            sent = await loop.run_in_executor(
-                _pool, _pump, sock.fileno(), fobj.fileno(), offset, count
-            )
+            pumped = _pool.submit(_pump, sock_fd, file_fd, offset, count)
+            # Counted free only when the thread is, even if this handler is cancelled.
+            pumped.add_done_callback(lambda _f: _pump_done(loop))
+            sent = await asyncio.wrap_future(pumped)
         finally:
-            _busy -= 1
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
             if not transport.is_closing():
