@@ -479,7 +479,7 @@ class JobManager:
             kind = entry.get("kind")
             log.warning("interrupted_job_found", kind=kind, server=server, backup=key)
             path = f"/backups/{key}" if kind == "backup" else f"/backups/{key}/restore"
-            if self.outbox.has_pending(path):
+            if self.outbox.left_by_last_run(path):
                 # It finished and its report was queued just before the daemon died.
                 log.info("interrupted_job_already_reported", kind=kind, backup=key)
             elif kind == "backup":

@@ -130,6 +130,7 @@ class Outbox:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._pending: dict[str, Report] = {}
+        self._loaded_paths: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self.delivered = 0
@@ -138,8 +139,10 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def has_pending(self, path: str) -> bool:
-        return any(r.path == path for r in self._pending.values())
+    def left_by_last_run(self, path: str) -> bool:
+        """Whether the outbox file the last run left held a report to ``path`` (delivered by
+        now or not): recovery must not add a second one."""
+        return path in self._loaded_paths
 
     async def load(self) -> None:
         """Read the file left by an earlier run and start delivering what it holds."""
@@ -153,6 +156,7 @@ class Outbox:
                 log.error("outbox_entry_unreadable", entry=str(item)[:200])
                 continue
             self._pending[report.id] = report
+            self._loaded_paths.add(report.path)
         if self._pending:
             log.info("outbox_loaded", reports=len(self._pending))
         for report in list(self._pending.values()):
