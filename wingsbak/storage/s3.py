@@ -223,6 +223,9 @@ class S3PartSink:
         self.size = 0
         self.parts_in_flight_peak = 0
         self._buf = bytearray(part_size)
+        # Part buffers whose upload has finished, for reuse: a fresh 5 MiB buffer per part
+        # costs a page fault per 4 KiB (a third of the upload's CPU, measured with py-spy).
+        self._spare: list[bytearray] = []
         self._fill = 0
         self._next_part = 1
         self._futures: list[Future[tuple[int, str]]] = []
@@ -261,10 +264,13 @@ class S3PartSink:
             self._fill += take
             view = view[take:]
             if self._fill == self.part_size:
-                full, self._buf, self._fill = self._buf, bytearray(self.part_size), 0
-                # The full buffer goes to the uploader as is and is never written again, so a
-                # retry re-sends exactly the bytes of the first attempt.
+                full, self._fill = self._buf, 0
+                # The full buffer goes to the uploader as is and is written again only once
+                # its part is done, so a retry re-sends exactly the bytes of the first attempt.
                 self._submit(full)
+                with self._lock:
+                    spare = self._spare.pop() if self._spare else None
+                self._buf = spare if spare is not None else bytearray(self.part_size)
         self.size += total
         return total
 
@@ -290,12 +296,14 @@ class S3PartSink:
             self._in_flight += 1
             self.parts_in_flight_peak = max(self.parts_in_flight_peak, self._in_flight)
         future = self._pool.submit(self._upload_part, number, body)
-        future.add_done_callback(self._part_done)
+        future.add_done_callback(lambda f, b=body: self._part_done(f, b))
         self._futures.append(future)
 
-    def _part_done(self, _future: Future[tuple[int, str]]) -> None:
+    def _part_done(self, _future: Future[tuple[int, str]], body: bytes | bytearray) -> None:
         with self._lock:
             self._in_flight -= 1
+            if isinstance(body, bytearray) and len(body) == self.part_size:
+                self._spare.append(body)
         self._slots.release()
 
     def _upload_part(self, number: int, body: bytes | bytearray) -> tuple[int, str]:
