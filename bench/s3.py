@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -153,6 +154,71 @@ def start_null_s3() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the null S3 server did not start")
 
 
+NGINX_NULL_S3 = """daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    default_type application/xml;
+    map "$request_method:$arg_uploadId:$arg_partNumber" $kind {{
+        "~^POST::$" create;
+        "~^POST:.+:$" complete;
+        "~^PUT:.+:.+$" part;
+        default other;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 0;
+        location / {{
+            if ($kind = create) {{
+                return 200 '<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>
+                    <UploadId>u-$request_id</UploadId></InitiateMultipartUploadResult>';
+            }}
+            if ($kind = part) {{
+                add_header ETag '"$request_id"' always;
+                return 200;
+            }}
+            if ($kind = complete) {{
+                return 200 '<CompleteMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>
+                    <ETag>"done"</ETag></CompleteMultipartUploadResult>';
+            }}
+            return 204;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx_null_s3(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """nginx answering the multipart calls and discarding part bodies: a null S3 written in
+    C, so that the stand-in takes little of the cores the backup runs on (a real, remote S3
+    takes none of them)."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_NULL_S3.format(tmp=tmp, port=port))
+    proc = subprocess.Popen(
+        [binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("nginx did not start (apt-get install nginx-light)")
+
+
 def s3_key() -> str:
     return S3RVER_KEY if os.environ.get("WINGSBAK_BENCH_S3") == "s3rver" else "bench"
 
@@ -245,10 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument(
         "--server",
-        choices=("moto", "s3rver", "null"),
+        choices=("moto", "s3rver", "null", "nginx-null"),
         default="moto",
         help="the local S3 server: moto (server mode), s3rver (npm, needs node), or null "
-        "(bench/nulls3.py: accepts the parts and discards them, to show wingsbak's own cost)",
+        "(bench/nulls3.py: accepts the parts and discards them, to show wingsbak's own cost), "
+        "or nginx-null (the same in nginx, which costs the shared cores much less)",
     )
     parser.add_argument("--child", choices=("local", "s3", "floor"))
     parser.add_argument("--bytes", type=int, default=0)
@@ -278,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         moto, endpoint = start_s3rver(Path(server_dir.name))
     elif args.server == "null":
         moto, endpoint = start_null_s3()
+    elif args.server == "nginx-null":
+        moto, endpoint = start_nginx_null_s3(Path(server_dir.name))
     else:
         moto, endpoint = start_moto()
     try:
@@ -314,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
                 s3_run = run_child("s3", common, ["--endpoint", endpoint, "--backup", backup])
                 key = f"{SERVER_UUID}/{backup}.tar.gz"
                 # The null server keeps nothing to compare; the others must hold the object.
-                if args.server != "null" and object_sha1(client, key) != s3_run["checksum"]:
+                keeps = args.server in ("moto", "s3rver")
+                if keeps and object_sha1(client, key) != s3_run["checksum"]:
                     raise SystemExit("the uploaded object does not match its checksum")
                 client.delete_object(Bucket=BUCKET, Key=key)  # moto holds it in memory
                 s3_runs.append(s3_run)
