@@ -1,95 +1,11 @@
-"""Fixtures of the daemon tests: the real daemon on a free port (in-process or as a subprocess)
-and a small real panel that records every request and can be told to fail."""
+"""Fixtures of the daemon tests (defined in daemon_fixtures.py, shared with tests/faults)."""
 
-from __future__ import annotations
-
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
-
-import aiohttp
-import pytest
-from aiohttp import web
-from daemon_helpers import Daemon, DaemonProcess, Node, Panel, free_port
-
-from wingsbak.config import parse_config, prepare_directories
-from wingsbak.http.app import create_app
-
-
-@pytest.fixture
-async def panel() -> AsyncIterator[Panel]:
-    p = Panel()
-    await p.start()
-    yield p
-    await p.stop()
-
-
-@pytest.fixture
-async def panel_down() -> AsyncIterator[Panel]:
-    """A panel whose port is reserved but not listening until the test calls ``start()``."""
-    p = Panel()
-    yield p
-    await p.stop()
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Node:
-    n = Node(tmp_path, tmp_path / "data", tmp_path / "backups")
-    n.data.mkdir()
-    n.backups.mkdir()
-    return n
-
-
-@pytest.fixture
-async def start_daemon(node: Node) -> AsyncIterator[Callable[..., Any]]:
-    """``await start_daemon(remote=..., **system.backups)`` -> a running in-process daemon."""
-    runners: list[web.AppRunner] = []
-    sessions: list[aiohttp.ClientSession] = []
-
-    async def start(remote: str = "", **backups: Any) -> Daemon:
-        cfg = parse_config(node.config_dict(remote=remote, **backups))
-        prepare_directories(cfg)
-        app = create_app(cfg)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        session = aiohttp.ClientSession()
-        sessions.append(session)
-        return Daemon(f"http://{host}:{port}", cfg, app, session)
-
-    yield start
-    for s in sessions:
-        await s.close()
-    for r in reversed(runners):
-        await r.cleanup()
-
-
-@pytest.fixture
-async def daemon(start_daemon: Callable[..., Any], panel: Panel) -> Daemon:
-    d: Daemon = await start_daemon(remote=panel.url)
-    return d
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def daemon_process(node: Node) -> AsyncIterator[Callable[..., DaemonProcess]]:
-    """``daemon_process(remote=..., **system.backups)`` -> a not yet started daemon process."""
-    made: list[DaemonProcess] = []
-
-    def make(remote: str = "", **backups: Any) -> DaemonProcess:
-        config = node.config_dict(remote=remote, port=free_port(), **backups)
-        p = DaemonProcess(node, config, node.root / "daemon.log")
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.kill_if_running()
+from daemon_fixtures import (  # noqa: F401 - imported to register the fixtures
+    client,
+    daemon,
+    daemon_process,
+    node,
+    panel,
+    panel_down,
+    start_daemon,
+)
