@@ -24,7 +24,8 @@ def outbox_items(node: Node) -> list[dict]:
 async def wait_until(predicate, what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:  # a hang, reported as such
+            raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
 
 

@@ -40,7 +40,8 @@ async def post_backup(proc: DaemonProcess, server: str, backup: str) -> int:
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:  # a hang, reported as such
+            raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
 
 

@@ -77,7 +77,8 @@ class Panel:
     async def wait_report(self, backup: str, restore: bool = False, timeout: float = 20) -> Any:
         deadline = time.monotonic() + timeout
         while not self.reports(backup, restore):
-            assert time.monotonic() < deadline, f"no report of {backup}: {self.requests!r}"
+            if time.monotonic() >= deadline:  # a hang, reported as such
+                raise TimeoutError(f"no report of {backup}: {self.requests!r}")
             await asyncio.sleep(0.02)
         return self.reports(backup, restore)[0]
 
