@@ -79,6 +79,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(proc: subprocess.Popen[bytes], port: int, failure: str) -> str:
+    """The server's base URL once ``port`` accepts connections; ``failure`` if it never does."""
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(failure)
+
+
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
@@ -130,28 +142,13 @@ def start_s3rver(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, endpoint
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("s3rver did not start")
+    return proc, wait_for_port(proc, port, "s3rver did not start")
 
 
 def start_null_s3() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.nulls3", str(port)], cwd=BENCH_DIR.parent)
-    for _ in range(300):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the null S3 server did not start")
+    return proc, wait_for_port(proc, port, "the null S3 server did not start")
 
 
 NGINX_NULL_S3 = """daemon off;
@@ -209,14 +206,7 @@ def start_nginx_null_s3(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(300):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("nginx did not start (apt-get install nginx-light)")
+    return proc, wait_for_port(proc, port, "nginx did not start (apt-get install nginx-light)")
 
 
 def s3_key() -> str:

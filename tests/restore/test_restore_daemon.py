@@ -138,6 +138,19 @@ async def _backup(http: aiohttp.ClientSession, url: str, panel: Panel) -> str:
     return backup
 
 
+async def _restore(
+    http: aiohttp.ClientSession, url: str, panel: Panel, backup: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Ask for a wings restore (202) and return the panel's restore report."""
+    async with http.post(
+        f"{url}/api/servers/{SERVER}/backup/{backup}/restore",
+        json={"adapter": "wings", **body},
+        headers=HEADERS,
+    ) as resp:
+        assert resp.status == 202
+    return await panel.wait_for(f"/api/remote/backups/{backup}/restore")
+
+
 async def test_backup_then_truncating_restore_gives_the_same_tree(
     node: tuple[str, Panel, Path],
 ) -> None:
@@ -148,13 +161,7 @@ async def test_backup_then_truncating_restore_gives_the_same_tree(
         (root / "server.properties").write_text("motd=after\n")
         (root / "added.txt").write_text("new")
         shutil.rmtree(root / "empty")
-        async with http.post(
-            f"{url}/api/servers/{SERVER}/backup/{backup}/restore",
-            json={"adapter": "wings", "truncate_directory": True},
-            headers=HEADERS,
-        ) as resp:
-            assert resp.status == 202
-        report = await panel.wait_for(f"/api/remote/backups/{backup}/restore")
+        report = await _restore(http, url, panel, backup, {"truncate_directory": True})
     assert report == {"successful": True}
     assert _snapshot(root) == before
 
@@ -247,28 +254,15 @@ async def test_local_archive_not_matching_its_sidecar_restores_nothing(
     node: tuple[str, Panel, Path],
 ) -> None:
     url, panel, root = node
-    backup = str(uuid.uuid4())
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{url}/api/servers/{SERVER}/backup",
-            json={"adapter": "wings", "uuid": backup},
-            headers=HEADERS,
-        ) as resp:
-            assert resp.status == 202
-        assert (await panel.wait_for(f"/api/remote/backups/{backup}"))["successful"] is True
+        backup = await _backup(http, url, panel)
         archive = next(root.parent.parent.glob(f"backups/*/backup-{backup}.tar.gz"))
         data = bytearray(archive.read_bytes())
         data[len(data) // 2] ^= 0xFF  # one flipped bit in the middle: the gzip CRC is at the end
         archive.write_bytes(bytes(data))
         (root / "server.properties").write_text("motd=changed since\n")
         before = _snapshot(root)
-        async with http.post(
-            f"{url}/api/servers/{SERVER}/backup/{backup}/restore",
-            json={"adapter": "wings", "truncate_directory": True},
-            headers=HEADERS,
-        ) as resp:
-            assert resp.status == 202
-        report = await panel.wait_for(f"/api/remote/backups/{backup}/restore")
+        report = await _restore(http, url, panel, backup, {"truncate_directory": True})
     assert report == {"successful": False}
     assert _snapshot(root) == before
     with pytest.raises(RestoreError):  # the engine alone would have failed only at the end
