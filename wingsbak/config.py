@@ -20,6 +20,7 @@ import yaml
 COMPRESSION_LEVELS = ("none", "best_speed", "best_compression")
 CHECKSUM_TYPES = ("sha1", "sha256")
 MIN_S3_PART_SIZE = 5 * 1024 * 1024
+PAYLOAD_SIGNING = ("auto", "always", "never")
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,9 @@ class S3Config:
     concurrency: int = 4
     storage_class: str = ""
     prefix: str = ""
+    # SHA-256 of each part in its SigV4 signature: "auto" signs over plain http only (https
+    # already protects the bytes in transit, as the AWS SDKs reason), "always" or "never".
+    payload_signing: str = "auto"
 
 
 @dataclass(slots=True)
@@ -190,6 +194,11 @@ def _validate(cfg: Config) -> None:
         )
     if b.s3.concurrency < 1:
         raise ConfigError("system.backups.s3.concurrency: must be at least 1")
+    if b.s3.payload_signing not in PAYLOAD_SIGNING:
+        raise ConfigError(
+            f"system.backups.s3.payload_signing: {b.s3.payload_signing!r} is not one of "
+            + ", ".join(PAYLOAD_SIGNING)
+        )
     if not 0 < cfg.api.port < 65536:
         raise ConfigError(f"api.port: {cfg.api.port} is not a TCP port")
     if cfg.api.ssl.enabled:

@@ -42,7 +42,7 @@ from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox, PanelError
 from wingsbak.storage.local import LocalStorage
 from wingsbak.storage.presigned import PresignedUploadError, upload_via_panel
-from wingsbak.storage.s3 import S3Error, S3Storage
+from wingsbak.storage.s3 import S3Error, S3Storage, endpoint_url
 from wingsbak.urlguard import UnsafeURL, check_restore_url, open_restore_stream
 
 log = get_logger(__name__)
@@ -432,7 +432,7 @@ class JobManager:
         """The configured allowlist, plus the host of the node's own S3 endpoint: an operator
         who configured a private MinIO has already said the node may talk to it."""
         allow = list(self.config.system.backups.restore_host_allowlist)
-        endpoint = self.config.system.backups.s3.endpoint
+        endpoint = endpoint_url(self.config.system.backups.s3)
         if self.s3 is not None and endpoint:
             host = urlsplit(endpoint).hostname
             if host:

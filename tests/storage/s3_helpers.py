@@ -96,6 +96,9 @@ class FaultPlan:
     # (part number, upload id, content-type, content-length, transfer-encoding) per request
     seen: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     bodies: dict[int, list[str]] = field(default_factory=dict)  # part -> sha1 of each attempt
+    body_sha256: dict[int, list[str]] = field(default_factory=dict)  # the same, in SHA-256
+    # (part number, x-amz-content-sha256 header) per request: its digest, or UNSIGNED-PAYLOAD
+    content_sha256: list[tuple[int, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -170,6 +173,8 @@ class FaultProxy:
                 )
             )
             plan.bodies.setdefault(number, []).append(hashlib.sha1(body).hexdigest())
+            plan.body_sha256.setdefault(number, []).append(hashlib.sha256(body).hexdigest())
+            plan.content_sha256.append((number, handler.headers.get("x-amz-content-sha256", "")))
             fail = plan.failed < plan.fail_parts
             if fail:
                 plan.failed += 1
