@@ -1,11 +1,12 @@
 """A backup straight to S3 against the same backup to the local adapter, in one run.
 
-    python -m bench.s3 [--size 300M] [--part-size 5] [--concurrency 4] [--runs 2]
+    python -m bench.s3 [--size 300M] [--server nginx] [--no-tls] [--runs 2]
 
-A local moto server plays S3. Each backup runs in a child process of its own, so the wall time
-and the peak RSS (from ``wait4``) are those of the backup alone; moto keeps objects in its own
-memory, which is not counted. Targets: S3 wall time <= 1.25 x local, and peak RSS of the S3
-backup <= (concurrency + 2) x part_size + 100 MiB.
+Each backup runs in a child process of its own, so the wall time and the peak RSS (from
+``wait4``) are those of the backup alone. The S3 server runs on the same two cores; by default
+it is nginx over https, storing every part on disk (bench/nginxs3.py), and the object it holds
+is put back together and checked against the backup's SHA-1 after every run. Targets: S3 wall
+time <= 1.25 x local, and peak RSS of the S3 backup <= (concurrency + 2) x part_size + 100 MiB.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import json
 import math
 import os
 import random
-import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from bench import nginxs3
 
 MIB = 1024 * 1024
 MB = 1000 * 1000
@@ -151,79 +154,23 @@ def start_null_s3() -> tuple[subprocess.Popen[bytes], str]:
     return proc, wait_for_port(proc, port, "the null S3 server did not start")
 
 
-NGINX_NULL_S3 = """daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    default_type application/xml;
-    map "$request_method:$arg_uploadId:$arg_partNumber" $kind {{
-        "~^POST::$" create;
-        "~^POST:.+:$" complete;
-        "~^PUT:.+:.+$" part;
-        default other;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        client_max_body_size 0;
-        location / {{
-            if ($kind = create) {{
-                return 200 '<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>
-                    <UploadId>u-$request_id</UploadId></InitiateMultipartUploadResult>';
-            }}
-            if ($kind = part) {{
-                add_header ETag '"$request_id"' always;
-                return 200;
-            }}
-            if ($kind = complete) {{
-                return 200 '<CompleteMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>
-                    <ETag>"done"</ETag></CompleteMultipartUploadResult>';
-            }}
-            return 204;
-        }}
-    }}
-}}
-"""
-
-
-def start_nginx_null_s3(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """nginx answering the multipart calls and discarding part bodies: a null S3 written in
-    C, so that the stand-in takes little of the cores the backup runs on (a real, remote S3
-    takes none of them)."""
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    port = free_port()
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_NULL_S3.format(tmp=tmp, port=port))
-    proc = subprocess.Popen(
-        [binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc, wait_for_port(proc, port, "nginx did not start (apt-get install nginx-light)")
-
-
 def s3_key() -> str:
     return S3RVER_KEY if os.environ.get("WINGSBAK_BENCH_S3") == "s3rver" else "bench"
 
 
-def s3_config(endpoint: str, part_size: int, concurrency: int) -> Any:
+def s3_config(args: argparse.Namespace) -> Any:
+    """The node's S3 settings for a child backup."""
     from wingsbak.config import S3Config
 
     return S3Config(
         bucket=BUCKET,
-        endpoint=endpoint,
+        endpoint=args.endpoint,
         access_key_id=s3_key(),
         secret_access_key=s3_key(),
         path_style=True,
-        part_size=part_size,
-        concurrency=concurrency,
+        part_size=args.part_size,
+        concurrency=args.concurrency,
+        payload_signing=args.payload_signing,
     )
 
 
@@ -234,7 +181,7 @@ def child(args: argparse.Namespace) -> None:
 
     configure_logging("warning", json=True)
     if args.child == "local":
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = archive_to_file(args.src, args.out, level=args.level)
     elif args.child == "floor":
         floor(args)
@@ -242,20 +189,21 @@ def child(args: argparse.Namespace) -> None:
     else:
         from wingsbak.storage.s3 import S3Storage
 
-        storage = S3Storage(s3_config(args.endpoint, args.part_size, args.concurrency))
-        start = time.perf_counter()
+        storage = S3Storage(s3_config(args))
+        start, cpu = time.perf_counter(), time.process_time()
         result = storage.upload_backup(str(args.src), SERVER_UUID, args.backup, level=args.level)
-    wall = time.perf_counter() - start
-    print(json.dumps({"wall": wall, "size": result.size, "checksum": result.checksum}))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    report = {"wall": wall, "cpu": cpu, "size": result.size, "checksum": result.checksum}
+    print(json.dumps(report))
 
 
 def floor(args: argparse.Namespace) -> None:
     """The server's own limit: as many bytes as the archive, from memory, no archiving."""
     from wingsbak.storage.s3 import S3Storage
 
-    storage = S3Storage(s3_config(args.endpoint, args.part_size, args.concurrency))
+    storage = S3Storage(s3_config(args))
     block = memoryview(os.urandom(16 * MIB))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with storage.open_sink(SERVER_UUID, args.backup) as sink:
         left = args.bytes
         while left:
@@ -263,8 +211,8 @@ def floor(args: argparse.Namespace) -> None:
             sink.write(block[(left % 15) * MIB :][:n])
             left -= n
         sink.complete()
-    wall = time.perf_counter() - start
-    print(json.dumps({"wall": wall, "size": args.bytes, "checksum": ""}))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(json.dumps({"wall": wall, "cpu": cpu, "size": args.bytes, "checksum": ""}))
 
 
 def run_child(kind: str, common: list[str], extra: list[str]) -> dict[str, Any]:
@@ -297,15 +245,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=parse_size, default=300 * MB)
     parser.add_argument("--part-size", type=int, default=5, help="MiB")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--payload-signing",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="system.backups.s3.payload_signing (auto: sign over plain http only)",
+    )
     parser.add_argument("--level", default="best_speed")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument(
         "--server",
-        choices=("moto", "s3rver", "null", "nginx-null"),
-        default="moto",
-        help="the local S3 server: moto (server mode), s3rver (npm, needs node), or null "
-        "(bench/nulls3.py: accepts the parts and discards them, to show wingsbak's own cost), "
-        "or nginx-null (the same in nginx, which costs the shared cores much less)",
+        choices=("nginx", "nginx-null", "null", "moto", "s3rver"),
+        default="nginx",
+        help="the local S3 server: nginx (stores the parts; its object is checked), nginx-null "
+        "(the same, discarding the parts), null (bench/nulls3.py, a Python server that "
+        "discards), moto (server mode) or s3rver (npm, needs node); the last two take more "
+        "of the shared cores than the backup itself",
+    )
+    parser.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="https with a self-signed certificate (nginx servers only; their default)",
     )
     parser.add_argument("--child", choices=("local", "s3", "floor"))
     parser.add_argument("--bytes", type=int, default=0)
@@ -327,18 +288,30 @@ def main(argv: list[str] | None = None) -> None:
         if p.is_file():
             p.read_bytes()
     part_size = args.part_size * MIB
+    tls = args.server.startswith("nginx") if args.tls is None else args.tls
+    if tls and not args.server.startswith("nginx"):
+        raise SystemExit("--tls needs --server nginx or nginx-null")
     (BENCH_DIR / ".data").mkdir(exist_ok=True)
     server_dir = tempfile.TemporaryDirectory(dir=BENCH_DIR / ".data")
+    stored: nginxs3.NginxS3 | None = None
     if args.server == "s3rver":
         # Children inherit this and use s3rver's credentials.
         os.environ["WINGSBAK_BENCH_S3"] = "s3rver"
-        moto, endpoint = start_s3rver(Path(server_dir.name))
+        proc, endpoint = start_s3rver(Path(server_dir.name))
+        stop = proc.terminate
     elif args.server == "null":
-        moto, endpoint = start_null_s3()
-    elif args.server == "nginx-null":
-        moto, endpoint = start_nginx_null_s3(Path(server_dir.name))
+        proc, endpoint = start_null_s3()
+        stop = proc.terminate
+    elif args.server.startswith("nginx"):
+        store = args.server == "nginx"
+        nginx = nginxs3.start(Path(server_dir.name), store=store, tls=tls)
+        endpoint, stop = nginx.endpoint, nginx.stop
+        stored = nginx if store else None
+        if nginx.ca_bundle:
+            os.environ["AWS_CA_BUNDLE"] = nginx.ca_bundle  # children inherit it
     else:
-        moto, endpoint = start_moto()
+        proc, endpoint = start_moto()
+        stop = proc.terminate
     try:
         client = boto3.client(
             "s3",
@@ -349,6 +322,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.server == "moto":
             client.create_bucket(Bucket=BUCKET)
+
+        def check_object(run: dict[str, Any], key: str) -> None:
+            """The server must hold the very bytes the backup reported (null ones keep none)."""
+            if stored is not None:
+                size, sha1 = nginxs3.stored_object(stored)
+                if (size, sha1) != (run["size"], run["checksum"]):
+                    raise SystemExit("the stored object does not match the backup's report")
+            elif args.server in ("moto", "s3rver"):
+                if object_sha1(client, key) != run["checksum"]:
+                    raise SystemExit("the uploaded object does not match its checksum")
+                client.delete_object(Bucket=BUCKET, Key=key)  # moto holds it in memory
+
         common = [
             "--src",
             str(src),
@@ -358,11 +343,12 @@ def main(argv: list[str] | None = None) -> None:
             str(args.part_size),
             "--concurrency",
             str(args.concurrency),
+            "--payload-signing",
+            args.payload_signing,
         ]
         local_runs: list[dict[str, Any]] = []
         s3_runs: list[dict[str, Any]] = []
         floor_runs: list[dict[str, Any]] = []
-        (BENCH_DIR / ".data").mkdir(exist_ok=True)
         with tempfile.TemporaryDirectory(dir=BENCH_DIR / ".data") as tmp:
             for i in range(args.runs):  # alternate, so that drift hits both alike
                 out = Path(tmp) / f"local-{i}.tar.gz"
@@ -371,21 +357,18 @@ def main(argv: list[str] | None = None) -> None:
                 Path(f"{out}.sha1").unlink()
                 backup = f"00000000-0000-4000-8000-{i:012d}"
                 s3_run = run_child("s3", common, ["--endpoint", endpoint, "--backup", backup])
-                key = f"{SERVER_UUID}/{backup}.tar.gz"
-                # The null server keeps nothing to compare; the others must hold the object.
-                keeps = args.server in ("moto", "s3rver")
-                if keeps and object_sha1(client, key) != s3_run["checksum"]:
-                    raise SystemExit("the uploaded object does not match its checksum")
-                client.delete_object(Bucket=BUCKET, Key=key)  # moto holds it in memory
+                check_object(s3_run, f"{SERVER_UUID}/{backup}.tar.gz")
                 s3_runs.append(s3_run)
                 backup = f"00000000-0000-4000-9000-{i:012d}"
                 floor_args = ["--endpoint", endpoint, "--backup", backup]
                 floor_args += ["--bytes", str(s3_run["size"])]
                 floor_runs.append(run_child("floor", common, floor_args))
-                client.delete_object(Bucket=BUCKET, Key=f"{SERVER_UUID}/{backup}.tar.gz")
+                if stored is not None:
+                    nginxs3.forget_stored(stored)
+                elif args.server in ("moto", "s3rver"):
+                    client.delete_object(Bucket=BUCKET, Key=f"{SERVER_UUID}/{backup}.tar.gz")
     finally:
-        moto.terminate()
-        moto.wait(10)
+        stop()
         server_dir.cleanup()
 
     local = min(local_runs, key=lambda r: r["wall"])
@@ -394,19 +377,29 @@ def main(argv: list[str] | None = None) -> None:
     ratio = s3["wall"] / local["wall"]
     rss_target = (args.concurrency + 2) * part_size + 100 * MIB
     print(f"data set: {src} ({data_bytes / MB:.0f} MB), level {args.level}, best of {args.runs}")
+    signed = args.payload_signing == "always" or (
+        args.payload_signing == "auto" and endpoint.startswith("http://")
+    )
+    signing = "signed (SHA-256 of each part)" if signed else "unsigned"
+    print(f"S3 server: {args.server} at {endpoint}; parts {signing}")
     print(f"archive: {s3['size'] / MB:.0f} MB, {math.ceil(s3['size'] / part_size)} parts")
-    print(f"{'':14}{'wall s':>8}{'MB/s in':>9}{'peak RSS MiB':>14}")
+    print(f"{'':18}{'wall s':>8}{'CPU s':>7}{'MB/s in':>9}{'peak RSS MiB':>14}")
     for name, r in (("local adapter", local), (f"s3 ({args.server})", s3)):
         rate = data_bytes / MB / r["wall"]
-        print(f"{name:14}{r['wall']:8.2f}{rate:9.0f}{r['maxrss'] / MIB:14.1f}")
+        line = f"{name:18}{r['wall']:8.2f}{r['cpu']:7.2f}{rate:9.0f}{r['maxrss'] / MIB:14.1f}"
+        print(line)
     r = bare
-    print(f"{args.server + ' floor':14}{r['wall']:8.2f}{'':>9}{r['maxrss'] / MIB:14.1f}")
+    name = args.server + " floor"
+    print(f"{name:18}{r['wall']:8.2f}{r['cpu']:7.2f}{'':>9}{r['maxrss'] / MIB:14.1f}")
     print(
         "  (floor: the same number of bytes uploaded from memory with no archiving, "
         "i.e. what the S3 server itself allows)"
     )
     verdict = "ok" if ratio <= 1.25 else "over target"
     print(f"s3 / local wall time: {ratio:.2f}x (target <= 1.25x: {verdict})")
+    median = statistics.median(r["wall"] for r in s3_runs)
+    median /= statistics.median(r["wall"] for r in local_runs)
+    print(f"  (median of {args.runs} runs each: {median:.2f}x)")
     print(
         f"s3 / {args.server} floor: {s3['wall'] / bare['wall']:.2f}x "
         "(what archiving adds on top of the server's own limit)"
