@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from engine_helpers import MemorySink, archive_bytes, gzip_test
 
-import wingsbak.archive.archiver as archiver_mod
 import wingsbak.archive.gzip as wgzip
+import wingsbak.archive.progress as progress_mod
 from wingsbak.archive import ArchiveProgress, AtomicFile, Cancelled, archive_to_file, write_archive
 
 HANG_GUARD = 120  # seconds; only stops a hung test, never judges speed
@@ -154,7 +154,7 @@ def test_real_write_error_through_archive_to_file(tmp_path: Path) -> None:
 @pytest.fixture
 def report_every_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """Progress on every check instead of four times a second: deterministic, no timing."""
-    monkeypatch.setattr(archiver_mod, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(progress_mod, "PROGRESS_INTERVAL", 0.0)
 
 
 @pytest.mark.usefixtures("report_every_check")

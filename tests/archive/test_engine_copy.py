@@ -13,7 +13,7 @@ import pytest
 from engine_helpers import archive_bytes, gnu_tar_names
 from structlog.testing import capture_logs
 
-import wingsbak.archive.archiver as archiver_mod
+import wingsbak.archive.progress as progress_mod
 from wingsbak.archive.archiver import READ_CHUNK, ArchiveProgress, _Archiver
 from wingsbak.archive.tarstream import write_end
 from wingsbak.archive.walk import walk
@@ -91,7 +91,7 @@ def test_file_changing_during_a_real_backup(
     The progress callback runs between reads of a large file; reporting on every check (the
     throttle set to zero) lets it change the file at a known point, without any timing.
     """
-    monkeypatch.setattr(archiver_mod, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(progress_mod, "PROGRESS_INTERVAL", 0.0)
     size = 4 * READ_CHUNK
     original = os.urandom(size)
     live = tmp_path / "live.dat"

@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from wingsbak.archive import tarstream
 from wingsbak.archive.gzip import BEST_SPEED, BLOCK_SIZE, open_gzip_writer
+from wingsbak.archive.progress import Clock, ProgressThrottle
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.sink import (
     MIB,
@@ -37,7 +38,6 @@ log = get_logger(__name__)
 BATCH = BLOCK_SIZE
 _ZEROS = memoryview(bytes(BATCH))
 READ_CHUNK = BATCH  # the largest single read of file data
-PROGRESS_INTERVAL = 0.25
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -88,6 +88,7 @@ class _Archiver:
         cancel: threading.Event | None,
         progress: ProgressCallback | None,
         bytes_total: list[int],
+        clock: Clock = time.monotonic,
     ) -> None:
         self.out = out
         self.cancel = cancel
@@ -96,7 +97,7 @@ class _Archiver:
         self.bytes_read = 0
         self.files = 0
         self.skipped = 0
-        self.next_report = time.monotonic() + PROGRESS_INTERVAL
+        self.throttle = ProgressThrottle(clock=clock)
         self.block = bytearray(BATCH)
         self.view = memoryview(self.block)
         self.pos = 0
@@ -108,11 +109,8 @@ class _Archiver:
     def check(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("backup cancelled")
-        if self.progress is not None:
-            now = time.monotonic()
-            if now >= self.next_report:
-                self.next_report = now + PROGRESS_INTERVAL
-                self.report()
+        if self.progress is not None and self.throttle.due():
+            self.report()
 
     def report(self) -> None:
         if self.progress is not None:
@@ -238,11 +236,13 @@ def write_archive(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     threads: int | None = None,
+    clock: Clock = time.monotonic,
 ) -> ArchiveResult:
     """Stream a ``.tar.gz`` of ``root`` into ``sink`` and say what was written.
 
-    ``write_limit`` is in MiB/s (0: unlimited). ``progress`` is called from this thread a few
-    times a second; when given, the total is measured by a second walk alongside.
+    ``write_limit`` is in MiB/s (0: unlimited). ``progress`` is called from this thread at most
+    every 0.25 s of ``clock``, and once at the end; when given, the total is measured by a
+    second walk alongside.
     Raises :class:`Cancelled` when ``cancel`` is set, or the sink's own error.
     """
     limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
@@ -259,7 +259,7 @@ def write_archive(
         threading.Thread(target=_measure, name="wingsbak-measure", daemon=True).start()
 
     gz = open_gzip_writer(metered, level, threads)  # type: ignore[arg-type]
-    archiver = _Archiver(gz, cancel, progress, bytes_total)
+    archiver = _Archiver(gz, cancel, progress, bytes_total, clock)
     ok = False
     try:
         for entry in walk(root, rules, archiver.skip):

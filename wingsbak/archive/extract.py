@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from wingsbak.archive.gzip import HAVE_ISAL
+from wingsbak.archive.progress import Clock, ProgressThrottle
 from wingsbak.archive.sink import MIB, Cancelled, TokenBucket
 from wingsbak.log import get_logger
 
@@ -45,7 +46,6 @@ __all__ = [
 
 BLOCK = 512
 READ_CHUNK = 1024 * 1024
-PROGRESS_INTERVAL = 0.25
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # setuid, setgid and sticky never come back from an archive: a restore must not hand out
@@ -415,6 +415,7 @@ class _Extractor:
         owner: tuple[int, int] | None,
         counter: _CountingReader,
         bytes_total: int,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.feed = feed
         self.root_fd = root_fd
@@ -425,7 +426,7 @@ class _Extractor:
         self.dirs = _Dirs(root_fd, self.owner)
         self.counter = counter
         self.bytes_total = bytes_total
-        self.next_report = time.monotonic() + PROGRESS_INTERVAL
+        self.throttle = ProgressThrottle(clock=clock)
         self.dir_meta: dict[tuple[bytes, ...], tuple[int, int]] = {}
         self.tmp_seq = 0
         self.tmp_prefix = f".wingsbak-restore-{os.getpid()}-".encode()
@@ -702,11 +703,8 @@ class _Extractor:
             raise Cancelled("restore cancelled")
 
     def _tick(self) -> None:
-        if self.progress is not None:
-            now = time.monotonic()
-            if now >= self.next_report:
-                self.next_report = now + PROGRESS_INTERVAL
-                self._report()
+        if self.progress is not None and self.throttle.due():
+            self._report()
 
     def _report(self) -> None:
         if self.progress is not None:
@@ -759,13 +757,15 @@ def extract_archive(
     cancel: threading.Event | None = None,
     owner: tuple[int, int] | None = None,
     bytes_total: int = 0,
+    clock: Clock = time.monotonic,
 ) -> RestoreResult:
     """Restore the ``.tar.gz`` read from ``fileobj`` into the directory ``dest``.
 
     ``dest`` is created when missing; with ``truncate`` its contents are deleted first.
     ``write_limit`` caps the file data written, in MiB/s (0: unlimited). ``owner`` (uid, gid)
     is applied to everything restored when running as root. ``bytes_total`` (the compressed
-    size, when known) only feeds ``progress``.
+    size, when known) only feeds ``progress``, called at most every 0.25 s of ``clock`` and
+    once at the end.
 
     Raises :class:`RestoreError` (corrupt or truncated archive, unreadable source, failed
     write) or :class:`Cancelled`. Entries refused by the guard are logged and counted in
@@ -796,6 +796,7 @@ def extract_archive(
                 owner=owner,
                 counter=counter,
                 bytes_total=bytes_total,
+                clock=clock,
             )
             extractor.run()
         finally:
