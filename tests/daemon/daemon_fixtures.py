@@ -1,6 +1,6 @@
-"""Fixtures shared by the daemon and fault suites: the real daemon on a free port (in-process
-or as a subprocess) and a small real panel that records every request and can be told to
-fail. A conftest imports them to make them available to its folder."""
+"""Fixtures shared by the daemon, event, storage and fault suites: the real daemon on a free
+port (in-process or as a subprocess) and a small real panel that records every request and can
+be told to fail. A conftest imports them to make them available to its folder."""
 
 from __future__ import annotations
 
@@ -42,9 +42,11 @@ def node(tmp_path: Path) -> Node:
 
 
 @pytest.fixture
-async def start_daemon(node: Node) -> AsyncIterator[Callable[..., Any]]:
+async def start_daemon(node: Node, panel: Panel) -> AsyncIterator[Callable[..., Any]]:
     """``await start_daemon(remote=..., config_hook=..., **system.backups)`` -> an in-process
-    daemon; ``config_hook(dict)`` may edit the configuration before it is parsed."""
+    daemon; ``config_hook(dict)`` may edit the configuration before it is parsed.
+
+    Depends on ``panel`` so that the panel outlives the daemons (their last reports land)."""
     runners: list[web.AppRunner] = []
     sessions: list[aiohttp.ClientSession] = []
 

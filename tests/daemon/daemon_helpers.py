@@ -1,4 +1,5 @@
-"""Helpers of the daemon tests: a recording panel, the node layout, daemon handles, JWTs."""
+"""Helpers of the daemon tests (shared with the event, storage and fault suites): a recording
+panel, the node layout, daemon handles, JWTs."""
 
 from __future__ import annotations
 
@@ -110,15 +111,17 @@ class Panel:
             await self._runner.cleanup()
             self._runner = None
 
-    def reports(self, backup: str | None = None) -> list[Recorded]:
-        """Backup reports that the panel answered with success (or all attempts, if failing)."""
+    def reports(self, backup: str | None = None, restore: bool = False) -> list[Recorded]:
+        """Backup reports (restore reports with ``restore``) that the panel answered with
+        success (or all attempts, if failing)."""
+        suffix = "/restore" if restore else ""
         return [
             r
             for r in self.requests
             if r.method == "POST"
             and r.path.startswith("/api/remote/backups/")
-            and not r.path.endswith("/restore")
-            and (backup is None or r.path == f"/api/remote/backups/{backup}")
+            and r.path.endswith("/restore") == restore
+            and (backup is None or r.path == f"/api/remote/backups/{backup}{suffix}")
         ]
 
     async def wait_for(
@@ -127,18 +130,20 @@ class Panel:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}: {self.requests!r}")
+                raise TimeoutError(f"timed out waiting for {what}: {self.requests!r}")  # a hang
             self._event.clear()
             try:
                 await asyncio.wait_for(self._event.wait(), 0.1)
             except TimeoutError:
                 pass
 
-    async def wait_report(self, backup: str, count: int = 1, timeout: float = 15.0) -> Recorded:
+    async def wait_report(
+        self, backup: str, count: int = 1, timeout: float = 15.0, restore: bool = False
+    ) -> Recorded:
         await self.wait_for(
-            lambda: len(self.reports(backup)) >= count, timeout, f"report of {backup}"
+            lambda: len(self.reports(backup, restore)) >= count, timeout, f"report of {backup}"
         )
-        return self.reports(backup)[count - 1]
+        return self.reports(backup, restore)[count - 1]
 
 
 # -- node layout and configuration -----------------------------------------------------------
@@ -208,14 +213,20 @@ class Daemon:
         """``path`` goes on the wire as written (percent-escapes are not re-encoded)."""
         return self.session.request(method, URL(self.url + path, encoded=True), **kw)
 
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """POST ``body`` with the node token: the status and the JSON answer."""
+        async with self.request("POST", path, json=body, headers=auth()) as r:
+            return r.status, await r.json()
+
     async def post_backup(
         self, server: str, backup: str | None = None, ignore: str = "", **extra: Any
     ) -> tuple[int, Any]:
         body = {"adapter": "wings", "uuid": backup or new_uuid(), "ignore": ignore, **extra}
-        async with self.request(
-            "POST", f"/api/servers/{server}/backup", json=body, headers=auth()
-        ) as r:
-            return r.status, await r.json()
+        return await self.post(f"/api/servers/{server}/backup", body)
+
+    async def post_restore(self, server: str, backup: str, **extra: Any) -> tuple[int, Any]:
+        body = {"adapter": "wings", "truncate_directory": False, **extra}
+        return await self.post(f"/api/servers/{server}/backup/{backup}/restore", body)
 
     async def system(self) -> dict[str, Any]:
         async with self.request("GET", "/api/system", headers=auth()) as r:
@@ -302,24 +313,33 @@ class DaemonProcess:
             self.proc.wait()
 
 
-# -- download tokens -------------------------------------------------------------------------
+# -- download and websocket tokens -----------------------------------------------------------
 
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def download_claims(server: str, backup: str, **over: Any) -> dict[str, Any]:
+def _claims(claims: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``claims`` valid from now for ten minutes, with ``over`` applied (``None`` drops one)."""
     now = int(time.time())
-    claims: dict[str, Any] = {
+    merged = {**claims, "iat": now, "exp": now + 600, **over}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def download_claims(server: str, backup: str, **over: Any) -> dict[str, Any]:
+    claims = {"server_uuid": server, "backup_uuid": backup, "unique_id": uuid.uuid4().hex}
+    return _claims(claims, over)
+
+
+def ws_claims(server: str, **over: Any) -> dict[str, Any]:
+    """The claims of a websocket token that may connect and read backup events."""
+    claims = {
         "server_uuid": server,
-        "backup_uuid": backup,
-        "unique_id": uuid.uuid4().hex,
-        "iat": now,
-        "exp": now + 600,
+        "user_uuid": new_uuid(),
+        "permissions": ["websocket.connect", "backup.read"],
     }
-    claims.update(over)
-    return {k: v for k, v in claims.items() if v is not None}
+    return _claims(claims, over)
 
 
 def sign(claims: dict[str, Any], key: str = NODE_TOKEN, algorithm: str = "HS256") -> str:

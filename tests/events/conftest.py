@@ -1,5 +1,6 @@
-"""Fixtures of the event and metrics tests: the real daemon in-process on a free port, a real
-recording panel, websocket clients (aiohttp's, and a raw one that stops reading) and JWTs."""
+"""Fixtures of the event and metrics tests: the real daemon in-process on a free port and a
+real recording panel (shared with the daemon suite: daemon_fixtures.py, whose folder is put on
+``sys.path`` here), websocket clients (aiohttp's, and a raw one that stops reading) and JWTs."""
 
 from __future__ import annotations
 
@@ -8,221 +9,25 @@ import base64
 import json
 import os
 import socket
+import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType
 
-from wingsbak.config import Config, parse_config, prepare_directories
-from wingsbak.http.app import create_app
+_DAEMON_TESTS = Path(__file__).resolve().parent.parent / "daemon"
+if str(_DAEMON_TESTS) not in sys.path:
+    sys.path.insert(0, str(_DAEMON_TESTS))
 
-NODE_TOKEN = "events-node-token-" + "0123456789abcdef" * 3
-TOKEN_ID = "events-token-id"
-
-
-def new_uuid() -> str:
-    return str(uuid.uuid4())
-
-
-def bearer(token: str = NODE_TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-# -- the panel -------------------------------------------------------------------------------
-
-
-@dataclass
-class Panel:
-    """A real HTTP server recording every request; answers ``status`` (204, or e.g. 500)."""
-
-    status: int = 204
-    requests: list[tuple[str, str, Any]] = field(default_factory=list)
-    url: str = ""
-    _runner: web.AppRunner | None = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        body = json.loads(raw) if raw else None
-        self.requests.append((request.method, request.path, body))
-        if self.status == 204:
-            return web.Response(status=204)
-        return web.json_response({"errors": [{"code": "Fail"}]}, status=self.status)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def reports(self, backup: str, restore: bool = False) -> list[Any]:
-        """Bodies of the reports about ``backup`` (answered with 204 or not)."""
-        path = f"/api/remote/backups/{backup}" + ("/restore" if restore else "")
-        return [body for method, p, body in self.requests if method == "POST" and p == path]
-
-    async def wait_report(self, backup: str, restore: bool = False, timeout: float = 20) -> Any:
-        deadline = time.monotonic() + timeout
-        while not self.reports(backup, restore):
-            if time.monotonic() >= deadline:  # a hang, reported as such
-                raise TimeoutError(f"no report of {backup}: {self.requests!r}")
-            await asyncio.sleep(0.02)
-        return self.reports(backup, restore)[0]
-
-
-@pytest.fixture
-async def panel() -> AsyncIterator[Panel]:
-    p = Panel()
-    await p.start()
-    yield p
-    await p.stop()
-
-
-# -- the node and the daemon -----------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    data: Path
-    backups: Path
-
-    def server(self, files: dict[str, bytes] | None = None) -> str:
-        server = new_uuid()
-        base = self.data / server
-        base.mkdir(parents=True)
-        for rel, content in (files or {"server.properties": b"motd=hello\n"}).items():
-            path = base / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-        return server
-
-    def random_server(self, size: int, files: int = 6) -> str:
-        """``size`` bytes of incompressible data in ``files`` files."""
-        per = size // files
-        return self.server({f"world/region-{i}.mca": os.urandom(per) for i in range(files)})
-
-    def archive(self, server: str, backup: str) -> Path:
-        return self.backups / server / f"backup-{backup}.tar.gz"
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Node:
-    return Node(tmp_path / "data", tmp_path / "backups")
-
-
-@dataclass
-class Daemon:
-    url: str
-    cfg: Config
-    app: web.Application
-    session: aiohttp.ClientSession
-
-    async def post_backup(self, server: str, backup: str, adapter: str = "wings") -> None:
-        async with self.session.post(
-            f"{self.url}/api/servers/{server}/backup",
-            json={"adapter": adapter, "uuid": backup, "ignore": ""},
-            headers=bearer(),
-        ) as r:
-            assert r.status == 202, await r.text()
-
-    async def post_restore(self, server: str, backup: str) -> None:
-        async with self.session.post(
-            f"{self.url}/api/servers/{server}/backup/{backup}/restore",
-            json={"adapter": "wings", "truncate_directory": False},
-            headers=bearer(),
-        ) as r:
-            assert r.status == 202, await r.text()
-
-    async def jobs(self) -> dict[str, Any]:
-        async with self.session.get(f"{self.url}/api/system", headers=bearer()) as r:
-            assert r.status == 200, await r.text()
-            jobs: dict[str, Any] = (await r.json())["jobs"]
-            return jobs
-
-
-@pytest.fixture
-async def start_daemon(node: Node, panel: Panel) -> AsyncIterator[Callable[..., Any]]:
-    """``await start_daemon(remote=..., api={...}, **system.backups)`` -> a running daemon.
-
-    Depends on ``panel`` so that the panel outlives the daemons (their last reports land)."""
-    runners: list[web.AppRunner] = []
-    sessions: list[aiohttp.ClientSession] = []
-
-    async def start(remote: str = "", api: dict[str, Any] | None = None, **backups: Any) -> Daemon:
-        b: dict[str, Any] = {
-            "report_retry_initial": 0.05,
-            "report_retry_max": 0.2,
-            "shutdown_grace": 0.5,
-            **backups,
-        }
-        raw = {
-            "uuid": new_uuid(),
-            "token_id": TOKEN_ID,
-            "token": NODE_TOKEN,
-            "remote": remote,
-            "api": {"host": "127.0.0.1", "port": 8080, **(api or {})},
-            "system": {"data": str(node.data), "backup_directory": str(node.backups), "backups": b},
-        }
-        cfg = parse_config(raw)
-        prepare_directories(cfg)
-        app = create_app(cfg)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        session = aiohttp.ClientSession()
-        sessions.append(session)
-        return Daemon(f"http://{host}:{port}", cfg, app, session)
-
-    yield start
-    for s in sessions:
-        await s.close()
-    for r in reversed(runners):
-        await r.cleanup()
-
+from daemon_fixtures import node, panel, start_daemon  # noqa: E402, F401 - registers them
+from daemon_helpers import NODE_TOKEN, Daemon, sign, unsigned, ws_claims  # noqa: E402
 
 # -- JWTs ------------------------------------------------------------------------------------
-
-
-def ws_claims(server: str, **over: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "server_uuid": server,
-        "user_uuid": new_uuid(),
-        "permissions": ["websocket.connect", "backup.read"],
-        "iat": now,
-        "exp": now + 600,
-    }
-    claims.update(over)
-    return {k: v for k, v in claims.items() if v is not None}
-
-
-def sign(claims: dict[str, Any], key: str = NODE_TOKEN) -> str:
-    return jwt.encode(claims, key, algorithm="HS256")
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unsigned(claims: dict[str, Any]) -> str:
-    header = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
-    return f"{header}.{b64url(json.dumps(claims).encode())}."
 
 
 @pytest.fixture
@@ -271,7 +76,8 @@ class WsClient:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            assert left > 0, f"no {name!r} within {timeout} s; got {seen!r}"
+            if left <= 0:  # a hang, reported as such
+                raise TimeoutError(f"no {name!r} within {timeout} s; got {seen!r}")
             seen.append(await self.next(left))
             if seen[-1]["event"] == name:
                 return seen

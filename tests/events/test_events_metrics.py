@@ -6,17 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import uuid
 from typing import Any
 
-import jwt
+from daemon_helpers import download_claims, new_uuid, sign
 from prometheus_client.parser import text_string_to_metric_families
 
 MIB = 1024 * 1024
-
-
-def new_uuid() -> str:
-    return str(uuid.uuid4())
 
 
 async def scrape(daemon: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -58,7 +53,7 @@ async def test_metrics_need_the_node_token_unless_public(start_daemon, node):
         assert expected in names, sorted(names)
     assert value(samples, "wingsbak_backup_queue_depth") == 0
 
-    public = await start_daemon(api={"metrics_public": True})
+    public = await start_daemon(config_hook=lambda raw: raw["api"].update(metrics_public=True))
     await scrape(public, headers={})
     # The switch opens /metrics only, not the API.
     async with public.session.get(f"{public.url}/api/system") as r:
@@ -72,8 +67,9 @@ async def test_counters_after_a_good_and_a_failed_backup_a_download_and_a_panel_
     daemon = await start_daemon(remote=panel.url, write_limit=2, compression_level="none")
     server = node.random_server(2 * MIB)
     good, bad = new_uuid(), new_uuid()
-    await daemon.post_backup(server, good, "wings")
-    await daemon.post_backup(server, bad, "s3")  # waits behind the first: one per server
+    assert (await daemon.post_backup(server, good, adapter="wings"))[0] == 202
+    # The s3 backup waits behind the first: one per server.
+    assert (await daemon.post_backup(server, bad, adapter="s3"))[0] == 202
 
     deadline = time.monotonic() + 10
     while True:
@@ -109,20 +105,9 @@ async def test_counters_after_a_good_and_a_failed_backup_a_download_and_a_panel_
     assert value(samples, "wingsbak_backups_running") == 0
     assert value(samples, "wingsbak_downloads_total") == 0
     # The s3 backup failed because the panel gave it no part URLs.
-    assert any(m == "GET" and p == f"/api/remote/backups/{bad}" for m, p, _ in panel.requests)
+    assert any(r.method == "GET" and r.path == f"/api/remote/backups/{bad}" for r in panel.requests)
 
-    now = int(time.time())
-    token = jwt.encode(
-        {
-            "server_uuid": server,
-            "backup_uuid": good,
-            "unique_id": uuid.uuid4().hex,
-            "iat": now,
-            "exp": now + 600,
-        },
-        daemon.cfg.token,
-        algorithm="HS256",
-    )
+    token = sign(download_claims(server, good), daemon.cfg.token)
     async with daemon.session.get(f"{daemon.url}/download/backup", params={"token": token}) as r:
         assert r.status == 200
         assert hashlib.sha1(await r.read()).digest() == hashlib.sha1(archive).digest()
@@ -135,7 +120,7 @@ async def test_counters_after_a_good_and_a_failed_backup_a_download_and_a_panel_
         if time.monotonic() >= deadline:  # a hang, reported as such
             raise TimeoutError("timed out")
         await asyncio.sleep(0.05)
-    good_report, bad_report = panel.reports(good)[-1], panel.reports(bad)[-1]
+    good_report, bad_report = panel.reports(good)[-1].json, panel.reports(bad)[-1].json
     assert good_report["successful"] is True
     assert good_report["checksum"] == hashlib.sha1(archive).hexdigest()
     assert good_report["size"] == len(archive)

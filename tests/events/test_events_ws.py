@@ -7,11 +7,11 @@ import asyncio
 import hashlib
 import json
 import time
-import uuid
 from typing import Any
 
 import pytest
 from aiohttp import WSMsgType
+from daemon_helpers import new_uuid
 
 import wingsbak.http.ws
 from wingsbak.events import EventBus
@@ -19,10 +19,6 @@ from wingsbak.http.state import EVENTS
 
 MIB = 1024 * 1024
 PROGRESS_KEYS = {"uuid", "bytes_read", "bytes_total", "files", "percent"}
-
-
-def new_uuid() -> str:
-    return str(uuid.uuid4())
 
 
 def payload(event: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +54,7 @@ async def test_backup_sends_progress_then_one_completed_with_the_archive_checksu
 
     backup = new_uuid()
     started = time.monotonic()
-    await daemon.post_backup(server, backup)
+    assert (await daemon.post_backup(server, backup))[0] == 202
     events = await reader.until("backup completed")
     elapsed = time.monotonic() - started
 
@@ -89,7 +85,7 @@ async def test_backup_sends_progress_then_one_completed_with_the_archive_checksu
         "checksum_type": "sha1",
         "file_size": len(blob),
     }
-    report = await panel.wait_report(backup)
+    report = (await panel.wait_report(backup)).json
     assert report["checksum"] == done["checksum"] and report["size"] == len(blob)
 
     # The '*' client saw the same stream; the client without backup.read saw none of it.
@@ -113,7 +109,7 @@ async def test_progress_is_throttled_while_archiving_many_small_files(
     assert (await client.auth(ws_token(server)))["event"] == "auth success"
     backup = new_uuid()
     started = time.monotonic()
-    await daemon.post_backup(server, backup)
+    assert (await daemon.post_backup(server, backup))[0] == 202
     events = await client.until("backup completed")
     elapsed = time.monotonic() - started
     progress = [payload(e) for e in events if e["event"] == "backup progress"]
@@ -131,22 +127,18 @@ async def test_restore_sends_restore_completed(
     client = await open_ws(daemon, server)
     assert (await client.auth(ws_token(server)))["event"] == "auth success"
     backup = new_uuid()
-    await daemon.post_backup(server, backup)
+    assert (await daemon.post_backup(server, backup))[0] == 202
     assert payload((await client.until("backup completed"))[-1])["is_successful"] is True
     (node.data / server / "eula.txt").write_bytes(b"eula=false\n")
     # The job is forgotten just after the event; wait for the node to be idle.
-    deadline = time.monotonic() + 10
-    while (await daemon.jobs())["running"]:
-        if time.monotonic() >= deadline:  # a hang, reported as such
-            raise TimeoutError("timed out")
-        await asyncio.sleep(0.02)
+    await daemon.wait_idle()
 
-    await daemon.post_restore(server, backup)
+    assert (await daemon.post_restore(server, backup))[0] == 202
     events = await client.until("backup restore completed")
     assert [e["event"] for e in events] == ["backup restore completed"]
     assert payload(events[-1]) == {"uuid": backup, "is_successful": True}
     assert (node.data / server / "eula.txt").read_bytes() == b"eula=true\n"
-    assert (await panel.wait_report(backup, restore=True)) == {"successful": True}
+    assert (await panel.wait_report(backup, restore=True)).json == {"successful": True}
     await assert_quiet(client, ws_token(server), "auth success")
 
 
@@ -181,7 +173,7 @@ async def test_refused_token_gets_jwt_error_and_no_events(
     witness = await open_ws(daemon, server)
     assert (await witness.auth(ws_token(server)))["event"] == "auth success"
     backup = new_uuid()
-    await daemon.post_backup(server, backup)
+    assert (await daemon.post_backup(server, backup))[0] == 202
     await witness.until("backup completed")
     await panel.wait_report(backup)
     await assert_quiet(refused, bad, "jwt error")
@@ -194,14 +186,14 @@ async def test_events_before_auth_are_not_delivered(start_daemon, panel, node, o
     witness = await open_ws(daemon, server)
     assert (await witness.auth(ws_token(server)))["event"] == "auth success"
     backup = new_uuid()
-    await daemon.post_backup(server, backup)
+    assert (await daemon.post_backup(server, backup))[0] == 202
     await witness.until("backup completed")
 
     assert (await early.auth(ws_token(server)))["event"] == "auth success"
     await assert_quiet(early, ws_token(server), "auth success")
     # ... and it does get the next backup's events.
     second = new_uuid()
-    await daemon.post_backup(server, second)
+    assert (await daemon.post_backup(server, second))[0] == 202
     assert payload((await early.until("backup completed"))[-1])["uuid"] == second
 
 
@@ -212,7 +204,7 @@ async def test_reauth_with_a_fresh_token_takes_effect(start_daemon, panel, node,
     first = ws_token(server, permissions=["websocket.connect"], exp=int(time.time()) + 120)
     assert (await client.auth(first))["event"] == "auth success"
     backup = new_uuid()
-    await daemon.post_backup(server, backup)
+    assert (await daemon.post_backup(server, backup))[0] == 202
     await panel.wait_report(backup)
     await assert_quiet(client, first, "auth success")
 
@@ -221,7 +213,7 @@ async def test_reauth_with_a_fresh_token_takes_effect(start_daemon, panel, node,
     fresh = ws_token(server, exp=int(time.time()) + 600)
     assert (await client.auth(fresh))["event"] == "auth success"
     second = new_uuid()
-    await daemon.post_backup(server, second)
+    assert (await daemon.post_backup(server, second))[0] == 202
     assert payload((await client.until("backup completed"))[-1])["uuid"] == second
 
 
@@ -263,11 +255,11 @@ async def test_two_clients_receive_and_a_client_that_stops_reading_holds_nobody_
     assert bus.dropped > 0
 
     backup = new_uuid()
-    await daemon.post_backup(server, backup)
+    assert (await daemon.post_backup(server, backup))[0] == 202
     done = [payload((await c.until("backup completed"))[-1]) for c in (first, second)]
     assert done[0] == done[1]
     assert done[0]["uuid"] == backup and done[0]["is_successful"] is True
-    report = await panel.wait_report(backup)
+    report = (await panel.wait_report(backup)).json
     assert report["successful"] is True and report["checksum"] == done[0]["checksum"]
 
 
