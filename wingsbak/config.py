@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -194,6 +195,15 @@ def _validate(cfg: Config) -> None:
         )
     if b.s3.concurrency < 1:
         raise ConfigError("system.backups.s3.concurrency: must be at least 1")
+    endpoint = b.s3.endpoint.strip()
+    if endpoint and (
+        any(c.isspace() for c in endpoint)
+        or ("://" in endpoint and urlsplit(endpoint).scheme.lower() not in ("http", "https"))
+    ):
+        raise ConfigError(
+            f"system.backups.s3.endpoint: {b.s3.endpoint!r} is not an http(s) URL or a "
+            "host[:port] (which means https)"
+        )
     if b.s3.payload_signing not in PAYLOAD_SIGNING:
         raise ConfigError(
             f"system.backups.s3.payload_signing: {b.s3.payload_signing!r} is not one of "

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -103,9 +104,12 @@ class FaultPlan:
 
 
 class FaultProxy:
-    """An HTTP proxy in front of moto that makes chosen UploadPart requests really fail."""
+    """An HTTP proxy in front of moto that makes chosen UploadPart requests really fail.
 
-    def __init__(self, upstream: str) -> None:
+    With ``tls`` (certificate and key files) it speaks https to its clients, as a
+    TLS-terminating proxy in front of a store does."""
+
+    def __init__(self, upstream: str, tls: tuple[Path, Path] | None = None) -> None:
         target = urlsplit(upstream)
         self.upstream_host = target.hostname or "127.0.0.1"
         self.upstream_port = target.port or 80
@@ -151,7 +155,13 @@ class FaultProxy:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

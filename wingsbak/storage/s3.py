@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -47,6 +48,8 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _RETRY_CODES = frozenset(
     {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"}
 )
+# What stores answer to an UNSIGNED-PAYLOAD request they do not accept.
+_UNSIGNED_REFUSED = frozenset({"InvalidDigest", "XAmzContentSHA256Mismatch", "NotImplemented"})
 T = TypeVar("T")
 
 
@@ -96,6 +99,12 @@ def describe(exc: BaseException, bucket: str, action: str) -> S3Error:
         msg = "S3 refused the secret access key (system.backups.s3.secret_access_key)"
     elif code == "NoSuchBucket":
         msg = f"S3 bucket {bucket!r} does not exist"
+    elif code in _UNSIGNED_REFUSED:
+        text = exc.response.get("Error", {}).get("Message") or code  # type: ignore[attr-defined]
+        msg = (
+            f"S3 {action} failed: {code}: {text} (if the store refuses unsigned payloads, "
+            "set system.backups.s3.payload_signing: always)"
+        )
     elif code in ("AccessDenied", "AllAccessDisabled"):
         msg = f"S3 denied access to bucket {bucket!r} ({action})"
     elif code in ("NoSuchKey", "404", "NotFound"):
@@ -119,26 +128,32 @@ def describe(exc: BaseException, bucket: str, action: str) -> S3Error:
 
 
 def endpoint_url(cfg: S3Config) -> str | None:
-    """The endpoint as a URL (https when no scheme is given), or None for AWS itself."""
-    endpoint = cfg.endpoint or None
-    if endpoint and "://" not in endpoint:
+    """The endpoint as a URL (https when no scheme is given), or None for AWS itself.
+
+    It is the client's only source: endpoints from ``AWS_ENDPOINT_URL*`` or ``~/.aws/config``
+    are ignored (see :func:`make_client`), so this also says how the parts travel."""
+    endpoint = cfg.endpoint.strip()
+    if not endpoint:
+        return None
+    if "://" not in endpoint:
         endpoint = f"https://{endpoint}"
     return endpoint
 
 
 def signs_payload(cfg: S3Config) -> bool:
-    """Whether each part's SHA-256 goes into its request signature.
+    """Whether each part's SHA-256 goes into its request signature, for the store to verify.
 
-    Over https, TLS already guards the bytes in transit, so "auto" sends parts as
-    ``UNSIGNED-PAYLOAD``, as the AWS SDKs do for streamed uploads: hashing every part costs
-    about 0.7 s of CPU per GB, on cores the compressor needs. Over plain http the signature
-    is the only integrity check a part gets, so "auto" keeps it there."""
+    "auto" signs over plain http, where the signature is the only integrity check a part gets.
+    Over https, TLS already guarantees that the bytes reach the endpoint intact, so "auto"
+    sends ``UNSIGNED-PAYLOAD`` (as the panel's pre-signed URLs do) and saves hashing every part,
+    about 0.7 s of CPU per GB on cores the compressor needs. With a TLS-terminating proxy in
+    front of the store, or a store that refuses unsigned payloads, set "always"."""
     if cfg.payload_signing == "always":
         return True
     if cfg.payload_signing == "never":
         return False
     endpoint = endpoint_url(cfg)
-    return endpoint is not None and endpoint.lower().startswith("http://")
+    return endpoint is not None and urlsplit(endpoint).scheme.lower() == "http"
 
 
 def make_client(cfg: S3Config) -> Any:
@@ -153,12 +168,15 @@ def make_client(cfg: S3Config) -> Any:
         retries={"total_max_attempts": 1},
         max_pool_connections=max(10, cfg.concurrency + 4),
         tcp_keepalive=True,
+        ignore_configured_endpoint_urls=True,  # system.backups.s3.endpoint is the only one
         s3={
             "addressing_style": "path" if cfg.path_style else "auto",
             "payload_signing_enabled": signs_payload(cfg),
         },
         # The CRC headers boto3 adds by default since 1.36 are refused by several
         # S3-compatible stores (older MinIO, Backblaze, Wasabi...): only send them when needed.
+        # payload_signing relies on this: "when_supported" would send parts with a CRC trailer
+        # as STREAMING-UNSIGNED-PAYLOAD-TRAILER, unsigned whatever the setting says.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
