@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.tlscert import self_signed_certificate
+
 CONFIG = """daemon off;
 user {user};
 worker_processes 1;
@@ -95,42 +97,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def start(tmp: Path, *, store: bool, tls: bool) -> NginxS3:
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     port = _free_port()
     (tmp / "store" / "parts").mkdir(parents=True, exist_ok=True)
     certificates, ca_bundle = "", None
     if tls:
-        cert, key = _self_signed(tmp)
+        cert, key = self_signed_certificate(tmp)
         certificates = f"ssl_certificate {cert}; ssl_certificate_key {key};"
         ca_bundle = str(cert)
     conf = tmp / "nginx.conf"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from bench.tlscert import self_signed_certificate
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.daemon import _ssl_context
 from wingsbak.http.app import create_app
@@ -20,30 +20,7 @@ from wingsbak.http.app import create_app
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path)
 
 
 async def test_https_with_the_configured_certificate(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Fixtures of the event and metrics tests: the real daemon in-process on a free port and a
-real recording panel (shared with the daemon suite: daemon_fixtures.py, whose folder is put on
-``sys.path`` here), websocket clients (aiohttp's, and a raw one that stops reading) and JWTs."""
+real recording panel (shared with the daemon suite: daemon_fixtures.py, whose folder is on
+pytest's ``pythonpath``), websocket clients (aiohttp's, and a raw one that stops reading)
+and JWTs."""
 
 from __future__ import annotations
 
@@ -9,23 +10,16 @@ import base64
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-
-_DAEMON_TESTS = Path(__file__).resolve().parent.parent / "daemon"
-if str(_DAEMON_TESTS) not in sys.path:
-    sys.path.insert(0, str(_DAEMON_TESTS))
-
-from daemon_fixtures import node, panel, start_daemon  # noqa: E402, F401 - registers them
-from daemon_helpers import NODE_TOKEN, Daemon, sign, unsigned, ws_claims  # noqa: E402
+from daemon_fixtures import node, panel, start_daemon  # noqa: F401 - registers them
+from daemon_helpers import NODE_TOKEN, Daemon, sign, unsigned, ws_claims
 
 # -- JWTs ------------------------------------------------------------------------------------
 

@@ -53,18 +53,16 @@ async def test_backup_sends_progress_then_one_completed_with_the_archive_checksu
     assert (await no_backup_read.auth(plain))["event"] == "auth success"
 
     backup = new_uuid()
-    started = time.monotonic()
     assert (await daemon.post_backup(server, backup))[0] == 202
     events = await reader.until("backup completed")
-    elapsed = time.monotonic() - started
 
     progress = [payload(e) for e in events if e["event"] == "backup progress"]
     assert [e["event"] for e in events] == ["backup progress"] * len(progress) + [
         "backup completed"
     ]
     assert len(progress) >= 3, progress
-    # The archiver reports at most every 0.25 s, plus one final report.
-    assert len(progress) <= elapsed / 0.25 + 2, (len(progress), elapsed)
+    # How often the archiver reports (every 0.25 s of its clock) is tested with a clock the
+    # test controls, in tests/archive/test_progress_throttle.py.
     for p in progress:
         assert set(p) == PROGRESS_KEYS, p
         assert p["uuid"] == backup
@@ -101,20 +99,19 @@ async def test_backup_sends_progress_then_one_completed_with_the_archive_checksu
 async def test_progress_is_throttled_while_archiving_many_small_files(
     start_daemon, panel, node, open_ws, ws_token
 ):
-    # 20 000 entries: the archiver checks for progress at every one, many times per 0.25 s.
+    # 20 000 entries: the archiver checks for progress at every one. Reports go by the clock
+    # (tests/archive/test_progress_throttle.py), so far fewer come than there are entries.
     files = {f"d{d}/f{i}.txt": b"x" * 100 for d in range(40) for i in range(500)}
     daemon = await start_daemon(remote=panel.url)
     server = node.server(files)
     client = await open_ws(daemon, server)
     assert (await client.auth(ws_token(server)))["event"] == "auth success"
     backup = new_uuid()
-    started = time.monotonic()
     assert (await daemon.post_backup(server, backup))[0] == 202
     events = await client.until("backup completed")
-    elapsed = time.monotonic() - started
     progress = [payload(e) for e in events if e["event"] == "backup progress"]
     assert progress, events
-    assert len(progress) <= elapsed / 0.25 + 2, (len(progress), elapsed)
+    assert len(progress) < len(files) // 10, len(progress)
     assert progress[-1]["files"] == len(files) + 40  # the files and their 40 folders
     assert payload(events[-1])["is_successful"] is True
 
