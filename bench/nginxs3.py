@@ -98,7 +98,9 @@ def _free_port() -> int:
 
 
 def start(tmp: Path, *, store: bool, tls: bool) -> NginxS3:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    binary = shutil.which("nginx") or shutil.which("/usr/sbin/nginx")
+    if binary is None:
+        raise SystemExit("nginx is not installed (apt-get install nginx-light)")
     port = _free_port()
     (tmp / "store" / "parts").mkdir(parents=True, exist_ok=True)
     certificates, ca_bundle = "", None
@@ -134,12 +136,14 @@ def start(tmp: Path, *, store: bool, tls: bool) -> NginxS3:
                 break
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit("nginx did not start (apt-get install nginx-light)")
+    log = tmp / "error.log"
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no error.log)"
+    raise SystemExit(f"nginx did not start:\n{tail}")
 
 
-def stored_object(server: NginxS3) -> tuple[int, str]:
-    """Size and SHA-1 of the one upload stored since the last call, whose parts are then
-    removed; raises SystemExit unless there is exactly one, with parts 1..n."""
+def stored_object(server: NginxS3) -> tuple[int, str, list[int]]:
+    """Size, SHA-1 and part numbers of the one upload stored since the last call, whose parts
+    are then removed; raises SystemExit unless there is exactly one, with parts 1..n."""
     uploads = sorted((server.directory / "parts").iterdir())
     if len(uploads) != 1:
         raise SystemExit(f"expected one stored upload, found {len(uploads)}")
@@ -152,9 +156,4 @@ def stored_object(server: NginxS3) -> tuple[int, str]:
         sha1.update(data)
         size += len(data)
     shutil.rmtree(uploads[0])
-    return size, sha1.hexdigest()
-
-
-def forget_stored(server: NginxS3) -> None:
-    for upload in (server.directory / "parts").iterdir():
-        shutil.rmtree(upload)
+    return size, sha1.hexdigest(), [int(p.name) for p in parts]

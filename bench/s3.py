@@ -190,11 +190,26 @@ def child(args: argparse.Namespace) -> None:
         from wingsbak.storage.s3 import S3Storage
 
         storage = S3Storage(s3_config(args))
+        completed = record_completed_parts(storage.client)
         start, cpu = time.perf_counter(), time.process_time()
         result = storage.upload_backup(str(args.src), SERVER_UUID, args.backup, level=args.level)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     report = {"wall": wall, "cpu": cpu, "size": result.size, "checksum": result.checksum}
+    if args.child == "s3":
+        report["parts"] = completed
     print(json.dumps(report))
+
+
+def record_completed_parts(client: Any) -> list[int]:
+    """The part numbers the upload's CompleteMultipartUpload names, once it is sent: the
+    stand-in nginx does not read that list, so the bench checks it against what it stored."""
+    parts: list[int] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        parts.extend(int(p["PartNumber"]) for p in params["MultipartUpload"]["Parts"])
+
+    client.meta.events.register("before-parameter-build.s3.CompleteMultipartUpload", record)
+    return parts
 
 
 def floor(args: argparse.Namespace) -> None:
@@ -298,10 +313,10 @@ def main(argv: list[str] | None = None) -> None:
         # Children inherit this and use s3rver's credentials.
         os.environ["WINGSBAK_BENCH_S3"] = "s3rver"
         proc, endpoint = start_s3rver(Path(server_dir.name))
-        stop = proc.terminate
+        stop = lambda p=proc: (p.terminate(), p.wait(10))  # noqa: E731
     elif args.server == "null":
         proc, endpoint = start_null_s3()
-        stop = proc.terminate
+        stop = lambda p=proc: (p.terminate(), p.wait(10))  # noqa: E731
     elif args.server.startswith("nginx"):
         store = args.server == "nginx"
         nginx = nginxs3.start(Path(server_dir.name), store=store, tls=tls)
@@ -311,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
             os.environ["AWS_CA_BUNDLE"] = nginx.ca_bundle  # children inherit it
     else:
         proc, endpoint = start_moto()
-        stop = proc.terminate
+        stop = lambda p=proc: (p.terminate(), p.wait(10))  # noqa: E731
     try:
         client = boto3.client(
             "s3",
@@ -326,9 +341,11 @@ def main(argv: list[str] | None = None) -> None:
         def check_object(run: dict[str, Any], key: str) -> None:
             """The server must hold the very bytes the backup reported (null ones keep none)."""
             if stored is not None:
-                size, sha1 = nginxs3.stored_object(stored)
+                size, sha1, parts = nginxs3.stored_object(stored)
                 if (size, sha1) != (run["size"], run["checksum"]):
                     raise SystemExit("the stored object does not match the backup's report")
+                if run["parts"] != parts:
+                    raise SystemExit(f"completed parts {run['parts']} but stored {parts}")
             elif args.server in ("moto", "s3rver"):
                 if object_sha1(client, key) != run["checksum"]:
                     raise SystemExit("the uploaded object does not match its checksum")
@@ -358,13 +375,16 @@ def main(argv: list[str] | None = None) -> None:
                 backup = f"00000000-0000-4000-8000-{i:012d}"
                 s3_run = run_child("s3", common, ["--endpoint", endpoint, "--backup", backup])
                 check_object(s3_run, f"{SERVER_UUID}/{backup}.tar.gz")
+                # The archive is deterministic: both adapters must have written the same bytes.
+                if s3_run["checksum"] != local_runs[-1]["checksum"]:
+                    raise SystemExit("the S3 and local backups of the same tree differ")
                 s3_runs.append(s3_run)
                 backup = f"00000000-0000-4000-9000-{i:012d}"
                 floor_args = ["--endpoint", endpoint, "--backup", backup]
                 floor_args += ["--bytes", str(s3_run["size"])]
                 floor_runs.append(run_child("floor", common, floor_args))
-                if stored is not None:
-                    nginxs3.forget_stored(stored)
+                if stored is not None and nginxs3.stored_object(stored)[0] != s3_run["size"]:
+                    raise SystemExit("the floor upload was not stored whole")
                 elif args.server in ("moto", "s3rver"):
                     client.delete_object(Bucket=BUCKET, Key=f"{SERVER_UUID}/{backup}.tar.gz")
     finally:
@@ -377,11 +397,14 @@ def main(argv: list[str] | None = None) -> None:
     ratio = s3["wall"] / local["wall"]
     rss_target = (args.concurrency + 2) * part_size + 100 * MIB
     print(f"data set: {src} ({data_bytes / MB:.0f} MB), level {args.level}, best of {args.runs}")
-    signed = args.payload_signing == "always" or (
-        args.payload_signing == "auto" and endpoint.startswith("http://")
-    )
+    from wingsbak.config import S3Config
+    from wingsbak.storage.s3 import signs_payload
+
+    signed = signs_payload(S3Config(endpoint=endpoint, payload_signing=args.payload_signing))
     signing = "signed (SHA-256 of each part)" if signed else "unsigned"
     print(f"S3 server: {args.server} at {endpoint}; parts {signing}")
+    if args.server in ("null", "nginx-null"):
+        print("  (not verified: this server keeps nothing; --server nginx checks the object)")
     print(f"archive: {s3['size'] / MB:.0f} MB, {math.ceil(s3['size'] / part_size)} parts")
     print(f"{'':18}{'wall s':>8}{'CPU s':>7}{'MB/s in':>9}{'peak RSS MiB':>14}")
     for name, r in (("local adapter", local), (f"s3 ({args.server})", s3)):

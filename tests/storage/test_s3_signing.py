@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from s3_helpers import SERVER_UUID, FaultProxy, s3_config
 
 from bench.tlscert import self_signed_certificate
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.http.app import create_app
 from wingsbak.http.state import JOBS
-from wingsbak.storage.s3 import S3Storage, endpoint_url, make_client, signs_payload
+from wingsbak.storage.s3 import S3Storage, describe, endpoint_url, make_client, signs_payload
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 
@@ -139,3 +140,14 @@ def test_restore_may_reach_the_nodes_own_endpoint_given_without_scheme(tmp_path:
     }
     app = create_app(parse_config(raw))
     assert "minio.internal" in app[JOBS].restore_allowlist()
+
+
+@pytest.mark.parametrize("code", ["InvalidDigest", "XAmzContentSHA256Mismatch", "NotImplemented"])
+def test_a_store_refusing_unsigned_parts_gets_a_line_naming_the_setting(code: str) -> None:
+    refused = ClientError(
+        {"Error": {"Code": code, "Message": "UNSIGNED-PAYLOAD is not allowed"}}, "UploadPart"
+    )
+    error = describe(refused, "backups", "uploading part 1")
+    assert error.code == code
+    assert "payload_signing: always" in str(error)
+    assert "UNSIGNED-PAYLOAD is not allowed" in str(error)
