@@ -50,6 +50,7 @@ http {{
         listen 127.0.0.1:{port}{ssl};
         {certificates}
         client_max_body_size 0;
+        client_body_buffer_size 1m;
         location / {{
             if ($kind = create) {{
                 return 200 '<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>
