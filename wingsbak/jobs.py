@@ -43,6 +43,7 @@ from wingsbak.panel import Outbox, PanelError
 from wingsbak.storage.local import LocalStorage
 from wingsbak.storage.presigned import PresignedUploadError, upload_via_panel
 from wingsbak.storage.s3 import S3Error, S3Storage, endpoint_url
+from wingsbak.storage.s3 import describe as describe_s3_error
 from wingsbak.urlguard import UnsafeURL, check_restore_url, open_restore_stream
 
 log = get_logger(__name__)
@@ -141,6 +142,7 @@ class JobManager:
         self.s3: S3Storage | None = (
             S3Storage(config.system.backups.s3) if config.s3_enabled else None
         )
+        self.s3_check: threading.Thread | None = None  # see check_s3_in_background
         # adapter -> coroutine that writes the backup somewhere and says what it wrote
         self.backup_runners: dict[str, Callable[[BackupJob], Awaitable[Outcome]]] = {
             "wings": self._in_thread(self._backup_local),
@@ -427,6 +429,26 @@ class JobManager:
             )
             await self.outbox.send("POST", f"/backups/{job.uuid}/restore", {"successful": ok})
             await asyncio.to_thread(self.journal.forget, job.uuid)
+
+    def check_s3_in_background(self) -> None:
+        """Say at start whether the configured bucket can be used, so that the operator does
+        not learn it from the first failed backup. Never delays the start or the stop (a
+        daemon thread): S3 may be back later, and every backup finds out for itself."""
+        s3 = self.s3
+        if s3 is None:
+            return
+
+        def check() -> None:
+            try:
+                s3.check()
+            except Exception as exc:
+                error = describe_s3_error(exc, s3.bucket, "checking the bucket")
+                log.error("s3_bucket_unusable", bucket=s3.bucket, error=str(error))
+            else:
+                log.info("s3_bucket_ok", bucket=s3.bucket)
+
+        self.s3_check = threading.Thread(target=check, name="wingsbak-s3-check", daemon=True)
+        self.s3_check.start()
 
     def restore_allowlist(self) -> list[str]:
         """The configured allowlist, plus the host of the node's own S3 endpoint: an operator

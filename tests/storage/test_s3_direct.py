@@ -292,8 +292,10 @@ def test_missing_bucket_fails_with_one_clear_error(
         storage.upload_backup(str(tmp_path), SERVER_UUID, new_uuid())
     assert caught.value.code == "NoSuchBucket"
     assert str(caught.value) == "S3 bucket 'no-such-bucket-here' does not exist"
-    with pytest.raises(S3Error):
+    with pytest.raises(S3Error) as checked:
         storage.check()
+    assert checked.value.code == "NoSuchBucket"
+    assert str(checked.value) == "S3 bucket 'no-such-bucket-here' does not exist"
 
 
 def test_unreachable_endpoint_fails_with_one_clear_error(tmp_path: Path) -> None:

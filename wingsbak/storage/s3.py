@@ -504,7 +504,10 @@ class S3Storage:
 
     def check(self) -> None:
         """Raise :class:`S3Error` unless the bucket is there and these credentials reach it."""
-        self._call("checking the bucket", lambda: self.client.head_bucket(Bucket=self.bucket))
+        try:
+            self._call("checking the bucket", lambda: self.client.head_bucket(Bucket=self.bucket))
+        except S3NotFound as exc:  # HEAD has no body: a bare 404 is all S3 says
+            raise S3Error(f"S3 bucket {self.bucket!r} does not exist", "NoSuchBucket") from exc
 
     def open_sink(self, server_uuid: str, backup_uuid: str) -> S3PartSink:
         return S3PartSink(
