@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,27 @@ def free_port() -> int:
 
 def auth(token: str = NODE_TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    timeout: float = 15.0,
+    interval: float = 0.02,
+) -> None:
+    """Poll ``predicate`` (plain or async) until it holds. A wait that runs out is a hang and
+    raises ``TimeoutError`` naming ``what``; how long anything took is never asserted."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                held = predicate()
+                if inspect.isawaitable(held):
+                    held = await held
+                if held:
+                    return
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise TimeoutError(f"timed out after {timeout} s waiting for {what}") from None
 
 
 # -- the panel -------------------------------------------------------------------------------
@@ -274,20 +296,23 @@ class DaemonProcess:
             )
         finally:
             log.close()
-        deadline = time.monotonic() + 20
+        proc = self.proc
+
+        async def up(s: aiohttp.ClientSession) -> bool:
+            if proc.poll() is not None:  # not a hang: the daemon failed
+                raise AssertionError(f"daemon exited {proc.returncode}: {self.logs()}")
+            try:
+                async with s.get(self.url + "/healthz") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
         async with aiohttp.ClientSession() as s:
-            while True:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"daemon exited {self.proc.returncode}: {self.logs()}")
-                try:
-                    async with s.get(self.url + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"daemon did not come up: {self.logs()}")
-                await asyncio.sleep(0.05)
+            try:
+                await wait_until(lambda: up(s), "the daemon to come up", 20.0, 0.05)
+            except TimeoutError as e:
+                e.add_note(self.logs())
+                raise
 
     def logs(self) -> str:
         try:
@@ -297,15 +322,17 @@ class DaemonProcess:
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None
-        self.proc.send_signal(sig)
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"daemon did not stop on signal {sig}: {self.logs()}")
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
+        proc = self.proc
+        proc.send_signal(sig)
+        try:
+            await wait_until(
+                lambda: proc.poll() is not None, f"the daemon to stop on signal {sig}", timeout
+            )
+        except TimeoutError as e:
+            self.kill_if_running()
+            e.add_note(self.logs())
+            raise
+        return proc.returncode
 
     def kill_if_running(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -11,14 +11,14 @@ import random
 import shutil
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from botocore.exceptions import ClientError
-from daemon_helpers import Daemon, Node, Panel, new_uuid
+from daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
 from s3_helpers import FaultProxy, extract_with_tar, tree_digest
 
 from wingsbak.http.state import JOBS, OUTBOX
@@ -174,14 +174,6 @@ class CountingPanel(Panel):
         return response
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_panel_refusing_connections_for_long_then_each_report_once(start_daemon, node: Node):
     panel = CountingPanel()  # its port is reserved but nothing listens: connection refused
     try:
@@ -206,12 +198,13 @@ async def test_panel_refusing_connections_for_long_then_each_report_once(start_d
                 and all(r.attempts >= 20 for r in outbox._pending.values())
             ),
             "many refused attempts",
+            timeout=30.0,
         )
         assert panel.requests == []
 
         panel.fail_first = 3  # and when it comes back, it stumbles a few times (500)
         await panel.start()
-        await wait_until(lambda: len(outbox._pending) == 0, "the outbox to empty")
+        await wait_until(lambda: len(outbox._pending) == 0, "the outbox to empty", timeout=30.0)
         await asyncio.sleep(0.3)
         for backup, server in backups.items():
             path = f"/api/remote/backups/{backup}"
