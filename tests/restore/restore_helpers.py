@@ -1,4 +1,5 @@
-"""Helpers for the restore tests: crafted archives and tree snapshots."""
+"""Helpers for the restore tests: crafted archives, tree snapshots, and the handlers that
+serve archives at download URLs (the ``serve`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,38 @@ import io
 import os
 import stat
 import tarfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Serve = Callable[[Handler], Awaitable[str]]
+"""``await serve(handler)`` -> the URL of a fresh server on 127.0.0.1 answering ``handler``."""
+
+
+def serves(body: bytes, content_type: str = "application/x-gzip") -> Handler:
+    """A handler answering ``body``."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type)
+
+    return handler
+
+
+def breaks_half_way(body: bytes) -> Handler:
+    """A handler that promises ``body`` and closes the connection after sending half of it."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        assert request.transport is not None
+        request.transport.close()  # the connection dies with half the promised bytes sent
+        return resp
+
+    return handler
 
 
 def snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[object, ...]]:

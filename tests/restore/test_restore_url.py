@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from restore_helpers import snapshot
+from restore_helpers import Serve, breaks_half_way, serves, snapshot
 
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.extract import RestoreError, extract_archive
@@ -63,29 +62,6 @@ def test_allowlist_admits_names_addresses_and_blocks() -> None:
         check_restore_url("http://10.0.0.1/", ["127.0.0.1"])
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    runners: list[web.AppRunner] = []
-
-    async def start(handler: Handler) -> str:
-        app = web.Application()
-        app.router.add_get("/backup.tar.gz", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}/backup.tar.gz"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
 @pytest.fixture
 def backup(tmp_path: Path) -> tuple[Path, bytes]:
     src = tmp_path / "src"
@@ -105,34 +81,20 @@ def download_and_restore(url: str, dest: Path) -> None:
 
 
 async def test_download_restores_the_tree(
-    tmp_path: Path, serve: Callable[[Handler], Awaitable[str]], backup: tuple[Path, bytes]
+    tmp_path: Path, serve: Serve, backup: tuple[Path, bytes]
 ) -> None:
     src, body = backup
-
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/x-gzip")
-
-    url = await serve(handler)
+    url = await serve(serves(body))
     dest = tmp_path / "dest"
     await asyncio.to_thread(download_and_restore, url, dest)
     assert snapshot(dest) == snapshot(src)
 
 
 async def test_download_that_breaks_half_way_fails_clearly(
-    tmp_path: Path, serve: Callable[[Handler], Awaitable[str]], backup: tuple[Path, bytes]
+    tmp_path: Path, serve: Serve, backup: tuple[Path, bytes]
 ) -> None:
     _, body = backup
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        resp.content_length = len(body)
-        await resp.prepare(request)
-        await resp.write(body[: len(body) // 2])
-        assert request.transport is not None
-        request.transport.close()  # the connection dies with half the promised bytes sent
-        return resp
-
-    url = await serve(handler)
+    url = await serve(breaks_half_way(body))
     dest = tmp_path / "dest"
     with pytest.raises(DownloadError, match=r"broke after \d+ of \d+ bytes") as err:
         await asyncio.to_thread(download_and_restore, url, dest)
@@ -140,23 +102,17 @@ async def test_download_that_breaks_half_way_fails_clearly(
     assert not list(dest.rglob(".wingsbak-restore-*"))
 
 
-async def test_refused_answers(
-    tmp_path: Path, serve: Callable[[Handler], Awaitable[str]], backup: tuple[Path, bytes]
-) -> None:
+async def test_refused_answers(tmp_path: Path, serve: Serve, backup: tuple[Path, bytes]) -> None:
     _, body = backup
 
     async def not_found(request: web.Request) -> web.Response:
         return web.Response(status=404, text="no such key")
 
-    async def html(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="text/html")
-
-    async def not_gzip(request: web.Request) -> web.Response:
-        return web.Response(body=b"PK\x03\x04 a zip file", content_type="application/zip")
-
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("http://169.254.169.254/")
 
+    html = serves(body, "text/html")
+    not_gzip = serves(b"PK\x03\x04 a zip file", "application/zip")
     cases = [(not_found, "404"), (html, "text/html"), (not_gzip, "first bytes"), (redirect, "302")]
     for handler, message in cases:
         url = await serve(handler)

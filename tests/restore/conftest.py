@@ -1,0 +1,32 @@
+"""Fixtures of the restore tests: ``serve``, a small real server for download URLs, and the
+daemon, node and recording panel of the daemon suite (daemon_fixtures.py, whose folder is on
+pytest's ``pythonpath``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from daemon_fixtures import daemon, node, panel, start_daemon  # noqa: F401 - registers them
+from restore_helpers import Handler, Serve
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_get("/backup.tar.gz", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}/backup.tar.gz"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
