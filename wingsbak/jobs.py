@@ -93,6 +93,7 @@ class RestoreJob:
     archive: Path | None = None  # the local archive (wings adapter)
     cancel: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task[None] | None = None
+    started: bool = False  # has a slot and may be writing into the server's files
 
     def summary(self) -> dict[str, Any]:
         return {"server": self.server, "uuid": self.uuid, "adapter": self.adapter}
@@ -198,13 +199,26 @@ class JobManager:
         exists = await asyncio.to_thread(self.storage.exists_anywhere, backup_uuid)
         if exists:
             raise Conflict("a backup with this uuid already exists on this node")
-        if backup_uuid in self.backups:  # submitted by another request while we looked
+        # Other requests may have come in while we looked.
+        if backup_uuid in self.backups:
             raise Conflict("a backup with this uuid is already running or queued")
+        if server in self.restores:
+            raise Conflict("the server is being restored")
         job = BackupJob(server=server, uuid=backup_uuid, adapter=adapter, ignore=ignore)
         self.backups[backup_uuid] = job
+        # Journaled from the 202 on: a job still queued when the daemon dies is reported too.
+        await self._journal_accepted(job.uuid, kind="backup", server=server, adapter=adapter)
         job.task = asyncio.create_task(self._run_backup(job), name=f"backup-{backup_uuid}")
         log.info("backup_queued", server=server, backup=backup_uuid, adapter=adapter)
         return job
+
+    async def _journal_accepted(self, key: str, **fields: Any) -> None:
+        """Record an accepted job. A journal that cannot be written (a full disk) costs only
+        the report after a crash, so the job still runs; the failure is logged."""
+        try:
+            await asyncio.to_thread(self.journal.record, key, **fields)
+        except OSError as exc:
+            log.error("journal_not_saved", job=key, error=_describe(exc))
 
     async def _run_backup(self, job: BackupJob) -> None:
         outcome = Outcome(successful=False, checksum_type=self.config.system.backups.checksum)
@@ -217,13 +231,6 @@ class JobManager:
                 log.info("backup_started", server=job.server, backup=job.uuid, adapter=job.adapter)
                 started = time.monotonic()
                 runner = self.backup_runners[job.adapter]
-                await asyncio.to_thread(
-                    self.journal.record,
-                    job.uuid,
-                    kind="backup",
-                    server=job.server,
-                    adapter=job.adapter,
-                )
                 outcome = await runner(job)
                 self.metrics.archive_duration.observe(time.monotonic() - started)
                 self.metrics.archived_bytes.inc(outcome.size)
@@ -387,6 +394,7 @@ class JobManager:
         if server in self.restores or any(j.server == server for j in self.backups.values()):
             raise Conflict("the server is busy with another backup or restore")
         self.restores[server] = job
+        await self._journal_accepted(job.uuid, kind="restore", server=server)
         job.task = asyncio.create_task(self._run_restore(job), name=f"restore-{backup_uuid}")
         log.info("restore_queued", server=server, backup=backup_uuid, adapter=adapter)
         return job
@@ -398,10 +406,8 @@ class JobManager:
             async with self._server_lock(job.server), self._slots:
                 if job.cancel.is_set():
                     raise Cancelled("cancelled before it started")
+                job.started = True
                 log.info("restore_started", server=job.server, backup=job.uuid)
-                await asyncio.to_thread(
-                    self.journal.record, job.uuid, kind="restore", server=job.server
-                )
                 result = await loop.run_in_executor(self._executor, self._restore_sync, job, loop)
                 ok = True
                 log.info(
@@ -504,6 +510,22 @@ class JobManager:
             if self.outbox.left_by_last_run(path):
                 # It finished and its report was queued just before the daemon died.
                 log.info("interrupted_job_already_reported", kind=kind, backup=key)
+            elif kind == "backup" and (
+                done := await asyncio.to_thread(self._committed_archive, server, key)
+            ):
+                # It died after the archive and its sidecar were committed, before the report.
+                await self.outbox.send(
+                    "POST",
+                    f"/backups/{key}",
+                    {
+                        "checksum": done.checksum,
+                        "checksum_type": done.checksum_type,
+                        "size": done.size,
+                        "successful": True,
+                        "parts": None,
+                    },
+                )
+                log.info("interrupted_backup_found_complete", backup=key, size=done.size)
             elif kind == "backup":
                 removed = await asyncio.to_thread(self.storage.remove_temporaries, server, key)
                 if self.s3 is not None and entry.get("adapter") == "s3":
@@ -528,6 +550,20 @@ class JobManager:
                 await self.outbox.send("POST", f"/backups/{key}/restore", {"successful": False})
             await asyncio.to_thread(self.journal.forget, key)
 
+    def _committed_archive(self, server: str, backup: str) -> Outcome | None:
+        """What a local backup left under its final name before the daemon died: with its
+        checksum sidecar it is complete (the sidecar is written after the archive is synced
+        and renamed); without, it is removed, since its checksum was never recorded."""
+        archive = self.storage.find(server, backup) if server else None
+        if archive is None:
+            return None
+        sidecar = read_sidecar(archive)
+        if sidecar is None:
+            self.storage.delete(server, backup)
+            log.warning("interrupted_backup_unverified_removed", backup=backup)
+            return None
+        return Outcome(True, sidecar[1], sidecar[0], archive.stat().st_size)
+
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting; let running jobs finish within ``grace`` seconds, cancel the rest
         (their temporary files are removed and the panel is told they failed)."""
@@ -535,6 +571,10 @@ class JobManager:
         grace = self.config.system.backups.shutdown_grace if grace is None else grace
         for job in self.queued():
             job.cancel.set()
+        for restore in self.restores.values():
+            # A restore still waiting must not start now, only to be cut off half-way.
+            if not restore.started:
+                restore.cancel.set()
         jobs: list[BackupJob | RestoreJob] = [*self.backups.values(), *self.restores.values()]
         tasks = [j.task for j in jobs if j.task is not None]
         if tasks:

@@ -237,3 +237,18 @@ def test_progress_is_optional_and_silent(tmp_path: Path) -> None:
     data, result = archive_bytes(root)
     assert result.bytes_read == 1024 * 1024 + len("motd=hello\n" * 100)
     gzip_test(data)
+
+
+def test_a_cancel_that_comes_during_the_fsync_keeps_the_final_name_free(tmp_path: Path) -> None:
+    # A stopping daemon reports a cancelled backup as failed; its file must not then appear.
+    final = tmp_path / "b.tar.gz"
+    cancel = threading.Event()
+    with pytest.raises(Cancelled), AtomicFile(final) as f:
+        f.write(b"archive bytes")
+        cancel.set()
+        f.commit(cancel)
+    assert list(tmp_path.iterdir()) == []
+    with AtomicFile(final) as f:  # not cancelled: committed as before
+        f.write(b"archive bytes")
+        f.commit(threading.Event())
+    assert final.read_bytes() == b"archive bytes"

@@ -302,9 +302,10 @@ def archive_to_file(
     reported as failed never leaves an archive under its final name.
     """
     path = Path(path)
+    cancel = options.get("cancel")
     with AtomicFile(path) as f:
         result = write_archive(root, f, rules, **options)  # type: ignore[arg-type]
-        f.commit()
+        f.commit(cancel if isinstance(cancel, threading.Event) else None)
     try:
         write_sidecar(path, result.checksum, result.checksum_type)
     except BaseException:

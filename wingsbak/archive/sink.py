@@ -161,13 +161,17 @@ class AtomicFile:
     def flush(self) -> None:
         pass
 
-    def commit(self) -> Path:
+    def commit(self, cancel: threading.Event | None = None) -> Path:
+        """Make the file durable, then give it its final name, unless ``cancel`` is set by
+        then: a job reported as cancelled must not leave its file under the final name."""
         if self.done:
             raise ValueError("already finished")
         try:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled before the file was committed")
             os.replace(self.tmp_path, self.final_path)
             _fsync_dir(self.final_path.parent)
         except BaseException:
