@@ -7,9 +7,8 @@ import asyncio
 import json
 import os
 import shutil
-import time
 
-from daemon_helpers import Daemon, Node, Panel, new_uuid
+from daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
 
 OUTBOX = ".wingsbak-outbox.json"
 
@@ -19,14 +18,6 @@ def outbox_items(node: Node) -> list[dict]:
         return json.loads((node.backups / OUTBOX).read_text())
     except FileNotFoundError:
         return []
-
-
-async def wait_until(predicate, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:  # a hang, reported as such
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_panel_not_listening_then_up(start_daemon, node: Node, panel_down: Panel):

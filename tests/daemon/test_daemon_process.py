@@ -7,8 +7,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 
 import aiohttp
 from daemon_helpers import (
@@ -20,6 +18,7 @@ from daemon_helpers import (
     download_claims,
     new_uuid,
     sign,
+    wait_until,
 )
 
 FIVE_MIB = 5 * 1024 * 1024
@@ -35,14 +34,6 @@ async def post_backup(proc: DaemonProcess, server: str, backup: str) -> int:
         ) as r,
     ):
         return r.status
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:  # a hang, reported as such
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def journal(node: Node) -> dict:

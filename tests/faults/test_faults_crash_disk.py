@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,18 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 from botocore.exceptions import ClientError
-from daemon_helpers import Daemon, DaemonProcess, Node, Panel, auth, new_uuid
+from daemon_helpers import Daemon, DaemonProcess, Node, Panel, auth, new_uuid, wait_until
 
 MIB = 1024 * 1024
 PAGE = 4096
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:  # a hang, reported as such
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def journal(backups: Path) -> dict[str, Any]:
@@ -85,7 +76,7 @@ async def test_kill_9_during_s3_direct_upload_then_restart(
         return len(listed.get("Parts", []))
 
     # Mid-upload: the multipart upload exists and at least one 5 MiB part is in the bucket.
-    await wait_until(lambda: parts_sent() >= 1, "a first uploaded part")
+    await wait_until(lambda: parts_sent() >= 1, "a first uploaded part", timeout=30)
     assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
     assert [u["Key"] for u in uploads()] == [key]
     assert journal(node.backups)[backup]["adapter"] == "s3"
