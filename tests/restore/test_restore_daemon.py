@@ -102,13 +102,35 @@ async def test_restore_from_a_download_url_and_a_refused_private_url(
     assert not (root / "plugins").exists()
 
 
-async def test_restore_of_an_unknown_backup_is_404_and_busy_server_is_409(
+async def test_restore_of_an_unknown_backup_is_404_and_a_bad_body_400(
     daemon: Daemon, root: Path
 ) -> None:
     status, _ = await daemon.post_restore(SERVER, new_uuid())
     assert status == 404
     status, _ = await daemon.post_restore(SERVER, new_uuid(), truncate_directory="yes")
     assert status == 400
+
+
+async def test_a_server_busy_with_a_backup_or_a_restore_refuses_the_other_with_409(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, root: Path
+) -> None:
+    fast: Daemon = await start_daemon(remote=panel.url)
+    kept = await _backup(fast, panel)
+    (root / "world" / "big.dat").write_bytes(os.urandom(3 * 1024 * 1024))
+    # Paced at 1 MiB/s, each job below is still running when the next request comes.
+    slow: Daemon = await start_daemon(remote=panel.url, write_limit=1)
+    running = new_uuid()
+    assert (await slow.post_backup(SERVER, running))[0] == 202
+    status, answer = await slow.post_restore(SERVER, kept)
+    assert (status, answer["error"]) == (409, "a backup of this server is running or queued")
+    assert (await panel.wait_report(running)).json["successful"] is True
+
+    assert (await slow.post_restore(SERVER, running, truncate_directory=True))[0] == 202
+    status, answer = await slow.post_restore(SERVER, kept)
+    assert (status, answer["error"]) == (409, "the server is already being restored")
+    status, answer = await slow.post_backup(SERVER, new_uuid())
+    assert (status, answer["error"]) == (409, "the server is being restored")
+    assert (await panel.wait_report(running, restore=True)).json == {"successful": True}
 
 
 async def _tar_gz(src: Path) -> bytes:
