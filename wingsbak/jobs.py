@@ -267,17 +267,17 @@ class JobManager:
             await asyncio.to_thread(self.journal.forget, job.uuid)
 
     async def _report_backup(self, job: BackupJob, outcome: Outcome) -> None:
-        self.events.publish(
-            job.server,
-            BACKUP_COMPLETED,
-            {
-                "uuid": job.uuid,
-                "is_successful": outcome.successful,
-                "checksum": outcome.checksum,
-                "checksum_type": outcome.checksum_type,
-                "file_size": outcome.size,
-            },
-        )
+        completed = {
+            "uuid": job.uuid,
+            "is_successful": outcome.successful,
+            "checksum": outcome.checksum,
+            "checksum_type": outcome.checksum_type,
+            "file_size": outcome.size,
+        }
+        # The bare name is the contract's; "backup completed:<uuid>" is what Wings publishes
+        # and what the stock panel's backup list subscribes to, one backup at a time.
+        self.events.publish(job.server, BACKUP_COMPLETED, completed)
+        self.events.publish(job.server, f"{BACKUP_COMPLETED}:{job.uuid}", completed)
         await self.outbox.send(
             "POST",
             f"/backups/{job.uuid}",

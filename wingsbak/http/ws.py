@@ -45,7 +45,8 @@ class _Session:
     def may_receive(self, event: Event) -> bool:
         if self.claims is None:
             return False
-        if event.name in _BACKUP_EVENTS:
+        # "backup completed:<uuid>" is the per-backup form the stock panel listens to.
+        if event.name.split(":", 1)[0] in _BACKUP_EVENTS:
             return bool(self.permissions & {"backup.read", "*"})
         return True
 
