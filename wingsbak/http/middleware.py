@@ -36,24 +36,38 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         response = await handler(request)
-    except ApiError as exc:
-        response = error_response(exc.status, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = _STATUS_MESSAGES.get(exc.status, exc.reason or "The request failed.")
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        response = error_response(exc.status, message, headers)
     except ConnectionError:
         raise  # the client went away: nothing to answer, nothing to report
-    except Exception:
-        log.exception("request_failed", method=request.method, path=request.path)
-        response = error_response(500, "An unexpected error occurred on the node.")
+    except Exception as exc:
+        if _answer_begun(request):
+            # The handler's own answer is on the wire (an upgraded websocket, a body partly
+            # sent): a new one would be written into it. aiohttp drops the connection instead.
+            log.exception("request_failed_after_answer", method=request.method, path=request.path)
+            raise ConnectionResetError("the request failed after its answer had begun") from None
+        if isinstance(exc, web.HTTPException) and exc.status < 400:
+            raise  # a redirect: aiohttp sends it
+        response = _error_answer(request, exc)
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
     return response
+
+
+def _answer_begun(request: web.Request) -> bool:
+    # aiohttp's own test (in web_protocol's handle_error): bytes of an answer were written.
+    return request.writer.output_size > 0
+
+
+def _error_answer(request: web.Request, exc: Exception) -> web.Response:
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.message, exc.headers)
+    if isinstance(exc, web.HTTPException):
+        message = _STATUS_MESSAGES.get(exc.status, exc.reason or "The request failed.")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, message, headers)
+    log.exception("request_failed", method=request.method, path=request.path)
+    return error_response(500, "An unexpected error occurred on the node.")
 
 
 def make_auth_middleware(

@@ -53,11 +53,9 @@ class _Session:
     async def send(self, name: str, *args: str) -> None:
         await self.ws.send_str(json.dumps({"event": name, "args": list(args)}))
 
-    async def authenticate(self, token: Any) -> None:
+    async def authenticate(self, token: str) -> None:
         try:
-            claims = decode_token(
-                token if isinstance(token, str) else "", self.key, ["server_uuid", "user_uuid"]
-            )
+            claims = decode_token(token, self.key, ["server_uuid", "user_uuid"])
             if claims["server_uuid"] != self.server:
                 raise TokenRejected("the token is for another server")
             perms = claims.get("permissions")
@@ -93,6 +91,23 @@ class _Session:
                 await self.ws.send_str(event.to_json())
 
 
+def parse_message(text: str) -> tuple[str, list[str]] | None:
+    """``(event, args)`` of a client message ``{"event": name, "args": [string, ...]}``; None
+    for anything that is not such an object. Args that are no list of strings (Wings' Go
+    decoder refuses those) come back as ``[]``, so an ``auth`` with them fails like an
+    ``auth`` without a token; absent or null args are ``[]`` too."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("event"), str):
+        return None
+    args = data.get("args")
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        args = []
+    return data["event"], args
+
+
 @routes.get("/api/servers/{server}/ws")
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     server = path_uuid(request, "server", "server")
@@ -108,14 +123,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ]
     try:
         async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
+            message = parse_message(msg.data) if msg.type == WSMsgType.TEXT else None
+            if message is None:
                 continue
-            try:
-                data = json.loads(msg.data)
-                name, args = data.get("event"), data.get("args") or []
-            except (ValueError, AttributeError, RecursionError, TypeError):
-                continue
-            if name == "auth":
+            name, args = message
+            if name == "auth":  # no token, or args that are no list of strings: a jwt error
                 await session.authenticate(args[0] if args else "")
     finally:
         bus.unsubscribe(server, queue)
