@@ -44,8 +44,10 @@ async def delete_backup(request: web.Request) -> web.Response:
     if backup in jobs.backups:
         raise Conflict("The backup is still being written.")
     deleted = await asyncio.to_thread(request.app[STORAGE].delete, server, backup)
-    if jobs.s3 is not None:
-        deleted = await asyncio.to_thread(jobs.s3.delete, server, backup) or deleted
+    if not deleted and jobs.s3 is not None:
+        # A backup is on the node's disk or in its bucket, never both: S3 (and an S3 outage,
+        # a 502 in the middleware) only matters to one that is not on the disk.
+        deleted = await asyncio.to_thread(jobs.s3.delete, server, backup)
     if not deleted:
         raise NotFound("The requested backup does not exist on this node.")
     log.info("backup_deleted", server=server, backup=backup)
