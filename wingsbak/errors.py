@@ -40,8 +40,22 @@ class Conflict(ApiError):
     status = 409
 
 
+class PreconditionFailed(ApiError):
+    status = 412
+
+
 class PayloadTooLarge(ApiError):
     status = 413
+
+
+class RangeNotSatisfiable(ApiError):
+    """A ``Range`` that starts past the end: says how long the file is, as RFC 9110 asks."""
+
+    status = 416
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.headers = {"Content-Range": f"bytes */{size}"}
 
 
 class Unavailable(ApiError):

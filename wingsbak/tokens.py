@@ -61,6 +61,10 @@ class _Use:
     completed: bool = False
 
 
+def _may_resume(use: _Use, address: str, resume_from: int) -> bool:
+    return resume_from > 0 and not use.completed and use.address == address
+
+
 class UsedTokens:
     """``unique_id`` values already used, until their token expires; persisted to a file."""
 
@@ -99,10 +103,19 @@ class UsedTokens:
                 del self._uses[uid]
             use = self._uses.get(unique_id)
             if use is not None:
-                return resume_from > 0 and not use.completed and use.address == address
+                return _may_resume(use, address, resume_from)
             self._uses[unique_id] = _Use(expires + LEEWAY_SECONDS, address)
             self._save()
             return True
+
+    def accepts(self, unique_id: str, address: str, resume_from: int) -> bool:
+        """Whether :meth:`claim` would succeed, without using the token: for an answer that
+        does not send the archive (HEAD, 304, 412, 416)."""
+        with self._lock:
+            use = self._uses.get(unique_id)
+            if use is None or use.expires <= time.time():
+                return True
+            return _may_resume(use, address, resume_from)
 
     def complete(self, unique_id: str) -> None:
         """The archive (or its last byte range) has been sent: no resume any more."""

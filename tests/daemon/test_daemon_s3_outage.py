@@ -1,6 +1,7 @@
 """With node S3 credentials configured (system.backups.s3), backups on the node's disk do not
 depend on S3: deleting one never asks the bucket. What must ask it (a backup that is not on the
-disk) answers a 502 naming S3 when the bucket fails, unreachable or refusing."""
+disk) answers a 502 naming S3 when the bucket fails, unreachable or refusing. And a HEAD of a
+backup in the bucket does not spend its one-time link, nor hand out the bucket's link."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from daemon_helpers import Daemon, Node, Panel, auth, download_claims, free_port, new_uuid, sign
+from s3_fixtures import bucket, moto_endpoint, s3_admin  # noqa: F401 - registers them
 from s3_helpers import s3_config
 
 
@@ -111,3 +113,35 @@ async def test_s3_unreachable(start_daemon, panel: Panel, node: Node):
     server, backup = await local_backup(daemon, node, panel)
     assert await delete(daemon, server, backup) == (204, b"")
     assert_s3_failure(*await download(daemon, server, backup))
+
+
+async def test_head_of_a_backup_in_the_bucket_leaves_its_link_usable(
+    start_daemon,
+    panel: Panel,
+    node: Node,
+    moto_endpoint: str,  # noqa: F811 - the fixture
+    s3_admin: Any,  # noqa: F811
+    bucket: str,  # noqa: F811
+):
+    daemon = await start_daemon(remote=panel.url, config_hook=with_s3(moto_endpoint, bucket))
+    server, backup = node.server(), new_uuid()
+    data = b"an archive in the bucket" * 100
+    s3_admin.put_object(Bucket=bucket, Key=f"{server}/{backup}.tar.gz", Body=data)
+    token = sign(download_claims(server, backup))
+    url = "/download/backup"
+    for _ in range(2):
+        async with daemon.request("HEAD", url, params={"token": token}) as r:
+            assert r.status == 200
+            assert int(r.headers["Content-Length"]) == len(data)
+            assert r.headers["Content-Disposition"] == (
+                f'attachment; filename="backup-{backup}.tar.gz"'
+            )
+            assert "Location" not in r.headers
+    async with daemon.request("GET", url, params={"token": token}, allow_redirects=False) as r:
+        assert r.status == 302
+        location = r.headers["Location"]
+    async with daemon.session.get(location) as r:
+        assert r.status == 200 and await r.read() == data
+    for method in ("GET", "HEAD"):  # spent
+        async with daemon.request(method, url, params={"token": token}) as r:
+            assert r.status == 401, method

@@ -1,17 +1,26 @@
-"""GET /download/backup?token=<JWT>: the panel-signed, one-time download link."""
+"""GET /download/backup?token=<JWT>: the panel-signed, one-time download link.
+
+Only an answer that hands the archive out spends the link: a 200 or a 206 (a resume, see
+:class:`wingsbak.tokens.UsedTokens`), or the redirect to the node's bucket. A HEAD, a 304, a
+412 or a 416 leaves it usable (and is refused, as a GET would be, once it is spent). The
+archive is opened before the link is spent and served from that descriptor: a DELETE racing
+the download either comes too late to matter or leaves a JSON 404 and an unspent link.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from typing import IO, Any
 
 from aiohttp import hdrs, web
 
-from wingsbak.errors import NotFound, TokenRejected
-from wingsbak.http.sendfile import ArchiveFileResponse
+from wingsbak.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, TokenRejected
+from wingsbak.http.sendfile import ArchiveResponse, Reply, reply_for, set_validators
 from wingsbak.http.state import CONFIG, JOBS, STORAGE, USED_TOKENS
 from wingsbak.http.validation import is_uuid
 from wingsbak.log import get_logger
-from wingsbak.storage.local import archive_name
+from wingsbak.storage.local import LocalStorage, archive_name
 from wingsbak.tokens import decode_token
 
 log = get_logger(__name__)
@@ -27,41 +36,103 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
     server, backup = claims["server_uuid"], claims["backup_uuid"]
     if not is_uuid(server) or not is_uuid(backup):
         raise TokenRejected("the token names no valid server or backup")
-    path = await asyncio.to_thread(request.app[STORAGE].find, server, backup)
-    redirect = None
-    s3 = request.app[JOBS].s3
-    if path is None and s3 is not None and await asyncio.to_thread(s3.exists, server, backup):
-        # A backup in the node's bucket: a pre-signed link valid for 15 minutes.
-        redirect = await asyncio.to_thread(s3.presigned_download_url, server, backup)
-    if path is None and redirect is None:
-        raise NotFound("The requested backup does not exist on this node.")
-    address = request.remote or ""
-    resume_from = _range_start(request)
-    used = request.app[USED_TOKENS]
-    unique_id = claims["unique_id"]
-    fresh = await asyncio.to_thread(
-        used.claim, unique_id, float(claims["exp"]), address, resume_from
-    )
-    if not fresh:
-        log.warning("download_token_replayed", server=server, backup=backup)
-        raise TokenRejected("the token has already been used")
-    if redirect is not None:
-        raise web.HTTPFound(redirect)
-    log.info("backup_download", server=server, backup=backup, resume_from=resume_from)
-    request.app[JOBS].metrics.downloads.inc()
+    opened = await asyncio.to_thread(_open_archive, request.app[STORAGE], server, backup)
+    if opened is None:
+        return await _from_bucket(request, claims)
+    archive, st = opened
+    try:
+        reply = reply_for(request, st)
+        sends = reply.sends_archive and request.method != hdrs.METH_HEAD
+        await _use_link(request, claims, reply.offset if reply.status == 206 else 0, sends)
+        if not reply.sends_archive:
+            archive.close()
+            return _without_archive(reply, st)
+    except BaseException:
+        archive.close()
+        raise
+    if sends:
+        log.info("backup_download", server=server, backup=backup, resume_from=reply.offset)
+        request.app[JOBS].metrics.downloads.inc()
 
     async def finished() -> None:  # the last byte went out: the link can't be resumed now
-        await asyncio.to_thread(used.complete, unique_id)
+        await asyncio.to_thread(request.app[USED_TOKENS].complete, claims["unique_id"])
 
-    return ArchiveFileResponse(
-        path,
-        chunk_size=1024 * 1024,
-        headers={
-            hdrs.CONTENT_TYPE: "application/octet-stream",
-            hdrs.CONTENT_DISPOSITION: f'attachment; filename="{archive_name(backup)}"',
-        },
-        on_end_sent=finished,
+    return ArchiveResponse(
+        archive, st, reply, headers=_headers(backup), on_end_sent=finished if sends else None
     )
+
+
+def _open_archive(
+    storage: LocalStorage, server: str, backup: str
+) -> tuple[IO[bytes], os.stat_result] | None:
+    """The backup's archive, open for reading, and its status; None when it is not on this node,
+    or no longer: deleted between being found and being opened."""
+    path = storage.find(server, backup)
+    if path is None:
+        return None
+    try:
+        archive = path.open("rb")
+    except FileNotFoundError:
+        return None
+    try:
+        return archive, os.fstat(archive.fileno())
+    except BaseException:
+        archive.close()
+        raise
+
+
+async def _use_link(
+    request: web.Request, claims: dict[str, Any], resume_from: int, spend: bool
+) -> None:
+    """Spend the one-time link (``spend``), or only check that it is still good."""
+    used = request.app[USED_TOKENS]
+    unique_id, address = claims["unique_id"], request.remote or ""
+    if spend:
+        expires = float(claims["exp"])
+        fresh = await asyncio.to_thread(used.claim, unique_id, expires, address, resume_from)
+    else:
+        fresh = await asyncio.to_thread(used.accepts, unique_id, address, resume_from)
+    if not fresh:
+        log.warning(
+            "download_token_replayed", server=claims["server_uuid"], backup=claims["backup_uuid"]
+        )
+        raise TokenRejected("the token has already been used")
+
+
+def _without_archive(reply: Reply, st: os.stat_result) -> web.StreamResponse:
+    """The answer to a request whose conditions or range leave nothing to send."""
+    if reply.status == 412:
+        raise PreconditionFailed("The archive does not meet the request's preconditions.")
+    if reply.status == 416:
+        raise RangeNotSatisfiable("The requested range starts past the archive's end.", st.st_size)
+    response = web.Response(status=reply.status)  # 304: the client's copy is this archive
+    set_validators(response, st)
+    return response
+
+
+async def _from_bucket(request: web.Request, claims: dict[str, Any]) -> web.StreamResponse:
+    """A backup that is not on the node's disk: in the node's bucket, a redirect to a pre-signed
+    link valid for 15 minutes (for a HEAD, the archive's headers: the link is what a token buys,
+    and a HEAD must not spend it). An S3 failure becomes a 502 in the middleware."""
+    server, backup = claims["server_uuid"], claims["backup_uuid"]
+    s3 = request.app[JOBS].s3
+    size = None if s3 is None else await asyncio.to_thread(s3.size, server, backup)
+    if s3 is None or size is None:
+        raise NotFound("The requested backup does not exist on this node.")
+    if request.method == hdrs.METH_HEAD:
+        await _use_link(request, claims, 0, spend=False)
+        response = web.StreamResponse(headers=_headers(backup))
+        response.content_length = size
+        return response
+    await _use_link(request, claims, _range_start(request), spend=True)
+    raise web.HTTPFound(await asyncio.to_thread(s3.presigned_download_url, server, backup))
+
+
+def _headers(backup: str) -> dict[str, str]:
+    return {
+        hdrs.CONTENT_TYPE: "application/octet-stream",
+        hdrs.CONTENT_DISPOSITION: f'attachment; filename="{archive_name(backup)}"',
+    }
 
 
 def _range_start(request: web.Request) -> int:
