@@ -206,8 +206,6 @@ class JobManager:
             raise Conflict("the server is being restored")
         job = BackupJob(server=server, uuid=backup_uuid, adapter=adapter, ignore=ignore)
         self.backups[backup_uuid] = job
-        # Journaled from the 202 on: a job still queued when the daemon dies is reported too.
-        await self._journal_accepted(job.uuid, kind="backup", server=server, adapter=adapter)
         job.task = asyncio.create_task(self._run_backup(job), name=f"backup-{backup_uuid}")
         log.info("backup_queued", server=server, backup=backup_uuid, adapter=adapter)
         return job
@@ -222,6 +220,11 @@ class JobManager:
 
     async def _run_backup(self, job: BackupJob) -> None:
         outcome = Outcome(successful=False, checksum_type=self.config.system.backups.checksum)
+        # Journaled as soon as it is accepted (after the 202 is on its way, so that the answer
+        # never waits for an fsync): a job still queued when the daemon dies is reported too.
+        await self._journal_accepted(
+            job.uuid, kind="backup", server=job.server, adapter=job.adapter
+        )
         try:
             async with self._server_lock(job.server), self._slots:
                 if job.cancel.is_set():
@@ -394,7 +397,6 @@ class JobManager:
         if server in self.restores or any(j.server == server for j in self.backups.values()):
             raise Conflict("the server is busy with another backup or restore")
         self.restores[server] = job
-        await self._journal_accepted(job.uuid, kind="restore", server=server)
         job.task = asyncio.create_task(self._run_restore(job), name=f"restore-{backup_uuid}")
         log.info("restore_queued", server=server, backup=backup_uuid, adapter=adapter)
         return job
@@ -402,6 +404,7 @@ class JobManager:
     async def _run_restore(self, job: RestoreJob) -> None:
         ok = False
         loop = asyncio.get_running_loop()
+        await self._journal_accepted(job.uuid, kind="restore", server=job.server)  # see backups
         try:
             async with self._server_lock(job.server), self._slots:
                 if job.cancel.is_set():
