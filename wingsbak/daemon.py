@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import ssl
 from pathlib import Path
@@ -38,7 +39,23 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+def raise_open_files_limit(ceiling: int = 65536) -> int:
+    """Lift the soft limit on open descriptors towards the hard one (systemd's soft default
+    is 1024): a backup holds two per directory level, and running out fails the backup. The
+    limit in force afterwards is returned."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("open_files_limit_kept", soft=soft, hard=hard, error=str(exc))
+    return soft
+
+
 async def run(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
+    open_files = raise_open_files_limit()
     app = create_app(cfg)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
@@ -57,6 +74,7 @@ async def run(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         backups=cfg.system.backup_directory,
         panel=cfg.remote or None,
         pid=os.getpid(),
+        open_files=open_files,
     )
     if ready is not None:
         ready.set()

@@ -28,7 +28,7 @@ from wingsbak.archive.sink import (
     TokenBucket,
     write_sidecar,
 )
-from wingsbak.archive.walk import Kind, WalkEntry, walk
+from wingsbak.archive.walk import Kind, WalkEntry, raise_if_out_of_resources, walk
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)
@@ -170,6 +170,7 @@ class _Archiver:
             self.files -= 1  # deleted since the listing: it is simply not part of this backup
             return
         except OSError as exc:
+            raise_if_out_of_resources(exc)
             self.skip(entry.relpath, f"cannot open: {exc.strerror}")
             self.files -= 1
             return

@@ -9,6 +9,7 @@ does not grow with the number of files.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -18,6 +19,14 @@ from enum import IntEnum
 from wingsbak.archive.rules import IgnoreRules
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The node ran out of descriptors or memory: not one entry's problem. Skipping would leave
+# files out of a backup reported successful, so these fail the backup instead.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def raise_if_out_of_resources(exc: OSError) -> None:
+    if exc.errno in OUT_OF_RESOURCES:
+        raise exc
 
 
 class Kind(IntEnum):
@@ -61,6 +70,7 @@ def walk(
             try:
                 entry = next(it, None)
             except OSError as exc:
+                raise_if_out_of_resources(exc)
                 on_skip(prefix.rstrip("/") or ".", f"cannot list directory: {exc.strerror}")
                 entry = None
             if entry is None:
@@ -76,6 +86,7 @@ def walk(
             except FileNotFoundError:
                 continue  # vanished since the listing: nothing to back up
             except OSError as exc:
+                raise_if_out_of_resources(exc)
                 on_skip(relpath, f"cannot stat: {exc.strerror}")
                 continue
             mode = st.st_mode
@@ -91,6 +102,7 @@ def walk(
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
+                    raise_if_out_of_resources(exc)
                     # ELOOP/ENOTDIR: replaced by a symlink or a file since the listing.
                     on_skip(relpath, f"cannot open directory: {exc.strerror}")
                     continue
@@ -98,6 +110,7 @@ def walk(
                     child_it = os.scandir(child_fd)
                 except OSError as exc:
                     os.close(child_fd)
+                    raise_if_out_of_resources(exc)
                     on_skip(relpath, f"cannot list directory: {exc.strerror}")
                     continue
                 stack.append((child_fd, relpath + "/", child_it))
@@ -110,6 +123,7 @@ def walk(
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
+                    raise_if_out_of_resources(exc)
                     on_skip(relpath, f"cannot read link: {exc.strerror}")
                     continue
                 yield WalkEntry(relpath, name, fd, st, Kind.SYMLINK, target)
