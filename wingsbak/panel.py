@@ -85,7 +85,9 @@ class PanelClient:
         async with session.request(
             method, self.base + path, json=body, headers=self._headers()
         ) as resp:
-            text = await resp.text()
+            # Decoded leniently: a panel (or a proxy before it) answering in another charset
+            # must not make the answer unreadable, let alone kill a report's delivery.
+            text = (await resp.read()).decode("utf-8", errors="replace")
             if resp.status >= 400:
                 raise PanelStatus(resp.status, text[:300])
             if not text:
@@ -95,9 +97,30 @@ class PanelClient:
             except ValueError:
                 return None
 
-    async def get_part_urls(self, backup_uuid: str, size: int) -> tuple[list[str], int]:
-        """The stock panel's S3 flow: pre-signed part URLs for an archive of ``size`` bytes."""
-        data = await self.request("GET", f"/backups/{backup_uuid}?size={size}")
+    async def get_part_urls(
+        self, backup_uuid: str, size: int, attempts: int = 6, backoff: float = 1.0
+    ) -> tuple[list[str], int]:
+        """The stock panel's S3 flow: pre-signed part URLs for an archive of ``size`` bytes.
+
+        Asked once the whole archive is written, so a panel that is briefly unavailable (a
+        5xx, a 429, a refused connection) is asked again with a growing pause (about 30 s in
+        all, as Wings does) before the backup is given up."""
+        path = f"/backups/{backup_uuid}?size={size}"
+        for attempt in range(1, attempts + 1):
+            try:
+                data = await self.request("GET", path)
+                break
+            except PanelStatus as exc:
+                if not exc.retryable or attempt == attempts:
+                    raise
+                error = f"HTTP {exc.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if attempt == attempts:
+                    raise
+                error = str(exc) or type(exc).__name__
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning("panel_part_urls_retry", attempt=attempt, error=error, retry_in=delay)
+            await asyncio.sleep(delay)
         if not isinstance(data, dict) or not isinstance(data.get("parts"), list):
             raise PanelError("the panel's answer holds no part URLs")
         return [str(u) for u in data["parts"]], int(data.get("part_size") or 0)
@@ -232,7 +255,7 @@ class Outbox:
                     attempt=report.attempts,
                     retry_in=round(delay, 2),
                 )
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 log.warning(
                     "panel_report_retry",
                     path=report.path,
