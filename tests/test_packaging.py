@@ -74,6 +74,10 @@ remote: https://panel.example.com
         ({"system": {"backups": {"write_limit": "fast"}}}, "system.backups.write_limit"),
         ({"api": {"port": 70000}}, "api.port"),
         ({"system": {"backups": {"s3": {"part_size": 1024}}}}, "system.backups.s3.part_size"),
+        ({"system": {"backups": {"s3": {"part_size": 6 << 30}}}}, "system.backups.s3.part_size"),
+        ({"system": {"backups": {"s3": {"prefix": "/backups/"}}}}, "system.backups.s3.prefix"),
+        ({"system": {"backups": {"report_retry_initial": 0}}}, "report_retry_initial"),
+        ({"system": {"backups": {"report_retry_max": 0.1}}}, "report_retry_max"),
         ({"api": {"ssl": {"enabled": True, "cert": "/nonexistent"}}}, "api.ssl.cert"),
         ({"system": "nope"}, "system"),
     ],
@@ -81,6 +85,13 @@ remote: https://panel.example.com
 def test_bad_values_are_refused_naming_the_key(raw: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_config(raw)
+
+
+def test_a_config_that_is_not_utf8_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_bytes(b"token: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"config\.yml: not UTF-8"):
+        load_config(path)
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import yaml
 COMPRESSION_LEVELS = ("none", "best_speed", "best_compression")
 CHECKSUM_TYPES = ("sha1", "sha256")
 MIN_S3_PART_SIZE = 5 * 1024 * 1024
+MAX_S3_PART_SIZE = 5 * 1024 * 1024 * 1024
 PAYLOAD_SIGNING = ("auto", "always", "never")
 
 
@@ -193,8 +194,23 @@ def _validate(cfg: Config) -> None:
             f"system.backups.s3.part_size: {b.s3.part_size} is below S3's minimum of "
             f"{MIN_S3_PART_SIZE} bytes"
         )
+    if b.s3.part_size > MAX_S3_PART_SIZE:
+        raise ConfigError(
+            f"system.backups.s3.part_size: {b.s3.part_size} is above S3's maximum of "
+            f"{MAX_S3_PART_SIZE} bytes"
+        )
     if b.s3.concurrency < 1:
         raise ConfigError("system.backups.s3.concurrency: must be at least 1")
+    if b.s3.prefix.startswith("/"):
+        raise ConfigError(
+            f"system.backups.s3.prefix: {b.s3.prefix!r} must not start with '/' "
+            "(keys are <prefix><server>/<backup>.tar.gz)"
+        )
+    if b.report_retry_initial <= 0 or b.report_retry_max < b.report_retry_initial:
+        raise ConfigError(
+            "system.backups.report_retry_initial must be positive and report_retry_max at "
+            "least as large"
+        )
     endpoint = b.s3.endpoint.strip()
     if endpoint and (
         any(c.isspace() for c in endpoint)
@@ -232,6 +248,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
