@@ -15,7 +15,7 @@ import pytest
 from s3_helpers import MIB, SERVER_UUID, FaultProxy, extract_with_tar, s3_config, tree_digest
 
 from wingsbak.archive import Cancelled, archive_to_file, write_archive
-from wingsbak.storage.s3 import S3Error, S3NotFound, S3Storage
+from wingsbak.storage.s3 import S3Error, S3NotFound, S3PartSink, S3Storage
 
 
 def new_uuid() -> str:
@@ -322,3 +322,20 @@ def test_abort_incomplete_removes_an_upload_left_by_a_crash(
     assert storage.abort_incomplete(SERVER_UUID, backup) == 1
     assert no_uploads(s3_admin, bucket)
     sink.abort()  # finds the upload already gone, quietly
+
+
+def test_parts_grow_every_step_so_that_big_archives_fit_in_10000_parts(
+    fault_proxy: FaultProxy, s3_admin: Any, bucket: str
+) -> None:
+    # With a step of 2 parts instead of 1,000: 5, 5, 10, 10, 15 MiB..., the last one shorter.
+    data = os.urandom(47 * MIB)
+    key = f"{SERVER_UUID}/{new_uuid()}.tar.gz"
+    client = S3Storage(s3_config(fault_proxy.endpoint, bucket)).client
+    with S3PartSink(client, bucket, key, concurrency=2, parts_per_step=2) as sink:
+        for i in range(0, len(data), 3 * MIB):  # writes that straddle the part boundaries
+            sink.write(data[i : i + 3 * MIB])
+        sink.complete()
+    sizes = [int(length) // MIB for _n, _u, _t, length, _te in sorted(fault_proxy.plan.seen)]
+    assert sizes == [5, 5, 10, 10, 15, 2]
+    assert fetch(s3_admin, bucket, key)[0] == data
+    assert no_uploads(s3_admin, bucket)

@@ -2,7 +2,8 @@
 
 The archive engine writes straight into :class:`S3PartSink`: each filled part is uploaded by a
 small thread pool while the next one is being compressed, so no archive ever touches the
-node's disk and memory stays about ``(concurrency + 2) x part_size``. A part is retried with
+node's disk and memory stays about ``(concurrency + 2) x part_size`` (parts grow past the
+first 1,000, see :data:`PARTS_PER_STEP`, so that big archives fit). A part is retried with
 the very bytes it was first sent with; any failure aborts the multipart upload, so no orphaned
 parts stay in the bucket.
 """
@@ -43,6 +44,10 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 8.0
 DOWNLOAD_URL_TTL = 900
 MAX_PARTS = 10_000  # S3's limit per multipart upload
+# Parts grow by one part_size every this many parts (S3 allows parts of different sizes):
+# 5 MiB parts reach 268 GiB in 10,000 parts instead of 48.8 GiB, and memory grows only for
+# archives that big (at most 10 x part_size per buffer).
+PARTS_PER_STEP = 1_000
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _RETRY_CODES = frozenset(
@@ -250,6 +255,7 @@ class S3PartSink:
         content_type: str = CONTENT_TYPE,
         attempts: int = PART_ATTEMPTS,
         backoff: float = BACKOFF_INITIAL,
+        parts_per_step: int = PARTS_PER_STEP,
     ) -> None:
         if part_size < MIN_S3_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_S3_PART_SIZE} bytes")
@@ -259,6 +265,7 @@ class S3PartSink:
         self.bucket = bucket
         self.key = key
         self.part_size = part_size
+        self.parts_per_step = parts_per_step
         self.concurrency = concurrency
         self.attempts = attempts
         self.backoff = backoff
@@ -292,6 +299,10 @@ class S3PartSink:
         self.upload_id: str = created["UploadId"]
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wingsbak-s3")
 
+    def size_of_part(self, number: int) -> int:
+        """The size of part ``number`` (all but the last are exactly this long)."""
+        return self.part_size * (1 + (number - 1) // self.parts_per_step)
+
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, data: bytes | memoryview, /) -> int:
@@ -301,18 +312,22 @@ class S3PartSink:
         view = memoryview(data).cast("B")
         total = len(view)
         while view:
-            take = min(self.part_size - self._fill, len(view))
+            size = len(self._buf)
+            take = min(size - self._fill, len(view))
             self._buf[self._fill : self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
-            if self._fill == self.part_size:
+            if self._fill == size:
                 full, self._fill = self._buf, 0
                 # The full buffer goes to the uploader as is and is written again only once
                 # its part is done, so a retry re-sends exactly the bytes of the first attempt.
                 self._submit(full)
                 with self._lock:
                     spare = self._spare.pop() if self._spare else None
-                self._buf = spare if spare is not None else bytearray(self.part_size)
+                size = self.size_of_part(self._next_part)
+                if spare is None or len(spare) != size:
+                    spare = bytearray(size)
+                self._buf = spare
         self.size += total
         return total
 
@@ -344,7 +359,7 @@ class S3PartSink:
     def _part_done(self, _future: Future[tuple[int, str]], body: bytes | bytearray) -> None:
         with self._lock:
             self._in_flight -= 1
-            if isinstance(body, bytearray) and len(body) == self.part_size:
+            if isinstance(body, bytearray) and len(body) == self.size_of_part(self._next_part):
                 self._spare.append(body)
         self._slots.release()
 
