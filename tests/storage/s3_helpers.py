@@ -92,6 +92,7 @@ class FaultPlan:
     fail_parts: int = 0  # this many UploadPart requests fail...
     mode: str = "500"  # ...with a 500 answer, or "drop": the connection is closed unanswered
     delay: float = 0.0  # seconds each UploadPart waits before being forwarded
+    lose_create_answers: int = 0  # this many CreateMultipartUpload reach moto, answer dropped
     part_requests: int = 0
     failed: int = 0
     # (part number, upload id, content-type, content-length, transfer-encoding) per request
@@ -125,10 +126,11 @@ class FaultProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                query = parse_qs(urlsplit(self.path).query)
+                query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
                 is_part = self.command == "PUT" and "partNumber" in query and "uploadId" in query
                 if is_part and proxy.intercept_part(self, query, body):
                     return
+                is_create = self.command == "POST" and "uploads" in query
                 conn = http.client.HTTPConnection(
                     proxy.upstream_host, proxy.upstream_port, timeout=60
                 )
@@ -137,6 +139,11 @@ class FaultProxy:
                     conn.request(self.command, self.path, body=body or None, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
+                    if is_create and proxy.plan.lose_create_answers > 0:
+                        proxy.plan.lose_create_answers -= 1  # done upstream, answer lost
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     self.send_response(resp.status)
                     for k, v in resp.getheaders():
                         if k.lower() not in ("connection", "transfer-encoding", "content-length"):

@@ -339,3 +339,17 @@ def test_parts_grow_every_step_so_that_big_archives_fit_in_10000_parts(
     assert sizes == [5, 5, 10, 10, 15, 2]
     assert fetch(s3_admin, bucket, key)[0] == data
     assert no_uploads(s3_admin, bucket)
+
+
+def test_a_lost_create_answer_leaves_no_second_upload_behind(
+    fault_proxy: FaultProxy, s3_admin: Any, bucket: str, tmp_path: Path
+) -> None:
+    (tmp_path / "a.txt").write_text("alpha\n" * 1000)
+    fault_proxy.plan.lose_create_answers = 1  # moto creates an upload; its answer never comes
+    storage = S3Storage(s3_config(fault_proxy.endpoint, bucket), backoff=0.01)
+    backup = new_uuid()
+    result = storage.upload_backup(str(tmp_path), SERVER_UUID, backup)
+    assert fault_proxy.plan.lose_create_answers == 0
+    data, _ = fetch(s3_admin, bucket, f"{SERVER_UUID}/{backup}.tar.gz")
+    assert hashlib.sha1(data).hexdigest() == result.checksum
+    assert no_uploads(s3_admin, bucket)  # the upload the lost answer named was aborted

@@ -287,17 +287,36 @@ class S3PartSink:
         extra: dict[str, str] = {"ContentType": content_type}
         if storage_class:
             extra["StorageClass"] = storage_class
+        tries = 0
+
+        def create() -> Any:
+            nonlocal tries
+            tries += 1
+            return client.create_multipart_upload(Bucket=bucket, Key=key, **extra)
+
         try:
             created = call_with_retries(
-                lambda: client.create_multipart_upload(Bucket=bucket, Key=key, **extra),
-                what="CreateMultipartUpload",
-                attempts=attempts,
-                backoff=backoff,
+                create, what="CreateMultipartUpload", attempts=attempts, backoff=backoff
             )
         except Exception as exc:
             raise describe(exc, bucket, "starting the upload") from exc
         self.upload_id: str = created["UploadId"]
+        if tries > 1:
+            # A try whose answer was lost may have created an upload all the same.
+            self._abort_other_uploads()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wingsbak-s3")
+
+    def _abort_other_uploads(self) -> None:
+        try:
+            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.key)
+            for upload in listing.get("Uploads", []):
+                if upload.get("Key") == self.key and upload["UploadId"] != self.upload_id:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=self.key, UploadId=upload["UploadId"]
+                    )
+                    log.info("s3_duplicate_upload_aborted", key=self.key)
+        except Exception as exc:  # the backup goes on; a lifecycle rule or restart cleans up
+            log.warning("s3_duplicate_upload_not_aborted", key=self.key, error=str(exc))
 
     def size_of_part(self, number: int) -> int:
         """The size of part ``number`` (all but the last are exactly this long)."""
