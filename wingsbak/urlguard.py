@@ -90,6 +90,8 @@ def _why_not_public(ip: IPAddress) -> str | None:
         return "the unspecified address"
     if ip.is_link_local:
         return "a link-local address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return "a site-local address"  # fec0::/10: deprecated, still routed inside some sites
     if ip.is_multicast:
         return "a multicast address"
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:

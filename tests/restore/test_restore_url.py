@@ -37,6 +37,7 @@ LOCAL = ["127.0.0.1"]
         "http://224.0.0.1/",
         "http://[fd00::1]/",
         "http://[fe80::1]/",
+        "http://[fec0::1]/",  # site-local (deprecated)
         "http://[::ffff:127.0.0.1]/",
         "http://[::ffff:10.0.0.1]/",
         "ftp://example.com/backup.tar.gz",
