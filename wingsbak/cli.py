@@ -46,6 +46,23 @@ class ProgressBar:
             sys.stderr.write("\n")
 
 
+def _own_output_lines(src: Path, output: Path) -> list[str]:
+    """Ignore lines for the archive being written, its temporary file and its sidecar, when
+    they are inside ``src``: the archive must not contain itself (GNU tar skips it too)."""
+    try:
+        rel = output.absolute().resolve().relative_to(src.resolve())
+    except ValueError:
+        return []
+    parent = "/".join(_escape_glob(p) for p in rel.parent.parts)
+    base = f"/{parent}/" if parent else "/"
+    name = _escape_glob(rel.name)
+    return [f"{base}{name}", f"{base}{name}.sha1", f"{base}{name}.sha256", f"{base}.{name}.*.part"]
+
+
+def _escape_glob(part: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\!# " else c for c in part)
+
+
 def _cmd_archive(args: argparse.Namespace) -> int:
     from wingsbak.archive import IgnoreRules, archive_to_file
     from wingsbak.archive.rules import read_pteroignore
@@ -59,6 +76,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     request_lines: list[str] = list(args.ignore or [])
     if args.ignore_file:
         request_lines.extend(Path(args.ignore_file).read_text(encoding="utf-8").splitlines())
+    request_lines.extend(_own_output_lines(src, Path(args.output)))
     rules = IgnoreRules.from_text(read_pteroignore(src), "\n".join(request_lines))
     bar = ProgressBar("archive") if sys.stderr.isatty() else None
     started = time.monotonic()

@@ -161,3 +161,19 @@ def test_unwritable_output_directory(shared_dir: Path) -> None:
     assert_clean_error(proc)
     assert "Permission denied" in proc.stderr
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["self.tar.gz", "b[1] *.tar.gz"])
+def test_an_archive_written_inside_its_source_does_not_contain_itself(
+    tmp_path: Path, name: str
+) -> None:
+    src = make_src(tmp_path / "src")
+    (src / "backups").mkdir()
+    (src / "backups" / "older.tar.gz").write_bytes(b"an older backup")
+    out = src / "backups" / name
+    proc = wingsbak("archive", str(src), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    names = gnu_tar_names(out.read_bytes())
+    assert b"backups/older.tar.gz" in names and b"world/level.dat" in names
+    assert not [n for n in names if n.startswith(b"backups/") and name.encode() in n]
+    assert not [n for n in names if n.endswith(b".part")], names
