@@ -57,6 +57,17 @@ _REGULAR = frozenset(b"07\x00")  # '0', contiguous '7', and old-style NUL
 _HARDLINK, _SYMLINK, _DIRECTORY = ord("1"), ord("2"), ord("5")
 _DEVICES = {ord("3"): "character device", ord("4"): "block device", ord("6"): "FIFO"}
 _PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = ord("x"), ord("g"), ord("L"), ord("K")
+# GNU: 'S' an old-format sparse file (its map in the header and in extension blocks that
+# follow it, its data the map's regions back to back), 'D' an incremental dump's directory
+# (its data the list of names, not needed to restore it).
+_GNU_SPARSE, _GNU_DUMPDIR = ord("S"), ord("D")
+# The old GNU sparse map: 4 (offset, length) pairs of 12-byte numbers at 386, the
+# "extended" flag at 482, the real size at 483; each extension block holds 21 more pairs and
+# its own flag at 504.
+_SPARSE_MAP_AT, _SPARSE_IN_HEADER, _SPARSE_IN_EXT = 386, 4, 21
+_MAX_SPARSE_EXT = 16 * 1024 * 1024 // BLOCK  # like the extended headers' 16 MiB
+# What os.utime takes (a 64-bit time_t): a wilder archive time is clamped to it.
+_MAX_TIME_NS = (2**63 - 1) * 1_000_000_000
 # Types whose header says nothing about data following it: tarfile and GNU tar skip none.
 _NO_DATA = frozenset({_HARDLINK, _SYMLINK, _DIRECTORY, *_DEVICES})
 
@@ -258,6 +269,8 @@ def _show(name: bytes) -> str:
 
 def _split_name(name: bytes) -> list[bytes]:
     """The components of an archive name, or ``_Skip`` when it could leave the root."""
+    if b"\x00" in name:  # only a pax record can carry one; no file system takes it
+        raise _Skip("name contains a NUL byte")
     if name.startswith(b"/"):
         raise _Skip("absolute name")
     parts = [p for p in name.split(b"/") if p and p != b"."]
@@ -282,6 +295,8 @@ def _check_symlink_target(parts: list[bytes], target: bytes) -> None:
     """
     if not target:
         raise _Skip("empty symlink target")
+    if b"\x00" in target:
+        raise _Skip("symlink target contains a NUL byte")
     if target.startswith(b"/"):
         raise _Skip("symlink with an absolute target")
     comps = [c for c in target.split(b"/") if c and c != b"."]
@@ -401,6 +416,26 @@ class _Entry:
     size: int
     mtime: int  # nanoseconds
     linkname: bytes
+    sparse: _SparseMap | None = None
+
+
+@dataclass(slots=True)
+class _SparseMap:
+    regions: list[tuple[int, int]]  # (offset, length) in the restored file, data in order
+    real_size: int
+
+    def check(self, stored: int) -> None:
+        """``_Skip`` unless the regions are in order, inside the file, and add up to the
+        data stored in the archive (then the entry's data is skipped whole, in sync)."""
+        end = 0
+        for offset, length in self.regions:
+            if offset < end or length < 0:
+                raise _Skip("sparse map with overlapping or unordered regions")
+            end = offset + length
+        if end > self.real_size:
+            raise _Skip("sparse map beyond the file's size")
+        if sum(length for _, length in self.regions) != stored:
+            raise _Skip("sparse map that does not match the data stored")
 
 
 class _Extractor:
@@ -464,6 +499,7 @@ class _Extractor:
                     "the archive is truncated: it ends without the end-of-archive marker"
                 ) from None
             if header.count(0) == BLOCK:
+                self._end_of_archive(at)
                 return
             try:
                 if sum(header[:148]) + 256 + sum(header[156:]) != _number(header[148:156]):
@@ -484,23 +520,28 @@ class _Extractor:
                         long_link = _cstr(data)
                     continue
                 name = _cstr(header[0:100])
-                if header[257:262] == b"ustar" and header[345] != 0:
+                # Only POSIX ustar ("ustar\0") has a name prefix there; GNU headers
+                # ("ustar  \0") keep atime, ctime and the sparse map in those bytes.
+                if header[257:263] == b"ustar\x00" and header[345] != 0:
                     name = _cstr(header[345:500]) + b"/" + name
                 meta = {**pax_global, **pax} if pax_global else pax
                 mtime = _number(header[136:148]) * 1_000_000_000
+                sparse_map = self._old_sparse_map(header, at) if kind == _GNU_SPARSE else None
                 entry = _Entry(
                     name=meta.get(b"path") or long_name or name,
                     type=kind,
                     mode=_number(header[100:108]),
                     size=_pax_size(meta[b"size"]) if b"size" in meta else size,
-                    mtime=_pax_time(meta[b"mtime"]) if b"mtime" in meta else mtime,
+                    mtime=_clamp_time(_pax_time(meta[b"mtime"]) if b"mtime" in meta else mtime),
                     linkname=meta.get(b"linkpath") or long_link or _cstr(header[157:257]),
+                    sparse=sparse_map,
                 )
             except ValueError:
                 raise RestoreError(f"the archive is corrupt: bad tar header at byte {at}") from None
             pax = {}
             long_name = long_link = None
-            sparse = any(k.startswith(b"GNU.sparse") for k in meta) or kind == ord("S")
+            # pax sparse files (GNU.sparse.*): their data is skipped whole, in sync.
+            sparse = any(k.startswith(b"GNU.sparse") for k in meta)
             # File data not yet consumed; _copy lowers it as it writes, whatever happens next.
             self.pending = 0 if kind in _NO_DATA else entry.size
             try:
@@ -525,6 +566,49 @@ class _Extractor:
                     f"the archive is truncated inside {_show(entry.name)!r}"
                 ) from None
 
+    def _end_of_archive(self, at: int) -> None:
+        """A zero block was read: the end of the archive is two of them. Anything else after
+        the first one is a corrupt archive, never a silent stop that would drop the rest."""
+        try:
+            second = self.feed.take(BLOCK)
+        except _Truncated:
+            raise RestoreError(
+                "the archive is truncated: it ends after a single zero block"
+            ) from None
+        if second.count(0) != BLOCK:
+            raise RestoreError(
+                f"the archive is corrupt: a lone zero block at byte {at} inside the archive"
+            )
+
+    def _old_sparse_map(self, header: bytes, at: int) -> _SparseMap:
+        """The map of an old GNU sparse entry ('S'), reading its extension blocks."""
+        regions: list[tuple[int, int]] = []
+        ended = False
+
+        def add(block: bytes, start: int, count: int) -> None:
+            nonlocal ended
+            for i in range(count):
+                pair = block[start + 24 * i : start + 24 * i + 24]
+                if ended or pair[12] == 0:  # GNU tar: an empty length ends the map
+                    ended = True
+                    return
+                regions.append((_number(pair[:12]), _number(pair[12:])))
+
+        add(header, _SPARSE_MAP_AT, _SPARSE_IN_HEADER)
+        extended = header[482]
+        blocks = 0
+        while extended:
+            blocks += 1
+            if blocks > _MAX_SPARSE_EXT:
+                raise RestoreError(f"the archive has an oversized sparse map at byte {at}")
+            try:
+                block = self.feed.take(BLOCK)
+            except _Truncated:
+                raise RestoreError("the archive is truncated inside a sparse map") from None
+            add(block, 0, _SPARSE_IN_EXT)
+            extended = block[504]
+        return _SparseMap(regions, _number(header[483:495]))
+
     def _take(self, n: int) -> bytes:
         if n > 16 * MIB:
             raise RestoreError("the archive has an oversized extended header")
@@ -539,10 +623,14 @@ class _Extractor:
         if not parts:
             return  # the root itself ("./"): its mode and owner stay as they are
         kind = e.type
-        if kind in _REGULAR:
+        if kind in _REGULAR and e.name.endswith(b"/"):
+            # A "file" whose name ends in '/' is a directory (old V7 archives have no
+            # directory type); GNU tar and tarfile read it so. Its data, if any, is skipped.
+            kind = _DIRECTORY
+        if kind in _REGULAR or kind == _GNU_SPARSE:
             self._file(parts, e)
             return
-        if kind == _DIRECTORY:
+        if kind in (_DIRECTORY, _GNU_DUMPDIR):
             self.dirs.open(parts, replace_last=True)
             self.dir_meta[tuple(parts)] = (e.mode & _MODE_MASK, e.mtime)
             self.directories += 1
@@ -563,11 +651,21 @@ class _Extractor:
         return self.dirs.open(parts[:-1])
 
     def _file(self, parts: list[bytes], e: _Entry) -> None:
+        if e.sparse is not None:
+            e.sparse.check(e.size)
         parent = self._parent(parts)
         tmp, fd = self._create_temp(parent)
         ok = False
         try:
-            self._copy(fd, e.size)
+            if e.sparse is None:
+                self._copy(fd, e.size)
+            else:
+                # Each region's data at its offset; the gaps stay holes, and the file gets
+                # its real size even when it ends in a hole.
+                for offset, length in e.sparse.regions:
+                    os.lseek(fd, offset, os.SEEK_SET)
+                    self._copy(fd, length)
+                os.ftruncate(fd, e.sparse.real_size)
             os.fchmod(fd, e.mode & _MODE_MASK)
             if self.owner is not None:
                 os.fchown(fd, *self.owner)
@@ -735,6 +833,12 @@ def _pax_size(value: bytes) -> int:
     if size < 0:
         raise ValueError("negative size")
     return size
+
+
+def _clamp_time(ns: int) -> int:
+    """An archive time within what the file system calls take (a time beyond year
+    292 billion is an archive's fancy, not a date to fail the restore over)."""
+    return max(-_MAX_TIME_NS, min(_MAX_TIME_NS, ns))
 
 
 def _pax_time(value: bytes) -> int:
