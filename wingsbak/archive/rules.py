@@ -9,12 +9,58 @@ import errno
 import os
 import re
 import stat
+import warnings
 from collections.abc import Iterable
 
-from pathspec import GitIgnoreSpec
+from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
+
+try:  # google-re2: a linear-time engine, so no ignore line can make matching hang.
+    import re2 as _re2
+
+    _RE2_OPTIONS = _re2.Options()
+    _RE2_OPTIONS.encoding = _re2.Options.Encoding.LATIN1  # one byte per character, as git
+    _RE2_OPTIONS.log_errors = False
+except Exception:  # not installed, or another package's "re2" module
+    _re2 = None
 
 PTEROIGNORE = ".pteroignore"
 MAX_PTEROIGNORE_BYTES = 32 * 1024
+# Without re2, Python's backtracking ``re`` matches: a line with more runs of ``*`` than this
+# could take minutes on a long name (holding the GIL), so it is skipped with a warning.
+MAX_STAR_RUNS_WITHOUT_RE2 = 2
+
+# pathspec's directory marker: a match through it is a match of a parent, not of the path.
+_DIR_MARK_CG = "(?P<ps_d>/)"
+_DIR_MARK_OPT = f"(?:{_DIR_MARK_CG}|$)"
+_STAR_RUN = re.compile(r"(?<!\\)\*+")
+
+
+def _warn(line: str, reason: str) -> None:
+    from wingsbak.log import get_logger
+
+    # A line of a .pteroignore that is not UTF-8 holds surrogate escapes: log it printable.
+    shown = line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    get_logger(__name__).warning("ignore_line_skipped", line=shown, reason=reason)
+
+
+class _Matcher:
+    """A compiled rule, matching a path's UTF-8 bytes (surrogate escapes giving back the raw
+    bytes of a non-UTF-8 name) one byte per character, as git does."""
+
+    __slots__ = ("_match",)
+
+    def __init__(self, regex: str, to_end: bool) -> None:
+        source = regex.encode("utf-8", "surrogateescape")
+        if _re2 is not None:
+            # RE2's "$" (without multi-line) is the end of the text only.
+            self._match = _re2.compile(b"(?s)" + source + b"$" * to_end, _RE2_OPTIONS).match
+        else:
+            with warnings.catch_warnings():  # "Possible nested set" of "[[:alpha:]]"
+                warnings.simplefilter("ignore", FutureWarning)
+                self._match = re.compile(source + b"\\Z" * to_end, re.DOTALL).match
+
+    def __call__(self, path: bytes) -> bool:
+        return self._match(path) is not None
 
 
 class IgnoreRules:
@@ -26,17 +72,24 @@ class IgnoreRules:
     ``match_file`` also matches a path through its parents, which decides wrongly for
     ``dir/**`` (not ``dir`` itself), ``*`` with ``!*/``, and ``a/**/`` (directories only); so
     only pathspec's per-pattern regular expressions are used, matching the path itself.
+
+    They are matched with google-re2 (linear time) when it is importable; otherwise with
+    Python's ``re``, skipping lines whose wildcards could backtrack for minutes. A line that
+    cannot be used is skipped with a warning naming it, never failing the backup.
     """
 
     __slots__ = ("_dir_rules", "_file_rules", "lines")
 
     def __init__(self, lines: Iterable[str] = ()) -> None:
-        self.lines: list[str] = [line.rstrip("\r") for line in lines]
-        self._dir_rules: list[tuple[re.Pattern[str], bool]] = []
-        self._file_rules: list[tuple[re.Pattern[str], bool]] = []
-        for line in self.lines:
+        self.lines: list[str] = list(lines)
+        self._dir_rules: list[tuple[_Matcher, bool]] = []
+        self._file_rules: list[tuple[_Matcher, bool]] = []
+        for raw in self.lines:
+            line = _git_line(raw)
+            if line is None:
+                continue
             as_dir = _dir_line(line)
-            rule = _compile(as_dir)
+            rule = _compile(as_dir, raw)
             if rule is None:
                 continue
             self._dir_rules.append(rule)
@@ -48,9 +101,11 @@ class IgnoreRules:
 
     @classmethod
     def from_text(cls, *texts: str) -> IgnoreRules:
+        """Lines as git reads them: split at "\\n" only, one trailing "\\r" dropped."""
         lines: list[str] = []
         for text in texts:
-            lines.extend(text.splitlines())
+            for line in text.split("\n"):
+                lines.append(line[:-1] if line.endswith("\r") else line)
         return cls(lines)
 
     @classmethod
@@ -65,12 +120,48 @@ class IgnoreRules:
     def excludes(self, relpath: str, is_dir: bool = False) -> bool:
         """Whether ``relpath`` (POSIX, relative to the root, no leading slash) is excluded,
         given that no directory above it is."""
-        for regex, exclude in self._dir_rules if is_dir else self._file_rules:
-            m = regex.match(relpath)
-            # A match through the directory marker is a match of a parent, not of the path.
-            if m is not None and m.groupdict().get("ps_d") is None:
+        path = relpath.encode("utf-8", "surrogateescape")
+        for matches, exclude in self._dir_rules if is_dir else self._file_rules:
+            if matches(path):
                 return exclude
         return False
+
+
+def _git_line(line: str) -> str | None:
+    """``line`` with git's trailing-space rule applied, in the form pathspec reads it; None
+    for a line git never matches with (a pattern ending in an unescaped backslash).
+
+    Git drops trailing spaces unless escaped, and nothing else: a trailing tab is part of
+    the name, so it is written for pathspec (which would strip it) as "[\\t]"."""
+    last_space = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == " ":
+            if last_space is None:
+                last_space = i
+        elif c == "\\":
+            i += 1
+            if i == len(line):
+                if not line.startswith("#"):
+                    _warn(line, "ends with an unescaped backslash (git never matches it)")
+                return None
+            last_space = None
+        else:
+            last_space = None
+        i += 1
+    if last_space is not None:
+        line = line[:last_space]
+    if line.startswith("#"):
+        return line
+    body = line
+    while body and body[-1] != " " and body[-1].isspace():
+        body = body[:-1]
+    if body != line:
+        # Other whitespace (tab, CR...) trails: part of the name for git, stripped by
+        # pathspec unless it is written as a bracket expression.
+        line = body + "".join(f"[{c}]" for c in line[len(body) :])
+    return line
 
 
 def _dir_line(line: str) -> str:
@@ -90,13 +181,36 @@ def _dir_line(line: str) -> str:
     return line
 
 
-def _compile(line: str) -> tuple[re.Pattern[str], bool] | None:
-    """The regular expression of one line and whether it excludes; None for comments,
-    blank and invalid lines."""
-    for pattern in GitIgnoreSpec.from_lines([line]).patterns:
-        if pattern.include is not None and pattern.regex is not None:
-            return pattern.regex, bool(pattern.include)
-    return None
+def _compile(line: str, raw: str) -> tuple[_Matcher, bool] | None:
+    """The matcher of one line (for the path itself) and whether it excludes; None for
+    comments, blank lines, lines that can only match through a parent, and lines that
+    cannot be used (skipped with a warning naming ``raw``)."""
+    try:
+        regex, include = GitIgnoreSpecPattern.pattern_to_regex(line)
+    except Exception as exc:
+        _warn(raw, f"not a valid pattern: {exc}")
+        return None
+    if include is None or regex is None:
+        return None
+    if isinstance(regex, bytes):
+        regex = regex.decode("utf-8", "surrogateescape")
+    to_end = regex.endswith(_DIR_MARK_OPT)
+    if to_end:
+        regex = regex[: -len(_DIR_MARK_OPT)]
+    elif _DIR_MARK_CG in regex:
+        return None  # every match of it goes through the directory marker: a parent's
+    if _re2 is None and len(_STAR_RUN.findall(line)) > MAX_STAR_RUNS_WITHOUT_RE2:
+        _warn(
+            raw,
+            f"more than {MAX_STAR_RUNS_WITHOUT_RE2} runs of '*' could take minutes to match "
+            "without google-re2",
+        )
+        return None
+    try:
+        return _Matcher(regex, to_end), bool(include)
+    except Exception as exc:
+        _warn(raw, f"not a valid pattern: {exc}")
+        return None
 
 
 def read_pteroignore(root: str | os.PathLike[str]) -> str:
@@ -136,4 +250,7 @@ def read_pteroignore(root: str | os.PathLike[str]) -> str:
         data = os.read(fd, MAX_PTEROIGNORE_BYTES + 1)[:MAX_PTEROIGNORE_BYTES]
     finally:
         os.close(fd)
-    return data.decode("utf-8", errors="replace")
+    # As git reads it: a UTF-8 BOM at the start is not part of the first line, and bytes
+    # that are not UTF-8 stay the bytes they are (matched against the names' bytes).
+    # (No "utf-8-sig" codec: its module may not be importable once the CLI has dropped access.)
+    return data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
