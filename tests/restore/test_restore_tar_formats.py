@@ -39,7 +39,8 @@ def gnu_tar_extracts(archive: Path, into: Path) -> dict[str, object]:
 
 def holes_file(path: Path, regions: int = 6) -> None:
     """A file with ``regions`` data regions separated by holes, ending in a hole: more than
-    the 4 an old GNU sparse header holds, so GNU tar writes an extension block."""
+    the 4 an old GNU sparse header holds, so GNU tar writes an extension block (pax: a
+    sparse 1.0 map at the start of the data)."""
     with open(path, "wb") as f:
         for i in range(regions):
             f.seek(i * MIB)
@@ -47,7 +48,7 @@ def holes_file(path: Path, regions: int = 6) -> None:
         f.truncate((regions + 1) * MIB)
 
 
-@pytest.mark.parametrize("fmt", ["gnu", "oldgnu"])
+@pytest.mark.parametrize("fmt", ["gnu", "oldgnu", "posix"])
 def test_gnu_sparse_file_with_extension_blocks(tmp_path: Path, fmt: str) -> None:
     src = tmp_path / "src"
     (src / "config").mkdir(parents=True)

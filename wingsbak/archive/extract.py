@@ -421,13 +421,15 @@ class _Entry:
 
 @dataclass(slots=True)
 class _SparseMap:
-    regions: list[tuple[int, int]]  # (offset, length) in the restored file, data in order
+    # (offset, length) in the restored file, data in order; None: at the start of the data
+    regions: list[tuple[int, int]] | None
     real_size: int
 
     def check(self, stored: int) -> None:
         """``_Skip`` unless the regions are in order, inside the file, and add up to the
         data stored in the archive (then the entry's data is skipped whole, in sync)."""
         end = 0
+        assert self.regions is not None
         for offset, length in self.regions:
             if offset < end or length < 0:
                 raise _Skip("sparse map with overlapping or unordered regions")
@@ -527,6 +529,12 @@ class _Extractor:
                 meta = {**pax_global, **pax} if pax_global else pax
                 mtime = _number(header[136:148]) * 1_000_000_000
                 sparse_map = self._old_sparse_map(header, at) if kind == _GNU_SPARSE else None
+                if meta.get(b"GNU.sparse.major") == b"1" and meta.get(b"GNU.sparse.minor") == b"0":
+                    # pax sparse 1.0 (GNU tar's posix -S): the real name and size in the pax
+                    # header, the map in decimal lines at the start of the data.
+                    sparse_map = _SparseMap(None, int(meta[b"GNU.sparse.realsize"]))
+                    name = meta.get(b"GNU.sparse.name") or name
+                    meta = {k: v for k, v in meta.items() if k != b"path"}
                 entry = _Entry(
                     name=meta.get(b"path") or long_name or name,
                     type=kind,
@@ -540,8 +548,8 @@ class _Extractor:
                 raise RestoreError(f"the archive is corrupt: bad tar header at byte {at}") from None
             pax = {}
             long_name = long_link = None
-            # pax sparse files (GNU.sparse.*): their data is skipped whole, in sync.
-            sparse = any(k.startswith(b"GNU.sparse") for k in meta)
+            # Older pax sparse formats (0.0, 0.1): their data is skipped whole, in sync.
+            sparse = sparse_map is None and any(k.startswith(b"GNU.sparse") for k in meta)
             # File data not yet consumed; _copy lowers it as it writes, whatever happens next.
             self.pending = 0 if kind in _NO_DATA else entry.size
             try:
@@ -609,6 +617,23 @@ class _Extractor:
             extended = block[504]
         return _SparseMap(regions, _number(header[483:495]))
 
+    def _pax_sparse_map(self) -> list[tuple[int, int]]:
+        """The map at the start of a pax sparse 1.0 entry's data: decimal lines, the number
+        of regions then offset and length of each, padded to a block."""
+        numbers: list[int] = []
+        partial = b""
+        while not numbers or len(numbers) < 1 + 2 * numbers[0]:
+            if self.pending < BLOCK or len(numbers) > 4 * MIB or len(partial) > 40:
+                raise _Skip("malformed sparse map")
+            lines = (partial + self.feed.take(BLOCK)).split(b"\n")
+            self.pending -= BLOCK
+            partial = lines.pop()  # the rest of the last block is padding
+            try:
+                numbers.extend(int(line) for line in lines)
+            except ValueError:
+                raise _Skip("malformed sparse map") from None
+        return [(numbers[1 + 2 * i], numbers[2 + 2 * i]) for i in range(numbers[0])]
+
     def _take(self, n: int) -> bytes:
         if n > 16 * MIB:
             raise RestoreError("the archive has an oversized extended header")
@@ -652,7 +677,9 @@ class _Extractor:
 
     def _file(self, parts: list[bytes], e: _Entry) -> None:
         if e.sparse is not None:
-            e.sparse.check(e.size)
+            if e.sparse.regions is None:
+                e.sparse.regions = self._pax_sparse_map()
+            e.sparse.check(self.pending)
         parent = self._parent(parts)
         tmp, fd = self._create_temp(parent)
         ok = False
