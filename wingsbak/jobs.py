@@ -359,7 +359,13 @@ class JobManager:
         upload = await upload_via_panel(
             root,
             job.uuid,
-            functools.partial(panel.get_part_urls, job.uuid),
+            functools.partial(
+                panel.get_part_urls,
+                job.uuid,
+                # The panel's own backoff (system.backups.report_retry_initial): 1 s, then
+                # 2, 4, 8 and 16 s by default.
+                backoff=self.config.system.backups.report_retry_initial,
+            ),
             temp_dir=self.storage.server_dir(job.server),
             rules=rules,
             # Not the panel's session: its 30 s total timeout would cut off big part PUTs.
