@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 
 from daemon_helpers import (
     ACCEPT,
@@ -19,6 +18,7 @@ from daemon_helpers import (
     download_claims,
     new_uuid,
     sign,
+    wait_until,
 )
 
 
@@ -109,13 +109,14 @@ async def test_same_server_is_queued_not_refused(start_daemon, node: Node, panel
 
     # While the first runs, the second never runs at the same time.
     seen_both_running = False
-    deadline = time.monotonic() + 30
-    while len(panel.reports()) < 2:
+
+    async def both_reported() -> bool:
+        nonlocal seen_both_running
         running = [j["uuid"] for j in (await d.system())["jobs"]["running"]]
         seen_both_running |= {first, second} <= set(running)
-        if time.monotonic() >= deadline:  # a hang, reported as such
-            raise TimeoutError("backups did not finish")
-        await asyncio.sleep(0.05)
+        return len(panel.reports()) >= 2
+
+    await wait_until(both_reported, "both backups to finish", timeout=30)
     assert not seen_both_running
     r1, r2 = panel.reports(first)[0], panel.reports(second)[0]
     assert r1.json["successful"] and r2.json["successful"]
@@ -130,15 +131,16 @@ async def test_node_wide_max_concurrent(start_daemon, node: Node, panel: Panel):
         assert (await d.post_backup(s, b))[0] == 202
     max_running = 0
     queued_seen = False
-    deadline = time.monotonic() + 30
-    while len(panel.reports()) < 2:
+
+    async def both_reported() -> bool:
+        nonlocal max_running, queued_seen
         jobs = (await d.system())["jobs"]
         max_running = max(max_running, len(jobs["running"]))
         queued_seen |= bool(jobs["queued"])
         assert jobs["max_concurrent"] == 1
-        if time.monotonic() >= deadline:  # a hang, reported as such
-            raise TimeoutError("backups did not finish")
-        await asyncio.sleep(0.05)
+        return len(panel.reports()) >= 2
+
+    await wait_until(both_reported, "both backups to finish", timeout=30)
     assert max_running == 1
     assert queued_seen
     assert all(panel.reports(b)[0].json["successful"] for b in backups)

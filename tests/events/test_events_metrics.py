@@ -3,12 +3,11 @@ the counters and gauges after real backups, a failed backup, a download and a pa
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
+from collections.abc import Callable
 from typing import Any
 
-from daemon_helpers import download_claims, new_uuid, sign
+from daemon_helpers import download_claims, new_uuid, sign, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 MIB = 1024 * 1024
@@ -27,6 +26,21 @@ async def scrape(daemon: Any, headers: dict[str, str] | None = None) -> dict[str
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+async def scrape_until(
+    daemon: Any, holds: Callable[[dict[str, Any]], bool], what: str, timeout: float = 20.0
+) -> dict[str, Any]:
+    """Scrape ``/metrics`` until ``holds(samples)``; the samples that held."""
+    last: dict[str, Any] = {}
+
+    async def check() -> bool:
+        last.clear()
+        last.update(await scrape(daemon))
+        return holds(last)
+
+    await wait_until(check, what, timeout=timeout)
+    return last
 
 
 def value(samples: dict[str, Any], name: str, **labels: str) -> float:
@@ -71,25 +85,18 @@ async def test_counters_after_a_good_and_a_failed_backup_a_download_and_a_panel_
     # The s3 backup waits behind the first: one per server.
     assert (await daemon.post_backup(server, bad, adapter="s3"))[0] == 202
 
-    deadline = time.monotonic() + 10
-    while True:
-        samples = await scrape(daemon)
-        running = value(samples, "wingsbak_backups_running")
-        queued = value(samples, "wingsbak_backup_queue_depth")
-        if (running, queued) == (1, 1):
-            break
-        if time.monotonic() >= deadline:  # a hang, reported as such
-            raise TimeoutError((running, queued))
-        await asyncio.sleep(0.02)
-
-    deadline = time.monotonic() + 20
-    while True:
-        samples = await scrape(daemon)
-        if value(samples, "wingsbak_report_outbox_size") == 2:
-            break
-        if time.monotonic() >= deadline:  # a hang, reported as such
-            raise TimeoutError(samples)
-        await asyncio.sleep(0.05)
+    await scrape_until(
+        daemon,
+        lambda m: (
+            (value(m, "wingsbak_backups_running"), value(m, "wingsbak_backup_queue_depth"))
+            == (1, 1)
+        ),
+        "one backup running and one queued",
+        timeout=10,
+    )
+    samples = await scrape_until(
+        daemon, lambda m: value(m, "wingsbak_report_outbox_size") == 2, "two reports waiting"
+    )
 
     archive = node.archive(server, good).read_bytes()
     assert value(samples, "wingsbak_backups_started_total", adapter="wings") == 1
@@ -115,11 +122,7 @@ async def test_counters_after_a_good_and_a_failed_backup_a_download_and_a_panel_
     assert value(samples, "wingsbak_downloads_total") == 1
 
     panel.status = 204  # the panel is back: the outbox empties
-    deadline = time.monotonic() + 20
-    while value(await scrape(daemon), "wingsbak_report_outbox_size") != 0:
-        if time.monotonic() >= deadline:  # a hang, reported as such
-            raise TimeoutError("timed out")
-        await asyncio.sleep(0.05)
+    await scrape_until(daemon, lambda m: value(m, "wingsbak_report_outbox_size") == 0, "outbox")
     good_report, bad_report = panel.reports(good)[-1].json, panel.reports(bad)[-1].json
     assert good_report["successful"] is True
     assert good_report["checksum"] == hashlib.sha1(archive).hexdigest()

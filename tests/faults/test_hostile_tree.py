@@ -11,7 +11,6 @@ import resource
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -125,12 +124,11 @@ async def test_many_empty_files_and_symlink_loops(start_daemon, node: Node, pane
 
 
 CHILD = """
-import resource, sys, time
+import resource, sys
 from wingsbak.archive.archiver import archive_to_file
-t = time.monotonic()
 r = archive_to_file(sys.argv[1], sys.argv[2], progress=lambda p: None)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(r.files, r.size, round(time.monotonic() - t, 1), rss)
+print(r.files, r.size, rss)
 """
 
 
@@ -138,9 +136,7 @@ print(r.files, r.size, round(time.monotonic() - t, 1), rss)
 def test_million_empty_files_in_flat_memory(tmp_path: Path):
     root = tmp_path / "root"
     root.mkdir()
-    t0 = time.monotonic()
     expected = make_hostile_tree(root, 1_000_000)
-    made = time.monotonic() - t0
     archive = tmp_path / "backup.tar.gz"
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(root), str(archive)], stdout=subprocess.PIPE, text=True
@@ -148,11 +144,10 @@ def test_million_empty_files_in_flat_memory(tmp_path: Path):
     out, _ = child.communicate(timeout=1800)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert child.returncode == 0
-    files, size, seconds, maxrss_kib = (float(x) for x in out.split())
+    files, size, maxrss_kib = (float(x) for x in out.split())
     peak_mib = usage.ru_maxrss / 1024  # the largest child so far: this one
-    print(
-        f"\n1,000,000 empty files: tree made in {made:.0f} s; backup {seconds} s, "
-        f"{int(files)} entries, archive {size / 1024**2:.1f} MiB, "
+    print(  # how long it takes is measured in bench/, not here
+        f"\n1,000,000 empty files: {int(files)} entries, archive {size / 1024**2:.1f} MiB, "
         f"child peak RSS {maxrss_kib / 1024:.0f} MiB (RUSAGE_CHILDREN {peak_mib:.0f} MiB)"
     )
     assert int(files) == expected
