@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -50,6 +49,7 @@ from bench.harness import (
     verdict,
     wait_idle,
 )
+from bench.nginx import start_nginx
 
 P99_TARGET_MS = 20.0
 RATIO_TARGET = 0.8
@@ -189,26 +189,13 @@ def write_random_file(path: Path, size: int) -> None:
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
 
 
-NGINX_CONF = """daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
+NGINX_HTTP = """    sendfile on;
     tcp_nopush on;
     default_type application/octet-stream;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
     server {{
         listen 127.0.0.1:{port};
         location = /backup.tar.gz {{ alias {file}; }}
     }}
-}}
 """
 
 
@@ -224,20 +211,9 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}/backup.tar.gz"
 
     def start(self) -> None:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.port = free_port()
-        conf = self.tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=self.tmp, port=self.port, file=self.file))
-        self.proc = subprocess.Popen(
-            [binary, "-p", str(self.tmp), "-e", str(self.tmp / "error.log"), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while curl_fetch(self.url)[2] != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"nginx did not start; see {self.tmp / 'error.log'}")
-            time.sleep(0.05)
+        http = NGINX_HTTP.format(port=self.port, file=self.file)
+        self.proc = start_nginx(self.tmp, self.port, http)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -15,32 +15,16 @@ machines, takes none of them), where moto or s3rver take more CPU than the archi
 from __future__ import annotations
 
 import hashlib
-import os
-import pwd
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.nginx import start_nginx
 from bench.tlscert import self_signed_certificate
 
-CONFIG = """daemon off;
-user {user};
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    default_type application/xml;
-    map "$request_method:$arg_uploadId:$arg_partNumber" $kind {{
+HTTP = """    map "$request_method:$arg_uploadId:$arg_partNumber" $kind {{
         "~^POST::$" create;
         "~^POST:.+:$" complete;
         "~^PUT:[-0-9a-z]+:[0-9]+$" part;
@@ -73,7 +57,6 @@ http {{
             add_header ETag '"$request_id"' always;
         }}
     }}
-}}
 """
 STORE_PART = "rewrite ^ /parts/$arg_uploadId/$arg_partNumber last;"
 DISCARD_PART = """add_header ETag '"$request_id"' always;
@@ -99,9 +82,6 @@ def _free_port() -> int:
 
 
 def start(tmp: Path, *, store: bool, tls: bool) -> NginxS3:
-    binary = shutil.which("nginx") or shutil.which("/usr/sbin/nginx")
-    if binary is None:
-        raise SystemExit("nginx is not installed (apt-get install nginx-light)")
     port = _free_port()
     (tmp / "store" / "parts").mkdir(parents=True, exist_ok=True)
     certificates, ca_bundle = "", None
@@ -109,37 +89,16 @@ def start(tmp: Path, *, store: bool, tls: bool) -> NginxS3:
         cert, key = self_signed_certificate(tmp)
         certificates = f"ssl_certificate {cert}; ssl_certificate_key {key};"
         ca_bundle = str(cert)
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        CONFIG.format(
-            # Workers write the parts into our (0700) directory: they run as its owner. Unless
-            # nginx is started as root, this only logs a warning.
-            user=pwd.getpwuid(os.geteuid()).pw_name,
-            tmp=tmp,
-            port=port,
-            ssl=" ssl" if tls else "",
-            certificates=certificates,
-            part=STORE_PART if store else DISCARD_PART,
-        )
+    http = HTTP.format(
+        tmp=tmp,
+        port=port,
+        ssl=" ssl" if tls else "",
+        certificates=certificates,
+        part=STORE_PART if store else DISCARD_PART,
     )
-    proc = subprocess.Popen(
-        [binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(300):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                scheme = "https" if tls else "http"
-                return NginxS3(proc, f"{scheme}://127.0.0.1:{port}", tmp / "store", ca_bundle)
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-    proc.kill()
-    log = tmp / "error.log"
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no error.log)"
-    raise SystemExit(f"nginx did not start:\n{tail}")
+    proc = start_nginx(tmp, port, http)
+    scheme = "https" if tls else "http"
+    return NginxS3(proc, f"{scheme}://127.0.0.1:{port}", tmp / "store", ca_bundle)
 
 
 def stored_object(server: NginxS3) -> tuple[int, str, list[int]]:
