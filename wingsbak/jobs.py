@@ -245,16 +245,8 @@ class JobManager:
                     checksum=outcome.checksum,
                     seconds=round(time.monotonic() - started, 3),
                 )
-        except (Cancelled, asyncio.CancelledError):
-            log.warning("backup_cancelled", server=job.server, backup=job.uuid)
-        except Exception as exc:
-            log.error(
-                "backup_failed",
-                server=job.server,
-                backup=job.uuid,
-                error=_describe(exc),
-                exc_info=not isinstance(exc, EXPECTED_FAILURES),
-            )
+        except (asyncio.CancelledError, Exception) as exc:
+            _log_unfinished("backup", job, exc)
         finally:
             self.backups.pop(job.uuid, None)
             if outcome.successful:
@@ -426,16 +418,8 @@ class JobManager:
                     files=result.files,
                     skipped=result.skipped,
                 )
-        except (Cancelled, asyncio.CancelledError):
-            log.warning("restore_cancelled", server=job.server, backup=job.uuid)
-        except Exception as exc:
-            log.error(
-                "restore_failed",
-                server=job.server,
-                backup=job.uuid,
-                error=_describe(exc),
-                exc_info=not isinstance(exc, EXPECTED_FAILURES),
-            )
+        except (asyncio.CancelledError, Exception) as exc:
+            _log_unfinished("restore", job, exc)
         finally:
             self.restores.pop(job.server, None)
             self.metrics.restores.labels("true" if ok else "false").inc()
@@ -606,6 +590,20 @@ def _background() -> None:
     with contextlib.suppress(OSError, AttributeError):
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
+
+
+def _log_unfinished(kind: str, job: BackupJob | RestoreJob, exc: BaseException) -> None:
+    """``<kind>_cancelled``, or ``<kind>_failed`` (with a traceback only for the unexpected)."""
+    if isinstance(exc, Cancelled | asyncio.CancelledError):
+        log.warning(f"{kind}_cancelled", server=job.server, backup=job.uuid)
+        return
+    log.error(
+        f"{kind}_failed",
+        server=job.server,
+        backup=job.uuid,
+        error=_describe(exc),
+        exc_info=not isinstance(exc, EXPECTED_FAILURES),
+    )
 
 
 def _describe(exc: BaseException) -> str:
