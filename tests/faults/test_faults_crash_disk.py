@@ -11,6 +11,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 from daemon_helpers import Daemon, DaemonProcess, Node, Panel, auth, new_uuid, wait_until
+from s3_helpers import s3_config
 
 MIB = 1024 * 1024
 PAGE = 4096
@@ -33,23 +35,11 @@ def journal(backups: Path) -> dict[str, Any]:
 # -- kill -9 during an S3 direct upload ----------------------------------------------------
 
 
-def s3_block(endpoint: str, bucket: str) -> dict[str, Any]:
-    return {
-        "bucket": bucket,
-        "region": "us-east-1",
-        "endpoint": endpoint,
-        "access_key_id": "testing",
-        "secret_access_key": "testing",
-        "path_style": True,
-        "concurrency": 2,
-    }
-
-
 async def test_kill_9_during_s3_direct_upload_then_restart(
     daemon_process, node: Node, panel: Panel, moto_endpoint: str, bucket: str, s3_admin: Any
 ):
     proc: DaemonProcess = daemon_process(
-        remote=panel.url, write_limit=2, s3=s3_block(moto_endpoint, bucket)
+        remote=panel.url, write_limit=2, s3=asdict(s3_config(moto_endpoint, bucket, concurrency=2))
     )
     await proc.start()
     server = node.random_server(16 * MIB, files=4)

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from botocore.exceptions import ClientError
 from daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
-from s3_helpers import FaultProxy, extract_with_tar, tree_digest
+from s3_helpers import FaultProxy, answer_internal_error, extract_with_tar, tree_digest
 
 from wingsbak.http.state import JOBS, OUTBOX
 from wingsbak.storage.s3 import S3Storage
@@ -55,12 +55,7 @@ class FlakyS3(FaultProxy):
         if not mode:
             return False
         if mode == "500":
-            payload = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-            handler.send_response(500)
-            handler.send_header("Content-Type", "application/xml")
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
+            answer_internal_error(handler)
             return True
         if mode == "after":  # S3 stores the part; the client never hears so
             conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)

@@ -104,6 +104,16 @@ class FaultPlan:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def answer_internal_error(handler: BaseHTTPRequestHandler) -> None:
+    """Answer as S3 does when it fails a request: a 500 with an InternalError body."""
+    payload = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+    handler.send_response(500)
+    handler.send_header("Content-Type", "application/xml")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 class FaultProxy:
     """An HTTP proxy in front of moto that makes chosen UploadPart requests really fail.
 
@@ -203,12 +213,7 @@ class FaultProxy:
             handler.close_connection = True
             handler.connection.shutdown(socket.SHUT_RDWR)
             return True
-        payload = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-        handler.send_response(500)
-        handler.send_header("Content-Type", "application/xml")
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.end_headers()
-        handler.wfile.write(payload)
+        answer_internal_error(handler)
         return True
 
     def close(self) -> None:
