@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import socket
 import statistics
 import subprocess
@@ -28,52 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import nginxs3
+from bench.dataset import MB, build_dataset, parse_size
 
 MIB = 1024 * 1024
-MB = 1000 * 1000
 BENCH_DIR = Path(__file__).resolve().parent
 SERVER_UUID = "3f0b6a57-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 BUCKET = "wingsbak-bench"
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1000, "M": MB, "G": 1000 * MB}
-    text = text.strip().upper().removesuffix("B")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def dataset(total: int) -> Path:
-    try:
-        from bench.dataset import build_dataset
-    except ImportError:
-        return _fallback_dataset(total)
-    return build_dataset(None, total)
-
-
-def _fallback_dataset(total: int) -> Path:
-    # Only when bench/dataset.py is missing: half random (already compressed), half text.
-    tree = BENCH_DIR / ".data" / f"s3-mixed-{total}"
-    marker = tree.with_name(tree.name + ".complete")
-    if marker.exists():
-        return tree
-    rng = random.Random(1)
-    words = b"Server thread INFO WARN Saving chunks player joined the game left ".split()
-    written = i = 0
-    while written < total:
-        d = tree / f"d{i % 20}"
-        d.mkdir(parents=True, exist_ok=True)
-        size = min(total - written, rng.choice((4 * 1024, 64 * 1024, MIB, 8 * MIB)))
-        if i % 2:
-            data = rng.randbytes(size)
-        else:
-            data = (b" ".join(rng.choices(words, k=size // 6 + 1)))[:size]
-        (d / f"f{i}.bin").write_bytes(data)
-        written += size
-        i += 1
-    marker.write_text("ok")
-    return tree
 
 
 def free_port() -> int:
@@ -297,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import boto3
 
-    src = dataset(args.size)
+    src = build_dataset(None, args.size)
     data_bytes = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
     for p in src.rglob("*"):  # warm the page cache: both backups then read from memory
         if p.is_file():
