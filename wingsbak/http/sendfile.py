@@ -110,8 +110,8 @@ def etag_of(st: os.stat_result) -> str:
 
 
 def reply_for(request: web.BaseRequest, st: os.stat_result) -> Reply:
-    """RFC 9110's preconditions (in the order of its section 13.2.2) and a single byte range,
-    for the archive whose ``fstat`` is ``st``."""
+    """RFC 9110's preconditions (in the order of its section 13.2.2) and a single byte range
+    (several are ignored: all of it), for the archive whose ``fstat`` is ``st``."""
     tag = etag_of(st)
     modified = int(st.st_mtime)  # what Last-Modified says: whole seconds
     if_match = request.if_match
@@ -128,6 +128,10 @@ def reply_for(request: web.BaseRequest, st: os.stat_result) -> Reply:
         return Reply(304)
     size = st.st_size
     if hdrs.RANGE not in request.headers or not _if_range_holds(request, tag, modified):
+        return Reply(200, 0, size)
+    if "," in request.headers[hdrs.RANGE]:
+        # Several ranges: RFC 9110 (14.2) lets a server ignore Range, and the whole archive is
+        # what a multipart answer of pieces of a gzip stream would be reassembled into.
         return Reply(200, 0, size)
     try:
         wanted = request.http_range
