@@ -38,6 +38,11 @@ def test_example_config_loads_and_documents_every_key() -> None:
         "prefix",
         "max_body_bytes",
         "metrics_public",
+        "header_timeout",
+        "body_timeout",
+        "keepalive_timeout",
+        "max_connections_per_address",
+        "websocket_auth_timeout",
     ):
         assert f"{key}:" in text, key
 
@@ -73,6 +78,11 @@ remote: https://panel.example.com
         ({"system": {"backups": {"compression_level": "fastest"}}}, "compression_level"),
         ({"system": {"backups": {"write_limit": "fast"}}}, "system.backups.write_limit"),
         ({"api": {"port": 70000}}, "api.port"),
+        ({"api": {"header_timeout": 0}}, "api.header_timeout"),
+        ({"api": {"body_timeout": -1}}, "api.body_timeout"),
+        ({"api": {"keepalive_timeout": "long"}}, "api.keepalive_timeout"),
+        ({"api": {"websocket_auth_timeout": float("inf")}}, "api.websocket_auth_timeout"),
+        ({"api": {"max_connections_per_address": -1}}, "api.max_connections_per_address"),
         ({"system": {"backups": {"s3": {"part_size": 1024}}}}, "system.backups.s3.part_size"),
         ({"system": {"backups": {"s3": {"part_size": 6 << 30}}}}, "system.backups.s3.part_size"),
         ({"system": {"backups": {"s3": {"prefix": "/backups/"}}}}, "system.backups.s3.prefix"),

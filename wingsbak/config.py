@@ -7,6 +7,7 @@ knows has a default, and a known key with a bad value is refused with a message 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
 import types
@@ -45,6 +46,19 @@ class ApiConfig:
     max_body_bytes: int = 64 * 1024
     # Serve /metrics without the bearer token (for a scraper on a private network).
     metrics_public: bool = False
+    # Seconds a client has to send a request's header: from its first byte, or from the
+    # accept for a new connection.
+    header_timeout: float = 20.0
+    # Longest silence, in seconds, while a request body is arriving: a body that keeps coming
+    # may take as long as it needs (a large upload), one that stops is refused.
+    body_timeout: float = 60.0
+    # Seconds an idle keep-alive connection is kept between two requests.
+    keepalive_timeout: float = 75.0
+    # Connections open at once from one client address; 0 = no cap (behind a reverse proxy,
+    # whose connections all come from one address).
+    max_connections_per_address: int = 64
+    # Seconds a websocket may stay open without a successful `auth` message.
+    websocket_auth_timeout: float = 15.0
 
 
 @dataclass(slots=True)
@@ -227,6 +241,11 @@ def _validate(cfg: Config) -> None:
         )
     if not 0 < cfg.api.port < 65536:
         raise ConfigError(f"api.port: {cfg.api.port} is not a TCP port")
+    for name in ("header_timeout", "body_timeout", "keepalive_timeout", "websocket_auth_timeout"):
+        if not 0 < getattr(cfg.api, name) < math.inf:
+            raise ConfigError(f"api.{name}: must be a positive number of seconds")
+    if cfg.api.max_connections_per_address < 0:
+        raise ConfigError("api.max_connections_per_address: must be 0 (no cap) or positive")
     if cfg.api.ssl.enabled:
         for name in ("cert", "key"):
             path = getattr(cfg.api.ssl, name)

@@ -9,11 +9,10 @@ import signal
 import ssl
 from pathlib import Path
 
-from aiohttp import web
-
 from wingsbak import __version__
 from wingsbak.config import Config, ConfigError, default_config, load_config, prepare_directories
 from wingsbak.http.app import create_app
+from wingsbak.http.server import start_server
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)
@@ -56,11 +55,7 @@ def raise_open_files_limit(ceiling: int = 65536) -> int:
 
 async def run(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     open_files = raise_open_files_limit()
-    app = create_app(cfg)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.api.host, cfg.api.port, ssl_context=_ssl_context(cfg))
-    await site.start()
+    runner = await start_server(create_app(cfg), cfg.api, ssl_context=_ssl_context(cfg))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

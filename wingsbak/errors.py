@@ -36,6 +36,12 @@ class NotFound(ApiError):
     status = 404
 
 
+class RequestTimeout(ApiError):
+    """A request body that stopped arriving (``api.body_timeout``)."""
+
+    status = 408
+
+
 class Conflict(ApiError):
     status = 409
 

@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from wingsbak.errors import TokenRejected
 from wingsbak.events import BACKUP_COMPLETED, BACKUP_PROGRESS, BACKUP_RESTORE_COMPLETED, Event
@@ -84,6 +84,14 @@ class _Session:
                 self.warned = True
                 await self.send("token expiring")
 
+    async def require_auth(self, seconds: float) -> None:
+        """Close the socket unless a token was accepted within ``seconds`` of its opening."""
+        await asyncio.sleep(seconds)
+        if self.claims is None and not self.ws.closed:
+            log.info("websocket_auth_timeout", server=self.server, seconds=seconds)
+            reason = f"no successful auth within {seconds:g} s"
+            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode())
+
     async def forward(self, queue: asyncio.Queue[Event]) -> None:
         while not self.ws.closed:
             event = await queue.get()
@@ -120,6 +128,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     tasks = [
         asyncio.create_task(session.forward(queue)),
         asyncio.create_task(session.watch_expiry()),
+        asyncio.create_task(session.require_auth(request.app[CONFIG].api.websocket_auth_timeout)),
     ]
     try:
         async for msg in ws:
