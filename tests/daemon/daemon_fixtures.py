@@ -15,6 +15,7 @@ from daemon_helpers import Daemon, DaemonProcess, Node, Panel, free_port
 
 from wingsbak.config import parse_config, prepare_directories
 from wingsbak.http.app import create_app
+from wingsbak.http.server import start_server
 
 
 @pytest.fixture
@@ -59,11 +60,9 @@ async def start_daemon(node: Node, panel: Panel) -> AsyncIterator[Callable[..., 
         cfg = parse_config(raw)
         prepare_directories(cfg)
         app = create_app(cfg)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
+        # The daemon's own server stack (its connection guards), on a free port.
+        runner = await start_server(app, cfg.api, host="127.0.0.1", port=0, shutdown_timeout=2.0)
         runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
         host, port = runner.addresses[0][:2]
         session = aiohttp.ClientSession()
         sessions.append(session)

@@ -21,13 +21,13 @@ from urllib.parse import quote
 
 import jwt
 import pytest
-from aiohttp import web
 from daemon_helpers import NODE_TOKEN, Node, download_claims, sign
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wingsbak.config import parse_config, prepare_directories
 from wingsbak.http.app import create_app
+from wingsbak.http.server import start_server
 
 
 @dataclass
@@ -53,10 +53,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     async def main() -> None:
         app = create_app(cfg)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner = await start_server(app, cfg.api, host="127.0.0.1", port=0, shutdown_timeout=1.0)
         box["runner"], box["port"] = runner, runner.addresses[0][1]
         box["stop"] = asyncio.Event()
         started.set()
@@ -139,11 +136,9 @@ def check_answer(s: Served, status: int, hdrs: dict[str, str], body: bytes, meth
         assert secret not in text, (secret, text[:300])
     if "x-request-id" not in hdrs:
         # Refused by aiohttp's HTTP parser before the application saw a request (a bad method
-        # token, a NUL in the target...): a plain-text 400 that quotes the request line back.
-        # Not JSON (a known gap, see issue 7's note), but never a 500 and never a node path.
-        assert status == 400 and hdrs.get("content-type", "").startswith("text/plain"), status
+        # token, a NUL in the target...): JSON too, like every error (issue 14).
+        assert status in (400, 431), status
         PARSER_REFUSALS.append(status)
-        return
     if status >= 400 and method != b"HEAD":
         doc = json.loads(body)  # every error is JSON...
         assert isinstance(doc, dict) and list(doc) == ["error"], doc  # ...of exactly one key
