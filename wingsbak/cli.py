@@ -70,6 +70,9 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     src = Path(args.src)
     if not src.is_dir():
         raise SystemExit(f"wingsbak: {src} is not a directory")
+    # The operator named it: a symlink is followed here, as `tar -C LINK .` does (the engine
+    # refuses a symlinked root, which on a node is a server's doing).
+    src = src.resolve()
     out_dir = Path(args.output).absolute().parent
     if not out_dir.is_dir():
         raise SystemExit(f"wingsbak: the output directory {out_dir} does not exist")
