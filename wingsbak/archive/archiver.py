@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from wingsbak.archive import tarstream
+from wingsbak.archive import holes, tarstream
 from wingsbak.archive.gzip import BEST_SPEED, BLOCK_SIZE, open_gzip_writer
 from wingsbak.archive.progress import Clock, ProgressThrottle
 from wingsbak.archive.rules import IgnoreRules
@@ -69,7 +69,14 @@ ProgressCallback = Callable[[ArchiveProgress], None]
 
 def measure_tree(root: str | os.PathLike[str], rules: IgnoreRules | None = None) -> int:
     """Bytes of file data a backup of ``root`` would read, without reading any."""
-    return sum(e.st.st_size for e in walk(root, rules) if e.kind is Kind.FILE)
+    return sum(bytes_to_read(e.st) for e in walk(root, rules) if e.kind is Kind.FILE)
+
+
+def bytes_to_read(st: os.stat_result) -> int:
+    """A file's data as a backup reads it: a sparse file's holes are never read."""
+    if holes.may_have_holes(st):
+        return st.st_blocks * 512
+    return st.st_size
 
 
 class _Archiver:
@@ -181,16 +188,39 @@ class _Archiver:
                 self.files -= 1
                 return
             entry.st = st
-            self.copy_data(entry, fd, st.st_size)
+            regions = holes.data_regions(fd, st.st_size) if holes.may_have_holes(st) else None
+            if regions is None:
+                self.copy_data(entry, fd, st.st_size)
+            else:
+                self.copy_sparse(entry, fd, st.st_size, regions)
         finally:
             os.close(fd)
 
     def copy_data(self, entry: WalkEntry, fd: int, size: int) -> None:
         """Write header and exactly ``size`` bytes of data, whatever the file does meanwhile."""
         self.put(tarstream.entry_header(entry, size))
+        self.copy_range(entry, fd, size, probe=True)
+        self.put_zeros(-size % tarstream.BLOCK)
+
+    def copy_sparse(self, entry: WalkEntry, fd: int, size: int, regions: holes.Regions) -> None:
+        """Write a pax sparse 1.0 entry: the map, then each data region read at its offset."""
+        table = tarstream.sparse_map(regions)
+        stored = holes.stored_size(regions)
+        self.put(tarstream.sparse_header(entry, len(table) + stored, size))
+        self.put(table)
+        for offset, length in regions:
+            if length:
+                os.lseek(fd, offset, os.SEEK_SET)
+                self.copy_range(entry, fd, length, probe=False)
+        self.put_zeros(-stored % tarstream.BLOCK)
+
+    def copy_range(self, entry: WalkEntry, fd: int, size: int, *, probe: bool) -> None:
+        """Copy exactly ``size`` bytes from the file position, zeros for what is no longer
+        there; ``probe``: the range ends the file, so say if the file has grown past it."""
         view = self.view
         remaining = size
-        while True:
+        extra = 1 if probe else 0
+        while remaining or probe:
             pos = self.pos
             space = BATCH - pos
             if space == 0:
@@ -199,7 +229,7 @@ class _Archiver:
             # Asking for one byte more than the header promises tells at no extra cost
             # whether the file has grown since it was measured; a byte read too many lands
             # where the padding or the next entry will overwrite it.
-            want = remaining + 1 if remaining < space else space
+            want = remaining + extra if remaining < space else space
             n = os.readv(fd, [view[pos : pos + want]])
             if n > remaining:
                 self.pos = pos + remaining
@@ -221,9 +251,6 @@ class _Archiver:
             self.bytes_read += n
             if remaining == 0 and n < want:
                 break  # a short read that ends exactly at the promised size: end of file
-        rest = size % tarstream.BLOCK
-        if rest:
-            self.put_zeros(tarstream.BLOCK - rest)
 
 
 def write_archive(
