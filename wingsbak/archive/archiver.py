@@ -47,7 +47,8 @@ class ArchiveResult:
     checksum: str
     checksum_type: str
     files: int  # entries written: files, directories and symlinks
-    skipped: int  # entries that could not be archived (logged one by one)
+    skipped: int  # entries left out: FIFOs, sockets, devices and ``unreadable`` (each logged)
+    unreadable: int  # of those, the ones that could not be read
     bytes_read: int  # file data read from the server root
 
 
@@ -65,6 +66,11 @@ class ArchiveProgress:
 
 
 ProgressCallback = Callable[[ArchiveProgress], None]
+
+
+class UnreadableEntry(Exception):
+    """An entry the backup was asked to include could not be read: the backup fails rather
+    than be reported complete without it (unless leaving such entries out is allowed)."""
 
 
 def measure_tree(root: str | os.PathLike[str], rules: IgnoreRules | None = None) -> int:
@@ -96,20 +102,34 @@ class _Archiver:
         progress: ProgressCallback | None,
         bytes_total: list[int],
         clock: Clock = time.monotonic,
+        allow_unreadable: bool = False,
     ) -> None:
         self.out = out
+        self.allow_unreadable = allow_unreadable
         self.cancel = cancel
         self.progress = progress
         self.bytes_total = bytes_total
         self.bytes_read = 0
         self.files = 0
         self.skipped = 0
+        self.unreadable = 0
         self.throttle = ProgressThrottle(clock=clock)
         self.block = bytearray(BATCH)
         self.view = memoryview(self.block)
         self.pos = 0
 
     def skip(self, relpath: str, reason: str) -> None:
+        """An entry that could not be read (no access, an I/O error)."""
+        if not self.allow_unreadable:
+            raise UnreadableEntry(
+                f"cannot read {relpath!r} ({reason}); a backup without it would be incomplete"
+            )
+        self.unreadable += 1
+        self.skipped += 1
+        log.warning("archive_entry_skipped", path=relpath, reason=reason)
+
+    def skip_special(self, relpath: str, reason: str) -> None:
+        """A FIFO, socket or device: never archived, not a failure."""
         self.skipped += 1
         log.warning("archive_entry_skipped", path=relpath, reason=reason)
 
@@ -184,7 +204,8 @@ class _Archiver:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                self.skip(entry.relpath, "no longer a regular file")
+                # Replaced by a FIFO or a device since the listing (O_NOFOLLOW refused links).
+                self.skip_special(entry.relpath, "no longer a regular file")
                 self.files -= 1
                 return
             entry.st = st
@@ -265,8 +286,13 @@ def write_archive(
     cancel: threading.Event | None = None,
     threads: int | None = None,
     clock: Clock = time.monotonic,
+    allow_unreadable: bool = False,
 ) -> ArchiveResult:
     """Stream a ``.tar.gz`` of ``root`` into ``sink`` and say what was written.
+
+    An entry that cannot be read (no access, an I/O error) raises :class:`UnreadableEntry`,
+    unless ``allow_unreadable``: then it is left out, logged and counted in ``unreadable``.
+    FIFOs, sockets and devices are always left out, and only counted in ``skipped``.
 
     ``write_limit`` is in MiB/s (0: unlimited). ``progress`` is called from this thread at most
     every 0.25 s of ``clock``, and once at the end; when given, the total is measured by a
@@ -287,10 +313,10 @@ def write_archive(
         threading.Thread(target=_measure, name="wingsbak-measure", daemon=True).start()
 
     gz = open_gzip_writer(metered, level, threads)  # type: ignore[arg-type]
-    archiver = _Archiver(gz, cancel, progress, bytes_total, clock)
+    archiver = _Archiver(gz, cancel, progress, bytes_total, clock, allow_unreadable)
     ok = False
     try:
-        for entry in walk(root, rules, archiver.skip):
+        for entry in walk(root, rules, archiver.skip, on_special=archiver.skip_special):
             archiver.check()
             archiver.add_batched(entry)
         archiver.flush()
@@ -313,6 +339,7 @@ def write_archive(
         checksum_type=checksum,
         files=archiver.files,
         skipped=archiver.skipped,
+        unreadable=archiver.unreadable,
         bytes_read=archiver.bytes_read,
     )
 

@@ -197,10 +197,13 @@ def walk(
     rules: IgnoreRules | None = None,
     on_skip: SkipCallback = _ignore_skip,
     *,
+    on_special: SkipCallback = _ignore_skip,
     max_open: int = MAX_OPEN_LEVELS,
 ) -> Iterator[WalkEntry]:
     """Yield the entries under ``root`` depth-first, directories before their contents.
 
+    ``on_skip(relpath, reason)`` hears of each entry that could not be read (left out);
+    ``on_special`` of each FIFO, socket or device (left out by design).
     Raises :class:`UnsafeRoot` when ``root`` is a symlink or not a directory."""
     rules = rules or IgnoreRules()
     check = not rules.empty
@@ -285,7 +288,7 @@ def walk(
             else:
                 if check and rules.excludes(relpath):
                     continue
-                on_skip(relpath, "not a regular file, directory or symlink")
+                on_special(relpath, "not a regular file, directory or symlink")
     finally:
         stack.close_all()
         os.close(root_fd)
