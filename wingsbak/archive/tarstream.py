@@ -102,8 +102,8 @@ def _ustar_header(
     return b"".join((name.ljust(100, b"\0"), fields, b"%06o\0 " % chksum, tail))
 
 
-def _pax_header(relpath: str, linkname: str, kind: Kind, st: os.stat_result, size: int) -> bytes:
-    info = tarfile.TarInfo(relpath)
+def _tarinfo(name: str, kind: Kind, st: os.stat_result, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
     info.type = _TARFILE_TYPE[kind]
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid = st.st_uid
@@ -112,6 +112,11 @@ def _pax_header(relpath: str, linkname: str, kind: Kind, st: os.stat_result, siz
     info.gname = _group_name(st.st_gid).decode("utf-8", "replace")
     info.mtime = max(0, int(st.st_mtime))
     info.size = size
+    return info
+
+
+def _pax_header(relpath: str, linkname: str, kind: Kind, st: os.stat_result, size: int) -> bytes:
+    info = _tarinfo(relpath, kind, st, size)
     info.linkname = linkname
     try:
         (relpath + linkname).encode("utf-8")
@@ -155,16 +160,7 @@ def sparse_header(entry: WalkEntry, stored: int, real_size: int) -> bytes:
     if len(fake) > 100 or not fake.isascii():
         # A 'path' record would override GNU.sparse.name in GNU tar, so it must fit as is.
         fake = f"./{_SPARSE_DIR}/file"
-    st = entry.st
-    info = tarfile.TarInfo(fake)
-    info.type = tarfile.REGTYPE
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.uid = st.st_uid
-    info.gid = st.st_gid
-    info.uname = _user_name(st.st_uid).decode("utf-8", "replace")
-    info.gname = _group_name(st.st_gid).decode("utf-8", "replace")
-    info.mtime = max(0, int(st.st_mtime))
-    info.size = stored
+    info = _tarinfo(fake, Kind.FILE, entry.st, stored)
     info.pax_headers = {
         "GNU.sparse.major": "1",
         "GNU.sparse.minor": "0",
