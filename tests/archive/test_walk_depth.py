@@ -4,6 +4,7 @@ still sees every entry once, never following a symlink swapped in on its way bac
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +159,24 @@ def test_a_closed_level_swapped_for_a_symlink_is_not_followed(tmp_path: Path) ->
             os.rename(root / "a" / "b", tmp_path / "b-moved")
             os.symlink(outside, root / "a" / "b")
     assert not any("secret" in s for s in seen), seen
+
+
+def test_a_closed_level_removed_meanwhile_ends_quietly(tmp_path: Path) -> None:
+    """A directory removed while closed has nothing left to archive: the walk goes on."""
+    root = tmp_path / "root"
+    deep = root / "a" / "b" / "c" / "d" / "e"
+    deep.mkdir(parents=True)
+    (root / "a" / "b" / "later.txt").write_text("later")
+    (root / "a" / "z.txt").write_text("z")
+    (deep / "f.txt").write_text("f")
+    skipped: list[str] = []
+    seen: list[str] = []
+    removed_at = -1
+    for entry in walk(root, on_skip=lambda p, r: skipped.append(p), max_open=2):
+        seen.append(entry.relpath)
+        if entry.relpath == "a/b/c/d/e/f.txt":
+            shutil.rmtree(root / "a" / "b")
+            removed_at = len(seen)
+    assert removed_at > 0 and skipped == []
+    assert not [p for p in seen[removed_at:] if p.startswith("a/b/")]
+    assert "a/z.txt" in seen  # before b, or after it once a, closed too, is reopened by name
