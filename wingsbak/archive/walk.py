@@ -11,7 +11,8 @@ the root, so neither its memory nor its descriptors grow with the number of file
 thousands of levels deep does not run the node out of descriptors. Deeper than that, the
 shallowest open level reads the rest of its listing ahead and is closed; it is reopened
 through ``..`` of its child when the walk climbs back (no name, so no symlink, is resolved)
-and must still be the directory it was.
+and must still be the directory it was. Only such a level holds names in memory, those it
+has left to visit (GNU tar and fts hold every listing on the path whole).
 """
 
 from __future__ import annotations
