@@ -70,6 +70,9 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     src = Path(args.src)
     if not src.is_dir():
         raise SystemExit(f"wingsbak: {src} is not a directory")
+    # The operator named it: a symlink is followed here, as `tar -C LINK .` does (the engine
+    # refuses a symlinked root, which on a node is a server's doing).
+    src = src.resolve()
     out_dir = Path(args.output).absolute().parent
     if not out_dir.is_dir():
         raise SystemExit(f"wingsbak: the output directory {out_dir} does not exist")
@@ -89,6 +92,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
             checksum=args.checksum,
             write_limit=args.write_limit,
             progress=bar,
+            allow_unreadable=args.allow_skipped,
         )
     finally:
         if bar is not None:
@@ -101,6 +105,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
                 "checksum": result.checksum,
                 "checksum_type": result.checksum_type,
                 "files": result.files,
+                "skipped": result.unreadable,
                 "seconds": round(time.monotonic() - started, 3),
             }
         )
@@ -157,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     arch.add_argument("--level", choices=LEVELS, default="best_speed")
     arch.add_argument("--write-limit", type=float, default=0, metavar="MIBPS")
     arch.add_argument("--checksum", choices=("sha1", "sha256"), default="sha1")
+    arch.add_argument(
+        "--allow-skipped",
+        action="store_true",
+        help="leave out entries that cannot be read (default: fail), as allow_skipped does",
+    )
     arch.set_defaults(func=_cmd_archive)
 
     rest = sub.add_parser("restore", help="extract a backup archive into a directory, safely")

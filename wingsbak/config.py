@@ -90,6 +90,9 @@ class BackupsConfig:
     shutdown_grace: float = 30.0
     # Hosts (names or addresses/CIDRs) a restore may download from although they are private.
     restore_host_allowlist: list[str] = field(default_factory=list)
+    # A backup that cannot read some of its entries (no access, I/O errors) fails; true: it
+    # succeeds without them, with their count in its log line, metrics and event.
+    allow_skipped: bool = False
     # Backoff of undelivered panel reports: first delay and ceiling, in seconds.
     report_retry_initial: float = 1.0
     report_retry_max: float = 60.0

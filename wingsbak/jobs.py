@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from wingsbak.archive import ArchiveProgress, ArchiveResult, Cancelled, IgnoreRules
+from wingsbak.archive import (
+    ArchiveProgress,
+    ArchiveResult,
+    Cancelled,
+    IgnoreRules,
+    UnreadableEntry,
+)
 from wingsbak.archive.archiver import archive_to_file
 from wingsbak.archive.extract import (
     RestoreError,
@@ -54,7 +60,14 @@ CANCEL_WAIT_SECONDS = 10.0
 # Added to the nice value of job threads (Linux: per thread, inherited by threads they start).
 BACKGROUND_NICE = 10
 # Failures with a message that says it all: logged as one line, without a traceback.
-EXPECTED_FAILURES = (OSError, S3Error, PresignedUploadError, PanelError, RestoreError)
+EXPECTED_FAILURES = (
+    OSError,
+    S3Error,
+    PresignedUploadError,
+    PanelError,
+    RestoreError,
+    UnreadableEntry,
+)
 
 
 @dataclass(slots=True)
@@ -106,6 +119,7 @@ class Outcome:
     checksum_type: str = "sha1"
     size: int = 0
     parts: list[dict[str, Any]] | None = None
+    skipped: int = 0  # entries left out because they could not be read (allow_skipped)
 
 
 class JobManager:
@@ -237,12 +251,14 @@ class JobManager:
                 outcome = await runner(job)
                 self.metrics.archive_duration.observe(time.monotonic() - started)
                 self.metrics.archived_bytes.inc(outcome.size)
+                self.metrics.skipped_entries.inc(outcome.skipped)
                 log.info(
                     "backup_completed",
                     server=job.server,
                     backup=job.uuid,
                     size=outcome.size,
                     checksum=outcome.checksum,
+                    skipped=outcome.skipped,
                     seconds=round(time.monotonic() - started, 3),
                 )
         except (asyncio.CancelledError, Exception) as exc:
@@ -269,6 +285,8 @@ class JobManager:
             "checksum_type": outcome.checksum_type,
             "file_size": outcome.size,
         }
+        if outcome.skipped:  # only with allow_skipped: wingsbak's addition to Wings' payload
+            completed["skipped"] = outcome.skipped
         # The bare name is the contract's; "backup completed:<uuid>" is what Wings publishes
         # and what the stock panel's backup list subscribes to, one backup at a time.
         self.events.publish(job.server, BACKUP_COMPLETED, completed)
@@ -308,6 +326,7 @@ class JobManager:
             "write_limit": b.write_limit,
             "progress": self._progress_callback(job, loop),
             "cancel": job.cancel,
+            "allow_unreadable": b.allow_skipped,
         }
 
     def server_root(self, server: str) -> Path:
@@ -324,7 +343,9 @@ class JobManager:
             rules,
             **self.archive_options(job, loop),  # type: ignore[arg-type]
         )
-        return Outcome(True, result.checksum, result.checksum_type, result.size)
+        return Outcome(
+            True, result.checksum, result.checksum_type, result.size, skipped=result.unreadable
+        )
 
     def _backup_s3(self, job: BackupJob, loop: asyncio.AbstractEventLoop) -> Outcome:
         """Worker thread: stream the archive into a multipart upload; nothing touches disk."""
@@ -335,7 +356,14 @@ class JobManager:
             str(root), job.server, job.uuid, rules, **self.archive_options(job, loop)
         )
         self.metrics.s3_uploaded_bytes.inc(result.size)
-        return Outcome(True, result.checksum, result.checksum_type, result.size, parts=[])
+        return Outcome(
+            True,
+            result.checksum,
+            result.checksum_type,
+            result.size,
+            parts=[],
+            skipped=result.unreadable,
+        )
 
     async def _backup_via_panel(self, job: BackupJob) -> Outcome:
         """The stock panel's flow: archive to a temporary file, PUT it to pre-signed URLs."""
@@ -365,7 +393,9 @@ class JobManager:
         )
         self.metrics.s3_uploaded_bytes.inc(upload.archive.size)
         a = upload.archive
-        return Outcome(True, a.checksum, a.checksum_type, a.size, parts=upload.parts)
+        return Outcome(
+            True, a.checksum, a.checksum_type, a.size, parts=upload.parts, skipped=a.unreadable
+        )
 
     # -- restores ---------------------------------------------------------------------------
 

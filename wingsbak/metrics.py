@@ -24,6 +24,12 @@ class Metrics:
             ["adapter"],
             registry=r,
         )
+        self.skipped_entries = Counter(
+            "wingsbak_backup_skipped_entries",
+            "Entries left out of successful backups because they could not be read "
+            "(system.backups.allow_skipped)",
+            registry=r,
+        )
         self.archived_bytes = Counter(
             "wingsbak_archived_bytes", "Compressed archive bytes written", registry=r
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import gnu_tar_names, gzip_test
 
-KEYS = {"path", "size", "checksum", "checksum_type", "files", "seconds"}
+KEYS = {"path", "size", "checksum", "checksum_type", "files", "skipped", "seconds"}
 
 
 def wingsbak(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -185,7 +185,7 @@ def test_sparse_file_over_8_gib(tmp_path: Path) -> None:
     (root / "small").write_text("small")
     out = tmp_path / "out.tar.gz"
     result = archive_file(root, out, level="best_speed")
-    assert result.bytes_read == size + 5
+    assert result.bytes_read < 1024 * 1024  # the three writes' blocks and "small": no hole
     gzip_test(out)
     subprocess.run(["sha1sum", "-c", out.name + ".sha1"], cwd=tmp_path, check=True)
 

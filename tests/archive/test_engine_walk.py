@@ -204,7 +204,7 @@ if os.geteuid() == 0:
     os.setgroups([])
     os.setgid(65534)
     os.setuid(65534)
-r = write_archive(sys.argv[1], Null(), IgnoreRules(sys.argv[2:]))
+r = write_archive(sys.argv[1], Null(), IgnoreRules(sys.argv[2:]), allow_unreadable=True)
 print(json.dumps({"files": r.files, "skipped": r.skipped}))
 """
 

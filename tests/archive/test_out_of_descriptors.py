@@ -11,7 +11,8 @@ from pathlib import Path
 from engine_helpers import gnu_tar_names
 from test_engine_cli import assert_clean_error, wingsbak
 
-DEPTH = 120  # levels: two descriptors each while the walk is at the bottom
+DEPTH = 120  # levels: two descriptors each for the deepest MAX_OPEN_LEVELS (32) of them
+OPEN_FILES = 32  # fewer than those 64
 
 
 def deep_tree(root: Path) -> Path:
@@ -36,9 +37,8 @@ def with_open_files_limit(limit: int) -> object:
 def test_a_walk_that_runs_out_of_descriptors_fails_instead_of_skipping(tmp_path: Path) -> None:
     deepest = deep_tree(tmp_path / "src")
     out = tmp_path / "out.tar.gz"
-    proc = wingsbak(
-        "archive", str(tmp_path / "src"), "-o", str(out), preexec_fn=with_open_files_limit(64)
-    )
+    limit = with_open_files_limit(OPEN_FILES)
+    proc = wingsbak("archive", str(tmp_path / "src"), "-o", str(out), preexec_fn=limit)
     assert_clean_error(proc)
     assert "Too many open files" in proc.stderr
     assert not out.exists()

@@ -32,6 +32,14 @@ TOKEN_ID = "node-token-id"
 ACCEPT = "application/vnd.pterodactyl.v1+json"
 
 
+# A child process that runs as root without the capabilities that bypass file permissions,
+# so a chmod 000 entry is really unreadable to it (as to a non-root daemon, or root on NFS
+# with root_squash); not needed when the tests do not run as root.
+WITHOUT_DAC_OVERRIDE = (
+    ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+)
+
+
 def new_uuid() -> str:
     return str(uuid.uuid4())
 
@@ -277,6 +285,7 @@ class DaemonProcess:
     config: dict[str, Any]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    command_prefix: list[str] = field(default_factory=list)  # e.g. setpriv and its options
 
     @property
     def url(self) -> str:
@@ -285,10 +294,11 @@ class DaemonProcess:
     async def start(self) -> None:
         cfg_path = self.node.root / "cfg.yml"
         cfg_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
+        serve = [sys.executable, "-m", "wingsbak", "serve", "--config", str(cfg_path)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open by the child
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wingsbak", "serve", "--config", str(cfg_path)],
+                [*self.command_prefix, *serve],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.node.root,

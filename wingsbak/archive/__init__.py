@@ -3,6 +3,7 @@
 from wingsbak.archive.archiver import (
     ArchiveProgress,
     ArchiveResult,
+    UnreadableEntry,
     archive_to_file,
     measure_tree,
     write_archive,
@@ -16,6 +17,7 @@ __all__ = [
     "AtomicFile",
     "Cancelled",
     "IgnoreRules",
+    "UnreadableEntry",
     "archive_to_file",
     "measure_tree",
     "write_archive",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from wingsbak.archive import tarstream
+from wingsbak.archive import holes, tarstream
 from wingsbak.archive.gzip import BEST_SPEED, BLOCK_SIZE, open_gzip_writer
 from wingsbak.archive.progress import Clock, ProgressThrottle
 from wingsbak.archive.rules import IgnoreRules
@@ -47,7 +47,8 @@ class ArchiveResult:
     checksum: str
     checksum_type: str
     files: int  # entries written: files, directories and symlinks
-    skipped: int  # entries that could not be archived (logged one by one)
+    skipped: int  # entries left out: FIFOs, sockets, devices and ``unreadable`` (each logged)
+    unreadable: int  # of those, the ones that could not be read
     bytes_read: int  # file data read from the server root
 
 
@@ -67,9 +68,21 @@ class ArchiveProgress:
 ProgressCallback = Callable[[ArchiveProgress], None]
 
 
+class UnreadableEntry(Exception):
+    """An entry the backup was asked to include could not be read: the backup fails rather
+    than be reported complete without it (unless leaving such entries out is allowed)."""
+
+
 def measure_tree(root: str | os.PathLike[str], rules: IgnoreRules | None = None) -> int:
     """Bytes of file data a backup of ``root`` would read, without reading any."""
-    return sum(e.st.st_size for e in walk(root, rules) if e.kind is Kind.FILE)
+    return sum(bytes_to_read(e.st) for e in walk(root, rules) if e.kind is Kind.FILE)
+
+
+def bytes_to_read(st: os.stat_result) -> int:
+    """A file's data as a backup reads it: a sparse file's holes are never read."""
+    if holes.may_have_holes(st):
+        return st.st_blocks * 512
+    return st.st_size
 
 
 class _Archiver:
@@ -89,20 +102,34 @@ class _Archiver:
         progress: ProgressCallback | None,
         bytes_total: list[int],
         clock: Clock = time.monotonic,
+        allow_unreadable: bool = False,
     ) -> None:
         self.out = out
+        self.allow_unreadable = allow_unreadable
         self.cancel = cancel
         self.progress = progress
         self.bytes_total = bytes_total
         self.bytes_read = 0
         self.files = 0
         self.skipped = 0
+        self.unreadable = 0
         self.throttle = ProgressThrottle(clock=clock)
         self.block = bytearray(BATCH)
         self.view = memoryview(self.block)
         self.pos = 0
 
     def skip(self, relpath: str, reason: str) -> None:
+        """An entry that could not be read (no access, an I/O error)."""
+        if not self.allow_unreadable:
+            raise UnreadableEntry(
+                f"cannot read {relpath!r} ({reason}); a backup without it would be incomplete"
+            )
+        self.unreadable += 1
+        self.skipped += 1
+        log.warning("archive_entry_skipped", path=relpath, reason=reason)
+
+    def skip_special(self, relpath: str, reason: str) -> None:
+        """A FIFO, socket or device: never archived, not a failure."""
         self.skipped += 1
         log.warning("archive_entry_skipped", path=relpath, reason=reason)
 
@@ -177,20 +204,44 @@ class _Archiver:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                self.skip(entry.relpath, "no longer a regular file")
+                # Replaced by a FIFO or a device since the listing (O_NOFOLLOW refused links).
+                self.skip_special(entry.relpath, "no longer a regular file")
                 self.files -= 1
                 return
             entry.st = st
-            self.copy_data(entry, fd, st.st_size)
+            regions = holes.data_regions(fd, st.st_size) if holes.may_have_holes(st) else None
+            if regions is None:
+                self.copy_data(entry, fd, st.st_size)
+            else:
+                self.copy_sparse(entry, fd, st.st_size, regions)
         finally:
             os.close(fd)
 
     def copy_data(self, entry: WalkEntry, fd: int, size: int) -> None:
         """Write header and exactly ``size`` bytes of data, whatever the file does meanwhile."""
         self.put(tarstream.entry_header(entry, size))
+        self.copy_range(entry, fd, size, probe=True)
+        self.put_zeros(-size % tarstream.BLOCK)
+
+    def copy_sparse(self, entry: WalkEntry, fd: int, size: int, regions: holes.Regions) -> None:
+        """Write a pax sparse 1.0 entry: the map, then each data region read at its offset."""
+        table = tarstream.sparse_map(regions)
+        stored = holes.stored_size(regions)
+        self.put(tarstream.sparse_header(entry, len(table) + stored, size))
+        self.put(table)
+        for offset, length in regions:
+            if length:
+                os.lseek(fd, offset, os.SEEK_SET)
+                self.copy_range(entry, fd, length, probe=False)
+        self.put_zeros(-stored % tarstream.BLOCK)
+
+    def copy_range(self, entry: WalkEntry, fd: int, size: int, *, probe: bool) -> None:
+        """Copy exactly ``size`` bytes from the file position, zeros for what is no longer
+        there; ``probe``: the range ends the file, so say if the file has grown past it."""
         view = self.view
         remaining = size
-        while True:
+        extra = 1 if probe else 0
+        while remaining or probe:
             pos = self.pos
             space = BATCH - pos
             if space == 0:
@@ -199,7 +250,7 @@ class _Archiver:
             # Asking for one byte more than the header promises tells at no extra cost
             # whether the file has grown since it was measured; a byte read too many lands
             # where the padding or the next entry will overwrite it.
-            want = remaining + 1 if remaining < space else space
+            want = remaining + extra if remaining < space else space
             n = os.readv(fd, [view[pos : pos + want]])
             if n > remaining:
                 self.pos = pos + remaining
@@ -221,9 +272,6 @@ class _Archiver:
             self.bytes_read += n
             if remaining == 0 and n < want:
                 break  # a short read that ends exactly at the promised size: end of file
-        rest = size % tarstream.BLOCK
-        if rest:
-            self.put_zeros(tarstream.BLOCK - rest)
 
 
 def write_archive(
@@ -238,8 +286,13 @@ def write_archive(
     cancel: threading.Event | None = None,
     threads: int | None = None,
     clock: Clock = time.monotonic,
+    allow_unreadable: bool = False,
 ) -> ArchiveResult:
     """Stream a ``.tar.gz`` of ``root`` into ``sink`` and say what was written.
+
+    An entry that cannot be read (no access, an I/O error) raises :class:`UnreadableEntry`,
+    unless ``allow_unreadable``: then it is left out, logged and counted in ``unreadable``.
+    FIFOs, sockets and devices are always left out, and only counted in ``skipped``.
 
     ``write_limit`` is in MiB/s (0: unlimited). ``progress`` is called from this thread at most
     every 0.25 s of ``clock``, and once at the end; when given, the total is measured by a
@@ -260,10 +313,10 @@ def write_archive(
         threading.Thread(target=_measure, name="wingsbak-measure", daemon=True).start()
 
     gz = open_gzip_writer(metered, level, threads)  # type: ignore[arg-type]
-    archiver = _Archiver(gz, cancel, progress, bytes_total, clock)
+    archiver = _Archiver(gz, cancel, progress, bytes_total, clock, allow_unreadable)
     ok = False
     try:
-        for entry in walk(root, rules, archiver.skip):
+        for entry in walk(root, rules, archiver.skip, on_special=archiver.skip_special):
             archiver.check()
             archiver.add_batched(entry)
         archiver.flush()
@@ -286,6 +339,7 @@ def write_archive(
         checksum_type=checksum,
         files=archiver.files,
         skipped=archiver.skipped,
+        unreadable=archiver.unreadable,
         bytes_read=archiver.bytes_read,
     )
 

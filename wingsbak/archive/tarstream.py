@@ -3,7 +3,9 @@
 Ordinary entries (ASCII names that fit the 100-byte ustar field, sizes under 8 GiB) get a
 ustar header built directly, about ten times cheaper than ``tarfile.TarInfo.tobuf``; anything
 else (long or non-UTF-8 names, huge files, large ids) gets a POSIX pax header from Python's
-``tarfile``, so every archive reads back with GNU tar and with ``tarfile``.
+``tarfile``, so every archive reads back with GNU tar and with ``tarfile``. A file with holes
+is written as GNU tar's ``--format=posix --sparse`` writes it (pax sparse 1.0): only its data
+regions are stored, after a map of where they go.
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ def _ustar_header(
     return b"".join((name.ljust(100, b"\0"), fields, b"%06o\0 " % chksum, tail))
 
 
-def _pax_header(relpath: str, linkname: str, kind: Kind, st: os.stat_result, size: int) -> bytes:
-    info = tarfile.TarInfo(relpath)
+def _tarinfo(name: str, kind: Kind, st: os.stat_result, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
     info.type = _TARFILE_TYPE[kind]
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid = st.st_uid
@@ -110,6 +112,11 @@ def _pax_header(relpath: str, linkname: str, kind: Kind, st: os.stat_result, siz
     info.gname = _group_name(st.st_gid).decode("utf-8", "replace")
     info.mtime = max(0, int(st.st_mtime))
     info.size = size
+    return info
+
+
+def _pax_header(relpath: str, linkname: str, kind: Kind, st: os.stat_result, size: int) -> bytes:
+    info = _tarinfo(relpath, kind, st, size)
     info.linkname = linkname
     try:
         (relpath + linkname).encode("utf-8")
@@ -138,6 +145,38 @@ def entry_header(entry: WalkEntry, size: int = 0) -> bytes:
             relpath.encode("ascii"), entry.linkname.encode("ascii"), _TYPEFLAG[entry.kind], st, size
         )
     return _pax_header(relpath, entry.linkname, entry.kind, st, size)
+
+
+# The name in the ustar header of a sparse entry, as GNU tar makes it ("%d/GNUSparseFile.%p/%f",
+# with 0 for the process id): where a tool that does not read sparse entries extracts it.
+_SPARSE_DIR = "GNUSparseFile.0"
+
+
+def sparse_header(entry: WalkEntry, stored: int, real_size: int) -> bytes:
+    """The header of a pax sparse 1.0 entry: ``stored`` bytes follow it (the map, then the
+    data regions), ``real_size`` is the size of the file they make up."""
+    head, _, base = entry.relpath.rpartition("/")
+    fake = f"{head or '.'}/{_SPARSE_DIR}/{base}"
+    if len(fake) > 100 or not fake.isascii():
+        # A 'path' record would override GNU.sparse.name in GNU tar, so it must fit as is.
+        fake = f"./{_SPARSE_DIR}/file"
+    info = _tarinfo(fake, Kind.FILE, entry.st, stored)
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": entry.relpath,
+        "GNU.sparse.realsize": str(real_size),
+    }
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def sparse_map(regions: list[tuple[int, int]]) -> bytes:
+    """The map at the start of a sparse entry's data: the number of regions, then offset and
+    length of each, one decimal number a line, padded to a whole block."""
+    lines = [b"%d\n" % len(regions)]
+    lines.extend(b"%d\n%d\n" % region for region in regions)
+    table = b"".join(lines)
+    return table + padding(len(table))
 
 
 def padding(size: int) -> bytes:

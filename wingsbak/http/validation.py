@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import stat
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from wingsbak.errors import BadRequest, NotFound, PayloadTooLarge
 from wingsbak.http.state import CONFIG
+from wingsbak.log import get_logger
+
+log = get_logger(__name__)
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -46,10 +52,27 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _server_root_kind(path: Path) -> str:
+    """Either "dir", "missing", or what else it is. lstat: a server directory that is a symlink is
+    never followed (a backup or restore through <data>/<uuid> -> /etc would read or write
+    /etc)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "a symlink" if stat.S_ISLNK(mode) else "not a directory"
+
+
 async def server_root_or_404(request: web.Request, server: str) -> None:
     root = request.app[CONFIG].data_dir / server
-    if not await asyncio.to_thread(root.is_dir):
+    kind = await asyncio.to_thread(_server_root_kind, root)
+    if kind == "missing":
         raise NotFound("The requested server does not exist on this node.")
+    if kind != "dir":
+        log.warning("server_directory_refused", server=server, reason=f"it is {kind}")
+        raise NotFound(f"The requested server's directory is {kind}, which is never followed.")
 
 
 def optional_str(body: dict[str, Any], key: str) -> str:
