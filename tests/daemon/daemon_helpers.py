@@ -251,7 +251,7 @@ class Daemon:
         return await self.post(f"/api/servers/{server}/backup/{backup}/restore", body)
 
     async def system(self) -> dict[str, Any]:
-        async with self.request("GET", "/api/system", headers=auth()) as r:
+        async with self.request("GET", "/api/wingsbak", headers=auth()) as r:
             assert r.status == 200, await r.text()
             return await r.json()
 
