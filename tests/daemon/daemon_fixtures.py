@@ -19,10 +19,13 @@ from wingsbak.http.app import create_app
 
 @pytest.fixture
 async def panel() -> AsyncIterator[Panel]:
+    """The panel stand-in (Pterodactyl's rules; a test may switch ``flavour``). A test that
+    leaves a refusal it did not take (``take_rejections``) fails: the daemon broke a rule."""
     p = Panel()
     await p.start()
     yield p
     await p.stop()
+    assert_no_rejections(p)
 
 
 @pytest.fixture
@@ -31,6 +34,15 @@ async def panel_down() -> AsyncIterator[Panel]:
     p = Panel()
     yield p
     await p.stop()
+    assert_no_rejections(p)
+
+
+def assert_no_rejections(panel: Panel) -> None:
+    left = panel.take_rejections()
+    assert not left, "the panel refused: " + "; ".join(
+        f"{r.request.method} {r.request.path} -> {r.status} {r.reason} ({r.request.json})"
+        for r in left
+    )
 
 
 @pytest.fixture

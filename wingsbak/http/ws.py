@@ -128,11 +128,12 @@ class _Session:
                 await self.ws.send_str(event.to_json())
 
 
-def parse_message(text: str) -> tuple[str, list[str]] | None:
+def parse_message(text: str) -> tuple[str, list[str] | None] | None:
     """``(event, args)`` of a client message ``{"event": name, "args": [string, ...]}``; None
     for anything that is not such an object. Args that are no list of strings (Wings' Go
-    decoder refuses those) come back as ``[]``, so an ``auth`` with them fails like an
-    ``auth`` without a token; absent or null args are ``[]`` too."""
+    decoder refuses those) come back as None: an ``auth`` with them fails like an ``auth``
+    without a token, any other such message is dropped as Wings drops it. Absent or null
+    args are ``[]``."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
@@ -140,8 +141,10 @@ def parse_message(text: str) -> tuple[str, list[str]] | None:
     if not isinstance(data, dict) or not isinstance(data.get("event"), str):
         return None
     args = data.get("args")
+    if args is None:
+        return data["event"], []
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        args = []
+        return data["event"], None
     return data["event"], args
 
 
@@ -165,8 +168,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 continue
             name, args = message
             if name == "auth":  # no token, or args that are no list of strings: a jwt error
-                await session.authenticate("".join(args))
-            else:
+                await session.authenticate("".join(args or []))
+            elif args is not None:
                 await session.refuse_if_invalid()
     finally:
         bus.unsubscribe(server, queue)
