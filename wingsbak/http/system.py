@@ -29,7 +29,7 @@ async def system(request: web.Request) -> web.Response:
     ``DaemonSystemRepository`` refuses an answer without them); ``?v=2`` is Wings' full
     ``system.Information``, which Pterodactyl's telemetry asks for. wingsbak knows no Docker:
     those fields are empty. On a node behind wingsbak's front, Wings answers this itself."""
-    info = await asyncio.to_thread(_system_information)
+    info = _SYSTEM_INFORMATION or await asyncio.to_thread(_system_information)
     if request.query.get("v") == "2":
         return web.json_response(info)
     return web.json_response(
@@ -43,6 +43,9 @@ async def system(request: web.Request) -> web.Response:
     )
 
 
+_SYSTEM_INFORMATION: dict[str, Any] = {}  # filled once: none of it changes while running
+
+
 def _system_information() -> dict[str, Any]:
     """Wings' ``system.GetSystemInformation`` shape (reads /etc/os-release: a worker thread)."""
     machine = platform.machine()
@@ -54,24 +57,24 @@ def _system_information() -> dict[str, Any]:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (OSError, ValueError):
         memory = 0
-    return {
-        "version": __version__,
-        "docker": {
-            "version": "",
-            "cgroups": {"driver": "", "version": ""},
-            "containers": {"total": 0, "running": 0, "paused": 0, "stopped": 0},
-            "storage": {"driver": "", "filesystem": ""},
-            "runc": {"version": ""},
-        },
-        "system": {
-            "architecture": _GO_ARCH.get(machine, machine.lower()),
-            "cpu_threads": os.cpu_count() or 1,
-            "memory_bytes": memory,
-            "kernel_version": platform.release(),
-            "os": release.get("PRETTY_NAME") or release.get("NAME") or sys.platform,
-            "os_type": sys.platform,
-        },
+    info: dict[str, Any] = {"version": __version__}
+    info["docker"] = {
+        "version": "",
+        "cgroups": {"driver": "", "version": ""},
+        "containers": {"total": 0, "running": 0, "paused": 0, "stopped": 0},
+        "storage": {"driver": "", "filesystem": ""},
+        "runc": {"version": ""},
     }
+    info["system"] = {
+        "architecture": _GO_ARCH.get(machine, machine.lower()),
+        "cpu_threads": os.cpu_count() or 1,
+        "memory_bytes": memory,
+        "kernel_version": platform.release(),
+        "os": release.get("PRETTY_NAME") or release.get("NAME") or sys.platform,
+        "os_type": sys.platform,
+    }
+    _SYSTEM_INFORMATION.update(info)  # whole, in one step: a request reading it sees all or none
+    return info
 
 
 @routes.get("/api/wingsbak")
