@@ -19,8 +19,9 @@ from wingsbak.http.app import create_app
 
 @pytest.fixture
 async def panel() -> AsyncIterator[Panel]:
-    """The panel stand-in (Pterodactyl's rules; a test may switch ``flavour``). A test that
-    leaves a refusal it did not take (``take_rejections``) fails: the daemon broke a rule."""
+    """The panel stand-in (Pterodactyl's rules unless ``WINGSBAK_TEST_PANEL=pelican``; a test
+    may switch ``flavour``). A test that leaves a refusal it did not take
+    (``take_rejections``) fails: the daemon broke a rule."""
     p = Panel()
     await p.start()
     yield p

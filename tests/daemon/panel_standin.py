@@ -40,11 +40,13 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import re
 import secrets
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -61,6 +63,9 @@ PELICAN = "pelican"
 GIB = 1024**3
 MIB = 1024**2
 PANEL_APP_URL = "http://panel.test"
+# The panel the suites run against by default: ``WINGSBAK_TEST_PANEL=pelican pytest`` runs them
+# all against Pelican's rules.
+DEFAULT_FLAVOUR = os.environ.get("WINGSBAK_TEST_PANEL", PTERODACTYL)
 
 
 def free_port() -> int:
@@ -192,7 +197,7 @@ class Panel:
     """
 
     port: int = field(default_factory=free_port)
-    flavour: str = PTERODACTYL
+    flavour: str = DEFAULT_FLAVOUR
     status: int = 204
     fail_first: int = 0
     fail_status: int = 500
@@ -208,10 +213,12 @@ class Panel:
     _runner: web.AppRunner | None = None
     _event: asyncio.Event = field(default_factory=asyncio.Event)
 
-    # Every stand-in by its URL, so that a daemon's helpers find the panel it reports to.
-    by_url: ClassVar[dict[str, Panel]] = {}
+    # Every live stand-in by its URL, so that a daemon's helpers find the panel it reports to.
+    by_url: ClassVar[weakref.WeakValueDictionary[str, Panel]] = weakref.WeakValueDictionary()
 
     def __post_init__(self) -> None:
+        if self.flavour not in (PTERODACTYL, PELICAN):
+            raise ValueError(f"WINGSBAK_TEST_PANEL: {self.flavour!r} is not pterodactyl or pelican")
         Panel.by_url[self.url] = self
 
     @property
