@@ -130,7 +130,7 @@ async def test_each_redirect_is_checked_by_the_address_guard(
 async def test_a_restore_does_not_wait_behind_a_backup_of_another_server(
     start_daemon: Callable[..., Any], panel: Panel, node: Node, serve: Serve
 ) -> None:
-    # One node-wide backup slot, taken by a backup paced at 1 MiB/s of 4 MiB.
+    # One node-wide backup slot, taken by a backup of 8 MiB paced at 1 MiB/s.
     d: Daemon = await start_daemon(
         remote=panel.url, max_concurrent=1, restore_host_allowlist=["127.0.0.1"]
     )
@@ -141,7 +141,7 @@ async def test_a_restore_does_not_wait_behind_a_backup_of_another_server(
     slow: Daemon = await start_daemon(
         remote=panel.url, max_concurrent=1, write_limit=1, restore_host_allowlist=["127.0.0.1"]
     )
-    busy = node.random_server(4 * MIB, files=4)
+    busy = node.random_server(8 * MIB, files=4)
     running = new_uuid()
     assert (await slow.post_backup(busy, running))[0] == 202
     await panel.wait_for(
