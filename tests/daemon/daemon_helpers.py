@@ -94,6 +94,15 @@ class Node:
     def archive(self, server: str, backup: str) -> Path:
         return self.backups / server / f"backup-{backup}.tar.gz"
 
+    async def outbox_settled(self) -> None:
+        """Wait until the outbox file holds no report: a second daemon started on this node's
+        directories would otherwise find a delivered one not yet crossed off, and send it
+        again (which the panel refuses: the backup is already complete)."""
+        outbox = self.backups / ".wingsbak-outbox.json"
+        await wait_until(
+            lambda: not outbox.exists() or outbox.read_text() == "[]", "the outbox to empty"
+        )
+
     def temporaries(self, server: str | None = None) -> list[Path]:
         base = self.backups / server if server else self.backups
         return sorted(base.rglob("*.part"))

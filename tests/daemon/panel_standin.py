@@ -271,6 +271,10 @@ class Panel:
             return web.json_response({"errors": [{"code": "Fail"}]}, status=self.fail_status)
         if self.status != 204:
             return web.json_response({"errors": [{"code": "Refused"}]}, status=self.status)
+        if not request.path.startswith("/api/remote/"):
+            # Not the remote API, so not the daemon under test: a client of another test
+            # process that had this port before (free ports are shared by the machine).
+            return web.json_response({"errors": [{"code": "NotFound"}]}, status=404)
         try:
             self._authenticate(request)
             answer = self._route(request, body)

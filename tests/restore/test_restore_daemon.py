@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
+from daemon_helpers import Daemon, Node, Panel, new_uuid
 from restore_helpers import Serve, breaks_half_way, serves
 
 from wingsbak.archive.extract import RestoreError, restore_archive_file
@@ -116,10 +116,7 @@ async def test_a_server_busy_with_a_backup_or_a_restore_refuses_the_other_with_4
 ) -> None:
     fast: Daemon = await start_daemon(remote=panel.url)
     kept = await _backup(fast, panel)
-    # The second daemon shares the node's directories: it must not find the first one's
-    # delivered report still in the outbox file (sent again, a real panel refuses it).
-    outbox = node.backups / ".wingsbak-outbox.json"
-    await wait_until(lambda: outbox.read_text() == "[]", "the first daemon's outbox to empty")
+    await node.outbox_settled()  # the next daemon shares the node's directories
     (root / "world" / "big.dat").write_bytes(os.urandom(3 * 1024 * 1024))
     # Paced at 1 MiB/s, each job below is still running when the next request comes.
     slow: Daemon = await start_daemon(remote=panel.url, write_limit=1)

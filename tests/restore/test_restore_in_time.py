@@ -138,6 +138,7 @@ async def test_a_restore_does_not_wait_behind_a_backup_of_another_server(
     kept = new_uuid()
     assert (await d.post_backup(target, kept))[0] == 202
     assert (await panel.wait_report(kept)).json["successful"] is True
+    await node.outbox_settled()  # the next daemon shares the node's directories
     slow: Daemon = await start_daemon(
         remote=panel.url, max_concurrent=1, write_limit=1, restore_host_allowlist=["127.0.0.1"]
     )
