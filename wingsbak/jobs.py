@@ -407,9 +407,13 @@ class JobManager:
             job.source = await self._open_download_url(download_url)
         elif self.s3 is None:
             raise BadRequest("The 'download_url' field is required for the s3 adapter.")
-        if server in self.restores or any(j.server == server for j in self.backups.values()):
+        # Other requests (or the start of a shutdown) may have come while we looked.
+        busy = server in self.restores or any(j.server == server for j in self.backups.values())
+        if busy or not self.accepting:
             if job.source is not None:
                 await asyncio.to_thread(job.source.close)
+            if not self.accepting:
+                raise Unavailable("the daemon is shutting down")
             raise Conflict("the server is busy with another backup or restore")
         self.restores[server] = job
         job.task = asyncio.create_task(self._run_restore(job), name=f"restore-{backup_uuid}")
