@@ -242,7 +242,7 @@ class DaemonProcess:
 
 
 async def system_state(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with session.get(url + "/api/system", headers=auth_headers()) as r:
+    async with session.get(url + "/api/wingsbak", headers=auth_headers()) as r:
         r.raise_for_status()
         jobs: dict[str, Any] = (await r.json())["jobs"]
         return jobs

@@ -64,5 +64,11 @@ class RangeNotSatisfiable(ApiError):
         self.headers = {"Content-Range": f"bytes */{size}"}
 
 
+class BadGateway(ApiError):
+    """Something the request needs from elsewhere (a restore's download link) is unreachable."""
+
+    status = 502
+
+
 class Unavailable(ApiError):
     status = 503

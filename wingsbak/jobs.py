@@ -35,7 +35,7 @@ from wingsbak.archive.extract import (
 )
 from wingsbak.archive.sink import file_checksum, read_sidecar
 from wingsbak.config import Config
-from wingsbak.errors import BadRequest, Conflict, NotFound, Unavailable
+from wingsbak.errors import BadGateway, BadRequest, Conflict, NotFound, Unavailable
 from wingsbak.events import (
     BACKUP_COMPLETED,
     BACKUP_PROGRESS,
@@ -50,7 +50,13 @@ from wingsbak.storage.local import LocalStorage
 from wingsbak.storage.presigned import PresignedUploadError, upload_via_panel
 from wingsbak.storage.s3 import S3Error, S3Storage, endpoint_url
 from wingsbak.storage.s3 import describe as describe_s3_error
-from wingsbak.urlguard import UnsafeURL, check_restore_url, open_restore_stream
+from wingsbak.urlguard import (
+    DownloadError,
+    HTTPArchiveStream,
+    SourceUnreachable,
+    UnsafeURL,
+    open_restore_stream,
+)
 
 log = get_logger(__name__)
 
@@ -59,6 +65,12 @@ ADAPTERS = ("wings", "s3")
 CANCEL_WAIT_SECONDS = 10.0
 # Added to the nice value of job threads (Linux: per thread, inherited by threads they start).
 BACKGROUND_NICE = 10
+# A restore's download link is opened before the 202 (the panel's pre-signed GET lasts 5
+# minutes): the panel waits about 15 s for that answer (its Guzzle timeout).
+RESTORE_OPEN_TIMEOUT = 10.0
+# Restores do not share the backups' node-wide slots (a person is watching the restore, and
+# the panel's link would expire in the queue); one per server, these threads at most at once.
+RESTORE_THREADS = 16
 # Failures with a message that says it all: logged as one line, without a traceback.
 EXPECTED_FAILURES = (
     OSError,
@@ -104,6 +116,7 @@ class RestoreJob:
     truncate: bool = False
     download_url: str = ""
     archive: Path | None = None  # the local archive (wings adapter)
+    source: HTTPArchiveStream | None = None  # the download link, opened before the 202
     cancel: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task[None] | None = None
     started: bool = False  # has a slot and may be writing into the server's files
@@ -145,6 +158,11 @@ class JobManager:
         self._slots = asyncio.Semaphore(limit)
         self._executor = ThreadPoolExecutor(
             max_workers=limit + 2, thread_name_prefix="wingsbak-job", initializer=_background
+        )
+        self._restore_executor = ThreadPoolExecutor(
+            max_workers=RESTORE_THREADS,
+            thread_name_prefix="wingsbak-restore",
+            initializer=_background,
         )
         self._server_locks: dict[str, asyncio.Lock] = {}
         self.backups: dict[str, BackupJob] = {}
@@ -287,8 +305,10 @@ class JobManager:
         }
         if outcome.skipped:  # only with allow_skipped: wingsbak's addition to Wings' payload
             completed["skipped"] = outcome.skipped
-        # The bare name is the contract's; "backup completed:<uuid>" is what Wings publishes
-        # and what the stock panel's backup list subscribes to, one backup at a time.
+        # Wings publishes "backup completed:<uuid>", but its event bus (events.Bus.Publish)
+        # strips the ":<uuid>", so the stock panel's clients receive the bare name (and read
+        # the uuid from the payload). Both are sent: the bare one as Wings delivers it, the
+        # per-uuid one for clients written against the name Wings publishes.
         self.events.publish(job.server, BACKUP_COMPLETED, completed)
         self.events.publish(job.server, f"{BACKUP_COMPLETED}:{job.uuid}", completed)
         await self.outbox.send(
@@ -414,32 +434,52 @@ class JobManager:
             if job.archive is None:
                 raise NotFound("The requested backup does not exist on this node.")
         elif download_url:
-            allow = self.restore_allowlist()
-            try:
-                # Checked here for a clear 400; checked again when connecting.
-                await asyncio.to_thread(check_restore_url, download_url, allow)
-            except UnsafeURL as exc:
-                raise BadRequest(f"The download_url is refused: {exc}.") from exc
+            job.source = await self._open_download_url(download_url)
         elif self.s3 is None:
             raise BadRequest("The 'download_url' field is required for the s3 adapter.")
-        if server in self.restores or any(j.server == server for j in self.backups.values()):
+        # Other requests (or the start of a shutdown) may have come while we looked.
+        busy = server in self.restores or any(j.server == server for j in self.backups.values())
+        if busy or not self.accepting:
+            if job.source is not None:
+                await asyncio.to_thread(job.source.close)
+            if not self.accepting:
+                raise Unavailable("the daemon is shutting down")
             raise Conflict("the server is busy with another backup or restore")
         self.restores[server] = job
         job.task = asyncio.create_task(self._run_restore(job), name=f"restore-{backup_uuid}")
         log.info("restore_queued", server=server, backup=backup_uuid, adapter=adapter)
         return job
 
+    async def _open_download_url(self, url: str) -> HTTPArchiveStream:
+        """Open the panel's link before answering, as Wings does: a link that is refused or
+        unreachable is the panel's error to show, not a failed restore reported later."""
+        allow = self.restore_allowlist()
+        try:
+            return await asyncio.to_thread(
+                open_restore_stream, url, allow, open_timeout=RESTORE_OPEN_TIMEOUT
+            )
+        except UnsafeURL as exc:
+            raise BadRequest(f"The download_url is refused: {exc}.") from exc
+        except SourceUnreachable as exc:
+            raise BadGateway(f"The backup's download link could not be reached: {exc}.") from exc
+        except DownloadError as exc:
+            raise BadRequest(f"The backup's download link gave no archive: {exc}.") from exc
+
     async def _run_restore(self, job: RestoreJob) -> None:
         ok = False
         loop = asyncio.get_running_loop()
         await self._journal_accepted(job.uuid, kind="restore", server=job.server)  # see backups
         try:
-            async with self._server_lock(job.server), self._slots:
+            # The server's lock only: a backup of this server was refused by submit_restore,
+            # and backups of other servers do not hold up a restore.
+            async with self._server_lock(job.server):
                 if job.cancel.is_set():
                     raise Cancelled("cancelled before it started")
                 job.started = True
                 log.info("restore_started", server=job.server, backup=job.uuid)
-                result = await loop.run_in_executor(self._executor, self._restore_sync, job, loop)
+                result = await loop.run_in_executor(
+                    self._restore_executor, self._restore_sync, job, loop
+                )
                 ok = True
                 log.info(
                     "restore_completed",
@@ -451,6 +491,8 @@ class JobManager:
         except (asyncio.CancelledError, Exception) as exc:
             _log_unfinished("restore", job, exc)
         finally:
+            if job.source is not None:  # not read (cancelled before it started): let it go
+                await asyncio.to_thread(job.source.close)
             self.restores.pop(job.server, None)
             self.metrics.restores.labels("true" if ok else "false").inc()
             self.events.publish(
@@ -509,9 +551,8 @@ class JobManager:
                     f"the archive does not match its {expected[0]} checksum; nothing restored"
                 )
             return restore_archive_file(job.archive, dest, **options)
-        if job.download_url:
-            allow = self.restore_allowlist()
-            with open_restore_stream(job.download_url, allow) as stream:
+        if job.source is not None:
+            with job.source as stream:
                 return extract_archive(stream, dest, **options)
         assert self.s3 is not None
         body = self.s3.open_stream(job.server, job.uuid)
@@ -612,6 +653,7 @@ class JobManager:
             if pending:
                 await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._restore_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _background() -> None:

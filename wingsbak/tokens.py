@@ -21,37 +21,83 @@ from wingsbak.errors import TokenRejected
 from wingsbak.statefile import write_json_atomic
 
 ALGORITHMS = ["HS256"]
-LEEWAY_SECONDS = 5  # clock skew allowed between panel and node
+# A used download link is remembered this long past its expiry, for clocks that disagree a
+# little about when it expired.
+LEEWAY_SECONDS = 5
 MAX_TOKEN_LENGTH = 8192
 USED_TOKENS_NAME = ".wingsbak-used-tokens.json"
+# Wings reads the time claims into Go's int64 (gbrlsnchs/jwt v3, ``Time.UnmarshalJSON``): a
+# float, a string or a number past int64 makes the token unreadable there, so here too.
+_INT64 = range(-(2**63), 2**63)
+_TIME_CLAIMS = ("exp", "iat", "nbf")
+# What pterodactyl/wings checks of a token (router/tokens/parser.go): the HS256 signature and
+# ``exp``, nothing else. ``nbf`` (the panels backdate it by 5 minutes) and ``iat`` in the
+# future (a panel whose clock runs ahead) are accepted, as Wings accepts them.
+_DECODE_OPTIONS: dict[str, Any] = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "require": [],
+}
+# The message Wings gives an expired token; the panel's console matches it to fetch a new one.
+EXPIRED = "jwt: exp claim is invalid"
 
 
-def decode_token(token: str, key: str, required: list[str]) -> dict[str, Any]:
-    """Verify a panel JWT and return its claims, or raise :class:`TokenRejected`."""
+def decode_token(
+    token: str, key: str, required: list[str], scope: str | None = None
+) -> dict[str, Any]:
+    """Verify a panel JWT and return its claims, or raise :class:`TokenRejected`.
+
+    Accepts both panels' shapes: Pterodactyl's (``aud`` a list, ``jti``, ``user_id``) and
+    Pelican's (``scope``); with ``scope`` given, see :func:`has_scope`."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise TokenRejected("the token is missing or malformed")
     if not key:
         raise TokenRejected("this node has no token to verify signatures with")
     try:
-        claims = jwt.decode(
-            token,
-            key,
-            algorithms=ALGORITHMS,
-            options={"require": ["exp", "iat", *required], "verify_aud": False},
-            leeway=LEEWAY_SECONDS,
-        )
-    except jwt.ExpiredSignatureError as exc:
-        raise TokenRejected("the token has expired") from exc
-    except jwt.ImmatureSignatureError as exc:
-        raise TokenRejected("the token is not valid yet") from exc
-    except jwt.MissingRequiredClaimError as exc:
-        raise TokenRejected(f"the token lacks the '{exc.claim}' claim") from exc
+        claims = jwt.decode(token, key, algorithms=ALGORITHMS, options=_DECODE_OPTIONS)
     except jwt.InvalidTokenError as exc:
         raise TokenRejected("the token is invalid") from exc
+    for name in _TIME_CLAIMS:
+        value = claims.get(name)
+        if value is not None and (type(value) is not int or value not in _INT64):
+            raise TokenRejected(f"the token's '{name}' claim is not a whole number of seconds")
+    exp = claims.get("exp")
+    # Wings: expired once the current second is past ``exp`` (no leeway).
+    if exp is None or int(time.time()) > exp:
+        raise TokenRejected(EXPIRED)
+    _check_registered(claims)
     for name in required:
         if not isinstance(claims.get(name), str) or not claims[name]:
             raise TokenRejected(f"the token's '{name}' claim is not a string")
+    if scope is not None and not has_scope(claims, scope):
+        raise TokenRejected(f"the token is not for '{scope}'")
     return claims
+
+
+def has_scope(claims: dict[str, Any], scope: str) -> bool:
+    """Pelican's tokens name their scope (``"scope": "backup-download"``) and Pelican Wings
+    requires the right one; Pterodactyl's tokens have none and pass."""
+    scopes = claims.get("scope")
+    if scopes is None:
+        return True
+    return isinstance(scopes, str) and scope in scopes.split(" ")
+
+
+def _check_registered(claims: dict[str, Any]) -> None:
+    """The registered claims have the types Wings' decoder needs (``aud`` a string or a list
+    of strings, ``iss``/``sub``/``jti`` strings), or the token is refused, as Wings does."""
+    aud = claims.get("aud")
+    if aud is not None and not (
+        isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+    ):
+        raise TokenRejected("the token's 'aud' claim is malformed")
+    for name in ("iss", "sub", "jti"):
+        if claims.get(name) is not None and not isinstance(claims[name], str):
+            raise TokenRejected(f"the token's '{name}' claim is not a string")
 
 
 @dataclass(slots=True)

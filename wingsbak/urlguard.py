@@ -7,9 +7,10 @@ Every function here blocks (DNS, sockets): call them from a worker thread
 DNS rebinding: :func:`open_restore_stream` resolves the name once, checks every address, and
 then connects to one of *those* addresses (the Host header and TLS server name stay the URL's
 host, so virtual hosting and certificate checks work as usual). A second resolution that
-answers 127.0.0.1 therefore never gets a connection. Redirects are not followed (a 3xx is
-refused like any answer that is not 200), so a public URL cannot bounce the node inwards.
-Proxy environment variables are ignored for the same reason.
+answers 127.0.0.1 therefore never gets a connection. Redirects are followed (at most
+:data:`MAX_REDIRECTS`, as S3-compatible stores behind a CDN send them), each hop resolved and
+checked like the first, so a public URL cannot bounce the node inwards. Proxy environment
+variables are ignored for the same reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from wingsbak.archive.extract import RestoreError
 
@@ -28,6 +29,7 @@ __all__ = [
     "DownloadError",
     "HTTPArchiveStream",
     "ResolvedURL",
+    "SourceUnreachable",
     "UnsafeURL",
     "check_restore_url",
     "open_restore_stream",
@@ -43,6 +45,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 # Answers that are certainly an error page, not an archive, whatever their first bytes.
 _NOT_ARCHIVE_TYPES = ("text/", "application/json", "application/xml", "application/xhtml")
 READ_TIMEOUT = 60.0
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
 class UnsafeURL(ValueError):
@@ -52,6 +56,10 @@ class UnsafeURL(ValueError):
 
 class DownloadError(RestoreError):
     """Fetching the archive failed: refused answer, not gzip, or the connection broke."""
+
+
+class SourceUnreachable(DownloadError):
+    """No connection to the download host could be made (a gateway failure, not the URL's)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -264,15 +272,52 @@ class HTTPArchiveStream:
 
 
 def open_restore_stream(
-    url: str, allowlist: Iterable[str] = (), *, timeout: float = READ_TIMEOUT
+    url: str,
+    allowlist: Iterable[str] = (),
+    *,
+    timeout: float = READ_TIMEOUT,
+    open_timeout: float | None = None,
 ) -> HTTPArchiveStream:
-    """GET ``url`` after :func:`resolve_restore_url`, connected to a checked address.
+    """GET ``url`` after :func:`resolve_restore_url`, connected to a checked address, following
+    up to :data:`MAX_REDIRECTS` redirects, each hop checked again.
 
-    Raises :class:`UnsafeURL` (refused before any connection) or :class:`DownloadError`
-    (no connection, an answer other than 200, not gzip). ``timeout`` bounds each socket
-    operation, so a stalled server fails the restore instead of hanging it.
+    Raises :class:`UnsafeURL` (refused before any connection to that hop),
+    :class:`SourceUnreachable` (no connection) or :class:`DownloadError` (an answer other than
+    200, too many redirects, not gzip). ``open_timeout`` (default ``timeout``) bounds each
+    socket operation until the archive's first bytes are in; ``timeout`` each one after, so a
+    stalled server fails the restore instead of hanging it.
     """
-    resolved = resolve_restore_url(url, allowlist)
+    allow = list(allowlist)
+    for _hop in range(MAX_REDIRECTS + 1):
+        resolved = resolve_restore_url(url, allow)
+        conn, response = _get(resolved, timeout if open_timeout is None else open_timeout)
+        if response.status in _REDIRECT_STATUSES:
+            location = response.getheader("Location")
+            conn.close()
+            if not location:
+                raise DownloadError(f"the download answered {response.status} without a Location")
+            url = urljoin(url, location)
+            continue
+        if response.status != 200:
+            conn.close()
+            raise DownloadError(
+                f"the download answered {response.status} {response.reason}, not 200"
+            )
+        try:
+            stream = HTTPArchiveStream(conn, response)
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            return stream
+        except BaseException:
+            conn.close()
+            raise
+    raise DownloadError(f"the download was redirected more than {MAX_REDIRECTS} times")
+
+
+def _get(
+    resolved: ResolvedURL, timeout: float
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """The answer's head, from the first checked address that takes the connection."""
     cls = _PinnedHTTPSConnection if resolved.scheme == "https" else _PinnedHTTPConnection
     last: Exception | None = None
     for address in resolved.addresses:
@@ -283,19 +328,8 @@ def open_restore_stream(
                 resolved.target,
                 headers={"Accept-Encoding": "identity", "User-Agent": "wingsbak-restore"},
             )
-            response = conn.getresponse()
+            return conn, conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             last = exc
-            continue
-        if response.status != 200:
-            conn.close()
-            raise DownloadError(
-                f"the download answered {response.status} {response.reason}, not 200"
-            )
-        try:
-            return HTTPArchiveStream(conn, response)
-        except BaseException:
-            conn.close()
-            raise
-    raise DownloadError(f"cannot connect to {resolved.host}: {last}")
+    raise SourceUnreachable(f"cannot connect to {resolved.host}: {last}")

@@ -20,10 +20,14 @@ from wingsbak.http.server import start_server
 
 @pytest.fixture
 async def panel() -> AsyncIterator[Panel]:
+    """The panel stand-in (Pterodactyl's rules unless ``WINGSBAK_TEST_PANEL=pelican``; a test
+    may switch ``flavour``). A test that leaves a refusal it did not take
+    (``take_rejections``) fails: the daemon broke a rule."""
     p = Panel()
     await p.start()
     yield p
     await p.stop()
+    assert_no_rejections(p)
 
 
 @pytest.fixture
@@ -32,6 +36,15 @@ async def panel_down() -> AsyncIterator[Panel]:
     p = Panel()
     yield p
     await p.stop()
+    assert_no_rejections(p)
+
+
+def assert_no_rejections(panel: Panel) -> None:
+    left = panel.take_rejections()
+    assert not left, "the panel refused: " + "; ".join(
+        f"{r.request.method} {r.request.path} -> {r.status} {r.reason} ({r.request.json})"
+        for r in left
+    )
 
 
 @pytest.fixture

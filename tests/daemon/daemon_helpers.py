@@ -1,5 +1,5 @@
-"""Helpers of the daemon tests (shared with the event, storage and fault suites): a recording
-panel, the node layout, daemon handles, JWTs."""
+"""Helpers of the daemon tests (shared with the event, storage and fault suites): the panel
+stand-in (panel_standin.py, re-exported here), the node layout, daemon handles, JWTs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,14 +22,19 @@ import aiohttp
 import jwt
 import yaml
 from aiohttp import web
+from panel_standin import (  # noqa: F401 - re-exported: the suites import them from here
+    ACCEPT,
+    NODE_TOKEN,
+    PELICAN,
+    PTERODACTYL,
+    TOKEN_ID,
+    Panel,
+    Recorded,
+    free_port,
+)
 from yarl import URL
 
 from wingsbak.config import Config
-
-NODE_TOKEN = "node-secret-token-" + "0123456789abcdef" * 3  # 66 bytes: enough for HS512
-TOKEN_ID = "node-token-id"
-ACCEPT = "application/vnd.pterodactyl.v1+json"
-
 
 # A child process that runs as root without the capabilities that bypass file permissions,
 # so a chmod 000 entry is really unreadable to it (as to a non-root daemon, or root on NFS
@@ -42,12 +46,6 @@ WITHOUT_DAC_OVERRIDE = (
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def auth(token: str = NODE_TOKEN) -> dict[str, str]:
@@ -73,107 +71,6 @@ async def wait_until(
                 await asyncio.sleep(interval)
     except TimeoutError:
         raise TimeoutError(f"timed out after {timeout} s waiting for {what}") from None
-
-
-# -- the panel -------------------------------------------------------------------------------
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    json: Any
-
-
-@dataclass
-class Panel:
-    """A real HTTP panel on 127.0.0.1 recording every request to ``/api/remote/...``.
-
-    ``fail_first``: answer ``fail_status`` to that many requests before answering 204.
-    ``status``: the status of every other answer (204, or e.g. 400 to refuse).
-    ``stop()``/``start()`` keep the port, so "not listening" is a real refused connection.
-    """
-
-    port: int = field(default_factory=free_port)
-    status: int = 204
-    fail_first: int = 0
-    fail_status: int = 500
-    requests: list[Recorded] = field(default_factory=list)
-    attempts: int = 0
-    _runner: web.AppRunner | None = None
-    _event: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
-        self.attempts += 1
-        rec = Recorded(
-            request.method, request.path, request.query_string, dict(request.headers), body
-        )
-        self.requests.append(rec)
-        self._event.set()
-        if self.fail_first > 0:
-            self.fail_first -= 1
-            return web.json_response({"errors": [{"code": "Fail"}]}, status=self.fail_status)
-        if self.status == 204:
-            return web.Response(status=204)
-        return web.json_response({"errors": [{"code": "Refused"}]}, status=self.status)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    def reports(self, backup: str | None = None, restore: bool = False) -> list[Recorded]:
-        """Backup reports (restore reports with ``restore``) that the panel answered with
-        success (or all attempts, if failing)."""
-        suffix = "/restore" if restore else ""
-        return [
-            r
-            for r in self.requests
-            if r.method == "POST"
-            and r.path.startswith("/api/remote/backups/")
-            and r.path.endswith("/restore") == restore
-            and (backup is None or r.path == f"/api/remote/backups/{backup}{suffix}")
-        ]
-
-    async def wait_for(
-        self, predicate: Callable[[], bool], timeout: float = 15.0, what: str = "panel requests"
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out waiting for {what}: {self.requests!r}")  # a hang
-            self._event.clear()
-            try:
-                await asyncio.wait_for(self._event.wait(), 0.1)
-            except TimeoutError:
-                pass
-
-    async def wait_report(
-        self, backup: str, count: int = 1, timeout: float = 15.0, restore: bool = False
-    ) -> Recorded:
-        await self.wait_for(
-            lambda: len(self.reports(backup, restore)) >= count, timeout, f"report of {backup}"
-        )
-        return self.reports(backup, restore)[count - 1]
 
 
 # -- node layout and configuration -----------------------------------------------------------
@@ -204,6 +101,15 @@ class Node:
     def archive(self, server: str, backup: str) -> Path:
         return self.backups / server / f"backup-{backup}.tar.gz"
 
+    async def outbox_settled(self) -> None:
+        """Wait until the outbox file holds no report: a second daemon started on this node's
+        directories would otherwise find a delivered one not yet crossed off, and send it
+        again (which the panel refuses: the backup is already complete)."""
+        outbox = self.backups / ".wingsbak-outbox.json"
+        await wait_until(
+            lambda: not outbox.exists() or outbox.read_text() == "[]", "the outbox to empty"
+        )
+
     def temporaries(self, server: str | None = None) -> list[Path]:
         base = self.backups / server if server else self.backups
         return sorted(base.rglob("*.part"))
@@ -229,6 +135,31 @@ class Node:
         }
 
 
+# -- the panel's records of what tests ask the node to do -------------------------------------
+
+
+def panel_creates(
+    remote: str, server: str, backup: str, adapter: Any = "wings", cfg: Config | None = None
+) -> None:
+    """The panel's record of a new backup, made before the node is called (as the panel
+    does), when ``remote`` is a stand-in. An s3 backup the node streams into its own bucket
+    (``system.backups.s3``) is no upload of the panel's, which would refuse its report
+    (``parts: []``, no upload opened): the panel keeps it as a node-side ("wings") backup."""
+    panel = Panel.by_url.get(remote.rstrip("/"))
+    if panel is None or backup in panel.backups:
+        return
+    disk = "wings" if adapter == "s3" and cfg is not None and cfg.s3_enabled else str(adapter)
+    panel.register(server, backup, disk=disk)
+
+
+def panel_knows(remote: str, server: str, backup: str) -> None:
+    """A backup the panel has a record of (one made earlier, or put on the node's disk by the
+    test as an existing one), before it asks the node to restore it."""
+    panel = Panel.by_url.get(remote.rstrip("/"))
+    if panel is not None:
+        panel.ensure(server, backup)
+
+
 # -- the daemon, in-process ------------------------------------------------------------------
 
 
@@ -251,15 +182,18 @@ class Daemon:
     async def post_backup(
         self, server: str, backup: str | None = None, ignore: str = "", **extra: Any
     ) -> tuple[int, Any]:
+        """POST a backup the way the panel does: its record first, then the node."""
         body = {"adapter": "wings", "uuid": backup or new_uuid(), "ignore": ignore, **extra}
+        panel_creates(self.cfg.remote, server, str(body["uuid"]), body["adapter"], self.cfg)
         return await self.post(f"/api/servers/{server}/backup", body)
 
     async def post_restore(self, server: str, backup: str, **extra: Any) -> tuple[int, Any]:
+        panel_knows(self.cfg.remote, server, backup)
         body = {"adapter": "wings", "truncate_directory": False, **extra}
         return await self.post(f"/api/servers/{server}/backup/{backup}/restore", body)
 
     async def system(self) -> dict[str, Any]:
-        async with self.request("GET", "/api/system", headers=auth()) as r:
+        async with self.request("GET", "/api/wingsbak", headers=auth()) as r:
             assert r.status == 200, await r.text()
             return await r.json()
 

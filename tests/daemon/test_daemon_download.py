@@ -80,7 +80,9 @@ def _rs256_token(claims: dict) -> str:
     "case",
     [
         "expired",
-        "not-yet-valid",
+        "exp-10**400",
+        "exp-string",
+        "exp-float",
         "wrong-key",
         "alg-none",
         "alg-none-signed-part",
@@ -93,7 +95,7 @@ def _rs256_token(claims: dict) -> str:
         "no-backup_uuid",
         "no-unique_id",
         "no-exp",
-        "no-iat",
+        "pelican-scope-websocket",
         "numeric-unique_id",
         "server-not-uuid",
     ],
@@ -104,8 +106,14 @@ async def test_download_refused_tokens(daemon: Daemon, node: Node, panel: Panel,
     claims = download_claims(server, backup)
     if case == "expired":
         token = sign(download_claims(server, backup, iat=now - 600, exp=now - 60))
-    elif case == "not-yet-valid":
-        token = sign(download_claims(server, backup, nbf=now + 600))
+    elif case == "exp-10**400":  # past Go's int64: Wings cannot read it (was a 500 here)
+        token = sign(download_claims(server, backup, exp=10**400))
+    elif case == "exp-string":  # Wings reads exp into an int64: a string is unreadable
+        token = sign(download_claims(server, backup, exp=str(now + 600)))
+    elif case == "exp-float":
+        token = sign(download_claims(server, backup, exp=now + 600.5))
+    elif case == "pelican-scope-websocket":  # Pelican Wings: a token of another scope
+        token = sign(download_claims(server, backup, scope="websocket"))
     elif case == "wrong-key":
         token = sign(claims, key="another-node-token-" + "fedcba9876543210" * 3)
     elif case == "alg-none":

@@ -190,6 +190,7 @@ async def test_download_over_tls(node: Node, panel: Panel, tmp_path: Path):
         backup = new_uuid()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
             body = {"adapter": "wings", "uuid": backup, "ignore": ""}
+            panel.register(server, backup)
             path = f"{url}/api/servers/{server}/backup"
             async with http.post(path, json=body, headers=auth()) as r:
                 assert r.status == 202

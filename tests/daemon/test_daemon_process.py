@@ -17,6 +17,7 @@ from daemon_helpers import (
     auth,
     download_claims,
     new_uuid,
+    panel_creates,
     sign,
     wait_until,
 )
@@ -25,6 +26,7 @@ FIVE_MIB = 5 * 1024 * 1024
 
 
 async def post_backup(proc: DaemonProcess, server: str, backup: str) -> int:
+    panel_creates(proc.config["remote"], server, backup)
     async with (
         aiohttp.ClientSession() as s,
         s.post(

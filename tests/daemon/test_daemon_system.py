@@ -34,7 +34,7 @@ async def test_event_loop_answers_during_a_large_backup(start_daemon, node: Node
     assert (await d.post_backup(server, backup))[0] == 202
 
     async def one() -> dict:
-        async with d.request("GET", "/api/system", headers=auth()) as r:
+        async with d.request("GET", "/api/wingsbak", headers=auth()) as r:
             assert r.status == 200
             return await r.json()
 

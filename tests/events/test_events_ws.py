@@ -1,5 +1,6 @@
 """The event socket over real HTTP: the JWT handshake, backup/restore events, several clients,
-a client that stops reading, and the expiry warning and close."""
+and a client that stops reading. (Expiry, Wings' texts and who gets which event, as the stock
+frontend expects them: test_events_ws_wings.py.)"""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ import time
 from typing import Any
 
 import pytest
-from aiohttp import WSMsgType
 from daemon_helpers import new_uuid
 
-import wingsbak.http.ws
 from wingsbak.events import EventBus
 from wingsbak.http.state import EVENTS
 
@@ -86,8 +85,8 @@ async def test_backup_sends_progress_then_one_completed_with_the_archive_checksu
     report = (await panel.wait_report(backup)).json
     assert report["checksum"] == done["checksum"] and report["size"] == len(blob)
 
-    # Then the same, as "backup completed:<uuid>": the name Wings uses, which the stock
-    # panel's backup list subscribes to.
+    # Then the same, as "backup completed:<uuid>": the name Wings publishes (its event bus
+    # strips the suffix on the way out), which the stock panel's backup list subscribes to.
     per_backup = f"backup completed:{backup}"
     assert [(e["event"], payload(e)) for e in await reader.until(per_backup)] == [
         (per_backup, done)
@@ -281,21 +280,3 @@ async def test_event_bus_drops_the_oldest_when_a_queue_is_full():
     assert other.empty()
     bus.unsubscribe("s", slow)
     assert bus.subscribers("s") == 0
-
-
-async def test_expiring_token_is_warned_then_closed(
-    start_daemon, panel, node, open_ws, ws_token, monkeypatch
-):
-    # The warning comes a minute before expiry; a long warning window lets a token that
-    # expires in 3 s show both messages without waiting a minute.
-    monkeypatch.setattr(wingsbak.http.ws, "EXPIRY_WARNING_SECONDS", 3600)
-    daemon = await start_daemon(remote=panel.url)
-    server = node.server()
-    client = await open_ws(daemon, server)
-    assert (await client.auth(ws_token(server, exp=int(time.time()) + 3)))[
-        "event"
-    ] == "auth success"
-    assert (await client.next(timeout=20))["event"] == "token expiring"
-    assert (await client.next(timeout=20))["event"] == "token expired"
-    msg = await client.ws.receive(timeout=20)
-    assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED), msg

@@ -45,6 +45,7 @@ async def test_kill_9_during_s3_direct_upload_then_restart(
     server = node.random_server(16 * MIB, files=4)
     backup = new_uuid()
     key = f"{server}/{backup}.tar.gz"
+    panel.register(server, backup)  # into the node's own bucket: a node-side backup
     async with (
         aiohttp.ClientSession() as s,
         s.post(

@@ -116,6 +116,7 @@ async def test_a_server_busy_with_a_backup_or_a_restore_refuses_the_other_with_4
 ) -> None:
     fast: Daemon = await start_daemon(remote=panel.url)
     kept = await _backup(fast, panel)
+    await node.outbox_settled()  # the next daemon shares the node's directories
     (root / "world" / "big.dat").write_bytes(os.urandom(3 * 1024 * 1024))
     # Paced at 1 MiB/s, each job below is still running when the next request comes.
     slow: Daemon = await start_daemon(remote=panel.url, write_limit=1)

@@ -114,11 +114,15 @@ async def test_refused_answers(tmp_path: Path, serve: Serve, backup: tuple[Path,
 
     html = serves(body, "text/html")
     not_gzip = serves(b"PK\x03\x04 a zip file", "application/zip")
-    cases = [(not_found, "404"), (html, "text/html"), (not_gzip, "first bytes"), (redirect, "302")]
+    cases = [(not_found, "404"), (html, "text/html"), (not_gzip, "first bytes")]
     for handler, message in cases:
         url = await serve(handler)
         with pytest.raises(DownloadError, match=message):
             await asyncio.to_thread(download_and_restore, url, tmp_path / "dest")
+    # A redirect is followed only where the guard lets the first URL go: not inwards.
+    url = await serve(redirect)
+    with pytest.raises(UnsafeURL, match=r"169\.254\.169\.254.*link-local"):
+        await asyncio.to_thread(download_and_restore, url, tmp_path / "dest")
     # Without the allowlist the same server is never contacted.
     with pytest.raises(UnsafeURL):
         await asyncio.to_thread(open_restore_stream, url, [])

@@ -9,7 +9,7 @@ from aiohttp import web
 from wingsbak.config import Config
 from wingsbak.events import EventBus
 from wingsbak.http import backups, download, restore, sendfile, system, ws
-from wingsbak.http.middleware import errors_middleware, make_auth_middleware
+from wingsbak.http.middleware import errors_middleware, make_auth_middleware, make_identify
 from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS
 from wingsbak.jobs import JobManager
 from wingsbak.panel import Outbox, PanelClient
@@ -38,6 +38,7 @@ def create_app(config: Config) -> web.Application:
     app[EVENTS] = events
     app[USED_TOKENS] = UsedTokens(config.backup_dir)
     app[JOBS] = JobManager(config, storage=storage, outbox=outbox, events=events)
+    app.on_response_prepare.append(make_identify(lambda: app[CONFIG].token_id))
     app.add_routes(backups.routes)
     app.add_routes(download.routes)
     app.add_routes(system.routes)

@@ -31,7 +31,10 @@ routes = web.RouteTableDef()
 async def download_backup(request: web.Request) -> web.StreamResponse:
     token = request.query.get("token", "")
     claims = decode_token(
-        token, request.app[CONFIG].token, ["server_uuid", "backup_uuid", "unique_id"]
+        token,
+        request.app[CONFIG].token,
+        ["server_uuid", "backup_uuid", "unique_id"],
+        scope="backup-download",
     )
     server, backup = claims["server_uuid"], claims["backup_uuid"]
     if not is_uuid(server) or not is_uuid(backup):

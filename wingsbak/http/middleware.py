@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from wingsbak import __version__
 from wingsbak.errors import ApiError, Forbidden, Unauthorized
 from wingsbak.log import get_logger
 from wingsbak.storage.s3 import S3Error
@@ -23,6 +24,27 @@ _STATUS_MESSAGES = {
     405: "The method is not allowed for this resource.",
     413: "The request body is too large.",
 }
+
+
+def node_user_agent(token_id: str) -> str:
+    """Pelican Wings' ``User-Agent`` answer header (router/middleware/middleware.go). Pelican
+    (``DaemonRepository::enforceValidNodeToken``) treats an answer without it as a failed
+    connection, and reads the token id from it to catch a node set up with another's token."""
+    return f"Pelican Wings/v{__version__} (id:{token_id})"
+
+
+def make_identify(
+    token_id: Callable[[], str],
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An ``on_response_prepare`` hook: every answer (errors, downloads and the websocket
+    handshake included) carries :func:`node_user_agent`. One that already has a
+    ``User-Agent`` (Wings' own, passed through) keeps it."""
+
+    async def identify(_request: web.Request, response: web.StreamResponse) -> None:
+        if "User-Agent" not in response.headers:
+            response.headers["User-Agent"] = node_user_agent(token_id())
+
+    return identify
 
 
 def error_response(

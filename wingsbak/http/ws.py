@@ -2,7 +2,8 @@
 
 The client authenticates inside the socket with a panel-signed JWT
 (``{"event": "auth", "args": [jwt]}``) and may re-authenticate with a fresh token before the
-old one expires, as the panel's console does.
+old one expires, as the panel's console does. Matched against pterodactyl/wings f1c5bbd and
+pelican-dev/wings 090841d (router/websocket/websocket.go, listeners.go).
 """
 
 from __future__ import annotations
@@ -16,17 +17,37 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from wingsbak.errors import TokenRejected
-from wingsbak.events import BACKUP_COMPLETED, BACKUP_PROGRESS, BACKUP_RESTORE_COMPLETED, Event
+from wingsbak.events import BACKUP_COMPLETED, BACKUP_PROGRESS, Event
 from wingsbak.http.state import CONFIG, EVENTS
 from wingsbak.http.validation import path_uuid, server_root_or_404
 from wingsbak.log import get_logger
-from wingsbak.tokens import decode_token
+from wingsbak.tokens import EXPIRED, decode_token, has_scope
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
 
 EXPIRY_WARNING_SECONDS = 60
-_BACKUP_EVENTS = {BACKUP_COMPLETED, BACKUP_PROGRESS, BACKUP_RESTORE_COMPLETED}
+# Wings looks at the token's expiry every 30 s (router/websocket/listeners.go); so often, at
+# most, does a client hear "token expiring" (or, once expired, the jwt error) from here.
+NOTICE_INTERVAL_SECONDS = 30.0
+WATCH_INTERVAL_SECONDS = 1.0
+# Wings' texts (router/websocket/websocket.go): the panel's console matches the first two
+# ("exp claim is invalid", "(denylist)") to fetch a new token without bothering the user.
+NO_JWT = "jwt: no jwt present"
+DENYLISTED = "jwt: created too far in past (denylist)"
+NO_CONNECT = "jwt: missing connect permission"
+UUID_MISMATCH = "jwt: server uuid mismatch"
+# "backup completed" and its per-uuid form need backup.read, as in Wings (a prefix match);
+# "backup progress" is wingsbak's own and tells as much about the server's backups.
+_NEEDS_BACKUP_READ = (BACKUP_COMPLETED, BACKUP_PROGRESS)
+
+
+def _grants(claims: dict[str, Any], permission: str) -> bool:
+    """Wings' ``HasPermission``: the permission itself, or ``*`` for any not ``admin...``."""
+    perms = claims.get("permissions")
+    if not isinstance(perms, list):
+        return False
+    return permission in perms or ("*" in perms and not permission.startswith("admin"))
 
 
 class _Session:
@@ -35,54 +56,65 @@ class _Session:
         self.server = server
         self.key = key
         self.claims: dict[str, Any] | None = None
-        self.warned = False
+        self.next_notice = 0.0  # monotonic time before which no expiry notice is repeated
 
-    @property
-    def permissions(self) -> set[str]:
-        perms = (self.claims or {}).get("permissions") or []
-        return {p for p in perms if isinstance(p, str)}
+    def token_error(self) -> str | None:
+        """Wings' ``TokenValid``: why the socket's token no longer lets events through."""
+        if self.claims is None:
+            return NO_JWT
+        if int(time.time()) > self.claims["exp"]:
+            return EXPIRED
+        return None
 
     def may_receive(self, event: Event) -> bool:
-        if self.claims is None:
-            return False
-        # "backup completed:<uuid>" is the per-backup form the stock panel listens to.
-        if event.name.split(":", 1)[0] in _BACKUP_EVENTS:
-            return bool(self.permissions & {"backup.read", "*"})
+        assert self.claims is not None
+        if event.name.startswith(_NEEDS_BACKUP_READ):
+            return _grants(self.claims, "backup.read")
         return True
 
     async def send(self, name: str, *args: str) -> None:
         await self.ws.send_str(json.dumps({"event": name, "args": list(args)}))
 
     async def authenticate(self, token: str) -> None:
+        """A failed ``auth`` keeps the token the socket had (Wings does the same), so a
+        client whose refresh failed is told, not cut off."""
         try:
             claims = decode_token(token, self.key, ["server_uuid", "user_uuid"])
+            if claims.get("iat") is None:
+                raise TokenRejected(DENYLISTED)  # Wings cannot place a token without iat
+            if not _grants(claims, "websocket.connect") or not has_scope(claims, "websocket"):
+                raise TokenRejected(NO_CONNECT)
             if claims["server_uuid"] != self.server:
-                raise TokenRejected("the token is for another server")
-            perms = claims.get("permissions")
-            if not isinstance(perms, list) or not (
-                {"websocket.connect", "*"} & {p for p in perms if isinstance(p, str)}
-            ):
-                raise TokenRejected("the token does not grant websocket.connect")
+                raise TokenRejected(UUID_MISMATCH)
         except TokenRejected as exc:
             await self.send("jwt error", exc.message)
             return
         self.claims = claims
-        self.warned = False
+        self.next_notice = 0.0
         await self.send("auth success")
 
+    async def refuse_if_invalid(self) -> bool:
+        """Wings' answer to any message but ``auth`` on a socket without a valid token."""
+        error = self.token_error()
+        if error is not None:
+            await self.send("jwt error", error)
+        return error is not None
+
     async def watch_expiry(self) -> None:
+        """An expired token does not close the socket (Sockette would not reconnect after a
+        normal close): the client is told, and it authenticates again with a fresh token."""
         while not self.ws.closed:
-            await asyncio.sleep(1.0)
-            if self.claims is None:
+            await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+            if self.claims is None or time.monotonic() < self.next_notice:
                 continue
-            left = float(self.claims["exp"]) - time.time()
-            if left <= 0:
-                await self.send("token expired")
-                await self.ws.close()
-                return
-            if left <= EXPIRY_WARNING_SECONDS and not self.warned:
-                self.warned = True
+            left = self.claims["exp"] - int(time.time())
+            if left < 0:
+                await self.send("jwt error", EXPIRED)
+            elif left <= EXPIRY_WARNING_SECONDS:
                 await self.send("token expiring")
+            else:
+                continue
+            self.next_notice = time.monotonic() + NOTICE_INTERVAL_SECONDS
 
     async def require_auth(self, seconds: float) -> None:
         """Close the socket unless a token was accepted within ``seconds`` of its opening."""
@@ -95,15 +127,21 @@ class _Session:
     async def forward(self, queue: asyncio.Queue[Event]) -> None:
         while not self.ws.closed:
             event = await queue.get()
-            if self.may_receive(event):
+            if self.claims is None:
+                continue  # Wings starts listening only once the socket has authenticated
+            error = self.token_error()
+            if error is not None:
+                await self.send("jwt error", error)  # Wings' SendJson sends this instead
+            elif self.may_receive(event):
                 await self.ws.send_str(event.to_json())
 
 
-def parse_message(text: str) -> tuple[str, list[str]] | None:
+def parse_message(text: str) -> tuple[str, list[str] | None] | None:
     """``(event, args)`` of a client message ``{"event": name, "args": [string, ...]}``; None
     for anything that is not such an object. Args that are no list of strings (Wings' Go
-    decoder refuses those) come back as ``[]``, so an ``auth`` with them fails like an
-    ``auth`` without a token; absent or null args are ``[]`` too."""
+    decoder refuses those) come back as None: an ``auth`` with them fails like an ``auth``
+    without a token, any other such message is dropped as Wings drops it. Absent or null
+    args are ``[]``."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
@@ -111,8 +149,10 @@ def parse_message(text: str) -> tuple[str, list[str]] | None:
     if not isinstance(data, dict) or not isinstance(data.get("event"), str):
         return None
     args = data.get("args")
+    if args is None:
+        return data["event"], []
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        args = []
+        return data["event"], None
     return data["event"], args
 
 
@@ -137,7 +177,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 continue
             name, args = message
             if name == "auth":  # no token, or args that are no list of strings: a jwt error
-                await session.authenticate(args[0] if args else "")
+                await session.authenticate("".join(args or []))
+            elif args is not None:
+                await session.refuse_if_invalid()
     finally:
         bus.unsubscribe(server, queue)
         for task in tasks:

@@ -1,8 +1,10 @@
 """Local (``wings`` adapter) backups: ``<backup_directory>/<server>/backup-<uuid>.tar.gz``.
 
 One folder per server (as Pelican does) so a backup can only be found through the server it
-belongs to. Archives laid out the way Wings does (``<backup_directory>/<uuid>.tar.gz``) are
-found too, so wingsbak can take over a node that already has backups.
+belongs to. Archives laid out the way Pterodactyl Wings does (``<backup_directory>/<uuid>.tar.gz``)
+and the way Pelican Wings does (``<backup_directory>/<server>/<uuid>.tar.gz``, pelican-dev/wings
+090841d ``server/backup/backup.go``, ``Path``) are found too, so wingsbak can take over a node
+that already has backups: download, restore, delete and the duplicate check see all three.
 """
 
 from __future__ import annotations
@@ -31,11 +33,20 @@ class LocalStorage:
         return self.server_dir(server_uuid) / archive_name(backup_uuid)
 
     def legacy_path(self, backup_uuid: str) -> Path:
+        """Pterodactyl Wings' layout."""
         return self.root / f"{backup_uuid}.tar.gz"
+
+    def pelican_path(self, server_uuid: str, backup_uuid: str) -> Path:
+        """Pelican Wings' layout."""
+        return self.server_dir(server_uuid) / f"{backup_uuid}.tar.gz"
 
     def find(self, server_uuid: str, backup_uuid: str) -> Path | None:
         """The archive of this backup of this server, if it is on this node."""
-        for path in (self.path_for(server_uuid, backup_uuid), self.legacy_path(backup_uuid)):
+        for path in (
+            self.path_for(server_uuid, backup_uuid),
+            self.pelican_path(server_uuid, backup_uuid),
+            self.legacy_path(backup_uuid),
+        ):
             if path.is_file():
                 return path
         return None
@@ -44,11 +55,13 @@ class LocalStorage:
         """Whether any server on this node already has an archive with this backup uuid."""
         if self.legacy_path(backup_uuid).is_file():
             return True
-        name = archive_name(backup_uuid)
+        names = (archive_name(backup_uuid), f"{backup_uuid}.tar.gz")
         try:
             with os.scandir(self.root) as it:
                 for entry in it:
-                    if entry.is_dir(follow_symlinks=False) and (Path(entry.path) / name).is_file():
+                    if entry.is_dir(follow_symlinks=False) and any(
+                        (Path(entry.path) / name).is_file() for name in names
+                    ):
                         return True
         except FileNotFoundError:
             return False
