@@ -59,6 +59,11 @@ class ApiConfig:
     max_connections_per_address: int = 64
     # Seconds a websocket may stay open without a successful `auth` message.
     websocket_auth_timeout: float = 15.0
+    # Wings' own API on this node (e.g. http://127.0.0.1:8081): wingsbak then stands in front
+    # of it and passes every route it does not own through. Empty: standalone.
+    upstream: str = ""
+    # PEM CA bundle that signs an https upstream's certificate; empty: the system's CAs.
+    upstream_ca: str = ""
 
 
 @dataclass(slots=True)
@@ -96,6 +101,14 @@ class BackupsConfig:
     # Backoff of undelivered panel reports: first delay and ceiling, in seconds.
     report_retry_initial: float = 1.0
     report_retry_max: float = 60.0
+    # In front of Wings: seconds a restore waits for Wings to stop a running server.
+    restore_stop_timeout: float = 120.0
+    # In front of Wings: console commands sent to a running server before a backup reads its
+    # files (e.g. save-off, save-all flush), seconds to wait after them, and commands sent
+    # once the archive is read, whether or not the backup succeeded (e.g. save-on).
+    console_before: list[str] = field(default_factory=list)
+    console_settle: float = 0.0
+    console_after: list[str] = field(default_factory=list)
     # Node-side S3 credentials; without a bucket, s3 backups use the panel's pre-signed flow.
     s3: S3Config = field(default_factory=S3Config)
 
@@ -116,6 +129,9 @@ class SystemConfig:
 
 @dataclass(slots=True)
 class Config:
+    # Wings' config.yml, read for the node's identity and paths (see load_config); empty: this
+    # file holds everything.
+    wings_config: str = ""
     uuid: str = ""
     token_id: str = ""
     token: str = ""
@@ -136,6 +152,11 @@ class Config:
     @property
     def s3_enabled(self) -> bool:
         return bool(self.system.backups.s3.bucket)
+
+    @property
+    def upstream(self) -> str:
+        """Wings' API URL without a trailing slash; empty when standalone."""
+        return self.api.upstream.rstrip("/")
 
 
 def _check_scalar(key: str, value: Any, typ: Any) -> Any:
@@ -256,6 +277,33 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"api.ssl.{name}: {path!r} is not a readable file")
     if cfg.remote and not cfg.remote.startswith(("http://", "https://")):
         raise ConfigError(f"remote: {cfg.remote!r} is not an http(s) URL")
+    _validate_front(cfg)
+
+
+def _validate_front(cfg: Config) -> None:
+    b = cfg.system.backups
+    upstream = cfg.api.upstream.strip()
+    if upstream:
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ConfigError(
+                f"api.upstream: {cfg.api.upstream!r} is not an http(s) URL of Wings' API "
+                "(e.g. http://127.0.0.1:8081)"
+            )
+        if parts.path.strip("/"):
+            raise ConfigError(f"api.upstream: {cfg.api.upstream!r} must not have a path")
+    if cfg.api.upstream_ca and not os.access(cfg.api.upstream_ca, os.R_OK):
+        raise ConfigError(f"api.upstream_ca: {cfg.api.upstream_ca!r} is not a readable file")
+    if b.restore_stop_timeout <= 0:
+        raise ConfigError("system.backups.restore_stop_timeout: must be positive")
+    if b.console_settle < 0:
+        raise ConfigError("system.backups.console_settle: must not be negative")
+    for key in ("console_before", "console_after"):
+        for i, command in enumerate(getattr(b, key)):
+            if not command.strip() or "\n" in command or "\r" in command:
+                raise ConfigError(
+                    f"system.backups.{key}[{i}]: {command!r} is not one console command line"
+                )
 
 
 def parse_config(raw: Any) -> Config:
@@ -265,21 +313,129 @@ def parse_config(raw: Any) -> Config:
     return cfg
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+# What wingsbak reads from Wings' config.yml (``wings_config``): the node's identity and paths.
+# Everything else there is Wings' own (its listen address above all); wingsbak never writes it.
+WINGS_KEYS = (
+    ("uuid",),
+    ("token_id",),
+    ("token",),
+    ("remote",),
+    ("system", "data"),
+    ("system", "backup_directory"),
+    ("system", "user"),
+    ("api", "ssl"),
+)
+
+# Keys a SIGHUP applies to the running daemon: those read afresh by every job or request.
+# Any other changed key is logged as needing a restart (listen address, TLS, paths, the token,
+# the upstream, S3, the concurrency limit: objects built once at start hold them).
+RELOADABLE_KEYS = frozenset(
+    {
+        "system.backups.write_limit",
+        "system.backups.compression_level",
+        "system.backups.checksum",
+        "system.backups.shutdown_grace",
+        "system.backups.restore_host_allowlist",
+        "system.backups.restore_stop_timeout",
+        "system.backups.console_before",
+        "system.backups.console_settle",
+        "system.backups.console_after",
+        "api.metrics_public",
+    }
+)
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: mappings merge key by key, anything else in ``over`` wins."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _wings_identity(path: Path) -> dict[str, Any]:
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"wings_config: {path} is not a Wings configuration (no mapping)")
+    picked: dict[str, Any] = {}
+    for key in WINGS_KEYS:
+        node: Any = raw
+        for part in key:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            continue
+        target = picked
+        for part in key[:-1]:
+            target = target.setdefault(part, {})
+        target[key[-1]] = node
+    return picked
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read ``path``; when it names ``wings_config``, Wings' file supplies the identity and
+    paths (:data:`WINGS_KEYS`) and ``path``'s own keys are laid over them."""
+    own = Path(path)
+    raw = _read_yaml(own)
+    if isinstance(raw, dict) and raw.get("wings_config"):
+        wings = Path(str(raw["wings_config"]))
+        if not wings.is_absolute():
+            wings = own.parent / wings
+        raw = deep_merge(_wings_identity(wings), raw)
     cfg = parse_config(raw)
     if not cfg.token:
         raise ConfigError("token: must be set (the node token the panel signs with)")
     return cfg
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("internal"):
+            continue
+        key = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def apply_reload(current: Config, fresh: Config) -> tuple[list[str], list[str]]:
+    """Copy the changed :data:`RELOADABLE_KEYS` of ``fresh`` into ``current`` (which the
+    running daemon holds). Returns (keys applied, changed keys that need a restart)."""
+    old, new = _flatten(current), _flatten(fresh)
+    applied: list[str] = []
+    restart: list[str] = []
+    for key, value in new.items():
+        if old.get(key) == value:
+            continue
+        if key not in RELOADABLE_KEYS:
+            restart.append(key)
+            continue
+        *parents, name = key.split(".")
+        target: Any = current
+        for part in parents:
+            target = getattr(target, part)
+        setattr(target, name, value)
+        applied.append(key)
+    return applied, restart
 
 
 def default_config(base: str | os.PathLike[str] = "wingsbak-data") -> Config:

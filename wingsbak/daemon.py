@@ -10,7 +10,14 @@ import ssl
 from pathlib import Path
 
 from wingsbak import __version__
-from wingsbak.config import Config, ConfigError, default_config, load_config, prepare_directories
+from wingsbak.config import (
+    Config,
+    ConfigError,
+    apply_reload,
+    default_config,
+    load_config,
+    prepare_directories,
+)
 from wingsbak.http.app import create_app
 from wingsbak.http.server import start_server
 from wingsbak.log import get_logger
@@ -20,14 +27,34 @@ log = get_logger(__name__)
 SYSTEM_CONFIG = Path("/etc/pterodactyl/config.yml")
 
 
-def resolve_config(path: str | None) -> Config:
-    """--config, then $WINGSBAK_CONFIG, then /etc/pterodactyl/config.yml, then the default."""
+def config_source(path: str | None) -> str | None:
+    """--config, then $WINGSBAK_CONFIG, then /etc/pterodactyl/config.yml; None: the default."""
     chosen = path or os.environ.get("WINGSBAK_CONFIG") or None
     if chosen is None and SYSTEM_CONFIG.is_file():
         chosen = str(SYSTEM_CONFIG)
-    if chosen is None:
-        return default_config()
-    return load_config(chosen)
+    return chosen
+
+
+def resolve_config(path: str | None) -> Config:
+    chosen = config_source(path)
+    return default_config() if chosen is None else load_config(chosen)
+
+
+async def reload_config(cfg: Config, path: str | None) -> None:
+    """SIGHUP: read the configuration (and Wings' file it names) again and apply the keys
+    that take effect at once; a file that does not load changes nothing."""
+    if path is None:
+        log.warning("config_reload_skipped", reason="running on the embedded default")
+        return
+    try:
+        fresh = await asyncio.to_thread(load_config, path)
+    except ConfigError as exc:
+        log.error("config_reload_refused", error=str(exc))
+        return
+    applied, restart = apply_reload(cfg, fresh)
+    log.info("config_reloaded", applied=applied)
+    if restart:
+        log.warning("config_changes_need_restart", keys=restart)
 
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
@@ -53,13 +80,23 @@ def raise_open_files_limit(ceiling: int = 65536) -> int:
     return soft
 
 
-async def run(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
+async def run(
+    cfg: Config, *, ready: asyncio.Event | None = None, config_path: str | None = None
+) -> None:
     open_files = raise_open_files_limit()
     runner = await start_server(create_app(cfg), cfg.api, ssl_context=_ssl_context(cfg))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.create_task(reload_config(cfg, config_path))  # the app holds cfg
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     scheme = "https" if cfg.api.ssl.enabled else "http"
     log.info(
         "wingsbak_started",
@@ -68,6 +105,7 @@ async def run(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         data=cfg.system.data,
         backups=cfg.system.backup_directory,
         panel=cfg.remote or None,
+        wings=cfg.upstream or None,
         pid=os.getpid(),
         open_files=open_files,
     )
@@ -83,6 +121,7 @@ async def run(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
 
 def serve(config_path: str | None) -> int:
     try:
+        config_path = config_source(config_path)
         cfg = resolve_config(config_path)
         prepare_directories(cfg)
     except ConfigError as exc:
@@ -97,5 +136,5 @@ def serve(config_path: str | None) -> int:
             f"  API:     http://{cfg.api.host}:{cfg.api.port}\n  token:   {cfg.token}",
             flush=True,
         )
-    asyncio.run(run(cfg))
+    asyncio.run(run(cfg, config_path=config_path))
     return 0

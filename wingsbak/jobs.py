@@ -57,6 +57,7 @@ from wingsbak.urlguard import (
     UnsafeURL,
     open_restore_stream,
 )
+from wingsbak.wings import WingsClient, WingsError, console_around_backup
 
 log = get_logger(__name__)
 
@@ -79,6 +80,7 @@ EXPECTED_FAILURES = (
     PanelError,
     RestoreError,
     UnreadableEntry,
+    WingsError,
 )
 
 
@@ -144,8 +146,10 @@ class JobManager:
         outbox: Outbox,
         events: EventBus,
         metrics: Metrics | None = None,
+        wings: WingsClient | None = None,
     ) -> None:
         self.config = config
+        self.wings = wings  # in front of Wings: stop servers before restores, console commands
         self.metrics = metrics or Metrics()
         self.metrics.queue_depth.set_function(lambda: len(self.queued()))
         self.metrics.running.set_function(lambda: len(self.running()))
@@ -266,7 +270,9 @@ class JobManager:
                 log.info("backup_started", server=job.server, backup=job.uuid, adapter=job.adapter)
                 started = time.monotonic()
                 runner = self.backup_runners[job.adapter]
-                outcome = await runner(job)
+                settings = self.config.system.backups
+                async with console_around_backup(self.wings, job.server, settings):
+                    outcome = await runner(job)
                 self.metrics.archive_duration.observe(time.monotonic() - started)
                 self.metrics.archived_bytes.inc(outcome.size)
                 self.metrics.skipped_entries.inc(outcome.skipped)
@@ -475,6 +481,9 @@ class JobManager:
             async with self._server_lock(job.server):
                 if job.cancel.is_set():
                     raise Cancelled("cancelled before it started")
+                if self.wings is not None:  # a live node: Wings stops the server first
+                    timeout = self.config.system.backups.restore_stop_timeout
+                    await self.wings.stop_and_wait(job.server, timeout)
                 job.started = True
                 log.info("restore_started", server=job.server, backup=job.uuid)
                 result = await loop.run_in_executor(

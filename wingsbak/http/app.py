@@ -8,19 +8,25 @@ from aiohttp import web
 
 from wingsbak.config import Config
 from wingsbak.events import EventBus
-from wingsbak.http import backups, download, restore, sendfile, system, ws
+from wingsbak.http import backups, download, front, relay, restore, sendfile, system, ws
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware, make_identify
-from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS
+from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS, WINGS
 from wingsbak.jobs import JobManager
 from wingsbak.panel import Outbox, PanelClient
 from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
+from wingsbak.wings import WingsClient
 
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, make_auth_middleware(config.token)],
         client_max_size=config.api.max_body_bytes,
+        # In front of Wings, request bodies stream through in larger reads (see front.py) and
+        # as sent: a gzip-encoded upload is Wings' to decode.
+        handler_args={"read_bufsize": front.BUFFER, "auto_decompress": False}
+        if config.upstream
+        else None,
     )
     storage = LocalStorage(config.backup_dir)
     panel = PanelClient(config.remote, config.token_id, config.token)
@@ -31,19 +37,32 @@ def create_app(config: Config) -> web.Application:
         retry_max=config.system.backups.report_retry_max,
     )
     events = EventBus()
+    # In front of Wings (api.upstream): Wings' API for the pass-through and for the jobs.
+    wings = (
+        WingsClient(config.upstream, config.token, config.api.upstream_ca)
+        if config.upstream
+        else None
+    )
     app[CONFIG] = config
     app[STORAGE] = storage
     app[PANEL] = panel
     app[OUTBOX] = outbox
     app[EVENTS] = events
     app[USED_TOKENS] = UsedTokens(config.backup_dir)
-    app[JOBS] = JobManager(config, storage=storage, outbox=outbox, events=events)
+    app[JOBS] = JobManager(config, storage=storage, outbox=outbox, events=events, wings=wings)
     app.on_response_prepare.append(make_identify(lambda: app[CONFIG].token_id))
     app.add_routes(backups.routes)
     app.add_routes(download.routes)
-    app.add_routes(system.routes)
-    app.add_routes(ws.routes)
     app.add_routes(restore.routes)
+    if wings is None:
+        app.add_routes(system.routes)
+        app.add_routes(ws.routes)
+    else:
+        app[WINGS] = wings
+        # GET /api/system is Wings' (the panel's node page reads Wings' fields from it).
+        app.add_routes([r for r in system.routes if getattr(r, "path", "") != "/api/system"])
+        relay.add_routes(app)
+        front.add_routes(app)
 
     async def startup(app: web.Application) -> None:
         await asyncio.to_thread(app[USED_TOKENS].load)
@@ -57,6 +76,8 @@ def create_app(config: Config) -> web.Application:
         await outbox.drain(timeout=2.0)
         await outbox.close()
         await panel.close()
+        if wings is not None:
+            await wings.close()
 
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)

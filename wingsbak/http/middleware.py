@@ -109,7 +109,11 @@ def make_auth_middleware(
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/api/") and not _is_websocket(request):
+        if (
+            request.path.startswith("/api/")
+            and not _is_websocket(request)
+            and not _wings_route(request)
+        ):
             check_bearer(request, token)
         return await handler(request)
 
@@ -126,6 +130,13 @@ def check_bearer(request: web.Request, token: str) -> None:
     presented = credentials.strip().encode("utf-8", "surrogateescape")
     if not hmac.compare_digest(presented, token.encode()):
         raise Forbidden("The bearer token is not valid for this node.")
+
+
+def _wings_route(request: web.Request) -> bool:
+    # Routes passed through to Wings (wingsbak.http.front): Wings authenticates them and its
+    # own answers, 401 and 403 included, go back unchanged.
+    name = request.match_info.route.name
+    return name is not None and name.startswith("wings")
 
 
 def _is_websocket(request: web.Request) -> bool:

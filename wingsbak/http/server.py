@@ -133,9 +133,11 @@ class GuardedConnection(web.RequestHandler):
         api: ApiConfig,
         addresses: AddressCounter,
     ) -> None:
-        super().__init__(
-            manager, loop=loop, access_log=None, keepalive_timeout=api.keepalive_timeout
-        )
+        # The application's handler_args (web.Server keeps them in _kwargs and hands them to
+        # every RequestHandler it makes), e.g. the larger read buffer in front of Wings.
+        handler_args = {**getattr(manager, "_kwargs", {})}
+        handler_args.update(access_log=None, keepalive_timeout=api.keepalive_timeout)
+        super().__init__(manager, loop=loop, **handler_args)
         self._api = api
         self._addresses = addresses
         self._address: str | None = None  # counted against the cap until the connection ends

@@ -10,6 +10,7 @@ from wingsbak.jobs import JobManager
 from wingsbak.panel import Outbox, PanelClient
 from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
+from wingsbak.wings import WingsClient
 
 CONFIG = web.AppKey("config", Config)
 JOBS = web.AppKey("jobs", JobManager)
@@ -18,3 +19,4 @@ EVENTS = web.AppKey("events", EventBus)
 PANEL = web.AppKey("panel", PanelClient)
 OUTBOX = web.AppKey("outbox", Outbox)
 USED_TOKENS = web.AppKey("used_tokens", UsedTokens)
+WINGS = web.AppKey("wings", WingsClient)  # only in front of Wings (api.upstream)

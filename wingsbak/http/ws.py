@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -50,7 +51,23 @@ def _grants(claims: dict[str, Any], permission: str) -> bool:
     return permission in perms or ("*" in perms and not permission.startswith("admin"))
 
 
-class _Session:
+def verify_socket_token(token: str, key: str, server: str) -> dict[str, Any]:
+    """The claims of a websocket JWT for ``server`` that grants ``websocket.connect``, or
+    :class:`TokenRejected` saying why not."""
+    claims = decode_token(token, key, ["server_uuid", "user_uuid"])
+    if claims.get("iat") is None:
+        raise TokenRejected(DENYLISTED)  # Wings cannot place a token without iat
+    if not _grants(claims, "websocket.connect") or not has_scope(claims, "websocket"):
+        raise TokenRejected(NO_CONNECT)
+    if claims["server_uuid"] != server:
+        raise TokenRejected(UUID_MISMATCH)
+    return claims
+
+
+class EventSession:
+    """One client socket and the token it authenticated with: which backup events it gets.
+    Shared by this module's socket and the one relayed to Wings (wingsbak.http.relay)."""
+
     def __init__(self, ws: web.WebSocketResponse, server: str, key: str) -> None:
         self.ws = ws
         self.server = server
@@ -79,13 +96,7 @@ class _Session:
         """A failed ``auth`` keeps the token the socket had (Wings does the same), so a
         client whose refresh failed is told, not cut off."""
         try:
-            claims = decode_token(token, self.key, ["server_uuid", "user_uuid"])
-            if claims.get("iat") is None:
-                raise TokenRejected(DENYLISTED)  # Wings cannot place a token without iat
-            if not _grants(claims, "websocket.connect") or not has_scope(claims, "websocket"):
-                raise TokenRejected(NO_CONNECT)
-            if claims["server_uuid"] != self.server:
-                raise TokenRejected(UUID_MISMATCH)
+            claims = verify_socket_token(token, self.key, self.server)
         except TokenRejected as exc:
             await self.send("jwt error", exc.message)
             return
@@ -162,15 +173,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await server_root_or_404(request, server)
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    session = _Session(ws, server, request.app[CONFIG].token)
-    bus = request.app[EVENTS]
-    queue = bus.subscribe(server)
-    tasks = [
-        asyncio.create_task(session.forward(queue)),
-        asyncio.create_task(session.watch_expiry()),
-        asyncio.create_task(session.require_auth(request.app[CONFIG].api.websocket_auth_timeout)),
-    ]
-    try:
+    session = EventSession(ws, server, request.app[CONFIG].token)
+    auth_timeout = request.app[CONFIG].api.websocket_auth_timeout
+    async with joined_events(
+        request, session, session.watch_expiry(), session.require_auth(auth_timeout)
+    ):
         async for msg in ws:
             message = parse_message(msg.data) if msg.type == WSMsgType.TEXT else None
             if message is None:
@@ -180,11 +187,24 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 await session.authenticate("".join(args or []))
             elif args is not None:
                 await session.refuse_if_invalid()
+    return ws
+
+
+@contextlib.asynccontextmanager
+async def joined_events(
+    request: web.Request, session: EventSession, *also: Coroutine[Any, Any, None]
+) -> AsyncIterator[None]:
+    """While inside, the backup events of the session's server flow to its socket (as far
+    as its token allows) and ``also`` runs beside them; both end on the way out."""
+    bus = request.app[EVENTS]
+    queue = bus.subscribe(session.server)
+    tasks = [asyncio.create_task(session.forward(queue)), *map(asyncio.create_task, also)]
+    try:
+        yield
     finally:
-        bus.unsubscribe(server, queue)
+        bus.unsubscribe(session.server, queue)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-    return ws

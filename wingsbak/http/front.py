@@ -1,0 +1,152 @@
+"""The pass-through to Wings (only with ``api.upstream``): every route wingsbak does not own
+goes to Wings unchanged, bodies streamed both ways and never held whole; the one exception is
+a power action that would start a server while a restore writes into it (409).
+
+Hop-by-hop headers (RFC 9110 7.6.1, and those the ``Connection`` header names) stop here;
+``X-Forwarded-For``/``-Proto``/``-Host`` are added so that Wings, trusting this address
+(``api.trusted_proxies``), logs the user's address. The client's ``Host`` goes through as is.
+"""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from wingsbak.http.middleware import check_bearer, error_response
+from wingsbak.http.state import CONFIG, JOBS, WINGS
+from wingsbak.log import get_logger
+
+log = get_logger(__name__)
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        hdrs.CONNECTION,
+        hdrs.KEEP_ALIVE,
+        hdrs.PROXY_AUTHENTICATE,
+        hdrs.PROXY_AUTHORIZATION,
+        hdrs.TE,
+        hdrs.TRAILER,
+        "Trailers",
+        hdrs.TRANSFER_ENCODING,
+        hdrs.UPGRADE,
+        # Answered by this server already (aiohttp sends the 100 Continue itself).
+        hdrs.EXPECT,
+    )
+)
+# Power actions that run a server: held while a restore writes into its files.
+HELD_ACTIONS = frozenset({"start", "restart", "kill"})
+UNREACHABLE = "The node's Wings daemon could not be reached."
+HELD = "The server is being restored from a backup; it cannot be started until the restore ends."
+# Bytes a body may gather between the two sockets, each way: aiohttp's 64 KiB default makes
+# every hop a round of wake-ups between three processes, which on a busy node halves the
+# throughput; a few MiB per transfer keeps memory flat all the same.
+BUFFER = 1024 * 1024
+# Skipped unless the client sent them: the request must reach Wings as the client made it.
+_NO_AUTO_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING)
+
+
+class _PassedResponse(web.StreamResponse):
+    # Status line and headers leave with the first bytes of the body (as web.Response's do)
+    # rather than at prepare(): one send and one wake-up of the client less per answer.
+    _send_headers_immediately = False
+
+
+def end_to_end(headers: CIMultiDict[str] | hdrs.CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """``headers`` without the hop-by-hop ones, including those ``Connection`` names."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall(hdrs.CONNECTION, ())
+        for token in value.split(",")
+    }
+    return CIMultiDict(
+        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
+    )
+
+
+def forwarded_headers(request: web.Request) -> CIMultiDict[str]:
+    headers = end_to_end(request.headers)
+    client = request.remote or ""
+    previous = ", ".join(request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
+    headers.popall(hdrs.X_FORWARDED_FOR, None)
+    headers[hdrs.X_FORWARDED_FOR] = f"{previous}, {client}" if previous else client
+    headers[hdrs.X_FORWARDED_PROTO] = request.scheme
+    if hdrs.HOST in request.headers:
+        headers[hdrs.X_FORWARDED_HOST] = request.headers[hdrs.HOST]
+    return headers
+
+
+async def forward(request: web.Request, body: bytes | None = None) -> web.StreamResponse:
+    """Send ``request`` to Wings and stream its answer back. ``body``: the request body, when
+    a handler has read it already; otherwise it streams from the client as it arrives."""
+    wings = request.app[WINGS]
+    url = URL(wings.url(request.raw_path), encoded=True)
+    data = body if body is not None else (request.content if request.body_exists else None)
+    try:
+        upstream = await wings.session.request(
+            request.method,
+            url,
+            headers=forwarded_headers(request),
+            data=data,
+            allow_redirects=False,
+            skip_auto_headers=_NO_AUTO_HEADERS,
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("wings_unreachable", method=request.method, path=request.path, error=repr(exc))
+        return error_response(502, UNREACHABLE)
+    async with upstream:
+        response = _PassedResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(end_to_end(upstream.headers))
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The status line is gone already: only dropping the connection tells the client
+            # the body is incomplete.
+            log.warning(
+                "wings_answer_cut", method=request.method, path=request.path, error=repr(exc)
+            )
+            raise ConnectionResetError("Wings' answer was cut off") from None
+        await response.write_eof()
+    return response
+
+
+async def pass_through(request: web.Request) -> web.StreamResponse:
+    return await forward(request)
+
+
+async def power(request: web.Request) -> web.StreamResponse:
+    """``POST /api/servers/{server}/power``: Wings' route, except that starting a server that
+    is being restored answers 409 and never reaches Wings (Wings suspends a server during its
+    own restores for the same reason). Anything else, even a malformed request, is Wings' to
+    answer."""
+    body = await request.read()  # a few bytes of JSON (client_max_size bounds it)
+    if request.match_info["server"] in request.app[JOBS].restores and _action(body) in HELD_ACTIONS:
+        try:
+            check_bearer(request, request.app[CONFIG].token)
+        except Exception:
+            return await forward(request, body)
+        log.info("power_held", server=request.match_info["server"], action=_action(body))
+        return error_response(409, HELD)
+    return await forward(request, body)
+
+
+def _action(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    action = data.get("action") if isinstance(data, dict) else None
+    return action if isinstance(action, str) else None
+
+
+def add_routes(app: web.Application) -> None:
+    """Wings' routes, after wingsbak's own (a path wingsbak owns for other methods falls
+    through to the catch-all, so e.g. Wings answers a GET on a backup path)."""
+    app.router.add_post("/api/servers/{server}/power", power, name="wings-power")
+    app.router.add_route("*", "/{tail:.*}", pass_through, name="wings")

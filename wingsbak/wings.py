@@ -1,0 +1,161 @@
+"""The client of Wings' own API on this node (bearer: the node token): a server's state, power
+actions and console commands, and the two things jobs do with them: stop a live server before
+a restore, and send console commands around a backup.
+
+Routes and answers are pterodactyl/wings ``router/router.go``: ``GET /api/servers/{s}`` ->
+``{"state": ..., "is_suspended": ...}``, ``POST .../power`` -> 202, ``POST .../commands`` ->
+204 (502 when the server is not running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from wingsbak.config import BackupsConfig
+from wingsbak.log import get_logger
+
+log = get_logger(__name__)
+
+OFFLINE = "offline"
+RUNNING = "running"
+# One call to Wings' API: it answers at once (power actions run in the background there).
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=15.0)
+# What an answer streamed through to a client may gather before it is sent on.
+PASS_THROUGH_BUFFER = 1024 * 1024
+
+
+class WingsError(Exception):
+    """Wings could not be reached, or did not answer as its API does."""
+
+
+class WingsClient:
+    def __init__(self, base_url: str, token: str, ca_file: str = "") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.ca_file = ca_file
+        # How often a restore asks whether a stopping server is offline yet.
+        self.poll_interval = 0.5
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """One connection pool to Wings, shared with the pass-through (no total timeout:
+        proxied transfers run for hours; the pass-through sets its own connect timeout)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, ssl=self.ssl_context())
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
+                auto_decompress=False,
+                read_bufsize=PASS_THROUGH_BUFFER,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+        return self._session
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.base_url.startswith("https://"):
+            return None
+        # Verifying, always: the node's certificate, or the CA bundle named in the config.
+        return ssl.create_default_context(cafile=self.ca_file or None)
+
+    def url(self, path_qs: str) -> str:
+        return self.base_url + path_qs
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        try:
+            async with self.session.request(
+                method, self.url(path), json=body, headers=headers, timeout=CALL_TIMEOUT
+            ) as r:
+                data = await r.json(content_type=None) if r.status != 204 else None
+                return r.status, data
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise WingsError(f"Wings could not be reached at {self.base_url}: {exc!r}") from exc
+
+    async def server_state(self, server: str) -> str:
+        status, data = await self._call("GET", f"/api/servers/{server}")
+        state = data.get("state") if isinstance(data, dict) else None
+        if status != 200 or not isinstance(state, str):
+            raise WingsError(f"Wings answered {status} for the state of server {server}")
+        return state
+
+    async def power(self, server: str, action: str) -> None:
+        status, _ = await self._call(
+            "POST", f"/api/servers/{server}/power", {"action": action, "wait_seconds": 30}
+        )
+        if status != 202:
+            raise WingsError(f"Wings answered {status} to power {action} for server {server}")
+
+    async def send_commands(self, server: str, commands: list[str]) -> None:
+        status, data = await self._call(
+            "POST", f"/api/servers/{server}/commands", {"commands": commands}
+        )
+        if status != 204:
+            error = data.get("error") if isinstance(data, dict) else None
+            raise WingsError(f"Wings answered {status} to console commands: {error or data}")
+
+    async def stop_and_wait(self, server: str, timeout: float) -> None:
+        """Wings' own order before a restore (server/backup.go, RestoreBackup): a server that
+        is not offline is stopped, and the restore waits until Wings says it is offline.
+        Raises :class:`WingsError` when Wings cannot say so within ``timeout`` seconds."""
+        state = await self.server_state(server)
+        if state == OFFLINE:
+            return
+        log.info("restore_stopping_server", server=server, state=state)
+        await self.power(server, "stop")
+        deadline = time.monotonic() + timeout
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            state = await self.server_state(server)
+            if state == OFFLINE:
+                log.info("restore_server_stopped", server=server)
+                return
+            if time.monotonic() >= deadline:
+                raise WingsError(
+                    f"server {server} is still {state} after {timeout:g} s "
+                    "(system.backups.restore_stop_timeout); nothing restored"
+                )
+
+
+@contextlib.asynccontextmanager
+async def console_around_backup(
+    wings: WingsClient | None, server: str, settings: BackupsConfig
+) -> AsyncIterator[None]:
+    """``console_before`` (then ``console_settle`` seconds) before the archive is read and
+    ``console_after`` once it is read, whatever the outcome; both only while the server runs.
+    A console that cannot be reached costs a log line, never the backup."""
+    before, after = list(settings.console_before), list(settings.console_after)
+    if wings is None or not (before or after):
+        yield
+        return
+    if before and await _send_if_running(wings, server, before, "console_before"):
+        await asyncio.sleep(settings.console_settle)
+    try:
+        yield
+    finally:
+        if after:
+            # Shielded: a cancelled backup (a shutdown) must still turn saving back on.
+            await asyncio.shield(_send_if_running(wings, server, after, "console_after"))
+
+
+async def _send_if_running(wings: WingsClient, server: str, commands: list[str], key: str) -> bool:
+    try:
+        if await wings.server_state(server) != RUNNING:
+            return False
+        await wings.send_commands(server, commands)
+    except WingsError as exc:
+        log.warning("console_commands_not_sent", server=server, key=key, error=str(exc))
+        return False
+    log.info("console_commands_sent", server=server, key=key, commands=len(commands))
+    return True
