@@ -37,8 +37,9 @@ async def test_console_after_is_sent_when_the_backup_fails(start_front, panel, n
     server = node.server()
     s = wings.server(server, state="running")
     backup = new_uuid()
-    # The s3 adapter without node credentials asks the panel for part URLs; this panel
-    # answers 204 without any, so the backup fails after the archive has been read.
+    # The s3 adapter without node credentials asks the panel for part URLs once the archive
+    # is written; the panel refuses (400, not retried), so the backup fails.
+    panel.fail_first, panel.fail_status = 1, 400
     status, _ = await front.post_backup(server, backup, adapter="s3")
     assert status == 202
     assert (await panel.wait_report(backup)).json["successful"] is False

@@ -213,3 +213,12 @@ async def test_an_encoded_answer_comes_back_as_wings_sent_it(front):
         raw = await r.read()
     assert r.headers["Content-Length"] == str(len(raw))
     assert gzip.decompress(raw) == b"console log"
+
+
+async def test_wingsbak_status_route_stays_local_in_front(front, wings):
+    async with front.request("GET", "/api/wingsbak", headers=auth()) as r:
+        assert r.status == 200
+        assert "jobs" in await r.json()
+    async with front.request("GET", "/api/system", headers=auth()) as r:
+        assert (await r.json())["version"] == "1.11.13"  # the stand-in's, not wingsbak's
+    assert [rec.path for rec in wings.requests] == ["/api/system"]
