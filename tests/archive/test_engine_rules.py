@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wingsbak.archive import IgnoreRules
-from wingsbak.archive.rules import MAX_PTEROIGNORE_BYTES
+from wingsbak.archive.rules import MAX_PTEROIGNORE_BYTES, PteroignoreTooLarge
 
 NAMES = ["a", "b", "ab", "a.log", "b.txt", "#c", "!d", "e f", "dir", "x"]
 SEGMENTS = [
@@ -213,7 +213,7 @@ def test_request_lines_override_pteroignore(tmp_path: Path) -> None:
     assert names_of(tmp_path, IgnoreRules.for_server(tmp_path)) == {".pteroignore", "world.dat"}
 
 
-def test_pteroignore_of_exactly_32_kib_applies(tmp_path: Path) -> None:
+def test_pteroignore_of_exactly_the_limit_applies(tmp_path: Path) -> None:
     text = "*.log\n"
     text += "#" * (MAX_PTEROIGNORE_BYTES - len(text) - 1) + "\n"
     assert len(text.encode()) == MAX_PTEROIGNORE_BYTES
@@ -223,11 +223,26 @@ def test_pteroignore_of_exactly_32_kib_applies(tmp_path: Path) -> None:
     assert names_of(tmp_path, IgnoreRules.for_server(tmp_path)) == {".pteroignore", "b"}
 
 
-def test_pteroignore_over_32_kib_is_ignored(tmp_path: Path) -> None:
+def test_pteroignore_over_32_kib_applies(tmp_path: Path) -> None:
+    # Once dropped whole (the old 32 KiB cap), putting everything it excludes in the backup.
+    lines = [f"world/region/r.{i}.{i}.mca" for i in range(4000)] + ["*.log"]
+    text = "\n".join(lines) + "\n"
+    assert 32 * 1024 < len(text) < MAX_PTEROIGNORE_BYTES
+    (tmp_path / ".pteroignore").write_text(text)
+    (tmp_path / "world" / "region").mkdir(parents=True)
+    (tmp_path / "world" / "region" / "r.7.7.mca").write_text("x")
+    (tmp_path / "world" / "region" / "r.7.8.mca").write_text("x")
+    (tmp_path / "a.log").write_text("x")
+    names = names_of(tmp_path, IgnoreRules.for_server(tmp_path))
+    assert names == {".pteroignore", "world/", "world/region/", "world/region/r.7.8.mca"}
+
+
+def test_pteroignore_over_the_limit_fails_naming_it(tmp_path: Path) -> None:
     text = "*\n" + "#" * MAX_PTEROIGNORE_BYTES + "\n"
     (tmp_path / ".pteroignore").write_text(text)
     (tmp_path / "a.log").write_text("x")
-    assert names_of(tmp_path, IgnoreRules.for_server(tmp_path)) == {".pteroignore", "a.log"}
+    with pytest.raises(PteroignoreTooLarge, match=r"\.pteroignore is larger than 1048576 bytes"):
+        IgnoreRules.for_server(tmp_path)
 
 
 def test_pteroignore_symlink_to_a_secret_is_not_read(tmp_path: Path) -> None:
