@@ -7,13 +7,15 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from engine_helpers import archive_bytes, gnu_tar_names
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from wingsbak.archive import IgnoreRules
+from wingsbak.archive import rules as rules_mod
 from wingsbak.archive.rules import MAX_PTEROIGNORE_BYTES, PteroignoreTooLarge
 
 NAMES = ["a", "b", "ab", "a.log", "b.txt", "#c", "!d", "e f", "dir", "x"]
@@ -37,6 +39,9 @@ SEGMENTS = [
     "e\\ f",
     "x ",
     "[!a]*",
+    "*b",
+    "a.*",
+    "*.txt",
 ]
 
 Tree = dict[str, "Tree | str"]
@@ -155,6 +160,73 @@ def assert_matches_git(git_dir: Path, tree: Tree, lines: list[str]) -> None:
 @given(tree=trees, lines=st.lists(pattern_lines(), min_size=1, max_size=6))
 def test_ignore_rules_agree_with_git(git_dir: Path, tree: Tree, lines: list[str]) -> None:
     assert_matches_git(git_dir, tree, lines)
+
+
+class _SetOutOfMemory:
+    """google-re2 whose sets answer as RE2 does when its automaton runs out of memory:
+    no index at all; or that cannot compile a set (too large for its budget)."""
+
+    def __init__(self, real: Any, how: str) -> None:
+        self._real, self._how = real, how
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    @property
+    def Set(self) -> Any:
+        real, how = self._real, self._how
+
+        class FailingSet:
+            def __init__(self, inner: Any) -> None:
+                self._inner = inner
+
+            @classmethod
+            def FullMatchSet(cls, options: Any = None) -> Any:
+                return cls(real.Set.FullMatchSet(options))
+
+            def Add(self, pattern: bytes) -> int:
+                return self._inner.Add(pattern)
+
+            def Compile(self) -> None:
+                if how == "too-large":
+                    raise real.error("failed to compile Set")
+                self._inner.Compile()
+
+            def Match(self, text: bytes) -> None:
+                return None
+
+        return FailingSet
+
+
+ENGINES = ["re2", "re2-out-of-memory", "re2-too-large", "re"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(
+    max_examples=int(os.environ.get("ENGINE_EXAMPLES", "50")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(tree=trees, lines=st.lists(pattern_lines(), min_size=1, max_size=12))
+def test_many_lines_in_small_sets_agree_with_git(
+    git_dir: Path, engine: str, tree: Tree, lines: list[str]
+) -> None:
+    """Sets of 2 lines: the last match wins across sets, across the kinds of lines (names,
+    paths, suffixes, prefixes) and directory groups, with every matching engine."""
+    real = rules_mod._re2
+    if engine != "re" and real is None:
+        pytest.skip("google-re2 is not installed")
+    if engine == "re":
+        # Without re2 such lines are skipped on purpose (see test_rules_hostile.py).
+        star_runs = rules_mod._STAR_RUN.findall
+        assume(all(len(star_runs(line)) <= rules_mod.MAX_STAR_RUNS_WITHOUT_RE2 for line in lines))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rules_mod, "GLOB_CHUNK", 2)
+        if engine == "re":
+            mp.setattr(rules_mod, "_re2", None)
+        elif engine != "re2":
+            mp.setattr(rules_mod, "_re2", _SetOutOfMemory(real, engine.removeprefix("re2-")))
+        assert_matches_git(git_dir, tree, lines)
 
 
 FIXED_TREE: Tree = {
