@@ -654,6 +654,7 @@ class JobManager:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
+
         # The job threads (and the compressor and counting threads each joins before it
         # returns) must be gone before the interpreter is: one still inside native code
         # when it finalizes aborts the process.
