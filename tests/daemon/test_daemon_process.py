@@ -200,6 +200,7 @@ async def test_sigterm_during_a_big_backup_with_ignore_lines(
     proc: DaemonProcess = daemon_process(remote=panel.url, shutdown_grace=0)
     await proc.start()
     backup = new_uuid()
+    panel_creates(proc.config["remote"], server, backup)
     async with (
         aiohttp.ClientSession() as s,
         s.post(

@@ -21,6 +21,7 @@ from daemon_helpers import (
     auth,
     free_port,
     new_uuid,
+    panel_creates,
     sign,
     ws_claims,
 )
@@ -70,6 +71,7 @@ def log_events(proc: DaemonProcess, event: str) -> list[dict[str, Any]]:
 
 async def post_backup(proc: DaemonProcess, server: str, backup: str) -> int:
     body = {"adapter": "wings", "uuid": backup, "ignore": ""}
+    panel_creates(proc.config["remote"], server, backup)  # the panel's record first
     async with (
         aiohttp.ClientSession() as s,
         s.post(f"{proc.url}/api/servers/{server}/backup", json=body, headers=auth()) as r,
