@@ -65,7 +65,7 @@ def _escape_glob(part: str) -> str:
 
 def _cmd_archive(args: argparse.Namespace) -> int:
     from wingsbak.archive import IgnoreRules, archive_to_file
-    from wingsbak.archive.rules import read_pteroignore
+    from wingsbak.archive.rules import PteroignoreTooLarge, read_pteroignore
 
     src = Path(args.src)
     if not src.is_dir():
@@ -80,7 +80,11 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     if args.ignore_file:
         request_lines.extend(Path(args.ignore_file).read_text(encoding="utf-8").splitlines())
     request_lines.extend(_own_output_lines(src, Path(args.output)))
-    rules = IgnoreRules.from_text(read_pteroignore(src), "\n".join(request_lines))
+    try:
+        pteroignore = read_pteroignore(src)
+    except PteroignoreTooLarge as exc:
+        raise SystemExit(f"wingsbak: {src}/{exc}") from None
+    rules = IgnoreRules.from_text(pteroignore, "\n".join(request_lines))
     bar = ProgressBar("archive") if sys.stderr.isatty() else None
     started = time.monotonic()
     try:

@@ -33,6 +33,7 @@ from wingsbak.archive.extract import (
     extract_archive,
     restore_archive_file,
 )
+from wingsbak.archive.rules import PteroignoreTooLarge
 from wingsbak.archive.sink import file_checksum, read_sidecar
 from wingsbak.config import Config
 from wingsbak.errors import BadGateway, BadRequest, Conflict, NotFound, Unavailable
@@ -81,6 +82,7 @@ EXPECTED_FAILURES = (
     RestoreError,
     UnreadableEntry,
     WingsError,
+    PteroignoreTooLarge,
 )
 
 
@@ -661,8 +663,18 @@ class JobManager:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._restore_executor.shutdown(wait=False, cancel_futures=True)
+
+        # The job threads (and the compressor and counting threads each joins before it
+        # returns) must be gone before the interpreter is: one still inside native code
+        # when it finalizes aborts the process.
+        def join_all() -> None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._restore_executor.shutdown(wait=True, cancel_futures=True)
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(join_all), CANCEL_WAIT_SECONDS)
+        except TimeoutError:  # e.g. a part PUT: the interpreter still joins it at exit
+            log.warning("shutdown_job_threads_still_running")
 
 
 def _background() -> None:

@@ -7,14 +7,16 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from engine_helpers import archive_bytes, gnu_tar_names
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from wingsbak.archive import IgnoreRules
-from wingsbak.archive.rules import MAX_PTEROIGNORE_BYTES
+from wingsbak.archive import rules as rules_mod
+from wingsbak.archive.rules import MAX_PTEROIGNORE_BYTES, PteroignoreTooLarge
 
 NAMES = ["a", "b", "ab", "a.log", "b.txt", "#c", "!d", "e f", "dir", "x"]
 SEGMENTS = [
@@ -37,6 +39,9 @@ SEGMENTS = [
     "e\\ f",
     "x ",
     "[!a]*",
+    "*b",
+    "a.*",
+    "*.txt",
 ]
 
 Tree = dict[str, "Tree | str"]
@@ -157,6 +162,73 @@ def test_ignore_rules_agree_with_git(git_dir: Path, tree: Tree, lines: list[str]
     assert_matches_git(git_dir, tree, lines)
 
 
+class _SetOutOfMemory:
+    """google-re2 whose sets answer as RE2 does when its automaton runs out of memory:
+    no index at all; or that cannot compile a set (too large for its budget)."""
+
+    def __init__(self, real: Any, how: str) -> None:
+        self._real, self._how = real, how
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    @property
+    def Set(self) -> Any:
+        real, how = self._real, self._how
+
+        class FailingSet:
+            def __init__(self, inner: Any) -> None:
+                self._inner = inner
+
+            @classmethod
+            def FullMatchSet(cls, options: Any = None) -> Any:
+                return cls(real.Set.FullMatchSet(options))
+
+            def Add(self, pattern: bytes) -> int:
+                return self._inner.Add(pattern)
+
+            def Compile(self) -> None:
+                if how == "too-large":
+                    raise real.error("failed to compile Set")
+                self._inner.Compile()
+
+            def Match(self, text: bytes) -> None:
+                return None
+
+        return FailingSet
+
+
+ENGINES = ["re2", "re2-out-of-memory", "re2-too-large", "re"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(
+    max_examples=int(os.environ.get("ENGINE_EXAMPLES", "50")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(tree=trees, lines=st.lists(pattern_lines(), min_size=1, max_size=12))
+def test_many_lines_in_small_sets_agree_with_git(
+    git_dir: Path, engine: str, tree: Tree, lines: list[str]
+) -> None:
+    """Sets of 2 lines: the last match wins across sets, across the kinds of lines (names,
+    paths, suffixes, prefixes) and directory groups, with every matching engine."""
+    real = rules_mod._re2
+    if engine != "re" and real is None:
+        pytest.skip("google-re2 is not installed")
+    if engine == "re":
+        # Without re2 such lines are skipped on purpose (see test_rules_hostile.py).
+        star_runs = rules_mod._STAR_RUN.findall
+        assume(all(len(star_runs(line)) <= rules_mod.MAX_STAR_RUNS_WITHOUT_RE2 for line in lines))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rules_mod, "GLOB_CHUNK", 2)
+        if engine == "re":
+            mp.setattr(rules_mod, "_re2", None)
+        elif engine != "re2":
+            mp.setattr(rules_mod, "_re2", _SetOutOfMemory(real, engine.removeprefix("re2-")))
+        assert_matches_git(git_dir, tree, lines)
+
+
 FIXED_TREE: Tree = {
     "a": "file",
     "a.log": "file",
@@ -213,7 +285,7 @@ def test_request_lines_override_pteroignore(tmp_path: Path) -> None:
     assert names_of(tmp_path, IgnoreRules.for_server(tmp_path)) == {".pteroignore", "world.dat"}
 
 
-def test_pteroignore_of_exactly_32_kib_applies(tmp_path: Path) -> None:
+def test_pteroignore_of_exactly_the_limit_applies(tmp_path: Path) -> None:
     text = "*.log\n"
     text += "#" * (MAX_PTEROIGNORE_BYTES - len(text) - 1) + "\n"
     assert len(text.encode()) == MAX_PTEROIGNORE_BYTES
@@ -223,11 +295,26 @@ def test_pteroignore_of_exactly_32_kib_applies(tmp_path: Path) -> None:
     assert names_of(tmp_path, IgnoreRules.for_server(tmp_path)) == {".pteroignore", "b"}
 
 
-def test_pteroignore_over_32_kib_is_ignored(tmp_path: Path) -> None:
+def test_pteroignore_over_32_kib_applies(tmp_path: Path) -> None:
+    # Once dropped whole (the old 32 KiB cap), putting everything it excludes in the backup.
+    lines = [f"world/region/r.{i}.{i}.mca" for i in range(4000)] + ["*.log"]
+    text = "\n".join(lines) + "\n"
+    assert 32 * 1024 < len(text) < MAX_PTEROIGNORE_BYTES
+    (tmp_path / ".pteroignore").write_text(text)
+    (tmp_path / "world" / "region").mkdir(parents=True)
+    (tmp_path / "world" / "region" / "r.7.7.mca").write_text("x")
+    (tmp_path / "world" / "region" / "r.7.8.mca").write_text("x")
+    (tmp_path / "a.log").write_text("x")
+    names = names_of(tmp_path, IgnoreRules.for_server(tmp_path))
+    assert names == {".pteroignore", "world/", "world/region/", "world/region/r.7.8.mca"}
+
+
+def test_pteroignore_over_the_limit_fails_naming_it(tmp_path: Path) -> None:
     text = "*\n" + "#" * MAX_PTEROIGNORE_BYTES + "\n"
     (tmp_path / ".pteroignore").write_text(text)
     (tmp_path / "a.log").write_text("x")
-    assert names_of(tmp_path, IgnoreRules.for_server(tmp_path)) == {".pteroignore", "a.log"}
+    with pytest.raises(PteroignoreTooLarge, match=r"\.pteroignore is larger than 1048576 bytes"):
+        IgnoreRules.for_server(tmp_path)
 
 
 def test_pteroignore_symlink_to_a_secret_is_not_read(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 
+import structlog
 from daemon_helpers import (
     ACCEPT,
     NODE_TOKEN,
@@ -254,3 +255,35 @@ async def test_unfinished_backup_is_neither_deletable_nor_downloadable(
     async with d.request("GET", "/download/backup", params={"token": token}) as r:
         assert r.status == 200
         assert await r.read() == node.archive(server, backup).read_bytes()
+
+
+async def test_pteroignore_over_1_mib_fails_the_backup_naming_it(
+    daemon: Daemon, node: Node, panel: Panel
+):
+    # Dropped whole once (over 32 KiB then): what it excludes went into the backup.
+    lines = "*.secret\n" + "".join(f"world/region/r.{i}.mca\n" for i in range(60000))
+    assert len(lines) > 1024 * 1024
+    server = node.server({".pteroignore": lines, "db.secret": "s", "world.dat": "w"})
+    backup = new_uuid()
+    with structlog.testing.capture_logs() as logs:
+        status, _ = await daemon.post_backup(server, backup)
+        assert status == 202
+        report = await panel.wait_report(backup)
+    assert report.json["successful"] is False
+    assert not node.archive(server, backup).exists()
+    assert not node.temporaries(server)
+    too_large = [e for e in logs if e["event"] == "pteroignore_too_large"]
+    assert too_large and too_large[0]["path"] == ".pteroignore"
+    failed = [e for e in logs if e["event"] == "backup_failed"]
+    assert len(failed) == 1 and ".pteroignore is larger than 1048576 bytes" in failed[0]["error"]
+
+
+async def test_pteroignore_over_32_kib_applies(daemon: Daemon, node: Node, panel: Panel):
+    lines = "*.secret\n" + "".join(f"world/region/r.{i}.mca\n" for i in range(3000))
+    assert 32 * 1024 < len(lines) < 1024 * 1024
+    server = node.server({".pteroignore": lines, "db.secret": "s", "world.dat": "w"})
+    backup = new_uuid()
+    status, _ = await daemon.post_backup(server, backup)
+    assert status == 202
+    assert (await panel.wait_report(backup)).json["successful"] is True
+    assert tar_names(node.archive(server, backup)) == {".pteroignore", "world.dat"}

@@ -180,3 +180,48 @@ async def test_download_token_replay_after_restart(daemon_process, node: Node, p
     download = [ln for ln in lines if ln.get("event") == "backup_download"]
     assert download and download[0]["server"] == server and download[0]["backup"] == backup
     assert download[0]["request_id"]
+
+
+async def test_sigterm_during_a_big_backup_with_ignore_lines(
+    daemon_process, node: Node, panel: Panel
+):
+    """The counting pass was a daemon thread still inside RE2 when the interpreter finalized
+    (exit 134, "terminate called without an active exception"), walking on after the backup
+    was cancelled: now it stops with its backup and is joined before the job ends."""
+    from bench.rules import realistic_lines
+
+    server = node.server()
+    base = node.data / server
+    for d in range(20):
+        sub = base / f"plugins/P{d}/data"
+        sub.mkdir(parents=True)
+        for n in range(1000):
+            (sub / f"f{n}.yml").touch()
+    proc: DaemonProcess = daemon_process(remote=panel.url, shutdown_grace=0)
+    await proc.start()
+    backup = new_uuid()
+    panel_creates(proc.config["remote"], server, backup)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{proc.url}/api/servers/{server}/backup",
+            json={"adapter": "wings", "uuid": backup, "ignore": "\n".join(realistic_lines())},
+            headers=auth(),
+        ) as r,
+    ):
+        assert r.status == 202
+    await wait_until(lambda: bool(node.temporaries(server)), "the temporary archive")
+
+    assert await proc.stop(signal.SIGTERM) == 0, proc.logs()
+    events = [
+        json.loads(line).get("event")
+        for line in proc.log_path.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    counted = [e for e in events if e in ("archive_measure_stopped", "archive_measured")]
+    assert len(counted) == 1, proc.logs()
+    # Ended (and joined) before its backup was reported cancelled, before the daemon stopped.
+    order = [events.index(e) for e in (counted[0], "backup_cancelled", "wingsbak_stopped")]
+    assert order == sorted(order), events
+    report = await panel.wait_report(backup)
+    assert report.json["successful"] is False

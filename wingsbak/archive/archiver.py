@@ -6,6 +6,7 @@ Plain synchronous code for a worker thread; it never reads the archive back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -17,6 +18,7 @@ from typing import BinaryIO
 
 from wingsbak.archive import holes, tarstream
 from wingsbak.archive.gzip import BEST_SPEED, BLOCK_SIZE, open_gzip_writer
+from wingsbak.archive.measure import TreeTotal
 from wingsbak.archive.progress import Clock, ProgressThrottle
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.sink import (
@@ -295,34 +297,38 @@ def write_archive(
     FIFOs, sockets and devices are always left out, and only counted in ``skipped``.
 
     ``write_limit`` is in MiB/s (0: unlimited). ``progress`` is called from this thread at most
-    every 0.25 s of ``clock``, and once at the end; when given, the total is measured by a
-    second walk alongside.
+    every 0.25 s of ``clock``, and once at the end; when given, the total is counted by a
+    second walk alongside (:class:`TreeTotal`, stopped and joined before this returns).
     Raises :class:`Cancelled` when ``cancel`` is set, or the sink's own error.
     """
     limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
     metered = MeteredWriter(sink, checksum, limiter, cancel)
     bytes_total = [0]
-    if progress is not None:
-
-        def _measure() -> None:
-            try:
-                bytes_total[0] = measure_tree(root, rules)
-            except OSError:
-                pass
-
-        threading.Thread(target=_measure, name="wingsbak-measure", daemon=True).start()
-
+    rules = rules or IgnoreRules()
+    measure = TreeTotal(root, rules, bytes_total, cancel) if progress is not None else None
     gz = open_gzip_writer(metered, level, threads)  # type: ignore[arg-type]
     archiver = _Archiver(gz, cancel, progress, bytes_total, clock, allow_unreadable)
     ok = False
     try:
-        for entry in walk(root, rules, archiver.skip, on_special=archiver.skip_special):
-            archiver.check()
-            archiver.add_batched(entry)
+        if measure is not None:
+            measure.start()
+        entries = walk(
+            root,
+            rules if measure is None else measure.writer_rules,
+            archiver.skip,
+            on_special=archiver.skip_special,
+            on_excluded=None if measure is None else measure.exclude_file,
+        )
+        with contextlib.closing(entries):
+            for entry in entries:
+                archiver.check()
+                archiver.add_batched(entry)
         archiver.flush()
         tarstream.write_end(gz)
         ok = True
     finally:
+        if measure is not None:
+            measure.stop()
         if ok:
             gz.close()
         else:

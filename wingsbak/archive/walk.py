@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from wingsbak.archive.rules import IgnoreRules
+from wingsbak.archive.rules import Excluder, IgnoreRules
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Directories held open below the root, two descriptors each (ours and scandir's).
@@ -75,6 +75,7 @@ class WalkEntry:
 
 
 SkipCallback = Callable[[str, str], None]
+ExcludedCallback = Callable[[os.stat_result], None]
 
 
 def _ignore_skip(relpath: str, reason: str) -> None:
@@ -195,16 +196,18 @@ class _Stack:
 
 def walk(
     root: str | os.PathLike[str],
-    rules: IgnoreRules | None = None,
+    rules: Excluder | None = None,
     on_skip: SkipCallback = _ignore_skip,
     *,
     on_special: SkipCallback = _ignore_skip,
+    on_excluded: ExcludedCallback | None = None,
     max_open: int = MAX_OPEN_LEVELS,
 ) -> Iterator[WalkEntry]:
     """Yield the entries under ``root`` depth-first, directories before their contents.
 
     ``on_skip(relpath, reason)`` hears of each entry that could not be read (left out);
-    ``on_special`` of each FIFO, socket or device (left out by design).
+    ``on_special`` of each FIFO, socket or device (left out by design); ``on_excluded`` gets
+    the stat of each regular file the rules exclude.
     Raises :class:`UnsafeRoot` when ``root`` is a symlink or not a directory."""
     rules = rules or IgnoreRules()
     check = not rules.empty
@@ -251,6 +254,8 @@ def walk(
             mode = st.st_mode
             if stat.S_ISREG(mode):
                 if check and rules.excludes(relpath):
+                    if on_excluded is not None:
+                        on_excluded(st)
                     continue
                 yield WalkEntry(relpath, name, fd, st, Kind.FILE)
             elif stat.S_ISDIR(mode):
