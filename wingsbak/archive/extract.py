@@ -10,10 +10,17 @@ hard links to anything but a regular file inside it, and device or FIFO entries 
 with a log line. A file is written under a temporary name in its directory and renamed over
 its final name once complete, so a failed restore never leaves a half-written file behind a
 real name (the previous version, if any, stays until the new one is whole).
+
+A truncating restore never deletes anything before the whole archive has been read and
+verified (tar end marker, gzip CRC and length): it is extracted into a hidden staging directory
+at the server root (same file system, so everything after is renames), and only then are the
+old entries moved out and the new ones in. Any failure, a cancel, or a crash caught by
+:func:`remove_restore_leftovers`, puts the old entries back and removes the staging.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -36,11 +43,15 @@ if HAVE_ISAL:
 log = get_logger(__name__)
 
 __all__ = [
+    "STAGING_PREFIX",
     "Cancelled",
+    "NoSpace",
     "RestoreError",
     "RestoreProgress",
     "RestoreResult",
     "extract_archive",
+    "open_server_root",
+    "remove_restore_leftovers",
     "restore_archive_file",
 ]
 
@@ -65,7 +76,21 @@ _GNU_SPARSE, _GNU_DUMPDIR = ord("S"), ord("D")
 # "extended" flag at 482, the real size at 483; each extension block holds 21 more pairs and
 # its own flag at 504.
 _SPARSE_MAP_AT, _SPARSE_IN_HEADER, _SPARSE_IN_EXT = 386, 4, 21
-_MAX_SPARSE_EXT = 16 * 1024 * 1024 // BLOCK  # like the extended headers' 16 MiB
+_MAX_SPARSE_EXT = 16 * 1024 * 1024 // BLOCK
+# Extended headers (pax, GNU long names and links): one may hold 1 MiB, and all those before
+# one entry (global ones included) 4 MiB, as libarchive bounds them; a bigger one is a
+# corrupt archive rather than a reason to hold it in memory. No real path comes near it.
+MAX_EXTENDED_HEADER = 1 * MIB
+MAX_EXTENDED_HEADERS_TOTAL = 4 * MIB
+# Of the global pax records only these change how an entry is restored; keeping only them
+# bounds what global headers can accumulate, whatever they hold.
+_PAX_GLOBAL_KEYS = frozenset({b"path", b"linkpath", b"size", b"mtime"})
+# The hidden directory at a server root where a restore stages its files: excluded from
+# backups, removed (after putting back what it held) by recovery.
+STAGING_PREFIX = ".wingsbak-restore-"
+_STAGING_PREFIX_B = STAGING_PREFIX.encode()
+_TREE, _OLD, _SWAPPING = b"tree", b"old", b"swapping"
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 # What os.utime takes (a 64-bit time_t): a wilder archive time is clamped to it.
 _MAX_TIME_NS = (2**63 - 1) * 1_000_000_000
 # Types whose header says nothing about data following it: tarfile and GNU tar skip none.
@@ -107,6 +132,10 @@ ProgressCallback = Callable[[RestoreProgress], None]
 
 class _Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
+
+
+class NoSpace(RestoreError):
+    """The disk cannot hold the restored files beside the server's current ones."""
 
 
 class _Skip(Exception):
@@ -284,7 +313,9 @@ def _split_name(name: bytes) -> list[bytes]:
 
 
 def _check_symlink_target(parts: list[bytes], target: bytes) -> None:
-    """A symlink may only point inside the root, judged by its text alone.
+    """A relative symlink may only point inside the root, judged by its text alone. An
+    absolute one is restored as it is: it means a path in the game container's own mount
+    namespace, and this restore never follows any link (nothing is written through it).
 
     Leading ``..`` climb through real directories (the symlink's own parents, which this
     restore opened with O_NOFOLLOW), so counting them is exact. A ``..`` after any other
@@ -298,7 +329,7 @@ def _check_symlink_target(parts: list[bytes], target: bytes) -> None:
     if b"\x00" in target:
         raise _Skip("symlink target contains a NUL byte")
     if target.startswith(b"/"):
-        raise _Skip("symlink with an absolute target")
+        return
     comps = [c for c in target.split(b"/") if c and c != b"."]
     ups = 0
     while ups < len(comps) and comps[ups] == b"..":
@@ -395,17 +426,159 @@ def _clear_way(parent: int, name: bytes) -> None:
         os.unlink(name, dir_fd=parent)
 
 
-def empty_directory(root_fd: int) -> None:
-    """Delete everything inside ``root_fd`` (not the directory itself), following no symlink."""
-    with os.scandir(root_fd) as it:
-        names = [e.name for e in it]
-    for name in names:
-        st = os.lstat(name, dir_fd=root_fd)
-        if stat.S_ISDIR(st.st_mode):
-            # rmtree with dir_fd uses its symlink-attack-safe, fd-based walk.
-            shutil.rmtree(name, dir_fd=root_fd)
+def open_server_root(dest: str | os.PathLike[str], *, create: bool = True) -> int:
+    """The restore destination as an open directory, never through a symlink: a server root
+    that is a symlink (or not a directory) is refused, since a restore through it would write
+    (and a truncating one delete) wherever it points. Created when missing and ``create``."""
+    path = os.fspath(dest)
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        if not create:
+            raise RestoreError(f"the server directory {path} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RestoreError(f"the server directory {path} is a symlink: refused") from None
+        if exc.errno == errno.ENOTDIR:
+            raise RestoreError(f"the server directory {path} is not a directory") from None
+        raise RestoreError(f"cannot open {path}: {_describe(exc)}") from exc
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # created meanwhile: the open decides
+            os.mkdir(path, 0o755)
+    except OSError as exc:
+        raise RestoreError(f"cannot create {path}: {_describe(exc)}") from exc
+    return open_server_root(path, create=False)
+
+
+def _names(dir_fd: int) -> list[str]:
+    with os.scandir(dir_fd) as it:
+        return [e.name for e in it]
+
+
+def _is_dir(name: bytes, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+class _Staging:
+    """``<root>/.wingsbak-restore-<label>``: the restore's temporary files, and for a
+    truncating restore the whole new tree (``tree``), then the old entries (``old``) while
+    they are swapped. ``swapping`` exists once every old entry is in ``old``: from then on
+    the root holds only restored entries. :meth:`undo` reads that state, so a failure, a
+    cancel or recovery after a crash all put the old entries back the same way."""
+
+    def __init__(self, root_fd: int, label: str) -> None:
+        self.root_fd = root_fd
+        self.name = (STAGING_PREFIX + label).encode()
+        try:
+            os.mkdir(self.name, 0o700, dir_fd=root_fd)
+        except FileExistsError:
+            _undo_staging(root_fd, self.name)  # left by a run of the same label that died
+            os.mkdir(self.name, 0o700, dir_fd=root_fd)
+        self.fd = os.open(self.name, _DIR_FLAGS, dir_fd=root_fd)
+        self.dev = os.fstat(self.fd).st_dev
+        self.tree_fd = -1
+
+    def tree(self) -> int:
+        os.mkdir(_TREE, 0o755, dir_fd=self.fd)
+        self.tree_fd = os.open(_TREE, _DIR_FLAGS, dir_fd=self.fd)
+        return self.tree_fd
+
+    def check_space(self, needed: int) -> None:
+        """Fail before anything is written when the file system cannot hold ``needed``
+        more bytes (the restored tree, beside the server's current files)."""
+        st = os.fstatvfs(self.fd)
+        free = st.f_bavail * st.f_frsize
+        if needed > free:
+            raise NoSpace(
+                f"the disk cannot hold the restore beside the server's files ({needed} bytes "
+                f"needed, {free} free); nothing was changed"
+            )
+
+    def swap_in(self) -> None:
+        """Move the root's entries into ``old``, then the restored tree's into the root."""
+        os.mkdir(_OLD, 0o700, dir_fd=self.fd)
+        old_fd = os.open(_OLD, _DIR_FLAGS, dir_fd=self.fd)
+        try:
+            for name in _names(self.root_fd):
+                if not name.startswith(STAGING_PREFIX):
+                    os.rename(name, name, src_dir_fd=self.root_fd, dst_dir_fd=old_fd)
+            os.mkdir(_SWAPPING, 0o700, dir_fd=self.fd)
+            for name in _names(self.tree_fd):
+                os.rename(name, name, src_dir_fd=self.tree_fd, dst_dir_fd=self.root_fd)
+        finally:
+            os.close(old_fd)
+
+    def close(self, *, undo: bool) -> None:
+        """Remove the staging: after a swap that stays, with the old entries it holds; else
+        after putting every old entry back where it was."""
+        if self.tree_fd >= 0:
+            os.close(self.tree_fd)
+            self.tree_fd = -1
+        os.close(self.fd)
+        if undo:
+            _undo_staging(self.root_fd, self.name)
         else:
-            os.unlink(name, dir_fd=root_fd)
+            shutil.rmtree(self.name, dir_fd=self.root_fd)
+
+
+def _undo_staging(root_fd: int, name: bytes) -> None:
+    """Put back what a staging directory took from the root, then remove it."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=root_fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        os.unlink(name, dir_fd=root_fd)  # a temporary file of an older version
+        return
+    try:
+        if _is_dir(_OLD, fd):
+            old_fd = os.open(_OLD, _DIR_FLAGS, dir_fd=fd)
+            try:
+                if _is_dir(_SWAPPING, fd):
+                    # The root holds restored entries only: back into the tree they go.
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(_TREE, 0o755, dir_fd=fd)
+                    tree_fd = os.open(_TREE, _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        for entry in _names(root_fd):
+                            if not entry.startswith(STAGING_PREFIX):
+                                os.rename(entry, entry, src_dir_fd=root_fd, dst_dir_fd=tree_fd)
+                    finally:
+                        os.close(tree_fd)
+                for entry in _names(old_fd):
+                    os.rename(entry, entry, src_dir_fd=old_fd, dst_dir_fd=root_fd)
+            finally:
+                os.close(old_fd)
+    finally:
+        os.close(fd)
+    # Only once ``old`` is empty: a rename that failed above leaves it (and the error says
+    # so) rather than deleting server files with it.
+    shutil.rmtree(name, dir_fd=root_fd)
+
+
+def remove_restore_leftovers(dest: str | os.PathLike[str]) -> int:
+    """What a restore that died (kill -9, power loss) left in the server root: its staging
+    directory, after the old entries it held are put back, and temporary files. Returns how
+    many were removed; a server root that is gone or a symlink has none."""
+    try:
+        root_fd = os.open(os.fspath(dest), _DIR_FLAGS)
+    except OSError:
+        return 0
+    removed = 0
+    try:
+        for name in _names(root_fd):
+            if name.startswith(STAGING_PREFIX):
+                _undo_staging(root_fd, os.fsencode(name))
+                removed += 1
+    finally:
+        os.close(root_fd)
+    return removed
 
 
 @dataclass(slots=True)
@@ -452,9 +625,11 @@ class _Extractor:
         owner: tuple[int, int] | None,
         counter: _CountingReader,
         bytes_total: int,
+        staging: _Staging,
         clock: Clock = time.monotonic,
     ) -> None:
         self.feed = feed
+        self.staging = staging
         self.root_fd = root_fd
         self.limiter = limiter
         self.progress = progress
@@ -466,7 +641,6 @@ class _Extractor:
         self.throttle = ProgressThrottle(clock=clock)
         self.dir_meta: dict[tuple[bytes, ...], tuple[int, int]] = {}
         self.tmp_seq = 0
-        self.tmp_prefix = f".wingsbak-restore-{os.getpid()}-".encode()
         self.files = self.directories = self.symlinks = self.hardlinks = 0
         self.skipped = 0
         self.bytes_written = 0
@@ -475,13 +649,20 @@ class _Extractor:
     # -- the tar stream ---------------------------------------------------------------
 
     def run(self) -> None:
+        """Every entry, then the rest of the stream (the gzip CRC and length)."""
         try:
             self._entries()
             self.feed.drain()
-            try:
-                self._finish_directories()
-            except OSError as exc:
-                raise RestoreError(f"cannot set directory modes: {_describe(exc)}") from exc
+        finally:
+            self.dirs.close()
+
+    def finish(self, root_fd: int) -> None:
+        """Directory modes and times, once the entries are where they stay (``root_fd``)."""
+        self.dirs = _Dirs(root_fd, self.owner)
+        try:
+            self._finish_directories()
+        except OSError as exc:
+            raise RestoreError(f"cannot set directory modes: {_describe(exc)}") from exc
         finally:
             self.dirs.close()
         self._report()
@@ -491,6 +672,7 @@ class _Extractor:
         pax_global: dict[bytes, bytes] = {}
         pax: dict[bytes, bytes] = {}
         long_name = long_link = None
+        extended = 0  # bytes of extended headers read since the last entry
         while True:
             self._check()
             at = feed.tell
@@ -511,11 +693,19 @@ class _Extractor:
                 if size < 0:
                     raise ValueError("negative size")
                 if kind in (_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
+                    extended += size
+                    if size > MAX_EXTENDED_HEADER or extended > MAX_EXTENDED_HEADERS_TOTAL:
+                        raise RestoreError(
+                            f"the archive is corrupt: an extended header of {size} bytes at "
+                            f"byte {at} (at most {MAX_EXTENDED_HEADER} each and "
+                            f"{MAX_EXTENDED_HEADERS_TOTAL} before one entry)"
+                        )
                     data = self._take(size + (-size % BLOCK))[:size]
                     if kind == _PAX:
                         pax = _parse_pax(data)
                     elif kind == _PAX_GLOBAL:
-                        pax_global.update(_parse_pax(data))
+                        records = _parse_pax(data).items()
+                        pax_global.update((k, v) for k, v in records if k in _PAX_GLOBAL_KEYS)
                     elif kind == _GNU_LONGNAME:
                         long_name = _cstr(data)
                     else:
@@ -548,6 +738,7 @@ class _Extractor:
                 raise RestoreError(f"the archive is corrupt: bad tar header at byte {at}") from None
             pax = {}
             long_name = long_link = None
+            extended = 0
             # Older pax sparse formats (0.0, 0.1): their data is skipped whole, in sync.
             sparse = sparse_map is None and any(k.startswith(b"GNU.sparse") for k in meta)
             # File data not yet consumed; _copy lowers it as it writes, whatever happens next.
@@ -564,6 +755,11 @@ class _Extractor:
                     f"the archive is truncated inside {_show(entry.name)!r}"
                 ) from None
             except OSError as exc:
+                if exc.errno in _NO_SPACE:
+                    raise NoSpace(
+                        f"the disk filled up while restoring {_show(entry.name)!r} "
+                        f"({_describe(exc)})"
+                    ) from exc
                 raise RestoreError(
                     f"cannot restore {_show(entry.name)!r}: {_describe(exc)}"
                 ) from exc
@@ -635,8 +831,6 @@ class _Extractor:
         return [(numbers[1 + 2 * i], numbers[2 + 2 * i]) for i in range(numbers[0])]
 
     def _take(self, n: int) -> bytes:
-        if n > 16 * MIB:
-            raise RestoreError("the archive has an oversized extended header")
         try:
             return self.feed.take(n)
         except _Truncated:
@@ -647,6 +841,8 @@ class _Extractor:
         parts = _split_name(e.name)
         if not parts:
             return  # the root itself ("./"): its mode and owner stay as they are
+        if parts[0].startswith(_STAGING_PREFIX_B):
+            raise _Skip("the name is reserved for the restore's own staging")
         kind = e.type
         if kind in _REGULAR and e.name.endswith(b"/"):
             # A "file" whose name ends in '/' is a directory (old V7 archives have no
@@ -681,7 +877,7 @@ class _Extractor:
                 e.sparse.regions = self._pax_sparse_map()
             e.sparse.check(self.pending)
         parent = self._parent(parts)
-        tmp, fd = self._create_temp(parent)
+        tmp_dir, tmp, fd = self._create_temp(parent)
         ok = False
         try:
             if e.sparse is None:
@@ -699,37 +895,42 @@ class _Extractor:
             os.utime(fd, ns=(e.mtime, e.mtime))
             os.close(fd)
             fd = -1
-            self._rename_into_place(parent, tmp, parts[-1])
+            self._rename_into_place(tmp_dir, tmp, parent, parts[-1])
             ok = True
         finally:
             if fd >= 0:
                 os.close(fd)
             if not ok:
                 try:
-                    os.unlink(tmp, dir_fd=parent)
+                    os.unlink(tmp, dir_fd=tmp_dir)
                 except OSError:
                     pass
         self.files += 1
         self._tick()
 
-    def _create_temp(self, parent: int) -> tuple[bytes, int]:
+    def _create_temp(self, parent: int) -> tuple[int, bytes, int]:
+        """A new file in the staging directory, where recovery finds it after a crash; in
+        ``parent`` itself when that is another file system (a mount inside the server)."""
+        tmp_dir = self.staging.fd
+        if os.fstat(parent).st_dev != self.staging.dev:
+            tmp_dir = parent
         while True:
             self.tmp_seq += 1
-            tmp = self.tmp_prefix + str(self.tmp_seq).encode()
+            tmp = b"%s%d-%d" % (_STAGING_PREFIX_B, os.getpid(), self.tmp_seq)
             try:
-                return tmp, os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+                return tmp_dir, tmp, os.open(tmp, _NEW_FILE_FLAGS, 0o600, dir_fd=tmp_dir)
             except FileExistsError:
                 continue  # a leftover of an earlier run, or a trap: pick another name
 
-    def _rename_into_place(self, parent: int, tmp: bytes, name: bytes) -> None:
+    def _rename_into_place(self, tmp_dir: int, tmp: bytes, parent: int, name: bytes) -> None:
         # rename() replaces a file or a symlink itself, atomically, and never follows it.
         try:
-            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            os.rename(tmp, name, src_dir_fd=tmp_dir, dst_dir_fd=parent)
         except (IsADirectoryError, FileExistsError, OSError) as exc:
             if exc.errno not in (errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY):
                 raise
             _clear_way(parent, name)
-            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            os.rename(tmp, name, src_dir_fd=tmp_dir, dst_dir_fd=parent)
 
     def _copy(self, fd: int, size: int) -> None:
         feed, limiter, write = self.feed, self.limiter, os.write
@@ -765,6 +966,8 @@ class _Extractor:
         target = _split_name(e.linkname)
         if not target:
             raise _Skip("hard link to the directory itself")
+        if target[0].startswith(_STAGING_PREFIX_B):
+            raise _Skip("hard link into the restore's own staging")
         try:
             src_parent = self.dirs.open(target[:-1])
             src_st = os.lstat(target[-1], dir_fd=src_parent)
@@ -888,53 +1091,102 @@ def extract_archive(
     cancel: threading.Event | None = None,
     owner: tuple[int, int] | None = None,
     bytes_total: int = 0,
+    expected_size: int = 0,
+    label: str = "",
     clock: Clock = time.monotonic,
 ) -> RestoreResult:
     """Restore the ``.tar.gz`` read from ``fileobj`` into the directory ``dest``.
 
-    ``dest`` is created when missing; with ``truncate`` its contents are deleted first.
-    ``write_limit`` caps the file data written, in MiB/s (0: unlimited). ``owner`` (uid, gid)
-    is applied to everything restored when running as root. ``bytes_total`` (the compressed
-    size, when known) only feeds ``progress``, called at most every 0.25 s of ``clock`` and
-    once at the end.
+    ``dest`` is created when missing and refused when it is a symlink. With ``truncate`` its
+    contents are replaced, and only once the whole archive has been read and verified: the
+    restore is staged in ``dest/.wingsbak-restore-<label>`` (``label``: the process id when
+    empty) and swapped in, so on any failure ``dest`` is left as it was. ``expected_size``
+    (the unpacked size, when known) lets a truncating restore fail at once when the disk
+    cannot hold it beside the current files. ``write_limit`` caps the file data written, in
+    MiB/s (0: unlimited). ``owner`` (uid, gid) is applied to everything restored when
+    running as root. ``bytes_total`` (the compressed size, when known) only feeds
+    ``progress``, called at most every 0.25 s of ``clock`` and once at the end.
 
     Raises :class:`RestoreError` (corrupt or truncated archive, unreadable source, failed
-    write) or :class:`Cancelled`. Entries refused by the guard are logged and counted in
-    ``skipped``; they do not fail the restore.
+    write; :class:`NoSpace` for a full disk) or :class:`Cancelled`. Entries refused by the
+    guard are logged and counted in ``skipped``; they do not fail the restore.
     """
-    os.makedirs(dest, exist_ok=True)
-    root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    root_fd = open_server_root(dest)
     try:
-        counter = _CountingReader(fileobj)
-        limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
-        gz = _open_gunzip(counter)
         try:
-            feed = _Feed(gz)
-            # Nothing is deleted before the source has proved to be a readable tar.gz: an
-            # empty, cut or foreign file must not cost the server its files.
-            feed.check_start()
+            staging = _Staging(root_fd, label or str(os.getpid()))
+        except OSError as exc:
+            where = os.fspath(dest)
+            raise RestoreError(f"cannot stage the restore in {where}: {_describe(exc)}") from exc
+        swapped = False
+        try:
+            counter = _CountingReader(fileobj)
+            limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
+            gz = _open_gunzip(counter)
+            try:
+                feed = _Feed(gz)
+                # Not even the staging is filled before the source proved to be a tar.gz.
+                feed.check_start()
+                if truncate:
+                    staging.check_space(expected_size)
+                extractor = _Extractor(
+                    feed,
+                    staging.tree() if truncate else root_fd,
+                    limiter=limiter,
+                    progress=progress,
+                    cancel=cancel,
+                    owner=owner,
+                    counter=counter,
+                    bytes_total=bytes_total,
+                    staging=staging,
+                    clock=clock,
+                )
+                extractor.run()
+            finally:
+                gz.close()
             if truncate:
+                # The archive is whole and verified: only now does the server lose files.
                 try:
-                    empty_directory(root_fd)
+                    staging.swap_in()
                 except OSError as exc:
-                    raise RestoreError(f"cannot empty {os.fspath(dest)}: {_describe(exc)}") from exc
-            extractor = _Extractor(
-                feed,
-                root_fd,
-                limiter=limiter,
-                progress=progress,
-                cancel=cancel,
-                owner=owner,
-                counter=counter,
-                bytes_total=bytes_total,
-                clock=clock,
-            )
-            extractor.run()
-        finally:
-            gz.close()
+                    raise RestoreError(
+                        f"cannot move the restored files into place: {_describe(exc)}"
+                    ) from exc
+            extractor.finish(root_fd)
+            swapped = True
+        except BaseException as exc:
+            if isinstance(exc, NoSpace):
+                log.error("restore_no_space", dest=os.fspath(dest), error=str(exc))
+            try:
+                staging.close(undo=True)
+            except OSError as undo_exc:
+                log.error(
+                    "restore_staging_not_undone",
+                    dest=os.fspath(dest),
+                    staging=staging.name.decode(errors="replace"),
+                    error=_describe(undo_exc),
+                )
+            raise
+        try:
+            staging.close(undo=not swapped)
+        except OSError as exc:
+            # The restore itself is done; what is left is found again by recovery.
+            log.error("restore_staging_not_removed", dest=os.fspath(dest), error=_describe(exc))
     finally:
         os.close(root_fd)
     return extractor.result()
+
+
+def gzip_unpacked_size(f: BinaryIO) -> int:
+    """The unpacked size of a single-member gzip file, from its trailer (which holds it
+    modulo 4 GiB; the smallest value not below the packed size is taken), or 0."""
+    packed = os.fstat(f.fileno()).st_size
+    if packed < 18:
+        return 0
+    trailer = os.pread(f.fileno(), 4, packed - 4)
+    modulo = int.from_bytes(trailer, "little")
+    wraps = max(0, -(-(packed - modulo) // 2**32))
+    return modulo + wraps * 2**32
 
 
 def restore_archive_file(
@@ -942,11 +1194,13 @@ def restore_archive_file(
     dest: str | os.PathLike[str],
     **options: object,
 ) -> RestoreResult:
-    """:func:`extract_archive` of a local archive file (``bytes_total`` is its size)."""
+    """:func:`extract_archive` of a local archive file (``bytes_total`` is its size,
+    ``expected_size`` what its gzip trailer says)."""
     try:
         f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, after the gzip reader
     except OSError as exc:
         raise RestoreError(f"cannot open {os.fspath(path)}: {_describe(exc)}") from exc
     with f:
         options.setdefault("bytes_total", os.fstat(f.fileno()).st_size)
+        options.setdefault("expected_size", gzip_unpacked_size(f))
         return extract_archive(f, dest, **options)  # type: ignore[arg-type]
