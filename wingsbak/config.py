@@ -98,6 +98,10 @@ class BackupsConfig:
     # A backup that cannot read some of its entries (no access, I/O errors) fails; true: it
     # succeeds without them, with their count in its log line, metrics and event.
     allow_skipped: bool = False
+    # Seconds a restore waits for the next byte of its download, and for the whole of it
+    # (from connecting to the last byte; S3 bodies too), before it fails.
+    restore_idle_timeout: float = 60.0
+    restore_deadline: float = 86400.0
     # Backoff of undelivered panel reports: first delay and ceiling, in seconds.
     report_retry_initial: float = 1.0
     report_retry_max: float = 60.0
@@ -227,6 +231,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("system.backups.max_concurrent: must be at least 1")
     if b.shutdown_grace < 0:
         raise ConfigError("system.backups.shutdown_grace: must not be negative")
+    for key in ("restore_idle_timeout", "restore_deadline"):
+        if getattr(b, key) <= 0:
+            raise ConfigError(f"system.backups.{key}: must be a positive number of seconds")
     if b.s3.part_size < MIN_S3_PART_SIZE:
         raise ConfigError(
             f"system.backups.s3.part_size: {b.s3.part_size} is below S3's minimum of "

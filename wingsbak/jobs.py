@@ -31,6 +31,7 @@ from wingsbak.archive.extract import (
     RestoreError,
     RestoreResult,
     extract_archive,
+    remove_restore_leftovers,
     restore_archive_file,
 )
 from wingsbak.archive.rules import PteroignoreTooLarge
@@ -53,10 +54,12 @@ from wingsbak.storage.s3 import S3Error, S3Storage, endpoint_url
 from wingsbak.storage.s3 import describe as describe_s3_error
 from wingsbak.urlguard import (
     DownloadError,
+    GuardedStream,
     HTTPArchiveStream,
     SourceUnreachable,
     UnsafeURL,
     open_restore_stream,
+    shutdown_socket_under,
 )
 from wingsbak.wings import WingsClient, WingsError, console_around_backup
 
@@ -464,7 +467,13 @@ class JobManager:
         allow = self.restore_allowlist()
         try:
             return await asyncio.to_thread(
-                open_restore_stream, url, allow, open_timeout=RESTORE_OPEN_TIMEOUT
+                functools.partial(
+                    open_restore_stream,
+                    url,
+                    allow,
+                    timeout=self.config.system.backups.restore_idle_timeout,
+                    open_timeout=RESTORE_OPEN_TIMEOUT,
+                )
             )
         except UnsafeURL as exc:
             raise BadRequest(f"The download_url is refused: {exc}.") from exc
@@ -546,12 +555,16 @@ class JobManager:
     def _restore_sync(self, job: RestoreJob, loop: asyncio.AbstractEventLoop) -> RestoreResult:
         """Worker thread: stream the archive into the server directory through the guard."""
         user = self.config.system.user
+        b = self.config.system.backups
         options: dict[str, Any] = {
             "truncate": job.truncate,
-            "write_limit": self.config.system.backups.write_limit,
+            "write_limit": b.write_limit,
             "cancel": job.cancel,
             "owner": (user.uid, user.gid) if os.geteuid() == 0 else None,
+            "label": job.uuid,  # names the staging directory that recovery looks for
         }
+        # A cancel or the deadline ends a read in progress, however slowly the source sends.
+        guarded = functools.partial(GuardedStream, cancel=job.cancel, deadline=b.restore_deadline)
         dest = self.server_root(job.server)
         if job.archive is not None:
             # A local archive is checked against its sidecar before anything is written:
@@ -563,14 +576,17 @@ class JobManager:
                 )
             return restore_archive_file(job.archive, dest, **options)
         if job.source is not None:
-            with job.source as stream:
-                return extract_archive(stream, dest, **options)
+            source = job.source
+            # The packed size is a floor of the unpacked one, for the space check.
+            size = source.size
+            with contextlib.closing(guarded(source, source.abort)) as stream:
+                return extract_archive(
+                    stream, dest, bytes_total=size, expected_size=size, **options
+                )
         assert self.s3 is not None
         body = self.s3.open_stream(job.server, job.uuid)
-        try:
-            return extract_archive(body, dest, **options)
-        finally:
-            body.close()
+        with contextlib.closing(guarded(body, lambda: shutdown_socket_under(body))) as stream:
+            return extract_archive(stream, dest, **options)
 
     # -- recovery and shutdown ---------------------------------------------------------------
 
@@ -622,7 +638,16 @@ class JobManager:
                 )
                 log.info("interrupted_backup_reported", backup=key, temporaries_removed=removed)
             elif kind == "restore":
+                # The staging of a restore that died: its old entries go back, the rest goes.
+                removed = 0
+                try:
+                    if server:
+                        root = self.server_root(server)
+                        removed = await asyncio.to_thread(remove_restore_leftovers, root)
+                except OSError as exc:
+                    log.error("interrupted_restore_not_undone", backup=key, error=_describe(exc))
                 await self.outbox.send("POST", f"/backups/{key}/restore", {"successful": False})
+                log.info("interrupted_restore_reported", backup=key, leftovers_removed=removed)
             await asyncio.to_thread(self.journal.forget, key)
 
     def _committed_archive(self, server: str, backup: str) -> Outcome | None:

@@ -11,23 +11,35 @@ answers 127.0.0.1 therefore never gets a connection. Redirects are followed (at 
 :data:`MAX_REDIRECTS`, as S3-compatible stores behind a CDN send them), each hop resolved and
 checked like the first, so a public URL cannot bounce the node inwards. Proxy environment
 variables are ignored for the same reason.
+
+A slow source cannot hold a restore (or a stopping daemon): each read waits at most the idle
+timeout, and :class:`ReadDeadline` cuts a read short from outside when the restore is cancelled
+or its overall deadline has passed, by shutting the connection down under it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
+import math
 import socket
 import ssl
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from wingsbak.archive.extract import RestoreError
+from wingsbak.archive.sink import Cancelled
 
 __all__ = [
     "DownloadError",
+    "GuardedStream",
     "HTTPArchiveStream",
+    "ReadDeadline",
     "ResolvedURL",
     "SourceUnreachable",
     "UnsafeURL",
@@ -47,6 +59,8 @@ _NOT_ARCHIVE_TYPES = ("text/", "application/json", "application/xml", "applicati
 READ_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+# How often the watcher of a restore source looks at the cancel event and the deadline.
+WATCH_INTERVAL = 0.2
 
 
 class UnsafeURL(ValueError):
@@ -202,6 +216,97 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
+class ReadDeadline:
+    """Watches a restore source from a small thread: once ``cancel`` is set or ``deadline``
+    seconds (0: none) have passed, it calls ``abort`` (which shuts the connection down, so a
+    read blocked in the kernel returns at once) and :meth:`check` raises why from then on."""
+
+    def __init__(
+        self,
+        abort: Callable[[], None],
+        *,
+        cancel: threading.Event | None = None,
+        deadline: float = 0,
+    ) -> None:
+        self._abort = abort
+        self._cancel = cancel
+        self._deadline = deadline
+        self._ends = time.monotonic() + deadline if deadline > 0 else math.inf
+        self._stop = threading.Event()
+        self.tripped: Exception | None = None
+        self._thread = threading.Thread(target=self._watch, name="wingsbak-restore-watch")
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL):
+            if self._cancel is not None and self._cancel.is_set():
+                self.tripped = Cancelled("restore cancelled")
+            elif time.monotonic() >= self._ends:
+                self.tripped = DownloadError(
+                    f"the download did not finish within {self._deadline:g} s "
+                    "(system.backups.restore_deadline)"
+                )
+            else:
+                continue
+            with contextlib.suppress(OSError):
+                self._abort()
+            return
+
+    def check(self) -> None:
+        if self.tripped is not None:
+            raise self.tripped
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class GuardedStream:
+    """A restore source (a download, an S3 body) whose reads end, with the reason, once a
+    cancel or the deadline tripped its :class:`ReadDeadline`; ``abort`` ends a read in
+    progress. Closing it closes the source."""
+
+    def __init__(
+        self,
+        raw: Any,
+        abort: Callable[[], None],
+        *,
+        cancel: threading.Event | None = None,
+        deadline: float = 0,
+    ) -> None:
+        self.raw = raw
+        self.guard = ReadDeadline(abort, cancel=cancel, deadline=deadline)
+
+    def read(self, n: int = -1) -> bytes:
+        self.guard.check()
+        try:
+            data: bytes = self.raw.read(n)
+        except Exception:
+            self.guard.check()  # the abort broke the read: say why, not how
+            raise
+        self.guard.check()
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.guard.close()
+        self.raw.close()
+
+
+def shutdown_socket_under(body: Any) -> None:
+    """Shut down the socket a streamed HTTP body (botocore's over urllib3's over
+    http.client's) reads from; close the body where the socket cannot be found."""
+    raw = getattr(body, "_raw_stream", body)  # botocore StreamingBody -> urllib3 response
+    fp = getattr(getattr(raw, "_fp", None), "fp", None)  # http.client response's file
+    sock = getattr(getattr(fp, "raw", None), "_sock", None)  # socket.SocketIO's socket
+    if isinstance(sock, socket.socket):
+        sock.shutdown(socket.SHUT_RDWR)
+    else:
+        body.close()
+
+
 class HTTPArchiveStream:
     """The body of a 200 answer carrying gzip, as a readable for
     :func:`wingsbak.archive.extract.extract_archive`. Read errors, and a body shorter than its
@@ -259,6 +364,11 @@ class HTTPArchiveStream:
 
     def readable(self) -> bool:
         return True
+
+    def abort(self) -> None:
+        """From another thread: end a read in progress (the socket is shut down under it)."""
+        if self._conn.sock is not None:
+            self._conn.sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._response.close()

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
+from wingsbak.archive.extract import STAGING_PREFIX
 from wingsbak.archive.rules import Excluder, IgnoreRules
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -239,6 +240,8 @@ def walk(
             else:
                 stack.pop()
                 continue
+            if not prefix and name.startswith(STAGING_PREFIX):
+                continue  # a restore's staging, never part of the server's files
             relpath = prefix + name
             try:
                 if entry is not None:
