@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from daemon_fixtures import daemon, node, panel, start_daemon  # noqa: F401 - registers them
+from daemon_fixtures import (  # noqa: F401 - registers them
+    daemon,
+    daemon_process,
+    node,
+    panel,
+    start_daemon,
+)
 from restore_helpers import Handler, Serve
 
 

@@ -3,14 +3,18 @@ serve archives at download URLs (the ``serve`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import os
 import stat
+import subprocess
 import tarfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,6 +44,62 @@ def breaks_half_way(body: bytes) -> Handler:
         return resp
 
     return handler
+
+
+def serves_chunked(body: bytes) -> Handler:
+    """A handler answering ``body`` in chunked encoding: no Content-Length to check it by."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for at in range(0, len(body), 64 * 1024):
+            await resp.write(body[at : at + 64 * 1024])
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def trickles(head: bytes, rate: float = 1.0) -> tuple[Handler, asyncio.Event]:
+    """A handler sending ``head`` at once, then one byte of garbage every ``1/rate`` seconds
+    for ever, and the event it sets once ``head`` is sent."""
+    sent = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(head)
+        sent.set()
+        while True:
+            await asyncio.sleep(1 / rate)
+            await resp.write(b"\0")
+
+    return handler, sent
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``path`` (its contents hidden meanwhile); the test is
+    skipped where mounting is not permitted."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def restore_leftovers(root: Path) -> list[str]:
+    """Anything of a restore's own left in a server root."""
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(".wingsbak-restore-"))
 
 
 def snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[object, ...]]:
