@@ -61,20 +61,22 @@ def serves_chunked(body: bytes) -> Handler:
     return handler
 
 
-def trickles(head: bytes, rate: float = 1.0) -> tuple[Handler, asyncio.Event]:
-    """A handler sending ``head`` at once, then one byte of garbage every ``1/rate`` seconds
-    for ever, and the event it sets once ``head`` is sent."""
+def trickles(body: bytes, head: int, rate: float = 1.0) -> tuple[Handler, asyncio.Event]:
+    """A handler sending the first ``head`` bytes of ``body`` at once, then one byte every
+    ``1/rate`` seconds (no Content-Length), and the event it sets once the head is sent."""
     sent = asyncio.Event()
 
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        await resp.write(head)
+        await resp.write(body[:head])
         sent.set()
-        while True:
+        for at in range(head, len(body)):
             await asyncio.sleep(1 / rate)
-            await resp.write(b"\0")
+            await resp.write(body[at : at + 1])
+        await resp.write_eof()
+        return resp
 
     return handler, sent
 

@@ -1,0 +1,143 @@
+"""A slow restore source cannot hold a restore, nor a stopping daemon: a cancel or the overall
+deadline ends even a read that gets one byte a second, the server is left as it was, and
+nothing is written after the failure report."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from daemon_helpers import DaemonProcess, Node, Panel, auth, new_uuid, wait_until
+from restore_helpers import Serve, restore_leftovers, snapshot, trickles
+
+from wingsbak.archive import archive_to_file
+from wingsbak.archive.extract import Cancelled, extract_archive
+from wingsbak.config import ConfigError, parse_config
+from wingsbak.urlguard import DownloadError, open_restore_stream
+
+SERVER = "9d8c7b6a-5f4e-4d3c-8b2a-190817263544"
+MIB = 1024 * 1024
+
+
+def archive_bytes(tmp_path: Path, size: int = 2 * MIB) -> bytes:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "world.mca").write_bytes(os.urandom(size))
+    out = tmp_path / "a.tar.gz"
+    archive_to_file(src, out)
+    return out.read_bytes()
+
+
+def server_tree(root: Path) -> None:
+    (root / "world").mkdir(parents=True)
+    (root / "world" / "level.dat").write_bytes(os.urandom(100_000))
+    (root / "server.properties").write_text("motd=before\n")
+
+
+def restore_in_thread(url: str, dest: Path, **options: Any) -> asyncio.Future[Any]:
+    def run() -> Any:
+        stream_options = {k: options.pop(k) for k in ("cancel", "deadline") if k in options}
+        with open_restore_stream(url, ["127.0.0.1"], timeout=30, **stream_options) as stream:
+            return extract_archive(stream, dest, truncate=True, cancel=stream_options.get("cancel"))
+
+    return asyncio.get_running_loop().run_in_executor(None, run)
+
+
+async def test_the_deadline_ends_a_trickling_download(serve: Serve, tmp_path: Path) -> None:
+    body = archive_bytes(tmp_path)
+    handler, sent = trickles(body, len(body) // 2)
+    root = tmp_path / "server"
+    server_tree(root)
+    before = snapshot(root)
+    job = restore_in_thread(await serve(handler), root, deadline=1.0)
+    with pytest.raises(DownloadError, match="restore_deadline"):
+        await asyncio.wait_for(job, 20)
+    assert sent.is_set()
+    assert snapshot(root) == before
+    assert restore_leftovers(root) == []
+
+
+async def test_a_cancel_ends_a_trickling_download(serve: Serve, tmp_path: Path) -> None:
+    body = archive_bytes(tmp_path)
+    handler, sent = trickles(body, len(body) // 2)
+    root = tmp_path / "server"
+    server_tree(root)
+    before = snapshot(root)
+    cancel = threading.Event()
+    job = restore_in_thread(await serve(handler), root, cancel=cancel)
+    await asyncio.wait_for(sent.wait(), 10)
+    await asyncio.sleep(0.5)  # the restore is now waiting inside a read
+    cancel.set()
+    with pytest.raises(Cancelled):
+        await asyncio.wait_for(job, 20)
+    assert snapshot(root) == before
+    assert restore_leftovers(root) == []
+
+
+async def post_restore(proc: DaemonProcess, backup: str, **body: Any) -> int:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{proc.url}/api/servers/{SERVER}/backup/{backup}/restore",
+            json={"adapter": "wings", "truncate_directory": True, **body},
+            headers=auth(),
+        ) as r,
+    ):
+        return r.status
+
+
+async def test_sigterm_during_a_one_byte_a_second_download_stops_the_daemon(
+    daemon_process: Any, node: Node, panel: Panel, serve: Serve, tmp_path: Path
+) -> None:
+    root = node.data / node.server({"server.properties": "motd=before\n"}, name=SERVER)
+    server_tree(root / "more")
+    before = snapshot(root)
+    body = archive_bytes(tmp_path)
+    handler, sent = trickles(body, len(body) // 2)
+    url = await serve(handler)
+    proc: DaemonProcess = daemon_process(remote=panel.url, restore_host_allowlist=["127.0.0.1"])
+    await proc.start()
+    backup = new_uuid()
+    assert await post_restore(proc, backup, adapter="s3", download_url=url) == 202
+    await wait_until(sent.is_set, "the download to start")
+    await asyncio.sleep(0.5)
+    # The grace (0.5 s here) and the cancel wait end long before the source would.
+    assert await proc.stop(signal.SIGTERM, timeout=30) == 0
+    assert (await panel.wait_report(backup, restore=True)).json == {"successful": False}
+    assert snapshot(root) == before
+    assert restore_leftovers(root) == []
+    assert "restore_cancelled" in proc.logs()
+
+
+async def test_a_stop_past_the_grace_leaves_a_truncating_restore_undone(
+    daemon_process: Any, node: Node, panel: Panel, tmp_path: Path
+) -> None:
+    root = node.data / node.server({"server.properties": "motd=before\n"}, name=SERVER)
+    server_tree(root / "more")
+    before = snapshot(root)
+    backup = new_uuid()
+    archive = node.archive(SERVER, backup)
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(archive_bytes(tmp_path, 6 * MIB))
+    proc: DaemonProcess = daemon_process(remote=panel.url, write_limit=1)  # 6 s of writing
+    await proc.start()
+    assert await post_restore(proc, backup) == 202
+    await wait_until(lambda: restore_leftovers(root) != [], "the restore to stage")
+    assert await proc.stop(signal.SIGTERM, timeout=30) == 0
+    assert (await panel.wait_report(backup, restore=True)).json == {"successful": False}
+    assert snapshot(root) == before
+    assert restore_leftovers(root) == []
+
+
+@pytest.mark.parametrize("key", ["restore_idle_timeout", "restore_deadline"])
+def test_the_timeouts_must_be_positive(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"system.backups.{key}"):
+        parse_config({"system": {"backups": {key: 0}}})
+    cfg = parse_config({"system": {"backups": {key: 5}}})
+    assert getattr(cfg.system.backups, key) == 5.0
