@@ -24,7 +24,7 @@ async def serve() -> AsyncIterator[Serve]:
 
     async def start(handler: Handler) -> str:
         app = web.Application()
-        app.router.add_get("/backup.tar.gz", handler)
+        app.router.add_get("/{path:.*}", handler)  # any path: S3 keys too
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -67,6 +67,8 @@ def trickles(body: bytes, head: int, rate: float = 1.0) -> tuple[Handler, asynci
     sent = asyncio.Event()
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method != "GET":
+            return web.Response()  # HEAD: an S3 client checking its bucket
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)

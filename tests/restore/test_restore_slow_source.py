@@ -115,6 +115,35 @@ async def test_sigterm_during_a_one_byte_a_second_download_stops_the_daemon(
     assert "restore_cancelled" in proc.logs()
 
 
+async def test_sigterm_during_a_one_byte_a_second_s3_body_stops_the_daemon(
+    daemon_process: Any, node: Node, panel: Panel, serve: Serve, tmp_path: Path
+) -> None:
+    """The node's own S3 (a stand-in that answers every GetObject with the trickle): the
+    body's socket is shut down under the read on a stop."""
+    root = node.data / node.server({"server.properties": "motd=before\n"}, name=SERVER)
+    before = snapshot(root)
+    body = archive_bytes(tmp_path)
+    handler, sent = trickles(body, len(body) // 2)
+    endpoint = (await serve(handler)).rsplit("/", 1)[0]
+    s3 = {
+        "bucket": "backups",
+        "endpoint": endpoint,
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+        "path_style": True,
+    }
+    proc: DaemonProcess = daemon_process(remote=panel.url, s3=s3)
+    await proc.start()
+    backup = new_uuid()
+    assert await post_restore(proc, backup, adapter="s3") == 202
+    await wait_until(sent.is_set, "the download to start")
+    await asyncio.sleep(0.5)
+    assert await proc.stop(signal.SIGTERM, timeout=30) == 0
+    assert (await panel.wait_report(backup, restore=True)).json == {"successful": False}
+    assert snapshot(root) == before
+    assert restore_leftovers(root) == []
+
+
 async def test_a_stop_past_the_grace_leaves_a_truncating_restore_undone(
     daemon_process: Any, node: Node, panel: Panel, tmp_path: Path
 ) -> None:
