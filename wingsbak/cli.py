@@ -176,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     rest = sub.add_parser("restore", help="extract a backup archive into a directory, safely")
     rest.add_argument("archive")
     rest.add_argument("dest")
-    rest.add_argument("--truncate", action="store_true", help="empty DEST first")
+    rest.add_argument(
+        "--truncate",
+        action="store_true",
+        help="replace DEST's contents (swapped in only once the whole archive is verified)",
+    )
     rest.set_defaults(func=_cmd_restore)
     return parser
 
