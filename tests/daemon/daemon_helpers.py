@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import json
 import os
@@ -13,13 +14,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jwt
+import pytest
 import yaml
 from aiohttp import web
 from panel_standin import (  # noqa: F401 - re-exported: the suites import them from here
@@ -160,6 +162,27 @@ def panel_knows(remote: str, server: str, backup: str) -> None:
         panel.ensure(server, backup)
 
 
+# -- file systems ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str, extra: str = "") -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount options ``extra`` too) mounted on ``path``, unmounted
+    afterwards; the test is skipped where mounting is not permitted."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}{extra}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 # -- the daemon, in-process ------------------------------------------------------------------
 
 
@@ -224,6 +247,20 @@ class DaemonProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.config['api']['port']}"
+
+    async def post_restore(self, server: str, backup: str, **body: Any) -> int:
+        """Ask for a truncating restore from local storage (``body`` overrides), the way the
+        panel does (its record of the backup first): the status."""
+        panel_knows(self.config["remote"], server, backup)
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{self.url}/api/servers/{server}/backup/{backup}/restore",
+                json={"adapter": "wings", "truncate_directory": True, **body},
+                headers=auth(),
+            ) as r,
+        ):
+            return r.status
 
     async def start(self) -> None:
         cfg_path = self.node.root / "cfg.yml"

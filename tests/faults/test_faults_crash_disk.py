@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -18,7 +17,16 @@ from typing import Any
 import aiohttp
 import pytest
 from botocore.exceptions import ClientError
-from daemon_helpers import Daemon, DaemonProcess, Node, Panel, auth, new_uuid, wait_until
+from daemon_helpers import (
+    Daemon,
+    DaemonProcess,
+    Node,
+    Panel,
+    auth,
+    mounted_tmpfs,
+    new_uuid,
+    wait_until,
+)
 from s3_helpers import s3_config
 
 MIB = 1024 * 1024
@@ -95,19 +103,8 @@ async def test_kill_9_during_s3_direct_upload_then_restart(
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, unmounted afterwards; skipped where mounting is not permitted."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "4m", ",mode=0700") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def on_small_fs(small: Path) -> Callable[[dict[str, Any]], None]:

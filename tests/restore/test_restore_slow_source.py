@@ -8,12 +8,12 @@ import asyncio
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from daemon_helpers import DaemonProcess, Node, Panel, auth, new_uuid, wait_until
+from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from restore_helpers import Serve, restore_leftovers, snapshot, trickles
 
 from wingsbak.archive import archive_to_file
@@ -80,16 +80,27 @@ async def test_a_cancel_ends_a_trickling_download(serve: Serve, tmp_path: Path) 
     assert restore_leftovers(root) == []
 
 
-async def post_restore(proc: DaemonProcess, backup: str, **body: Any) -> int:
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            f"{proc.url}/api/servers/{SERVER}/backup/{backup}/restore",
-            json={"adapter": "wings", "truncate_directory": True, **body},
-            headers=auth(),
-        ) as r,
-    ):
-        return r.status
+async def sigterm_ends_the_restore(
+    proc: DaemonProcess,
+    panel: Panel,
+    root: Path,
+    started: Callable[[], bool],
+    backup: str = "",
+    **body: Any,
+) -> None:
+    """Start a truncating restore of ``root``'s server, wait for ``started``, stop the daemon:
+    it exits 0 (the grace, 0.5 s here, and the cancel wait end long before any slow source
+    would), the panel hears of a failure, and the server is as it was."""
+    before = snapshot(root)
+    await proc.start()
+    backup = backup or new_uuid()
+    assert await proc.post_restore(SERVER, backup, **body) == 202
+    await wait_until(started, "the restore to start")
+    await asyncio.sleep(0.5)  # inside a read, or paced by the write limit
+    assert await proc.stop(signal.SIGTERM, timeout=30) == 0
+    assert (await panel.wait_report(backup, restore=True)).json == {"successful": False}
+    assert snapshot(root) == before
+    assert restore_leftovers(root) == []
 
 
 async def test_sigterm_during_a_one_byte_a_second_download_stops_the_daemon(
@@ -97,21 +108,13 @@ async def test_sigterm_during_a_one_byte_a_second_download_stops_the_daemon(
 ) -> None:
     root = node.data / node.server({"server.properties": "motd=before\n"}, name=SERVER)
     server_tree(root / "more")
-    before = snapshot(root)
     body = archive_bytes(tmp_path)
     handler, sent = trickles(body, len(body) // 2)
     url = await serve(handler)
     proc: DaemonProcess = daemon_process(remote=panel.url, restore_host_allowlist=["127.0.0.1"])
-    await proc.start()
-    backup = new_uuid()
-    assert await post_restore(proc, backup, adapter="s3", download_url=url) == 202
-    await wait_until(sent.is_set, "the download to start")
-    await asyncio.sleep(0.5)
-    # The grace (0.5 s here) and the cancel wait end long before the source would.
-    assert await proc.stop(signal.SIGTERM, timeout=30) == 0
-    assert (await panel.wait_report(backup, restore=True)).json == {"successful": False}
-    assert snapshot(root) == before
-    assert restore_leftovers(root) == []
+    await sigterm_ends_the_restore(
+        proc, panel, root, sent.is_set, adapter="s3", download_url=url
+    )
     assert "restore_cancelled" in proc.logs()
 
 
@@ -121,7 +124,6 @@ async def test_sigterm_during_a_one_byte_a_second_s3_body_stops_the_daemon(
     """The node's own S3 (a stand-in that answers every GetObject with the trickle): the
     body's socket is shut down under the read on a stop."""
     root = node.data / node.server({"server.properties": "motd=before\n"}, name=SERVER)
-    before = snapshot(root)
     body = archive_bytes(tmp_path)
     handler, sent = trickles(body, len(body) // 2)
     endpoint = (await serve(handler)).rsplit("/", 1)[0]
@@ -133,15 +135,7 @@ async def test_sigterm_during_a_one_byte_a_second_s3_body_stops_the_daemon(
         "path_style": True,
     }
     proc: DaemonProcess = daemon_process(remote=panel.url, s3=s3)
-    await proc.start()
-    backup = new_uuid()
-    assert await post_restore(proc, backup, adapter="s3") == 202
-    await wait_until(sent.is_set, "the download to start")
-    await asyncio.sleep(0.5)
-    assert await proc.stop(signal.SIGTERM, timeout=30) == 0
-    assert (await panel.wait_report(backup, restore=True)).json == {"successful": False}
-    assert snapshot(root) == before
-    assert restore_leftovers(root) == []
+    await sigterm_ends_the_restore(proc, panel, root, sent.is_set, adapter="s3")
 
 
 async def test_a_stop_past_the_grace_leaves_a_truncating_restore_undone(
@@ -149,19 +143,14 @@ async def test_a_stop_past_the_grace_leaves_a_truncating_restore_undone(
 ) -> None:
     root = node.data / node.server({"server.properties": "motd=before\n"}, name=SERVER)
     server_tree(root / "more")
-    before = snapshot(root)
     backup = new_uuid()
     archive = node.archive(SERVER, backup)
     archive.parent.mkdir(parents=True)
     archive.write_bytes(archive_bytes(tmp_path, 6 * MIB))
     proc: DaemonProcess = daemon_process(remote=panel.url, write_limit=1)  # 6 s of writing
-    await proc.start()
-    assert await post_restore(proc, backup) == 202
-    await wait_until(lambda: restore_leftovers(root) != [], "the restore to stage")
-    assert await proc.stop(signal.SIGTERM, timeout=30) == 0
-    assert (await panel.wait_report(backup, restore=True)).json == {"successful": False}
-    assert snapshot(root) == before
-    assert restore_leftovers(root) == []
+    await sigterm_ends_the_restore(
+        proc, panel, root, lambda: restore_leftovers(root) != [], backup=backup
+    )
 
 
 @pytest.mark.parametrize("key", ["restore_idle_timeout", "restore_deadline"])

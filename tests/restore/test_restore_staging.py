@@ -11,13 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from daemon_helpers import Daemon, DaemonProcess, Node, Panel, auth, new_uuid, wait_until
+from daemon_helpers import (
+    Daemon,
+    DaemonProcess,
+    Node,
+    Panel,
+    mounted_tmpfs,
+    new_uuid,
+    wait_until,
+)
 from restore_helpers import (
     Serve,
     breaks_half_way,
-    mounted_tmpfs,
     restore_leftovers,
     serves,
     serves_chunked,
@@ -269,15 +275,7 @@ async def test_kill_9_mid_restore_then_restart_leaves_the_server_as_it_was(
     before = snapshot(root)
     proc: DaemonProcess = daemon_process(remote=panel.url, write_limit=1)
     await proc.start()
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            f"{proc.url}/api/servers/{SERVER}/backup/{backup}/restore",
-            json={"adapter": "wings", "truncate_directory": truncate},
-            headers=auth(),
-        ) as r,
-    ):
-        assert r.status == 202
+    assert await proc.post_restore(SERVER, backup, truncate_directory=truncate) == 202
 
     def staged_bytes() -> int:
         return sum(p.stat().st_size for p in root.glob(f"{STAGING_PREFIX}*/**/*") if p.is_file())
