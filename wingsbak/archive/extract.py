@@ -76,7 +76,7 @@ _GNU_SPARSE, _GNU_DUMPDIR = ord("S"), ord("D")
 # "extended" flag at 482, the real size at 483; each extension block holds 21 more pairs and
 # its own flag at 504.
 _SPARSE_MAP_AT, _SPARSE_IN_HEADER, _SPARSE_IN_EXT = 386, 4, 21
-_MAX_SPARSE_EXT = 16 * 1024 * 1024 // BLOCK
+_MAX_SPARSE_EXT = 16 * 1024 * 1024 // BLOCK  # a sparse map of 16 MiB at most
 # Extended headers (pax, GNU long names and links): one may hold 1 MiB, and all those before
 # one entry (global ones included) 4 MiB, as libarchive bounds them; a bigger one is a
 # corrupt archive rather than a reason to hold it in memory. No real path comes near it.
