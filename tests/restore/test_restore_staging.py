@@ -310,3 +310,25 @@ def test_extract_archive_refuses_to_stage_over_a_symlinked_staging_name(tmp_path
         extract_archive(f, root, truncate=True, label="lbl")
     assert (elsewhere / "keep").read_text() == "keep"
     assert sorted(p.name for p in root.iterdir()) == ["f"]
+
+
+def test_a_swap_that_fails_half_way_puts_every_entry_back(tmp_path: Path) -> None:
+    """A mount point inside the server root cannot be moved (EBUSY): the swap fails after
+    moving the entries listed before it, and they all come back."""
+    root = tmp_path / "server"
+    root.mkdir()
+    hundred_files(root)
+    for name in "abcdefghij":
+        (root / f"{name}.txt").write_text(name)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "restored.txt").write_text("new")
+    archive = tmp_path / "a.tar.gz"
+    archive_to_file(src, archive)
+    with mounted_tmpfs(root / "f-mount", "1m") as mount:
+        (mount / "inside").write_text("on another file system")
+        before = snapshot(root)
+        with pytest.raises(RestoreError, match="cannot move the restored files into place"):
+            restore_archive_file(archive, root, truncate=True)
+        assert snapshot(root) == before
+        assert restore_leftovers(root) == []
