@@ -5,6 +5,7 @@ nothing is written after the failure report."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -19,7 +20,7 @@ from restore_helpers import Serve, restore_leftovers, snapshot, trickles
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.extract import Cancelled, extract_archive
 from wingsbak.config import ConfigError, parse_config
-from wingsbak.urlguard import DownloadError, open_restore_stream
+from wingsbak.urlguard import DownloadError, GuardedStream, open_restore_stream
 
 SERVER = "9d8c7b6a-5f4e-4d3c-8b2a-190817263544"
 MIB = 1024 * 1024
@@ -41,10 +42,12 @@ def server_tree(root: Path) -> None:
 
 
 def restore_in_thread(url: str, dest: Path, **options: Any) -> asyncio.Future[Any]:
+    """The daemon's way: the download opened, then read through its guard."""
+
     def run() -> Any:
-        stream_options = {k: options.pop(k) for k in ("cancel", "deadline") if k in options}
-        with open_restore_stream(url, ["127.0.0.1"], timeout=30, **stream_options) as stream:
-            return extract_archive(stream, dest, truncate=True, cancel=stream_options.get("cancel"))
+        source = open_restore_stream(url, ["127.0.0.1"], timeout=30)
+        with contextlib.closing(GuardedStream(source, source.abort, **options)) as stream:
+            return extract_archive(stream, dest, truncate=True, cancel=options.get("cancel"))
 
     return asyncio.get_running_loop().run_in_executor(None, run)
 
