@@ -99,7 +99,7 @@ class BackupsConfig:
     # succeeds without them, with their count in its log line, metrics and event.
     allow_skipped: bool = False
     # Seconds a restore waits for the next byte of its download, and for the whole of it
-    # (from connecting to the last byte; S3 bodies too), before it fails.
+    # (from its first read to its last byte; S3 bodies too), before it fails.
     restore_idle_timeout: float = 60.0
     restore_deadline: float = 86400.0
     # Backoff of undelivered panel reports: first delay and ceiling, in seconds.
