@@ -2,6 +2,10 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 
+# restic for system.backups.store: restic (deduplicated backups).
+RUN apt-get update && apt-get install -y --no-install-recommends restic ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY wingsbak ./wingsbak

@@ -24,6 +24,8 @@ CHECKSUM_TYPES = ("sha1", "sha256")
 MIN_S3_PART_SIZE = 5 * 1024 * 1024
 MAX_S3_PART_SIZE = 5 * 1024 * 1024 * 1024
 PAYLOAD_SIGNING = ("auto", "always", "never")
+STORES = ("local", "s3", "restic")
+RESTIC_COMPRESSION = ("auto", "max", "off")
 
 
 class ConfigError(ValueError):
@@ -84,6 +86,19 @@ class S3Config:
 
 
 @dataclass(slots=True)
+class ResticConfig:
+    # Anything restic accepts: a path, s3:..., rest:..., sftp:...
+    repository: str = ""
+    password_file: str = ""
+    binary: str = "restic"
+    # Passed to restic (e.g. AWS_ACCESS_KEY_ID for an s3: repository); never logged.
+    environment: dict[str, str] = field(default_factory=dict)
+    compression: str = "auto"
+    # Seconds between two prunes (space comes back after deletes).
+    prune_interval: float = 3600.0
+
+
+@dataclass(slots=True)
 class BackupsConfig:
     # MiB/s written by the archiver (and by restores); 0 = unlimited.
     write_limit: int = 0
@@ -113,8 +128,12 @@ class BackupsConfig:
     console_before: list[str] = field(default_factory=list)
     console_settle: float = 0.0
     console_after: list[str] = field(default_factory=list)
-    # Node-side S3 credentials; without a bucket, s3 backups use the panel's pre-signed flow.
+    # Where backups of the panel's ``wings`` adapter go (its ``s3`` adapter is always the
+    # panel's pre-signed flow): local .tar.gz, the node's bucket (s3) or a restic repository.
+    store: str = "local"
+    # The node's own bucket: the s3 store, and where its earlier backups are found.
     s3: S3Config = field(default_factory=S3Config)
+    restic: ResticConfig = field(default_factory=ResticConfig)
 
 
 @dataclass(slots=True)
@@ -162,6 +181,10 @@ class Config:
         """Wings' API URL without a trailing slash; empty when standalone."""
         return self.api.upstream.rstrip("/")
 
+    @property
+    def restic_enabled(self) -> bool:
+        return bool(self.system.backups.restic.repository)
+
 
 def _check_scalar(key: str, value: Any, typ: Any) -> Any:
     if typ is bool:
@@ -183,6 +206,21 @@ def _check_scalar(key: str, value: Any, typ: Any) -> Any:
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     origin = typing.get_origin(typ)
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got a {type(value).__name__}")
+        _key_type, item_type = typing.get_args(typ)
+        # Values may be secrets: a refusal names the entry, never its value.
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or not k:
+                raise ConfigError(f"{key}: entry names must be non-empty strings")
+            if not isinstance(v, str | int | float) or isinstance(v, bool):
+                raise ConfigError(f"{key}.{k}: expected a string")
+            out[k] = str(v)
+        return out
     if origin is list:
         (item_type,) = typing.get_args(typ)
         if value is None:
@@ -270,6 +308,7 @@ def _validate(cfg: Config) -> None:
             f"system.backups.s3.payload_signing: {b.s3.payload_signing!r} is not one of "
             + ", ".join(PAYLOAD_SIGNING)
         )
+    _validate_store(b)
     if not 0 < cfg.api.port < 65536:
         raise ConfigError(f"api.port: {cfg.api.port} is not a TCP port")
     for name in ("header_timeout", "body_timeout", "keepalive_timeout", "websocket_auth_timeout"):
@@ -311,6 +350,31 @@ def _validate_front(cfg: Config) -> None:
                 raise ConfigError(
                     f"system.backups.{key}[{i}]: {command!r} is not one console command line"
                 )
+
+
+def _validate_store(b: BackupsConfig) -> None:
+    if b.store not in STORES:
+        raise ConfigError(f"system.backups.store: {b.store!r} is not one of " + ", ".join(STORES))
+    if b.store == "s3" and not b.s3.bucket:
+        raise ConfigError("system.backups.s3.bucket: must be set for system.backups.store: s3")
+    r = b.restic
+    if b.store == "restic" and not r.repository:
+        raise ConfigError(
+            "system.backups.restic.repository: must be set for system.backups.store: restic"
+        )
+    if r.repository and not r.password_file:
+        raise ConfigError(
+            "system.backups.restic.password_file: must be set with a restic repository"
+        )
+    if r.compression not in RESTIC_COMPRESSION:
+        raise ConfigError(
+            f"system.backups.restic.compression: {r.compression!r} is not one of "
+            + ", ".join(RESTIC_COMPRESSION)
+        )
+    if r.prune_interval <= 0:
+        raise ConfigError("system.backups.restic.prune_interval: must be positive (seconds)")
+    if not r.binary:
+        raise ConfigError("system.backups.restic.binary: must name the restic program")
 
 
 def parse_config(raw: Any) -> Config:

@@ -12,30 +12,20 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from wingsbak.archive import (
-    ArchiveProgress,
-    ArchiveResult,
-    Cancelled,
-    IgnoreRules,
-    UnreadableEntry,
-)
-from wingsbak.archive.archiver import archive_to_file
+from wingsbak.archive import ArchiveProgress, Cancelled, UnreadableEntry
 from wingsbak.archive.extract import (
     RestoreError,
     RestoreResult,
     extract_archive,
     remove_restore_leftovers,
-    restore_archive_file,
 )
 from wingsbak.archive.rules import PteroignoreTooLarge
-from wingsbak.archive.sink import file_checksum, read_sidecar
 from wingsbak.config import Config
 from wingsbak.errors import BadGateway, BadRequest, Conflict, NotFound, Unavailable
 from wingsbak.events import (
@@ -48,10 +38,13 @@ from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox, PanelError
-from wingsbak.storage.local import LocalStorage
-from wingsbak.storage.presigned import PresignedUploadError, upload_via_panel
-from wingsbak.storage.s3 import S3Error, S3Storage, endpoint_url
+from wingsbak.storage.base import BackupSource, BackupStore, Outcome
+from wingsbak.storage.local import LocalStorage, LocalStore
+from wingsbak.storage.presigned import PresignedStore, PresignedUploadError
+from wingsbak.storage.restic import ResticError, ResticStore
+from wingsbak.storage.s3 import S3Error, S3Storage, S3Store, endpoint_url
 from wingsbak.storage.s3 import describe as describe_s3_error
+from wingsbak.storage.select import Stores
 from wingsbak.urlguard import (
     DownloadError,
     GuardedStream,
@@ -59,7 +52,6 @@ from wingsbak.urlguard import (
     SourceUnreachable,
     UnsafeURL,
     open_restore_stream,
-    shutdown_socket_under,
 )
 from wingsbak.wings import WingsClient, WingsError, console_around_backup
 
@@ -86,7 +78,9 @@ EXPECTED_FAILURES = (
     UnreadableEntry,
     WingsError,
     PteroignoreTooLarge,
+    ResticError,
 )
+__all__ = ["ADAPTERS", "BackupJob", "JobManager", "Outcome", "RestoreJob"]
 
 
 @dataclass(slots=True)
@@ -95,6 +89,7 @@ class BackupJob:
     uuid: str
     adapter: str
     ignore: str = ""
+    store: str = ""  # the store's name (storage.base.BackupStore.name)
     state: str = "queued"
     cancel: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task[None] | None = None
@@ -122,24 +117,14 @@ class RestoreJob:
     adapter: str
     truncate: bool = False
     download_url: str = ""
-    archive: Path | None = None  # the local archive (wings adapter)
     source: HTTPArchiveStream | None = None  # the download link, opened before the 202
+    store: BackupStore | None = None  # where the backup was found (no download link)
     cancel: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task[None] | None = None
     started: bool = False  # has a slot and may be writing into the server's files
 
     def summary(self) -> dict[str, Any]:
         return {"server": self.server, "uuid": self.uuid, "adapter": self.adapter}
-
-
-@dataclass(slots=True)
-class Outcome:
-    successful: bool
-    checksum: str = ""
-    checksum_type: str = "sha1"
-    size: int = 0
-    parts: list[dict[str, Any]] | None = None
-    skipped: int = 0  # entries left out because they could not be read (allow_skipped)
 
 
 class JobManager:
@@ -179,26 +164,33 @@ class JobManager:
         self.accepting = True
         self.completed = 0
         self.failed = 0
-        # Node-side S3 credentials: stream straight into the bucket. Without them, the s3
-        # adapter uses the panel's pre-signed part URLs, as a stock panel expects.
-        self.s3: S3Storage | None = (
-            S3Storage(config.system.backups.s3) if config.s3_enabled else None
-        )
+        self.s3: S3Storage | None = None
         self.s3_check: threading.Thread | None = None  # see check_s3_in_background
-        # adapter -> coroutine that writes the backup somewhere and says what it wrote
-        self.backup_runners: dict[str, Callable[[BackupJob], Awaitable[Outcome]]] = {
-            "wings": self._in_thread(self._backup_local),
-            "s3": self._in_thread(self._backup_s3) if self.s3 else self._backup_via_panel,
-        }
+        self.restic: ResticStore | None = None
+        self.restic_check: threading.Thread | None = None  # see check_stores_in_background
+        self.stores = self._make_stores()
 
-    def _in_thread(
-        self, fn: Callable[[BackupJob, asyncio.AbstractEventLoop], Outcome]
-    ) -> Callable[[BackupJob], Awaitable[Outcome]]:
-        async def run(job: BackupJob) -> Outcome:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, fn, job, loop)
-
-        return run
+    def _make_stores(self) -> Stores:
+        b = self.config.system.backups
+        uploaded = self.metrics.s3_uploaded_bytes.inc
+        lookup: list[BackupStore] = [LocalStore(self.storage)]
+        if self.config.s3_enabled:
+            self.s3 = S3Storage(b.s3)
+            lookup.append(S3Store(self.s3, on_uploaded=uploaded))
+        if self.config.restic_enabled:
+            self.restic = ResticStore(
+                b.restic, self.config.backup_dir / ".restic-cache", host=self.config.uuid
+            )
+            lookup.append(self.restic)
+        presigned = PresignedStore(
+            self.outbox.client,
+            self.storage,
+            backoff=b.report_retry_initial,
+            restore_allowlist=self.restore_allowlist,
+            on_uploaded=uploaded,
+        )
+        chosen = next(s for s in lookup if s.name == b.store)  # config checked it is there
+        return Stores(chosen, presigned, *lookup)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -245,10 +237,13 @@ class JobManager:
             raise Conflict("a backup with this uuid is already running or queued")
         if server in self.restores:
             raise Conflict("the server is being restored")
-        job = BackupJob(server=server, uuid=backup_uuid, adapter=adapter, ignore=ignore)
+        store = self.stores.for_adapter(adapter)
+        job = BackupJob(server, backup_uuid, adapter, ignore, store=store.name)
         self.backups[backup_uuid] = job
         job.task = asyncio.create_task(self._run_backup(job), name=f"backup-{backup_uuid}")
-        log.info("backup_queued", server=server, backup=backup_uuid, adapter=adapter)
+        log.info(
+            "backup_queued", server=server, backup=backup_uuid, adapter=adapter, store=store.name
+        )
         return job
 
     async def _journal_accepted(self, key: str, **fields: Any) -> None:
@@ -264,7 +259,7 @@ class JobManager:
         # Journaled as soon as it is accepted (after the 202 is on its way, so that the answer
         # never waits for an fsync): a job still queued when the daemon dies is reported too.
         await self._journal_accepted(
-            job.uuid, kind="backup", server=job.server, adapter=job.adapter
+            job.uuid, kind="backup", server=job.server, adapter=job.adapter, store=job.store
         )
         try:
             async with self._server_lock(job.server), self._slots:
@@ -274,10 +269,19 @@ class JobManager:
                 self.metrics.backups_started.labels(job.adapter).inc()
                 log.info("backup_started", server=job.server, backup=job.uuid, adapter=job.adapter)
                 started = time.monotonic()
-                runner = self.backup_runners[job.adapter]
+                store = self.stores.for_adapter(job.adapter)
+                loop = asyncio.get_running_loop()
+                source = BackupSource(
+                    job.server,
+                    job.uuid,
+                    self.server_root(job.server),
+                    job.ignore,
+                    self.archive_options(job, loop),
+                    self._executor,
+                )
                 settings = self.config.system.backups
                 async with console_around_backup(self.wings, job.server, settings):
-                    outcome = await runner(job)
+                    outcome = await store.create(source)
                 self.metrics.archive_duration.observe(time.monotonic() - started)
                 self.metrics.archived_bytes.inc(outcome.size)
                 self.metrics.skipped_entries.inc(outcome.skipped)
@@ -363,71 +367,6 @@ class JobManager:
     def server_root(self, server: str) -> Path:
         return self.config.data_dir / server
 
-    def _backup_local(self, job: BackupJob, loop: asyncio.AbstractEventLoop) -> Outcome:
-        """Worker thread: write ``backup-<uuid>.tar.gz`` into the server's backup folder."""
-        root = self.server_root(job.server)
-        rules = IgnoreRules.for_server(root, job.ignore)
-        self.storage.ensure_server_dir(job.server)
-        result: ArchiveResult = archive_to_file(
-            root,
-            self.storage.path_for(job.server, job.uuid),
-            rules,
-            **self.archive_options(job, loop),  # type: ignore[arg-type]
-        )
-        return Outcome(
-            True, result.checksum, result.checksum_type, result.size, skipped=result.unreadable
-        )
-
-    def _backup_s3(self, job: BackupJob, loop: asyncio.AbstractEventLoop) -> Outcome:
-        """Worker thread: stream the archive into a multipart upload; nothing touches disk."""
-        assert self.s3 is not None
-        root = self.server_root(job.server)
-        rules = IgnoreRules.for_server(root, job.ignore)
-        result = self.s3.upload_backup(
-            str(root), job.server, job.uuid, rules, **self.archive_options(job, loop)
-        )
-        self.metrics.s3_uploaded_bytes.inc(result.size)
-        return Outcome(
-            True,
-            result.checksum,
-            result.checksum_type,
-            result.size,
-            parts=[],
-            skipped=result.unreadable,
-        )
-
-    async def _backup_via_panel(self, job: BackupJob) -> Outcome:
-        """The stock panel's flow: archive to a temporary file, PUT it to pre-signed URLs."""
-        panel = self.outbox.client
-        if not panel.configured:
-            raise RuntimeError(
-                "the s3 adapter needs system.backups.s3 credentials or a panel to presign parts"
-            )
-        root = self.server_root(job.server)
-        rules = await asyncio.to_thread(IgnoreRules.for_server, root, job.ignore)
-        await asyncio.to_thread(self.storage.ensure_server_dir, job.server)
-        loop = asyncio.get_running_loop()
-        upload = await upload_via_panel(
-            root,
-            job.uuid,
-            functools.partial(
-                panel.get_part_urls,
-                job.uuid,
-                # The panel's own backoff (system.backups.report_retry_initial): 1 s, then
-                # 2, 4, 8 and 16 s by default.
-                backoff=self.config.system.backups.report_retry_initial,
-            ),
-            temp_dir=self.storage.server_dir(job.server),
-            rules=rules,
-            # Not the panel's session: its 30 s total timeout would cut off big part PUTs.
-            **self.archive_options(job, loop),
-        )
-        self.metrics.s3_uploaded_bytes.inc(upload.archive.size)
-        a = upload.archive
-        return Outcome(
-            True, a.checksum, a.checksum_type, a.size, parts=upload.parts, skipped=a.unreadable
-        )
-
     # -- restores ---------------------------------------------------------------------------
 
     async def submit_restore(
@@ -440,14 +379,16 @@ class JobManager:
         if any(j.server == server for j in self.backups.values()):
             raise Conflict("a backup of this server is running or queued")
         job = RestoreJob(server, backup_uuid, adapter, truncate, download_url)
-        if adapter == "wings":
-            job.archive = await asyncio.to_thread(self.storage.find, server, backup_uuid)
-            if job.archive is None:
-                raise NotFound("The requested backup does not exist on this node.")
-        elif download_url:
+        if download_url:
             job.source = await self._open_download_url(download_url)
-        elif self.s3 is None:
-            raise BadRequest("The 'download_url' field is required for the s3 adapter.")
+        else:
+            # The panel's s3 adapter without a link: a backup the node wrote to its own
+            # bucket under an earlier version, found where it is like any other.
+            job.store = await asyncio.to_thread(self.stores.locate, server, backup_uuid)
+            if job.store is None and adapter == "s3" and self.s3 is None:
+                raise BadRequest("The 'download_url' field is required for the s3 adapter.")
+            if job.store is None:
+                raise NotFound("The requested backup does not exist on this node.")
         # Other requests (or the start of a shutdown) may have come while we looked.
         busy = server in self.restores or any(j.server == server for j in self.backups.values())
         if busy or not self.accepting:
@@ -541,6 +482,16 @@ class JobManager:
         self.s3_check = threading.Thread(target=check, name="wingsbak-s3-check", daemon=True)
         self.s3_check.start()
 
+    def check_stores_in_background(self) -> None:
+        """The node bucket's check, and restic's start (version, repository, stale locks),
+        each on a thread of its own: neither delays the start."""
+        self.check_s3_in_background()
+        if self.restic is not None:
+            self.restic_check = threading.Thread(
+                target=self.restic.start, name="wingsbak-restic-check", daemon=True
+            )
+            self.restic_check.start()
+
     def restore_allowlist(self) -> list[str]:
         """The configured allowlist, plus the host of the node's own S3 endpoint: an operator
         who configured a private MinIO has already said the node may talk to it."""
@@ -566,15 +517,6 @@ class JobManager:
         # A cancel or the deadline ends a read in progress, however slowly the source sends.
         guarded = functools.partial(GuardedStream, cancel=job.cancel, deadline=b.restore_deadline)
         dest = self.server_root(job.server)
-        if job.archive is not None:
-            # A local archive is checked against its sidecar before anything is written:
-            # a damaged backup must fail the restore, not half-replace the server's files.
-            expected = read_sidecar(job.archive)
-            if expected is not None and file_checksum(job.archive, expected[0]) != expected[1]:
-                raise RestoreError(
-                    f"the archive does not match its {expected[0]} checksum; nothing restored"
-                )
-            return restore_archive_file(job.archive, dest, **options)
         if job.source is not None:
             source = job.source
             # The packed size is a floor of the unpacked one, for the space check.
@@ -583,10 +525,15 @@ class JobManager:
                 return extract_archive(
                     stream, dest, bytes_total=size, expected_size=size, **options
                 )
-        assert self.s3 is not None
-        body = self.s3.open_stream(job.server, job.uuid)
-        with contextlib.closing(guarded(body, lambda: shutdown_socket_under(body))) as stream:
-            return extract_archive(stream, dest, **options)
+        assert job.store is not None
+        opened = job.store.open_restore(job.server, job.uuid)
+        if opened is None:
+            raise RestoreError("the backup is no longer on this node; nothing restored")
+        with opened as archive:
+            if archive.size:
+                options["bytes_total"] = archive.size
+            with contextlib.closing(guarded(archive.stream, archive.abort)) as stream:
+                return extract_archive(stream, dest, **options)
 
     # -- recovery and shutdown ---------------------------------------------------------------
 
@@ -602,7 +549,7 @@ class JobManager:
                 # It finished and its report was queued just before the daemon died.
                 log.info("interrupted_job_already_reported", kind=kind, backup=key)
             elif kind == "backup" and (
-                done := await asyncio.to_thread(self._committed_archive, server, key)
+                done := await asyncio.to_thread(self._recover_backup, server, entry, key)
             ):
                 # It died after the archive and its sidecar were committed, before the report.
                 await self.outbox.send(
@@ -618,13 +565,6 @@ class JobManager:
                 )
                 log.info("interrupted_backup_found_complete", backup=key, size=done.size)
             elif kind == "backup":
-                removed = await asyncio.to_thread(self.storage.remove_temporaries, server, key)
-                if self.s3 is not None and entry.get("adapter") == "s3":
-                    try:
-                        aborted = await asyncio.to_thread(self.s3.abort_incomplete, server, key)
-                        log.info("interrupted_upload_aborted", backup=key, uploads=aborted)
-                    except Exception as exc:
-                        log.error("interrupted_upload_not_aborted", backup=key, error=str(exc))
                 await self.outbox.send(
                     "POST",
                     f"/backups/{key}",
@@ -636,7 +576,7 @@ class JobManager:
                         "parts": None,
                     },
                 )
-                log.info("interrupted_backup_reported", backup=key, temporaries_removed=removed)
+                log.info("interrupted_backup_reported", backup=key)
             elif kind == "restore":
                 # The staging of a restore that died: its old entries go back, the rest goes.
                 removed = 0
@@ -650,19 +590,23 @@ class JobManager:
                 log.info("interrupted_restore_reported", backup=key, leftovers_removed=removed)
             await asyncio.to_thread(self.journal.forget, key)
 
-    def _committed_archive(self, server: str, backup: str) -> Outcome | None:
-        """What a local backup left under its final name before the daemon died: with its
-        checksum sidecar it is complete (the sidecar is written after the archive is synced
-        and renamed); without, it is removed, since its checksum was never recorded."""
-        archive = self.storage.find(server, backup) if server else None
-        if archive is None:
+    def _recover_backup(self, server: str, entry: dict[str, Any], backup: str) -> Outcome | None:
+        """Worker thread: the outcome of a backup the daemon died in, from its store; its
+        leftovers are removed there. A journal of an older version names no store: its
+        adapter says where it went then (s3: the node's bucket when one was configured)."""
+        name = entry.get("store")
+        if not isinstance(name, str):
+            node_bucket = entry.get("adapter") == "s3" and self.s3 is not None
+            name = "s3" if node_bucket else "local"
+        store = self.stores.by_name(name)
+        if store is None:
+            log.error("interrupted_backup_store_gone", backup=backup, store=name)
             return None
-        sidecar = read_sidecar(archive)
-        if sidecar is None:
-            self.storage.delete(server, backup)
-            log.warning("interrupted_backup_unverified_removed", backup=backup)
+        try:
+            return store.recover(server, backup)
+        except Exception as exc:
+            log.error("interrupted_backup_not_cleaned", backup=backup, store=name, error=str(exc))
             return None
-        return Outcome(True, sidecar[1], sidecar[0], archive.stat().st_size)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting; let running jobs finish within ``grace`` seconds, cancel the rest
@@ -696,6 +640,8 @@ class JobManager:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._restore_executor.shutdown(wait=True, cancel_futures=True)
 
+        if self.restic is not None:
+            self.restic.stop()
         try:
             await asyncio.wait_for(asyncio.to_thread(join_all), CANCEL_WAIT_SECONDS)
         except TimeoutError:  # e.g. a part PUT: the interpreter still joins it at exit

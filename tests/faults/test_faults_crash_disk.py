@@ -47,7 +47,10 @@ async def test_kill_9_during_s3_direct_upload_then_restart(
     daemon_process, node: Node, panel: Panel, moto_endpoint: str, bucket: str, s3_admin: Any
 ):
     proc: DaemonProcess = daemon_process(
-        remote=panel.url, write_limit=2, s3=asdict(s3_config(moto_endpoint, bucket, concurrency=2))
+        remote=panel.url,
+        write_limit=2,
+        store="s3",
+        s3=asdict(s3_config(moto_endpoint, bucket, concurrency=2)),
     )
     await proc.start()
     server = node.random_server(16 * MIB, files=4)
@@ -58,7 +61,7 @@ async def test_kill_9_during_s3_direct_upload_then_restart(
         aiohttp.ClientSession() as s,
         s.post(
             f"{proc.url}/api/servers/{server}/backup",
-            json={"adapter": "s3", "uuid": backup},
+            json={"adapter": "wings", "uuid": backup},
             headers=auth(),
         ) as r,
     ):
@@ -78,7 +81,7 @@ async def test_kill_9_during_s3_direct_upload_then_restart(
     await wait_until(lambda: parts_sent() >= 1, "a first uploaded part", timeout=30)
     assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
     assert [u["Key"] for u in uploads()] == [key]
-    assert journal(node.backups)[backup]["adapter"] == "s3"
+    assert journal(node.backups)[backup]["store"] == "s3"
     assert panel.reports(backup) == []
 
     await proc.start()

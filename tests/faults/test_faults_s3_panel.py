@@ -123,17 +123,18 @@ async def test_flaky_s3_gives_an_identical_object_or_a_failure(
             "path_style": True,
             "concurrency": 2,
         }
+        raw["system"]["backups"]["store"] = "s3"
 
     d: Daemon = await start_daemon(remote=panel.url, config_hook=s3)
     jobs = d.app[JOBS]
     # The node's own retry policy (5 attempts), with pauses shortened for the test.
-    jobs.s3 = S3Storage(d.cfg.system.backups.s3, backoff=0.02)
+    jobs.stores.chosen.storage = S3Storage(d.cfg.system.backups.s3, backoff=0.02)
     server = new_uuid()
     shutil.copytree(s3_tree, node.data / server)
     backup = new_uuid()
     key = f"{server}/{backup}.tar.gz"
     flaky_s3.arm(seed, rate, modes)
-    status, _ = await d.post_backup(server, backup, adapter="s3")
+    status, _ = await d.post_backup(server, backup, adapter="wings")
     assert status == 202
     report = (await panel.wait_report(backup, timeout=60)).json
     assert flaky_s3.parts >= 3 and sum(flaky_s3.faults.values()) >= 1, flaky_s3.faults

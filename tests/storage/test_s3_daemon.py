@@ -1,4 +1,5 @@
-"""The s3 adapter driven through the daemon's HTTP API, against moto in server mode."""
+"""The node's bucket (``store: s3``) driven through the daemon's HTTP API, against moto in
+server mode: the panel's ``wings`` adapter, a local-style report."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from s3_helpers import s3_config
 def s3_daemon(
     start_daemon: Callable[..., Any], panel: Panel, moto_endpoint: str
 ) -> Callable[[str], Awaitable[Daemon]]:
-    """``await s3_daemon(bucket)`` -> a daemon reporting to ``panel`` whose s3 backups go
+    """``await s3_daemon(bucket)`` -> a daemon reporting to ``panel`` whose wings backups go
     straight to ``bucket`` of moto, with the node's own credentials."""
 
     async def start(bucket: str) -> Daemon:
         def s3(raw: dict[str, Any]) -> None:
             raw["system"]["backups"]["s3"] = dataclasses.asdict(s3_config(moto_endpoint, bucket))
+            raw["system"]["backups"]["store"] = "s3"
 
         d: Daemon = await start_daemon(remote=panel.url, config_hook=s3)
         return d
@@ -49,10 +51,11 @@ async def test_s3_backup_reports_the_objects_checksum_and_downloads_by_redirect(
 ) -> None:
     d = await s3_daemon(bucket)
     backup = new_uuid()
-    assert (await d.post_backup(server, backup, ignore="logs/", adapter="s3"))[0] == 202
+    assert (await d.post_backup(server, backup, ignore="logs/", adapter="wings"))[0] == 202
     report = (await panel.wait_report(backup, timeout=30)).json
     assert report["successful"] is True
-    assert report["parts"] == []
+    # A local-style report: the node completed the upload, the panel has nothing to finish.
+    assert report["parts"] is None
     body = s3_admin.get_object(Bucket=bucket, Key=f"{server}/{backup}.tar.gz")["Body"].read()
     assert report["checksum"] == hashlib.sha1(body).hexdigest()
     assert report["size"] == len(body)
@@ -85,7 +88,7 @@ async def test_s3_backup_to_a_missing_bucket_reports_failure(
 ) -> None:
     d = await s3_daemon("no-such-bucket")
     backup = new_uuid()
-    assert (await d.post_backup(server, backup, adapter="s3"))[0] == 202
+    assert (await d.post_backup(server, backup, adapter="wings"))[0] == 202
     report = (await panel.wait_report(backup, timeout=30)).json
     assert report["successful"] is False
     assert report["checksum"] == "" and report["size"] == 0

@@ -68,7 +68,7 @@ def create_app(config: Config) -> web.Application:
         await asyncio.to_thread(app[USED_TOKENS].load)
         await outbox.load()
         await app[JOBS].recover()
-        app[JOBS].check_s3_in_background()
+        app[JOBS].check_stores_in_background()
 
     async def shutdown(app: web.Application) -> None:
         sendfile.stop_pumps()

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from wingsbak.errors import BadRequest, Conflict, NotFound
-from wingsbak.http.state import JOBS, STORAGE
+from wingsbak.http.state import JOBS
 from wingsbak.http.validation import (
     optional_str,
     path_uuid,
@@ -43,12 +43,10 @@ async def delete_backup(request: web.Request) -> web.Response:
     jobs = request.app[JOBS]
     if backup in jobs.backups:
         raise Conflict("The backup is still being written.")
-    deleted = await asyncio.to_thread(request.app[STORAGE].delete, server, backup)
-    if not deleted and jobs.s3 is not None:
-        # A backup is on the node's disk or in its bucket, never both: S3 (and an S3 outage,
-        # a 502 in the middleware) only matters to one that is not on the disk.
-        deleted = await asyncio.to_thread(jobs.s3.delete, server, backup)
-    if not deleted:
+    # A backup is in one store: found where it is, whichever store the node uses now. A
+    # store that fails (an S3 outage, an unreachable repository) is a 502 in the middleware.
+    store = await asyncio.to_thread(jobs.stores.locate, server, backup)
+    if store is None or not await asyncio.to_thread(store.delete, server, backup):
         raise NotFound("The requested backup does not exist on this node.")
-    log.info("backup_deleted", server=server, backup=backup)
+    log.info("backup_deleted", server=server, backup=backup, store=store.name)
     return web.Response(status=204)

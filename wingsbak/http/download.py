@@ -5,22 +5,30 @@ Only an answer that hands the archive out spends the link: a 200 or a 206 (a res
 412 or a 416 leaves it usable (and is refused, as a GET would be, once it is spent). The
 archive is opened before the link is spent and served from that descriptor: a DELETE racing
 the download either comes too late to matter or leaves a JSON 404 and an unspent link.
+
+A backup in a restic repository is a ``.tar.gz`` made while it is sent: no length, no range
+(a Range header is answered with the whole archive), no validators.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
+import threading
 from typing import IO, Any
 
 from aiohttp import hdrs, web
 
+from wingsbak.archive.sink import Cancelled
 from wingsbak.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, TokenRejected
 from wingsbak.http.sendfile import ArchiveResponse, Reply, reply_for, set_validators
 from wingsbak.http.state import CONFIG, JOBS, STORAGE, USED_TOKENS
 from wingsbak.http.validation import is_uuid
 from wingsbak.log import get_logger
-from wingsbak.storage.local import LocalStorage, archive_name
+from wingsbak.storage.base import Redirect, StreamedArchive
+from wingsbak.storage.local import LocalStorage, LocalStore, archive_name
 from wingsbak.tokens import decode_token
 
 log = get_logger(__name__)
@@ -41,7 +49,7 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
         raise TokenRejected("the token names no valid server or backup")
     opened = await asyncio.to_thread(_open_archive, request.app[STORAGE], server, backup)
     if opened is None:
-        return await _from_bucket(request, claims)
+        return await _from_store(request, claims)
     archive, st = opened
     try:
         reply = reply_for(request, st)
@@ -113,22 +121,98 @@ def _without_archive(reply: Reply, st: os.stat_result) -> web.StreamResponse:
     return response
 
 
-async def _from_bucket(request: web.Request, claims: dict[str, Any]) -> web.StreamResponse:
-    """A backup that is not on the node's disk: in the node's bucket, a redirect to a pre-signed
-    link valid for 15 minutes (for a HEAD, the archive's headers: the link is what a token buys,
-    and a HEAD must not spend it). An S3 failure becomes a 502 in the middleware."""
+async def _from_store(request: web.Request, claims: dict[str, Any]) -> web.StreamResponse:
+    """A backup that is not on the node's disk. In the node's bucket: a redirect to a
+    pre-signed link valid for 15 minutes. In a restic repository: the snapshot as a
+    ``.tar.gz`` made on the fly. A HEAD gets the headers only: the link is what a token buys,
+    and a HEAD must not spend it. A store failure becomes a 502 in the middleware."""
     server, backup = claims["server_uuid"], claims["backup_uuid"]
-    s3 = request.app[JOBS].s3
-    size = None if s3 is None else await asyncio.to_thread(s3.size, server, backup)
-    if s3 is None or size is None:
+    for store in request.app[JOBS].stores.all:
+        if isinstance(store, LocalStore):
+            continue  # looked at already, served from its open descriptor
+        found = await asyncio.to_thread(store.open_download, server, backup)
+        if found is not None:
+            break
+    else:
         raise NotFound("The requested backup does not exist on this node.")
     if request.method == hdrs.METH_HEAD:
         await _use_link(request, claims, 0, spend=False)
         response = web.StreamResponse(headers=_headers(backup))
-        response.content_length = size
+        if isinstance(found, Redirect):
+            response.content_length = found.size
         return response
-    await _use_link(request, claims, _range_start(request), spend=True)
-    raise web.HTTPFound(await asyncio.to_thread(s3.presigned_download_url, server, backup))
+    if isinstance(found, Redirect):
+        await _use_link(request, claims, _range_start(request), spend=True)
+        raise web.HTTPFound(await asyncio.to_thread(found.url))
+    assert isinstance(found, StreamedArchive)
+    return await _stream(request, claims, found)
+
+
+class _End:
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+STREAM_CHUNKS_AHEAD = 8
+
+
+async def _stream(
+    request: web.Request, claims: dict[str, Any], archive: StreamedArchive
+) -> web.StreamResponse:
+    """Send what ``archive.write`` produces on a thread of its own, a few chunks ahead of
+    the client at most (memory stays flat); a client that goes away stops the producer."""
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes | _End] = asyncio.Queue()
+    room = threading.Semaphore(STREAM_CHUNKS_AHEAD)
+    cancel = threading.Event()
+
+    class QueueSink(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: bytes | memoryview, /) -> int:  # type: ignore[override]
+            while not room.acquire(timeout=0.5):
+                if cancel.is_set():
+                    raise Cancelled("the client went away")
+            if cancel.is_set():
+                raise Cancelled("the client went away")
+            loop.call_soon_threadsafe(chunks.put_nowait, bytes(data))
+            return len(data)
+
+    def produce() -> None:
+        end = _End(None)
+        try:
+            archive.write(QueueSink(), cancel)
+        except BaseException as exc:
+            end = _End(exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed while stopping
+            loop.call_soon_threadsafe(chunks.put_nowait, end)
+
+    server, backup = claims["server_uuid"], claims["backup_uuid"]
+    await _use_link(request, claims, 0, spend=True)
+    threading.Thread(target=produce, name="wingsbak-stream", daemon=True).start()
+    response = web.StreamResponse(headers=_headers(backup))
+    try:
+        first = await chunks.get()
+        if isinstance(first, _End) and first.error is not None:
+            raise first.error  # nothing sent yet: the middleware answers
+        log.info("backup_download", server=server, backup=backup, streamed=True)
+        request.app[JOBS].metrics.downloads.inc()
+        await response.prepare(request)
+        item = first
+        while not isinstance(item, _End):
+            room.release()
+            await response.write(item)
+            item = await chunks.get()
+        if item.error is not None:
+            # Headers are gone: the client sees a cut-off answer, never a complete-looking one.
+            log.error("backup_download_failed", server=server, backup=backup, error=str(item.error))
+            raise ConnectionResetError("the archive could not be made")
+        await response.write_eof()
+    finally:
+        cancel.set()
+    await asyncio.to_thread(request.app[USED_TOKENS].complete, claims["unique_id"])
+    return response
 
 
 def _headers(backup: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from aiohttp import web
 from wingsbak import __version__
 from wingsbak.errors import ApiError, Forbidden, Unauthorized
 from wingsbak.log import get_logger
+from wingsbak.storage.restic import ResticError
 from wingsbak.storage.s3 import S3Error
 
 log = get_logger(__name__)
@@ -100,6 +101,9 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
             error=str(exc),
         )
         return error_response(502, "The node's S3 storage failed or could not be reached.")
+    if isinstance(exc, ResticError):
+        log.error("restic_request_failed", method=request.method, path=request.path, error=str(exc))
+        return error_response(502, "The node's restic repository failed or could not be reached.")
     log.exception("request_failed", method=request.method, path=request.path)
     return error_response(500, "An unexpected error occurred on the node.")
 

@@ -88,6 +88,7 @@ async def wingsbak_status(request: web.Request) -> web.Response:
             "python": platform.python_version(),
             "compression": "isal" if HAVE_ISAL else "zlib",
             "s3_direct": cfg.s3_enabled,
+            "store": cfg.system.backups.store,  # where wings-adapter backups go
             "jobs": request.app[JOBS].state(),
         }
     )

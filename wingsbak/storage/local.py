@@ -9,10 +9,27 @@ that already has backups: download, restore, delete and the duplicate check see 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from wingsbak.archive.sink import sidecar_path
+from wingsbak.archive.archiver import archive_to_file
+from wingsbak.archive.extract import RestoreError
+from wingsbak.archive.rules import IgnoreRules
+from wingsbak.archive.sink import file_checksum, read_sidecar, sidecar_path
+from wingsbak.log import get_logger
+from wingsbak.storage.base import (
+    ArchiveStream,
+    BackupSource,
+    BackupStore,
+    Download,
+    LocalArchive,
+    Outcome,
+)
+
+log = get_logger(__name__)
 
 CHECKSUM_TYPES = ("sha1", "sha256")
 
@@ -94,3 +111,78 @@ class LocalStorage:
         except FileNotFoundError:
             pass
         return removed
+
+
+class LocalStore(BackupStore):
+    """``.tar.gz`` archives with their checksum sidecars on the node's disk."""
+
+    name = "local"
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self.storage = storage
+
+    async def create(self, source: BackupSource) -> Outcome:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(source.executor, self._create, source)
+
+    def _create(self, source: BackupSource) -> Outcome:
+        rules = IgnoreRules.for_server(source.root, source.ignore)
+        self.storage.ensure_server_dir(source.server)
+        result = archive_to_file(
+            source.root,
+            self.storage.path_for(source.server, source.backup),
+            rules,
+            **source.options,
+        )
+        return Outcome(
+            True, result.checksum, result.checksum_type, result.size, skipped=result.unreadable
+        )
+
+    def exists(self, server: str, backup: str) -> bool:
+        return self.storage.find(server, backup) is not None
+
+    def open_download(self, server: str, backup: str) -> Download | None:
+        path = self.storage.find(server, backup)
+        return None if path is None else LocalArchive(path)
+
+    def open_restore(
+        self, server: str, backup: str, download_url: str = ""
+    ) -> contextlib.AbstractContextManager[ArchiveStream] | None:
+        path = self.storage.find(server, backup)
+        return None if path is None else _verified_archive(path)
+
+    def delete(self, server: str, backup: str) -> bool:
+        return self.storage.delete(server, backup)
+
+    def recover(self, server: str, backup: str) -> Outcome | None:
+        """With its checksum sidecar the archive is complete (the sidecar is written after
+        the archive is synced and renamed); without, it is removed, since its checksum was
+        never recorded."""
+        archive = self.storage.find(server, backup) if server else None
+        if archive is not None:
+            sidecar = read_sidecar(archive)
+            if sidecar is not None:
+                return Outcome(True, sidecar[1], sidecar[0], archive.stat().st_size)
+            self.storage.delete(server, backup)
+            log.warning("interrupted_backup_unverified_removed", backup=backup)
+        removed = self.storage.remove_temporaries(server, backup) if server else 0
+        if removed:
+            log.info("interrupted_backup_temporaries_removed", backup=backup, removed=removed)
+        return None
+
+
+@contextlib.contextmanager
+def _verified_archive(path: Path) -> Iterator[ArchiveStream]:
+    """The archive, checked against its sidecar before anything is written: a damaged backup
+    must fail the restore, not half-replace the server's files."""
+    expected = read_sidecar(path)
+    if expected is not None and file_checksum(path, expected[0]) != expected[1]:
+        raise RestoreError(
+            f"the archive does not match its {expected[0]} checksum; nothing restored"
+        )
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise RestoreError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    with f:
+        yield ArchiveStream(f, os.fstat(f.fileno()).st_size)

@@ -11,15 +11,17 @@ whatever happens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 import math
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,6 +31,12 @@ from wingsbak.archive.archiver import ArchiveResult, write_archive
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.sink import AtomicFile
 from wingsbak.log import get_logger
+from wingsbak.storage.base import ArchiveStream, BackupSource, BackupStore, Download, Outcome
+from wingsbak.storage.local import LocalStorage
+from wingsbak.urlguard import open_restore_stream
+
+if TYPE_CHECKING:
+    from wingsbak.panel import PanelClient
 
 log = get_logger(__name__)
 
@@ -274,3 +282,74 @@ def _s3_code(body: bytes) -> str:
     if start < 0 or end < start:
         return ""
     return f" ({text[start + 6 : end][:100]})"
+
+
+class PresignedStore(BackupStore):
+    """The panel's bucket (the panel's ``s3`` adapter): the node uploads through pre-signed
+    part URLs and reports the parts; downloads, restores and deletes go through the panel,
+    so the node itself holds nothing (a restore reads the ``download_url`` it is given)."""
+
+    name = "presigned"
+
+    def __init__(
+        self,
+        panel: PanelClient,
+        local: LocalStorage,
+        *,
+        backoff: float,
+        restore_allowlist: Callable[[], list[str]],
+        on_uploaded: Callable[[int], None] | None = None,
+    ) -> None:
+        self.panel = panel
+        self.local = local
+        self.backoff = backoff
+        self.restore_allowlist = restore_allowlist
+        self.on_uploaded = on_uploaded
+
+    async def create(self, source: BackupSource) -> Outcome:
+        if not self.panel.configured:
+            raise PresignedUploadError("the s3 adapter needs a panel to presign the parts")
+        rules = await asyncio.to_thread(IgnoreRules.for_server, source.root, source.ignore)
+        await asyncio.to_thread(self.local.ensure_server_dir, source.server)
+        upload = await upload_via_panel(
+            source.root,
+            source.backup,
+            # The panel's own backoff (system.backups.report_retry_initial): 1 s, then
+            # 2, 4, 8 and 16 s by default.
+            functools.partial(self.panel.get_part_urls, source.backup, backoff=self.backoff),
+            temp_dir=self.local.server_dir(source.server),
+            rules=rules,
+            # Not the panel's session: its 30 s total timeout would cut off big part PUTs.
+            **dict(source.options),
+        )
+        if self.on_uploaded is not None:
+            self.on_uploaded(upload.archive.size)
+        a = upload.archive
+        return Outcome(
+            True, a.checksum, a.checksum_type, a.size, parts=upload.parts, skipped=a.unreadable
+        )
+
+    def exists(self, server: str, backup: str) -> bool:
+        return False
+
+    def open_download(self, server: str, backup: str) -> Download | None:
+        return None  # the panel hands out its own bucket's links
+
+    def open_restore(
+        self, server: str, backup: str, download_url: str = ""
+    ) -> contextlib.AbstractContextManager[ArchiveStream] | None:
+        return self._stream(download_url) if download_url else None
+
+    @contextlib.contextmanager
+    def _stream(self, url: str) -> Iterator[ArchiveStream]:
+        with open_restore_stream(url, self.restore_allowlist()) as stream:
+            yield ArchiveStream(stream)
+
+    def delete(self, server: str, backup: str) -> bool:
+        return False
+
+    def recover(self, server: str, backup: str) -> Outcome | None:
+        removed = self.local.remove_temporaries(server, backup) if server else 0
+        if removed:
+            log.info("interrupted_backup_temporaries_removed", backup=backup, removed=removed)
+        return None

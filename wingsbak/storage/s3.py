@@ -10,11 +10,13 @@ parts stay in the bucket.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, BinaryIO, TypeVar
@@ -35,6 +37,15 @@ from wingsbak.archive.archiver import ArchiveResult, write_archive
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.config import MIN_S3_PART_SIZE, S3Config
 from wingsbak.log import get_logger
+from wingsbak.storage.base import (
+    ArchiveStream,
+    BackupSource,
+    BackupStore,
+    Download,
+    Outcome,
+    Redirect,
+)
+from wingsbak.urlguard import shutdown_socket_under
 
 log = get_logger(__name__)
 
@@ -646,3 +657,65 @@ class S3Storage:
             )
             aborted += 1
         return aborted
+
+
+class S3Store(BackupStore):
+    """The node's own bucket (``system.backups.store: s3``). Its report is a local-style one
+    (no ``parts``): the node completed the upload itself, the panel has nothing to finish."""
+
+    name = "s3"
+
+    def __init__(
+        self, storage: S3Storage, on_uploaded: Callable[[int], None] | None = None
+    ) -> None:
+        self.storage = storage
+        self.on_uploaded = on_uploaded
+
+    async def create(self, source: BackupSource) -> Outcome:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(source.executor, self._create, source)
+
+    def _create(self, source: BackupSource) -> Outcome:
+        rules = IgnoreRules.for_server(source.root, source.ignore)
+        result = self.storage.upload_backup(
+            str(source.root), source.server, source.backup, rules, **source.options
+        )
+        if self.on_uploaded is not None:
+            self.on_uploaded(result.size)
+        return Outcome(
+            True, result.checksum, result.checksum_type, result.size, skipped=result.unreadable
+        )
+
+    def exists(self, server: str, backup: str) -> bool:
+        return self.storage.exists(server, backup)
+
+    def open_download(self, server: str, backup: str) -> Download | None:
+        size = self.storage.size(server, backup)
+        if size is None:
+            return None
+        return Redirect(size, lambda: self.storage.presigned_download_url(server, backup))
+
+    def open_restore(
+        self, server: str, backup: str, download_url: str = ""
+    ) -> contextlib.AbstractContextManager[ArchiveStream] | None:
+        size = self.storage.size(server, backup)
+        return None if size is None else self._stream(server, backup, size)
+
+    @contextlib.contextmanager
+    def _stream(self, server: str, backup: str, size: int) -> Iterator[ArchiveStream]:
+        body = self.storage.open_stream(server, backup)
+        try:
+            yield ArchiveStream(body, size, lambda: shutdown_socket_under(body))
+        finally:
+            body.close()
+
+    def delete(self, server: str, backup: str) -> bool:
+        return self.storage.delete(server, backup)
+
+    def recover(self, server: str, backup: str) -> Outcome | None:
+        try:
+            aborted = self.storage.abort_incomplete(server, backup)
+            log.info("interrupted_upload_aborted", backup=backup, uploads=aborted)
+        except Exception as exc:
+            log.error("interrupted_upload_not_aborted", backup=backup, error=str(exc))
+        return None

@@ -1,0 +1,72 @@
+"""restic as the oracle, and the configuration of a daemon whose wings backups go to restic."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PASSWORD = "correct horse battery staple"
+
+needs_restic = pytest.mark.skipif(
+    shutil.which("restic") is None and not os.environ.get("CI"),
+    reason="restic is not installed (apt-get install restic); CI installs it",
+)
+
+
+def restic_block(tmp: Path, repository: str | None = None, **over: Any) -> dict[str, Any]:
+    password = tmp / "restic-password"
+    if not password.exists():
+        password.write_text(PASSWORD + "\n")
+        password.chmod(0o600)
+    block: dict[str, Any] = {
+        "repository": repository or str(tmp / "repo"),
+        "password_file": str(password),
+    }
+    block.update(over)
+    return block
+
+
+def restic_backups(tmp: Path, repository: str | None = None, **over: Any) -> dict[str, Any]:
+    """``system.backups`` keys for ``start_daemon(**...)`` / ``daemon_process(**...)``."""
+    return {"store": "restic", "restic": restic_block(tmp, repository, **over)}
+
+
+def oracle(block: dict[str, Any], *args: str) -> subprocess.CompletedProcess[bytes]:
+    """The restic CLI itself, on the daemon's repository."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    env.update(block.get("environment", {}))
+    env["RESTIC_REPOSITORY"] = block["repository"]
+    env["RESTIC_PASSWORD_FILE"] = block["password_file"]
+    env["RESTIC_CACHE_DIR"] = str(Path(block["password_file"]).parent / "oracle-cache")
+    return subprocess.run(["restic", *args], env=env, capture_output=True, check=False)
+
+
+def snapshots(block: dict[str, Any], *tags: str) -> list[dict[str, Any]]:
+    args = ["snapshots", "--json", "--no-lock"]
+    if tags:
+        args += ["--tag", ",".join(tags)]
+    done = oracle(block, *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout or b"[]") or []
+
+
+def listed(block: dict[str, Any], snapshot: str) -> dict[str, str]:
+    """``restic ls --json``: server-relative path -> node type."""
+    done = oracle(block, "ls", "--json", "--no-lock", snapshot)
+    assert done.returncode == 0, done.stderr
+    out: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        node = json.loads(line)
+        if node.get("struct_type") == "node":
+            out[node["path"].lstrip("/")] = node["type"]
+    return out
+
+
+def repo_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

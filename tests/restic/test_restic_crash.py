@@ -1,0 +1,97 @@
+"""kill -9 of the real daemon process during a restic backup: restic dies with it, the
+restarted daemon reports the backup failed (its journal), no snapshot stays, and the
+repository is usable (its stale lock removed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from daemon_helpers import DaemonProcess, Node, Panel, auth, new_uuid, wait_until
+from restic_helpers import needs_restic, oracle, restic_backups, snapshots
+
+pytestmark = needs_restic
+MIB = 1024 * 1024
+
+
+def restic_backups_of(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` running ``restic backup``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and cmdline[0].endswith(b"restic") and b"backup" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def post_backup(url: str, server: str, backup: str) -> None:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{url}/api/servers/{server}/backup",
+            json={"adapter": "wings", "uuid": backup},
+            headers=auth(),
+        ) as r,
+    ):
+        assert r.status == 202, await r.text()
+
+
+async def test_kill_9_during_a_restic_backup_then_restart(
+    daemon_process: Callable[..., DaemonProcess], node: Node, panel: Panel, tmp_path: Path
+) -> None:
+    backups = restic_backups(tmp_path)
+    assert oracle(backups["restic"], "init").returncode == 0
+    # 1 MiB/s to the repository: the backup is mid-way for seconds.
+    proc = daemon_process(remote=panel.url, write_limit=1, **backups)
+    await proc.start()
+    server = node.random_server(16 * MIB, files=4)
+    backup = new_uuid()
+    await post_backup(proc.url, server, backup)
+    assert proc.proc is not None
+    daemon_pid = proc.proc.pid
+    await wait_until(lambda: restic_backups_of(daemon_pid), "restic backup to run", timeout=30)
+    (child,) = restic_backups_of(daemon_pid)
+    data = tmp_path / "repo" / "data"
+    await wait_until(
+        lambda: any(p.is_file() for p in data.rglob("*")), "restic to write data", timeout=30
+    )
+
+    assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
+    # At once, not when its upload ends (16 s at this rate): an orphaned restic would still
+    # write the snapshot of a backup reported failed.
+    await wait_until(lambda: not alive(child), "restic to die with the daemon", timeout=2)
+    assert list((tmp_path / "repo" / "locks").iterdir())  # the lock it could not remove
+    assert panel.reports(backup) == []
+
+    proc.config["system"]["backups"]["write_limit"] = 0
+    await proc.start()
+    report = (await panel.wait_report(backup, timeout=60)).json
+    assert report["successful"] is False and report["size"] == 0
+    assert snapshots(backups["restic"], f"backup:{backup}") == []
+    # The stale lock is gone and the repository is whole: the next backup succeeds.
+    await wait_until(
+        lambda: not list((tmp_path / "repo" / "locks").iterdir()), "the stale lock", timeout=30
+    )
+    check = oracle(backups["restic"], "check")
+    assert check.returncode == 0, check.stderr
+    again = new_uuid()
+    await post_backup(proc.url, server, again)
+    assert (await panel.wait_report(again, timeout=90)).json["successful"] is True
+    await proc.stop()

@@ -1,0 +1,141 @@
+"""restic that cannot be used: a clear failure report and a log line saying why, and a
+chosen store without its settings refusing the start."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_helpers import Node, Panel, free_port, new_uuid, wait_until
+from restic_helpers import needs_restic, oracle, restic_backups, restic_block
+from structlog.testing import capture_logs
+
+from wingsbak.config import ConfigError, parse_config
+from wingsbak.http.state import JOBS
+
+pytestmark = needs_restic
+
+
+async def failed_backup(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, **backups: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    with capture_logs() as logs:
+        d = await start_daemon(remote=panel.url, **backups)
+        backup = new_uuid()
+        assert (await d.post_backup(node.server(), backup))[0] == 202
+        report = (await panel.wait_report(backup, timeout=60)).json
+        thread = d.app[JOBS].restic_check
+        assert thread is not None
+        await wait_until(lambda: not thread.is_alive(), "the restic check", timeout=60)
+    assert report["successful"] is False
+    assert report["checksum"] == "" and report["size"] == 0
+    return report, logs
+
+
+def line(logs: list[dict[str, Any]], event: str) -> str:
+    (entry,) = [e for e in logs if e["event"] == event]
+    return str(entry.get("error", ""))
+
+
+async def test_a_wrong_password_fails_the_backup_with_restics_reason(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
+) -> None:
+    block = restic_block(tmp_path)
+    assert oracle(block, "init").returncode == 0
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not the password\n")
+    _, logs = await failed_backup(
+        start_daemon, panel, node, store="restic", restic={**block, "password_file": str(wrong)}
+    )
+    assert "wrong password" in line(logs, "restic_unusable")
+    assert "wrong password" in line(logs, "backup_failed")
+
+
+async def test_a_missing_binary_fails_the_backup_naming_the_key(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
+) -> None:
+    backups = restic_backups(tmp_path, binary=str(tmp_path / "no-such-restic"))
+    _, logs = await failed_backup(start_daemon, panel, node, **backups)
+    for event in ("restic_unusable", "backup_failed"):
+        assert "was not found" in line(logs, event)
+        assert "system.backups.restic.binary" in line(logs, event)
+
+
+async def test_an_unreachable_repository_fails_the_backup(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
+) -> None:
+    # A REST server address where nothing listens: connections are refused.
+    backups = restic_backups(tmp_path, f"rest:http://127.0.0.1:{free_port()}/repo")
+    _, logs = await failed_backup(start_daemon, panel, node, **backups)
+    assert "connection refused" in line(logs, "restic_unusable").lower()
+    assert "connection refused" in line(logs, "backup_failed").lower()
+
+
+@pytest.mark.parametrize(
+    ("backups", "key"),
+    [
+        ({"store": "restic"}, "system.backups.restic.repository"),
+        (
+            {"store": "restic", "restic": {"repository": "/r"}},
+            "system.backups.restic.password_file",
+        ),
+        ({"store": "s3"}, "system.backups.s3.bucket"),
+        ({"store": "borg"}, "system.backups.store"),
+        ({"restic": {"compression": "zstd"}}, "system.backups.restic.compression"),
+        ({"restic": {"prune_interval": 0}}, "system.backups.restic.prune_interval"),
+        ({"restic": {"environment": ["AWS_ACCESS_KEY_ID=x"]}}, "system.backups.restic.environment"),
+    ],
+)
+def test_a_chosen_store_without_its_settings_is_refused_naming_the_key(
+    backups: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config({"system": {"backups": backups}})
+
+
+def test_the_daemon_refuses_to_start_with_an_unconfigured_store(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"token: t\napi: {{port: {free_port()}}}\n"
+        f"system: {{data: {tmp_path}/d, backup_directory: {tmp_path}/b, "
+        "backups: {store: restic}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "wingsbak", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "system.backups.restic.repository" in done.stdout
+
+
+def test_environment_values_are_never_logged(tmp_path: Path) -> None:
+    secret = "s3cr3t-value-never-logged"
+    block = {**restic_block(tmp_path), "environment": {"K": secret}}
+    cfg = parse_config({"system": {"backups": {"restic": block}}})
+    assert cfg.system.backups.restic.environment == {"K": secret}
+    with pytest.raises(ConfigError) as err:
+        parse_config({"system": {"backups": {"restic": {"environment": {"K": [secret]}}}}})
+    assert secret not in str(err.value)
+
+
+async def test_restic_ok_is_logged_and_a_missing_repository_created(
+    start_daemon: Callable[..., Any], tmp_path: Path
+) -> None:
+    block = restic_backups(tmp_path)
+    with capture_logs() as logs:
+        d = await start_daemon(**block)
+        thread = d.app[JOBS].restic_check
+        assert thread is not None
+        await wait_until(lambda: not thread.is_alive(), "the restic check", timeout=60)
+        await asyncio.sleep(0)
+    events = [e["event"] for e in logs]
+    assert "restic_repository_initialised" in events and "restic_ok" in events
+    assert oracle(block["restic"], "cat", "config").returncode == 0

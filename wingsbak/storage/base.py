@@ -1,0 +1,126 @@
+"""The one interface of the places backups live (Wings' ``BackupInterface`` in spirit).
+
+A store creates a backup from a server tree, says whether it holds one, opens one for a
+download and for a restore, deletes one, and cleans up after a crash. The job manager drives
+stores through this interface only; which store a request uses is decided in
+:mod:`wingsbak.storage.select`.
+
+``create`` is a coroutine (stores run their blocking work in the job executor); every other
+method is plain blocking code for a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Executor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, ClassVar, Protocol
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a backup wrote, as the panel's report wants it."""
+
+    successful: bool
+    checksum: str = ""
+    checksum_type: str = "sha1"
+    size: int = 0
+    parts: list[dict[str, Any]] | None = None
+    skipped: int = 0  # entries left out because they could not be read (allow_skipped)
+
+
+@dataclass(slots=True)
+class BackupSource:
+    """One backup to create: the server tree, its ignore lines and the engine's options
+    (``level``, ``checksum``, ``write_limit``, ``progress``, ``cancel``)."""
+
+    server: str
+    backup: str
+    root: Path
+    ignore: str
+    options: dict[str, Any]
+    executor: Executor
+
+    @property
+    def cancel(self) -> threading.Event:
+        event = self.options.get("cancel")
+        return event if isinstance(event, threading.Event) else threading.Event()
+
+
+@dataclass(slots=True)
+class ArchiveStream:
+    """A ``.tar.gz`` to restore from, and its size when known (for progress)."""
+
+    stream: Readable
+    size: int = 0
+    # Ends a read that is blocked (e.g. shuts the socket under it), for a cancel or deadline.
+    abort: Callable[[], None] = lambda: None
+
+
+# What a download link serves: one of these three.
+@dataclass(slots=True, frozen=True)
+class LocalArchive:
+    """A file on the node's disk: sent with ranges and validators."""
+
+    path: Path
+
+
+@dataclass(slots=True, frozen=True)
+class Redirect:
+    """An object elsewhere: a redirect to a short-lived link (``url()`` makes one)."""
+
+    size: int
+    url: Callable[[], str]
+
+
+@dataclass(slots=True, frozen=True)
+class StreamedArchive:
+    """A ``.tar.gz`` made on the fly: ``write(out, cancel)`` writes it into a writable file
+    object, in a worker thread. No length is known in advance and no range can be served."""
+
+    write: Callable[[IO[bytes], threading.Event], None]
+
+
+Download = LocalArchive | Redirect | StreamedArchive
+
+
+class BackupStore(ABC):
+    """One place backups live. ``name`` is what the journal and the logs call it."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def create(self, source: BackupSource) -> Outcome:
+        """Write the backup; raise on failure, leaving nothing behind."""
+
+    @abstractmethod
+    def exists(self, server: str, backup: str) -> bool: ...
+
+    @abstractmethod
+    def open_download(self, server: str, backup: str) -> Download | None:
+        """What a download link serves; None when this store has no such backup."""
+
+    @abstractmethod
+    def open_restore(
+        self, server: str, backup: str, download_url: str = ""
+    ) -> AbstractContextManager[ArchiveStream] | None:
+        """The backup as a ``.tar.gz`` stream; None when this store has no such backup."""
+
+    @abstractmethod
+    def delete(self, server: str, backup: str) -> bool:
+        """Remove the backup; False when this store has none."""
+
+    @abstractmethod
+    def recover(self, server: str, backup: str) -> Outcome | None:
+        """After a crash during this backup: its outcome when it completed before the crash,
+        else None, with whatever the interrupted write left behind removed."""
+
+
