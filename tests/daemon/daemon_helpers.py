@@ -144,14 +144,12 @@ def panel_creates(
     remote: str, server: str, backup: str, adapter: Any = "wings", cfg: Config | None = None
 ) -> None:
     """The panel's record of a new backup, made before the node is called (as the panel
-    does), when ``remote`` is a stand-in. An s3 backup the node streams into its own bucket
-    (``system.backups.s3``) is no upload of the panel's, which would refuse its report
-    (``parts: []``, no upload opened): the panel keeps it as a node-side ("wings") backup."""
+    does), when ``remote`` is a stand-in. The s3 adapter is always the panel's bucket (the
+    node's own bucket is a store of the wings adapter)."""
     panel = Panel.by_url.get(remote.rstrip("/"))
     if panel is None or backup in panel.backups:
         return
-    disk = "wings" if adapter == "s3" and cfg is not None and cfg.s3_enabled else str(adapter)
-    panel.register(server, backup, disk=disk)
+    panel.register(server, backup, disk=str(adapter))
 
 
 def panel_knows(remote: str, server: str, backup: str) -> None:

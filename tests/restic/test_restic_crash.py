@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from daemon_helpers import DaemonProcess, Node, Panel, auth, new_uuid, wait_until
+from daemon_helpers import DaemonProcess, Node, Panel, auth, new_uuid, panel_creates, wait_until
 from restic_helpers import needs_restic, oracle, restic_backups, snapshots
 
 pytestmark = needs_restic
@@ -41,7 +41,8 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def post_backup(url: str, server: str, backup: str) -> None:
+async def post_backup(url: str, server: str, backup: str, panel: Panel) -> None:
+    panel_creates(panel.url, server, backup)
     async with (
         aiohttp.ClientSession() as s,
         s.post(
@@ -63,7 +64,7 @@ async def test_kill_9_during_a_restic_backup_then_restart(
     await proc.start()
     server = node.random_server(16 * MIB, files=4)
     backup = new_uuid()
-    await post_backup(proc.url, server, backup)
+    await post_backup(proc.url, server, backup, panel)
     assert proc.proc is not None
     daemon_pid = proc.proc.pid
     await wait_until(lambda: restic_backups_of(daemon_pid), "restic backup to run", timeout=30)
@@ -92,6 +93,6 @@ async def test_kill_9_during_a_restic_backup_then_restart(
     check = oracle(backups["restic"], "check")
     assert check.returncode == 0, check.stderr
     again = new_uuid()
-    await post_backup(proc.url, server, again)
+    await post_backup(proc.url, server, again, panel)
     assert (await panel.wait_report(again, timeout=90)).json["successful"] is True
     await proc.stop()

@@ -614,7 +614,8 @@ class S3Storage:
             )
         except S3NotFound:
             return None
-        return int(head["ContentLength"])
+        # A HEAD answered without a length (some gateways) still says the object is there.
+        return int(head.get("ContentLength") or 0)
 
     def exists(self, server_uuid: str, backup_uuid: str) -> bool:
         return self.size(server_uuid, backup_uuid) is not None
