@@ -246,6 +246,20 @@ class DaemonProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.config['api']['port']}"
 
+    async def post_backup(self, server: str, backup: str, **body: Any) -> int:
+        """Ask for a wings backup (``body`` overrides), the way the panel does (its record of
+        the backup first): the status."""
+        panel_creates(self.config["remote"], server, backup)
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{self.url}/api/servers/{server}/backup",
+                json={"adapter": "wings", "uuid": backup, "ignore": "", **body},
+                headers=auth(),
+            ) as r,
+        ):
+            return r.status
+
     async def post_restore(self, server: str, backup: str, **body: Any) -> int:
         """Ask for a truncating restore from local storage (``body`` overrides), the way the
         panel does (its record of the backup first): the status."""

@@ -21,7 +21,6 @@ from daemon_helpers import (
     auth,
     free_port,
     new_uuid,
-    panel_creates,
     sign,
     ws_claims,
 )
@@ -69,23 +68,13 @@ def log_events(proc: DaemonProcess, event: str) -> list[dict[str, Any]]:
     return found
 
 
-async def post_backup(proc: DaemonProcess, server: str, backup: str) -> int:
-    body = {"adapter": "wings", "uuid": backup, "ignore": ""}
-    panel_creates(proc.config["remote"], server, backup)  # the panel's record first
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(f"{proc.url}/api/servers/{server}/backup", json=body, headers=auth()) as r,
-    ):
-        return r.status
-
-
 async def test_an_unreadable_directory_fails_the_backup_by_default(
     unprivileged_daemon: Any, node: Node, panel: Panel, locked_server: str
 ) -> None:
     proc: DaemonProcess = unprivileged_daemon(panel.url)
     await proc.start()
     backup = new_uuid()
-    assert await post_backup(proc, locked_server, backup) == 202
+    assert await proc.post_backup(locked_server, backup) == 202
     report = await panel.wait_report(backup)
     assert report.json["successful"] is False
     assert not node.archive(locked_server, backup).exists()
@@ -106,7 +95,7 @@ async def test_allowed_it_succeeds_and_says_how_many_were_left_out(
         ws = await s.ws_connect(f"{proc.url}/api/servers/{locked_server}/ws")
         await ws.send_json({"event": "auth", "args": [sign(ws_claims(locked_server))]})
         assert (await ws.receive_json(timeout=10))["event"] == "auth success"
-        assert await post_backup(proc, locked_server, backup) == 202
+        assert await proc.post_backup(locked_server, backup) == 202
         while True:
             message = await ws.receive_json(timeout=30)
             if message["event"] == "backup completed":

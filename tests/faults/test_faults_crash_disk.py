@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 from daemon_helpers import (
@@ -56,16 +55,8 @@ async def test_kill_9_during_s3_direct_upload_then_restart(
     server = node.random_server(16 * MIB, files=4)
     backup = new_uuid()
     key = f"{server}/{backup}.tar.gz"
-    panel.register(server, backup)  # into the node's own bucket: a node-side backup
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            f"{proc.url}/api/servers/{server}/backup",
-            json={"adapter": "wings", "uuid": backup},
-            headers=auth(),
-        ) as r,
-    ):
-        assert r.status == 202, await r.text()
+    # Into the node's own bucket: a node-side (wings) backup to the panel.
+    assert await proc.post_backup(server, backup) == 202
 
     def uploads() -> list[dict[str, Any]]:
         return s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads", [])

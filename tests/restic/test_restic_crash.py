@@ -9,8 +9,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
-from daemon_helpers import DaemonProcess, Node, Panel, auth, new_uuid, panel_creates, wait_until
+from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from restic_helpers import needs_restic, oracle, restic_backups, snapshots
 
 pytestmark = needs_restic
@@ -41,19 +40,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def post_backup(url: str, server: str, backup: str, panel: Panel) -> None:
-    panel_creates(panel.url, server, backup)
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            f"{url}/api/servers/{server}/backup",
-            json={"adapter": "wings", "uuid": backup},
-            headers=auth(),
-        ) as r,
-    ):
-        assert r.status == 202, await r.text()
-
-
 async def test_kill_9_during_a_restic_backup_then_restart(
     daemon_process: Callable[..., DaemonProcess], node: Node, panel: Panel, tmp_path: Path
 ) -> None:
@@ -64,7 +50,7 @@ async def test_kill_9_during_a_restic_backup_then_restart(
     await proc.start()
     server = node.random_server(16 * MIB, files=4)
     backup = new_uuid()
-    await post_backup(proc.url, server, backup, panel)
+    assert await proc.post_backup(server, backup) == 202
     assert proc.proc is not None
     daemon_pid = proc.proc.pid
     await wait_until(lambda: restic_backups_of(daemon_pid), "restic backup to run", timeout=30)
@@ -93,6 +79,6 @@ async def test_kill_9_during_a_restic_backup_then_restart(
     check = oracle(backups["restic"], "check")
     assert check.returncode == 0, check.stderr
     again = new_uuid()
-    await post_backup(proc.url, server, again, panel)
+    assert await proc.post_backup(server, again) == 202
     assert (await panel.wait_report(again, timeout=90)).json["successful"] is True
     await proc.stop()

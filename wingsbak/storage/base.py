@@ -11,6 +11,7 @@ method is plain blocking code for a worker thread.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -53,6 +54,11 @@ class BackupSource:
     def cancel(self) -> threading.Event:
         event = self.options.get("cancel")
         return event if isinstance(event, threading.Event) else threading.Event()
+
+    async def in_job_thread(self, create: Callable[[BackupSource], Outcome]) -> Outcome:
+        """Run a store's synchronous ``create`` on the job threads, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, create, self)
 
 
 @dataclass(slots=True)

@@ -9,7 +9,6 @@ that already has backups: download, restore, delete and the duplicate check see 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
@@ -122,8 +121,7 @@ class LocalStore(BackupStore):
         self.storage = storage
 
     async def create(self, source: BackupSource) -> Outcome:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(source.executor, self._create, source)
+        return await source.in_job_thread(self._create)
 
     def _create(self, source: BackupSource) -> Outcome:
         rules = IgnoreRules.for_server(source.root, source.ignore)

@@ -22,7 +22,6 @@ forgotten as soon as the repository is free.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import json
@@ -477,8 +476,7 @@ class ResticStore(BackupStore):
     # -- the store interface -------------------------------------------------------------------
 
     async def create(self, source: BackupSource) -> Outcome:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(source.executor, self._create, source)
+        return await source.in_job_thread(self._create)
 
     def _create(self, source: BackupSource) -> Outcome:
         cancel = source.cancel

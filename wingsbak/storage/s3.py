@@ -10,7 +10,6 @@ parts stay in the bucket.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import re
@@ -673,8 +672,7 @@ class S3Store(BackupStore):
         self.on_uploaded = on_uploaded
 
     async def create(self, source: BackupSource) -> Outcome:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(source.executor, self._create, source)
+        return await source.in_job_thread(self._create)
 
     def _create(self, source: BackupSource) -> Outcome:
         rules = IgnoreRules.for_server(source.root, source.ignore)
