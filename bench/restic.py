@@ -1,11 +1,22 @@
 """The restic store against ``.tar.gz`` backups and against restic run by hand.
 
-    python -m bench.restic [--size 200M] [--backups 10]
+    python -m bench.restic [--size 200M] [--backups 10] [--pattern players|scattered]
+                           [--restic PATH]
 
 On a copy of the game-server data set (bench/dataset.py), ``--backups`` backups are made
 twice: as ``.tar.gz`` archives (wingsbak's engine) and into one restic repository through
 wingsbak's restic store. Between two backups about 2 % of the bytes change: region files are
-rewritten in place, the latest log is appended to, and a plugin jar is replaced. Printed:
+rewritten in place, the latest log is appended to, and a plugin jar is replaced. How the region
+files change is ``--pattern``:
+
+- ``players`` (the default), as a game saves them: the region files where players were (the
+  spawn region every time, others at random) have a quarter to a half of their chunks written
+  again, each chunk to a run of 1-5 free 4 KiB sectors, and their 8 KiB header rewritten;
+- ``scattered``, restic's worst case: 64 KiB writes at random places in any region file, so
+  every region file changes a little every time and every write stores a whole restic chunk
+  (about 1 MiB) again.
+
+Printed:
 
 - the repository's size after the last backup against the sum of the ``.tar.gz`` archives
   (target: at most 0.2x);
@@ -38,39 +49,87 @@ from wingsbak.storage.restic import ResticStore
 
 WORK = DATA_DIR / "restic"
 SERVER = "00000000-0000-4000-8000-00000000beef"
+SECTOR = 4096  # an Anvil region file's unit
 
 
 def backup_uuid(i: int) -> str:
     return f"00000000-0000-4000-8000-{i:012d}"
 
 
-def change_two_percent(tree: Path, round_no: int, total: int) -> int:
-    """Rewrite region files in place, append to the latest log, replace one plugin jar;
-    about 2 % of ``total`` bytes. Returns the bytes written."""
-    rng = random.Random(1000 + round_no)
-    budget = total // 50
-    written = 0
-    regions = sorted((tree / "world" / "region").iterdir())
+def change_common(tree: Path, rng: random.Random, round_no: int, budget: int) -> int:
+    """Replace one plugin jar and append to the latest log (a tenth of ``budget``).
+    Returns the bytes written."""
     jars = sorted((tree / "plugins").glob("*.jar"))
     jar = jars[round_no % len(jars)]
     jar_size = jar.stat().st_size
     jar.unlink()
     jar.write_bytes(rng.randbytes(jar_size))
-    written += jar_size
     log = tree / "logs" / "latest.log"
     with open(log, "ab") as f:
         line = b"[12:00:00] [Server thread/INFO]: player joined the game\n"
         f.write(line * (budget // 10 // len(line)))
-        written += budget // 10
+    return jar_size + budget // 10 // len(line) * len(line)
+
+
+def rewrite_chunks(region: Path, rng: random.Random, nbytes: int) -> int:
+    """Rewrite ``nbytes`` of one Anvil region file in place as the game saves chunks: each
+    chunk is written to a run of 1-5 free 4 KiB sectors, then the 8 KiB header (locations and
+    timestamps) is rewritten. Returns the bytes written."""
+    size = region.stat().st_size
+    sectors = max(3, size // SECTOR)
+    written = 0
+    with open(region, "r+b") as f:
+        while written < nbytes:
+            run = rng.randrange(1, 6)
+            start = rng.randrange(2, max(3, sectors - run))
+            f.seek(start * SECTOR)
+            f.write(rng.randbytes(run * SECTOR))
+            written += run * SECTOR
+        f.seek(0)
+        f.write(rng.randbytes(2 * SECTOR))
+    return written + 2 * SECTOR
+
+
+def change_players(tree: Path, round_no: int, total: int) -> int:
+    """About 2 % of ``total`` bytes, as a game changes a server between two backups: the
+    region files where players were have a quarter to a half of their chunks saved again
+    (the spawn region every time, others at random), the latest log grows, a plugin jar is
+    replaced. Returns the bytes written."""
+    rng = random.Random(1000 + round_no)
+    budget = total // 50
+    written = change_common(tree, rng, round_no, budget)
+    regions = sorted((tree / "world" / "region").iterdir())
+    spawn = tree / "world" / "region" / "r.0.0.mca"
+    order = [spawn] if spawn in regions else []
+    order += rng.sample([r for r in regions if r != spawn], len(regions) - len(order))
+    for region in order:
+        if written >= budget:
+            break
+        share = region.stat().st_size * rng.uniform(0.25, 0.5)
+        written += rewrite_chunks(region, rng, int(min(share, budget - written)))
+    return written
+
+
+def change_scattered(tree: Path, round_no: int, total: int) -> int:
+    """About 2 % of ``total`` bytes with restic's worst case for the region files: 64 KiB
+    writes at random places in any region file, so that every region file changes a little
+    each time and each write dirties a whole restic chunk. Returns the bytes written."""
+    rng = random.Random(1000 + round_no)
+    budget = total // 50
+    written = change_common(tree, rng, round_no, budget)
+    regions = sorted((tree / "world" / "region").iterdir())
     while written < budget:
         region = rng.choice(regions)
         size = region.stat().st_size
         chunk = min(64 * 1024, budget - written)
         with open(region, "r+b") as f:
-            f.seek(rng.randrange(0, max(1, size - chunk)) // 4096 * 4096)
+            f.seek(rng.randrange(0, max(1, size - chunk)) // SECTOR * SECTOR)
             f.write(rng.randbytes(chunk))
         written += chunk
     return written
+
+
+PATTERNS = {"players": change_players, "scattered": change_scattered}
 
 
 def dir_bytes(path: Path) -> int:
@@ -113,7 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="200M", help="data set size (default 200M)")
     parser.add_argument("--backups", type=int, default=10)
+    parser.add_argument(
+        "--pattern",
+        choices=sorted(PATTERNS),
+        default="players",
+        help="how the region files change between backups (default players)",
+    )
+    parser.add_argument("--restic", default="restic", help="the restic program (default: on PATH)")
     args = parser.parse_args(argv)
+    restic = shutil.which(args.restic) or args.restic
+    change = PATTERNS[args.pattern]
     source = build_dataset(total_bytes=parse_size(args.size))
     if WORK.exists():
         shutil.rmtree(WORK)
@@ -121,14 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     tree = WORK / "server"
     shutil.copytree(source, tree, symlinks=True)
     total, entries = tree_bytes(tree)
-    print(f"data set: {total / MB:.0f} MB, {entries} entries; {args.backups} backups")
+    version = subprocess.run([restic, "version"], capture_output=True, text=True, check=True)
+    print(
+        f"data set: {total / MB:.0f} MB, {entries} entries; {args.backups} backups, changes:"
+        f" {args.pattern}; {version.stdout.strip()}"
+    )
     password = WORK / "password"
     password.write_text("bench\n")
     env = restic_env(WORK / "direct-repo", password, WORK / "cache")
-    subprocess.run(["restic", "init"], env=env, check=True, capture_output=True)
+    subprocess.run([restic, "init"], env=env, check=True, capture_output=True)
 
     store = ResticStore(
-        ResticConfig(repository=str(WORK / "repo"), password_file=str(password)),
+        ResticConfig(repository=str(WORK / "repo"), password_file=str(password), binary=restic),
         WORK / "cache",
         state_file=WORK / "forget.json",
     )
@@ -146,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     targz_sizes: list[int] = []
     restic_times: list[float] = []
     direct_first = 0.0
+    changed = 0
     for i in range(args.backups):
         if i:
-            change_two_percent(tree, i, total)
+            changed = change(tree, i, total)
         out = WORK / f"backup-{i}.tar.gz"
         started = time.perf_counter()
         archive_to_file(tree, out)
@@ -159,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if i == 0:
             started = time.perf_counter()
             subprocess.run(
-                ["restic", "backup", "--json", "--host", "bench", "."],
+                [restic, "backup", "--json", "--host", "bench", "."],
                 cwd=tree,
                 env=env,
                 check=True,
@@ -171,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"backup {i + 1:2d}: .tar.gz {targz_times[-1]:6.2f} s {targz_sizes[-1] / MB:7.1f} MB"
             f" | restic store {seconds:6.2f} s, added {added / MB:7.1f} MB"
+            f" | changed {changed / MB:5.1f} MB"
         )
 
     snapshot = store.snapshots(f"server:{SERVER}")[-1].id
@@ -181,16 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     store_env = restic_env(WORK / "repo", password, WORK / "cache")
     started = time.perf_counter()
     subprocess.run(
-        f"restic dump --archive tar {snapshot} / | pigz -1 -p 2 > /dev/null",
+        f"{restic} dump --archive tar {snapshot} / | pigz -1 -p 2 > /dev/null",
         shell=True,
         env=store_env,
         check=True,
     )
     peer = time.perf_counter() - started
+    repo = dir_bytes(WORK / "repo")
+    # What restic costs when nothing changed: opening the repository and comparing every
+    # entry with the parent snapshot; measured after the repository's size was taken.
+    unchanged, _ = restic_backup(args.backups)
+    print(f"a backup with nothing changed: {unchanged:.2f} s")
     store.stop()
     executor.shutdown()
 
-    repo = dir_bytes(WORK / "repo")
     repo_ratio = repo / sum(targz_sizes)
     later = statistics.median(restic_times[1:]) if len(restic_times) > 1 else restic_times[0]
     time_ratio = later / statistics.median(targz_times)
