@@ -96,6 +96,9 @@ class ResticConfig:
     compression: str = "auto"
     # Seconds between two prunes (space comes back after deletes).
     prune_interval: float = 3600.0
+    # Seconds restic may keep retrying a repository it cannot reach before the command is
+    # stopped and fails (restic 0.17 and later retry for up to 15 minutes on their own).
+    retry_timeout: float = 120.0
 
 
 @dataclass(slots=True)
@@ -373,6 +376,8 @@ def _validate_store(b: BackupsConfig) -> None:
         )
     if r.prune_interval <= 0:
         raise ConfigError("system.backups.restic.prune_interval: must be positive (seconds)")
+    if r.retry_timeout <= 0:
+        raise ConfigError("system.backups.restic.retry_timeout: must be positive (seconds)")
     if not r.binary:
         raise ConfigError("system.backups.restic.binary: must name the restic program")
 

@@ -4,6 +4,7 @@ chosen store without its settings refusing the start."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import Node, Panel, free_port, new_uuid, wait_until
+from rest_standin import RestStandin
 from restic_helpers import needs_restic, oracle, restic_backups, restic_block
 from structlog.testing import capture_logs
 
@@ -69,11 +71,41 @@ async def test_a_missing_binary_fails_the_backup_naming_the_key(
 async def test_an_unreachable_repository_fails_the_backup(
     start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
 ) -> None:
-    # A REST server address where nothing listens: connections are refused.
-    backups = restic_backups(tmp_path, f"rest:http://127.0.0.1:{free_port()}/repo")
+    # A REST server address where nothing listens: connections are refused. restic 0.14
+    # fails at once; 0.17 and later retry, and are stopped after retry_timeout.
+    backups = restic_backups(
+        tmp_path, f"rest:http://127.0.0.1:{free_port()}/repo", retry_timeout=3
+    )
     _, logs = await failed_backup(start_daemon, panel, node, **backups)
     assert "connection refused" in line(logs, "restic_unusable").lower()
     assert "connection refused" in line(logs, "backup_failed").lower()
+
+
+async def test_a_repository_that_keeps_failing_is_given_up_after_retry_timeout(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
+) -> None:
+    # A REST repository whose storage goes away once the daemon has checked it: every
+    # upload gets a 503. restic retries (0.14 ten times, about a minute; 0.17 and later for
+    # 15 minutes) until wingsbak stops it; no snapshot is left.
+    rest = await RestStandin(tmp_path / "rest").start()
+    try:
+        backups = restic_backups(tmp_path, f"rest:{rest.url}", retry_timeout=2)
+        # The stand-in serves on this loop: restic run by hand goes to a thread.
+        init = await asyncio.to_thread(oracle, backups["restic"], "init")
+        assert init.returncode == 0, init.stderr
+        rest.fail = lambda method, path: method == "POST" and path.startswith("/data/")
+        _, logs = await failed_backup(start_daemon, panel, node, **backups)
+        rest.fail = lambda method, path: False
+        assert rest.refused  # restic did try to upload
+        reason = line(logs, "backup_failed")
+        assert "did not answer for 2 s" in reason
+        assert "system.backups.restic.retry_timeout" in reason
+        assert "503" in reason
+        listed = await asyncio.to_thread(oracle, backups["restic"], "snapshots", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout) == []
+    finally:
+        await rest.stop()
 
 
 @pytest.mark.parametrize(
@@ -88,6 +120,7 @@ async def test_an_unreachable_repository_fails_the_backup(
         ({"store": "borg"}, "system.backups.store"),
         ({"restic": {"compression": "zstd"}}, "system.backups.restic.compression"),
         ({"restic": {"prune_interval": 0}}, "system.backups.restic.prune_interval"),
+        ({"restic": {"retry_timeout": -1}}, "system.backups.restic.retry_timeout"),
         ({"restic": {"environment": ["AWS_ACCESS_KEY_ID=x"]}}, "system.backups.restic.environment"),
     ],
 )

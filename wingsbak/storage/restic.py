@@ -65,6 +65,9 @@ READ_CHUNK = 1024 * 1024
 # restic prints JSON status lines this often (its default is 60 a second).
 PROGRESS_FPS = "4"
 STDERR_LINES = 20
+# restic's line for a repository operation it will try again, and for one that then worked.
+_RETRYING = re.compile(r" returned error, retrying after [^:]*: (.*)$")
+_RETRY_OK = " operation successful after "
 _SCHEME = re.compile(r"^[a-z][a-z0-9]*:")
 _PR_SET_PDEATHSIG = 1
 _libc: Any = None
@@ -122,12 +125,26 @@ def _die_with_parent() -> None:
 
 class _Process:
     """One running restic command: stderr collected on a thread (its last lines explain a
-    failure), stopped with SIGINT (restic then removes its lock and writes no snapshot)."""
+    failure), stopped with SIGINT (restic then removes its lock and writes no snapshot).
+
+    restic retries a repository it cannot reach on its own (from 0.17 for up to 15 minutes);
+    once it has been retrying for ``retry_timeout`` seconds with no success in between, the
+    command is stopped and fails with restic's last error."""
 
     def __init__(
-        self, argv: list[str], env: dict[str, str], cwd: str | None, stdin: bool = False
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        stdin: bool = False,
+        retry_timeout: float | None = None,
     ) -> None:
         self.argv = argv
+        self.retry_timeout = retry_timeout
+        self._retrying_since: float | None = None
+        self._retry_error = ""
+        self.gave_up = False
+        self._watchdog: threading.Thread | None = None
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -159,8 +176,35 @@ class _Process:
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
             line = raw.decode("utf-8", "replace").strip()
-            if line:
-                self.stderr.append(line)
+            if not line:
+                continue
+            self.stderr.append(line)
+            retrying = _RETRYING.search(line)
+            if retrying is not None:
+                self._retry_error = retrying.group(1)
+                if self._retrying_since is None:
+                    self._retrying_since = time.monotonic()
+                    self._watch_retries()
+            elif _RETRY_OK in line:
+                self._retrying_since = None
+
+    def _watch_retries(self) -> None:
+        if self.retry_timeout is None or self._watchdog is not None:
+            return
+        self._watchdog = threading.Thread(
+            target=self._give_up_after_retries, name="wingsbak-restic-retries", daemon=True
+        )
+        self._watchdog.start()
+
+    def _give_up_after_retries(self) -> None:
+        assert self.retry_timeout is not None
+        while self.proc.poll() is None:
+            since = self._retrying_since
+            if since is not None and time.monotonic() - since >= self.retry_timeout:
+                self.gave_up = True
+                self.stop()
+                return
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -183,6 +227,12 @@ class _Process:
 
     def error(self, rc: int) -> ResticError:
         """restic's own explanation (its ``Fatal:`` line, else its last line) of a failure."""
+        if self.gave_up:
+            return ResticError(
+                f"restic {self.argv[1]} failed: the repository did not answer for "
+                f"{self.retry_timeout:g} s (system.backups.restic.retry_timeout): "
+                f"{self._retry_error}"
+            )
         lines = list(self.stderr)
         fatal = [ln for ln in lines if ln.startswith("Fatal:")]
         reason = (fatal or lines or [f"exit status {rc}"])[-1]
@@ -238,7 +288,7 @@ class ResticStore(BackupStore):
         argv = [self.cfg.binary, *args]
         if self.cfg.compression != "auto":
             argv[2:2] = [f"--compression={self.cfg.compression}"]
-        return _Process(argv, self.env(), cwd, stdin)
+        return _Process(argv, self.env(), cwd, stdin, self.cfg.retry_timeout)
 
     def run(self, *args: str, timeout: float | None = COMMAND_TIMEOUT) -> bytes:
         """A short command's whole stdout; :class:`ResticError` when it fails."""

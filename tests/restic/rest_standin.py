@@ -1,0 +1,94 @@
+"""A restic REST server for the tests: the protocol of restic's rest-server (doc/REST_backend
+in restic/restic), files kept in a directory, and a switch that makes it answer 503 to
+chosen requests, as a server whose storage went away does.
+
+    POST /?create=true            create the repository
+    HEAD|GET|POST /config         the config file
+    GET /<type>/                  list (v2 JSON with sizes when asked for, else names)
+    HEAD|GET|POST|DELETE /<type>/<name>
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+from daemon_helpers import free_port
+
+TYPES = ("data", "keys", "locks", "snapshots", "index")
+V2 = "application/vnd.x.restic.rest.v2"
+_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
+class RestStandin:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.requests: list[str] = []
+        self.refused: list[str] = []
+        # Requests this predicate picks get a 503 (method, path).
+        self.fail: Callable[[str, str], bool] = lambda method, path: False
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> RestStandin:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _file(self, parts: list[str]) -> Path | None:
+        if parts == ["config"]:
+            return self.root / "config"
+        if len(parts) == 2 and parts[0] in TYPES and _NAME.match(parts[1]):
+            sub = parts[1][:2] if parts[0] == "data" else ""
+            return self.root / parts[0] / sub / parts[1]
+        return None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        method, path = request.method, request.path
+        self.requests.append(f"{method} {path}")
+        if self.fail(method, path):
+            self.refused.append(f"{method} {path}")
+            return web.Response(status=503, text="storage unavailable")
+        parts = [p for p in path.split("/") if p]
+        if not parts and method == "POST" and request.query.get("create") == "true":
+            for kind in TYPES:
+                (self.root / kind).mkdir(parents=True, exist_ok=True)
+            return web.Response()
+        if len(parts) == 1 and parts[0] in TYPES and path.endswith("/") and method == "GET":
+            return self._list(request, parts[0])
+        target = self._file(parts)
+        if target is None:
+            return web.Response(status=400, text="bad path")
+        if method == "POST":
+            body = await request.read()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                return web.Response(status=403, text="already exists")
+            target.write_bytes(body)
+            return web.Response()
+        if not target.is_file():
+            return web.Response(status=404)
+        if method == "DELETE":
+            target.unlink()
+            return web.Response()
+        if method in ("HEAD", "GET"):
+            return web.FileResponse(target)  # the length for HEAD; a Range gets a 206
+        return web.Response(status=405)
+
+    def _list(self, request: web.Request, kind: str) -> web.Response:
+        files = sorted(p for p in (self.root / kind).rglob("*") if p.is_file())
+        if V2 in request.headers.get("Accept", ""):
+            body = [{"name": p.name, "size": p.stat().st_size} for p in files]
+            return web.Response(body=json.dumps(body).encode(), content_type=V2)
+        return web.json_response([p.name for p in files])
