@@ -186,7 +186,6 @@ class JobManager:
             self.outbox.client,
             self.storage,
             backoff=b.report_retry_initial,
-            restore_allowlist=self.restore_allowlist,
             on_uploaded=uploaded,
         )
         chosen = next(s for s in lookup if s.name == b.store)  # config checked it is there

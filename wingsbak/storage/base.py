@@ -116,7 +116,7 @@ class BackupStore(ABC):
 
     @abstractmethod
     def open_restore(
-        self, server: str, backup: str, download_url: str = ""
+        self, server: str, backup: str
     ) -> AbstractContextManager[ArchiveStream] | None:
         """The backup as a ``.tar.gz`` stream; None when this store has no such backup."""
 
@@ -128,5 +128,3 @@ class BackupStore(ABC):
     def recover(self, server: str, backup: str) -> Outcome | None:
         """After a crash during this backup: its outcome when it completed before the crash,
         else None, with whatever the interrupted write left behind removed."""
-
-

@@ -144,7 +144,7 @@ class LocalStore(BackupStore):
         return None if path is None else LocalArchive(path)
 
     def open_restore(
-        self, server: str, backup: str, download_url: str = ""
+        self, server: str, backup: str
     ) -> contextlib.AbstractContextManager[ArchiveStream] | None:
         path = self.storage.find(server, backup)
         return None if path is None else _verified_archive(path)

@@ -18,7 +18,7 @@ import math
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,6 @@ from wingsbak.archive.sink import AtomicFile
 from wingsbak.log import get_logger
 from wingsbak.storage.base import ArchiveStream, BackupSource, BackupStore, Download, Outcome
 from wingsbak.storage.local import LocalStorage
-from wingsbak.urlguard import open_restore_stream
 
 if TYPE_CHECKING:
     from wingsbak.panel import PanelClient
@@ -297,13 +296,11 @@ class PresignedStore(BackupStore):
         local: LocalStorage,
         *,
         backoff: float,
-        restore_allowlist: Callable[[], list[str]],
         on_uploaded: Callable[[int], None] | None = None,
     ) -> None:
         self.panel = panel
         self.local = local
         self.backoff = backoff
-        self.restore_allowlist = restore_allowlist
         self.on_uploaded = on_uploaded
 
     async def create(self, source: BackupSource) -> Outcome:
@@ -336,14 +333,11 @@ class PresignedStore(BackupStore):
         return None  # the panel hands out its own bucket's links
 
     def open_restore(
-        self, server: str, backup: str, download_url: str = ""
+        self, server: str, backup: str
     ) -> contextlib.AbstractContextManager[ArchiveStream] | None:
-        return self._stream(download_url) if download_url else None
-
-    @contextlib.contextmanager
-    def _stream(self, url: str) -> Iterator[ArchiveStream]:
-        with open_restore_stream(url, self.restore_allowlist()) as stream:
-            yield ArchiveStream(stream)
+        # A restore from the panel's bucket reads the link the panel sends with it, which
+        # the job manager opens before answering 202 (as Wings does); nothing is kept here.
+        return None
 
     def delete(self, server: str, backup: str) -> bool:
         return False

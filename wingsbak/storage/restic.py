@@ -670,7 +670,7 @@ class ResticStore(BackupStore):
                 p.close()
 
     def open_restore(
-        self, server: str, backup: str, download_url: str = ""
+        self, server: str, backup: str
     ) -> contextlib.AbstractContextManager[ArchiveStream] | None:
         snapshot = self.find(server, backup)
         return None if snapshot is None else self._restore_stream(snapshot.id)

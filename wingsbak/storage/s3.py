@@ -695,7 +695,7 @@ class S3Store(BackupStore):
         return Redirect(size, lambda: self.storage.presigned_download_url(server, backup))
 
     def open_restore(
-        self, server: str, backup: str, download_url: str = ""
+        self, server: str, backup: str
     ) -> contextlib.AbstractContextManager[ArchiveStream] | None:
         size = self.storage.size(server, backup)
         return None if size is None else self._stream(server, backup, size)
