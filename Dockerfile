@@ -1,4 +1,6 @@
-FROM python:3.11-slim
+# trixie: Debian's restic there is 0.18 (bookworm's is 0.14, whose incremental backups are
+# slower; both are supported and tested).
+FROM python:3.11-slim-trixie
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 
