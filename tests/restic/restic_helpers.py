@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -69,4 +70,15 @@ def listed(block: dict[str, Any], snapshot: str) -> dict[str, str]:
 
 
 def repo_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def restic_version() -> tuple[int, int]:
+    out = subprocess.run(["restic", "version"], capture_output=True, text=True, check=True)
+    match = re.match(r"restic (\d+)\.(\d+)", out.stdout)
+    assert match is not None, out.stdout
+    return int(match.group(1)), int(match.group(2))
+
+
+def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -12,12 +12,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_helpers import Daemon, Node, Panel, download_claims, new_uuid, sign
-from restic_helpers import listed, needs_restic, oracle, restic_backups, snapshots
+from daemon_helpers import Daemon, Node, Panel, download_claims, new_uuid, sign, wait_until
+from restic_helpers import (
+    dir_bytes,
+    listed,
+    needs_restic,
+    oracle,
+    restic_backups,
+    restic_version,
+    snapshots,
+)
 from s3_helpers import tree_digest
 
 from tests.restore.restore_helpers import snapshot as tree_state
 from wingsbak.archive import IgnoreRules, archive_to_file
+from wingsbak.http.state import JOBS
 
 pytestmark = needs_restic
 MIB = 1024 * 1024
@@ -192,3 +201,27 @@ async def test_two_servers_back_up_into_one_repository_at_once(
             names = {m.name for m in tf.getmembers() if m.isfile()}
         root = node.data / server
         assert names == {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+async def test_the_reported_size_is_what_the_repository_grew_by(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
+) -> None:
+    # 8 MiB of log text, which restic's compression shrinks many times over.
+    block = restic_backups(tmp_path)
+    d = await start_daemon(remote=panel.url, **block)
+    server = node.server(name=None)
+    root = node.data / server
+    (root / "logs").mkdir(parents=True)
+    line = b"[12:00:00] [Server thread/INFO]: Saving chunks for level ServerLevel\n"
+    (root / "logs" / "latest.log").write_bytes(line * (8 * MIB // len(line)))
+    await wait_until(lambda: d.app[JOBS].restic_check is not None, "the restic check")
+    repo = Path(block["restic"]["repository"])
+    await wait_until(lambda: (repo / "config").is_file(), "the repository")
+    before = dir_bytes(repo)
+    report = await backup(d, panel, server)
+    grown = dir_bytes(repo) - before
+    assert report["successful"] is True
+    if restic_version() >= (0, 17):  # data_added_packed: the bytes after compression
+        assert 0 < report["size"] <= grown < MIB
+    else:  # restic 0.14 says only what it added before compression
+        assert report["size"] >= 8 * MIB - len(line) > grown

@@ -544,7 +544,7 @@ class ResticStore(BackupStore):
                 self._queue_forget([snapshot])
                 raise Cancelled("backup cancelled")
             self._set_latest(source.server, snapshot)
-        return Outcome(True, snapshot, CHECKSUM_TYPE, int(summary.get("data_added", 0)))
+        return Outcome(True, snapshot, CHECKSUM_TYPE, added_bytes(summary))
 
     def _backup(self, source: BackupSource, parent: str | None) -> dict[str, Any]:
         opts = source.options
@@ -776,6 +776,13 @@ def _is_empty_dir(path: Path) -> bool:
 
 def _log_skip(relpath: str, reason: str) -> None:
     log.warning("archive_entry_skipped", path=relpath, reason=reason)
+
+
+def added_bytes(summary: dict[str, Any]) -> int:
+    """What a backup added to the repository, from restic's summary: ``data_added_packed``
+    (after compression, restic 0.17 and later), else ``data_added`` (before compression)."""
+    packed = summary.get("data_added_packed")
+    return int(packed if packed is not None else summary.get("data_added", 0))
 
 
 def _json_line(line: bytes) -> dict[str, Any]:
