@@ -1,6 +1,9 @@
 """A restic REST server for the tests: the protocol of restic's rest-server (doc/REST_backend
-in restic/restic), files kept in a directory, and a switch that makes it answer 503 to
-chosen requests, as a server whose storage went away does.
+in restic/restic), files kept in a directory, and switches that make it answer 503 to chosen
+requests, as a server whose storage went away does, or answer them late.
+
+As rest-server does by default, an upload whose SHA-256 is not its name is refused (400), a
+file is written under a temporary name and then renamed, and the config is never deleted.
 
     POST /?create=true            create the repository
     HEAD|GET|POST /config         the config file
@@ -10,7 +13,10 @@ chosen requests, as a server whose storage went away does.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +38,8 @@ class RestStandin:
         self.refused: list[str] = []
         # Requests this predicate picks get a 503 (method, path).
         self.fail: Callable[[str, str], bool] = lambda method, path: False
+        # Seconds to wait before handling a request (method, path).
+        self.delay: Callable[[str, str], float] = lambda method, path: 0.0
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> RestStandin:
@@ -60,6 +68,9 @@ class RestStandin:
         if self.fail(method, path):
             self.refused.append(f"{method} {path}")
             return web.Response(status=503, text="storage unavailable")
+        wait = self.delay(method, path)
+        if wait:
+            await asyncio.sleep(wait)
         parts = [p for p in path.split("/") if p]
         if not parts and method == "POST" and request.query.get("create") == "true":
             for kind in TYPES:
@@ -72,14 +83,18 @@ class RestStandin:
             return web.Response(status=400, text="bad path")
         if method == "POST":
             body = await request.read()
+            if parts != ["config"] and hashlib.sha256(body).hexdigest() != parts[1]:
+                return web.Response(status=400, text="file content does not match hash")
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
                 return web.Response(status=403, text="already exists")
-            target.write_bytes(body)
+            partial = target.with_name(f".{target.name}.tmp")
+            partial.write_bytes(body)
+            os.replace(partial, target)
             return web.Response()
         if not target.is_file():
             return web.Response(status=404)
-        if method == "DELETE":
+        if method == "DELETE" and parts != ["config"]:
             target.unlink()
             return web.Response()
         if method in ("HEAD", "GET"):
@@ -87,7 +102,7 @@ class RestStandin:
         return web.Response(status=405)
 
     def _list(self, request: web.Request, kind: str) -> web.Response:
-        files = sorted(p for p in (self.root / kind).rglob("*") if p.is_file())
+        files = sorted(p for p in (self.root / kind).rglob("*") if _NAME.match(p.name))
         if V2 in request.headers.get("Accept", ""):
             body = [{"name": p.name, "size": p.stat().st_size} for p in files]
             return web.Response(body=json.dumps(body).encode(), content_type=V2)

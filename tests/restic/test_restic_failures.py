@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.http.state import JOBS
+from wingsbak.storage.restic import ResticError, ResticStore
 
 pytestmark = needs_restic
 
@@ -73,9 +74,7 @@ async def test_an_unreachable_repository_fails_the_backup(
 ) -> None:
     # A REST server address where nothing listens: connections are refused. restic 0.14
     # fails at once; 0.17 and later retry, and are stopped after retry_timeout.
-    backups = restic_backups(
-        tmp_path, f"rest:http://127.0.0.1:{free_port()}/repo", retry_timeout=3
-    )
+    backups = restic_backups(tmp_path, f"rest:http://127.0.0.1:{free_port()}/repo", retry_timeout=3)
     _, logs = await failed_backup(start_daemon, panel, node, **backups)
     assert "connection refused" in line(logs, "restic_unusable").lower()
     assert "connection refused" in line(logs, "backup_failed").lower()
@@ -106,6 +105,66 @@ async def test_a_repository_that_keeps_failing_is_given_up_after_retry_timeout(
         assert json.loads(listed.stdout) == []
     finally:
         await rest.stop()
+
+
+async def test_a_repository_that_fails_once_is_retried_and_the_backup_succeeds(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
+) -> None:
+    # One upload refused, then the storage is back but slow: the retry takes longer than
+    # retry_timeout. restic 0.14 never says that a retry worked, so only the retry that is
+    # overdue ends its chain; the backup must not be given up.
+    rest = await RestStandin(tmp_path / "rest").start()
+    try:
+        backups = restic_backups(tmp_path, f"rest:{rest.url}", retry_timeout=2)
+        init = await asyncio.to_thread(oracle, backups["restic"], "init")
+        assert init.returncode == 0, init.stderr
+
+        def upload(method: str, path: str) -> bool:
+            return method == "POST" and path.startswith("/data/")
+
+        rest.fail = lambda method, path: upload(method, path) and not rest.refused
+        rest.delay = lambda method, path: 3.0 if upload(method, path) else 0.0
+        d = await start_daemon(remote=panel.url, **backups)
+        server = node.random_server(256 * 1024, files=3)
+        backup = new_uuid()
+        assert (await d.post_backup(server, backup))[0] == 202
+        report = (await panel.wait_report(backup, timeout=60)).json
+        assert rest.refused  # one upload was refused and retried
+        assert report["successful"] is True, report
+        listed = await asyncio.to_thread(oracle, backups["restic"], "snapshots", "--json")
+        assert [s["tags"] for s in json.loads(listed.stdout)] == [
+            [f"server:{server}", f"backup:{backup}"]
+        ]
+    finally:
+        await rest.stop()
+
+
+async def test_a_short_command_against_a_server_that_never_answers_is_stopped(
+    tmp_path: Path,
+) -> None:
+    # Connections are accepted and never answered: restic prints no retry, so only the
+    # command's own time limit ends it.
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    block = restic_block(tmp_path, f"rest:http://127.0.0.1:{port}/")
+    store = ResticStore(
+        parse_config({"system": {"backups": {"restic": block}}}).system.backups.restic,
+        tmp_path / "cache",
+        state_file=tmp_path / "forget.json",
+    )
+    try:
+        with pytest.raises(ResticError, match=r"restic cat did not finish within 1 s"):
+            await asyncio.wait_for(asyncio.to_thread(store.run, "cat", "config", timeout=1), 60)
+    finally:
+        for writer in held:
+            writer.close()
+        listener.close()
+        await listener.wait_closed()
 
 
 @pytest.mark.parametrize(

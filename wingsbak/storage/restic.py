@@ -54,6 +54,7 @@ from wingsbak.storage.base import (
     Outcome,
     StreamedArchive,
 )
+from wingsbak.storage.restic_retries import RetryChains
 
 log = get_logger(__name__)
 
@@ -65,9 +66,6 @@ READ_CHUNK = 1024 * 1024
 # restic prints JSON status lines this often (its default is 60 a second).
 PROGRESS_FPS = "4"
 STDERR_LINES = 20
-# restic's line for a repository operation it will try again, and for one that then worked.
-_RETRYING = re.compile(r" returned error, retrying after [^:]*: (.*)$")
-_RETRY_OK = " operation successful after "
 _SCHEME = re.compile(r"^[a-z][a-z0-9]*:")
 _PR_SET_PDEATHSIG = 1
 _libc: Any = None
@@ -128,8 +126,9 @@ class _Process:
     failure), stopped with SIGINT (restic then removes its lock and writes no snapshot).
 
     restic retries a repository it cannot reach on its own (from 0.17 for up to 15 minutes);
-    once it has been retrying for ``retry_timeout`` seconds with no success in between, the
-    command is stopped and fails with restic's last error."""
+    once one operation has been retried for ``retry_timeout`` seconds (:mod:`restic_retries`),
+    the command is stopped and fails with restic's last error. :meth:`expire` stops a command
+    that has run too long."""
 
     def __init__(
         self,
@@ -141,9 +140,10 @@ class _Process:
     ) -> None:
         self.argv = argv
         self.retry_timeout = retry_timeout
-        self._retrying_since: float | None = None
-        self._retry_error = ""
+        self._retries = RetryChains(retry_timeout) if retry_timeout is not None else None
+        self._retries_lock = threading.Lock()
         self.gave_up = False
+        self.timed_out: float | None = None
         self._watchdog: threading.Thread | None = None
         try:
             self.proc = subprocess.Popen(
@@ -179,32 +179,32 @@ class _Process:
             if not line:
                 continue
             self.stderr.append(line)
-            retrying = _RETRYING.search(line)
-            if retrying is not None:
-                self._retry_error = retrying.group(1)
-                if self._retrying_since is None:
-                    self._retrying_since = time.monotonic()
-                    self._watch_retries()
-            elif _RETRY_OK in line:
-                self._retrying_since = None
-
-    def _watch_retries(self) -> None:
-        if self.retry_timeout is None or self._watchdog is not None:
-            return
-        self._watchdog = threading.Thread(
-            target=self._give_up_after_retries, name="wingsbak-restic-retries", daemon=True
-        )
-        self._watchdog.start()
+            if self._retries is None:
+                continue
+            with self._retries_lock:
+                retrying = self._retries.feed(line, time.monotonic())
+            if retrying and self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._give_up_after_retries, name="wingsbak-restic-retries", daemon=True
+                )
+                self._watchdog.start()
 
     def _give_up_after_retries(self) -> None:
-        assert self.retry_timeout is not None
+        assert self._retries is not None
         while self.proc.poll() is None:
-            since = self._retrying_since
-            if since is not None and time.monotonic() - since >= self.retry_timeout:
+            with self._retries_lock:
+                given_up = self._retries.given_up(time.monotonic())
+            if given_up:
                 self.gave_up = True
                 self.stop()
                 return
             time.sleep(0.2)
+
+    def expire(self, timeout: float) -> None:
+        """Stop a command that has run for ``timeout`` seconds (a timer's callback)."""
+        if self.proc.poll() is None:
+            self.timed_out = timeout
+            self.stop()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -228,11 +228,14 @@ class _Process:
     def error(self, rc: int) -> ResticError:
         """restic's own explanation (its ``Fatal:`` line, else its last line) of a failure."""
         if self.gave_up:
+            assert self._retries is not None
             return ResticError(
                 f"restic {self.argv[1]} failed: the repository did not answer for "
                 f"{self.retry_timeout:g} s (system.backups.restic.retry_timeout): "
-                f"{self._retry_error}"
+                f"{self._retries.last_error}"
             )
+        if self.timed_out is not None:
+            return ResticError(f"restic {self.argv[1]} did not finish within {self.timed_out:g} s")
         lines = list(self.stderr)
         fatal = [ln for ln in lines if ln.startswith("Fatal:")]
         reason = (fatal or lines or [f"exit status {rc}"])[-1]
@@ -293,12 +296,18 @@ class ResticStore(BackupStore):
     def run(self, *args: str, timeout: float | None = COMMAND_TIMEOUT) -> bytes:
         """A short command's whole stdout; :class:`ResticError` when it fails."""
         p = self.spawn(*args)
+        timer = threading.Timer(timeout, p.expire, (timeout,)) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
             out = p.stdout.read()
-            rc = p.wait(timeout)
+            rc = p.wait()
         finally:
+            if timer is not None:
+                timer.cancel()
             p.close()
-        if rc != 0:
+        if rc != 0 or p.timed_out is not None:
             raise p.error(rc)
         return out
 
@@ -591,6 +600,8 @@ class ResticStore(BackupStore):
         if rc == 3:  # some files could not be read: skipped, as the .tar.gz engine does
             log.warning("restic_backup_incomplete", backup=source.backup, errors=list(p.stderr))
         elif rc != 0:
+            if summary.get("snapshot_id"):  # saved before restic failed: not this backup's
+                self._queue_forget([str(summary["snapshot_id"])])
             raise p.error(rc)
         if not summary:
             raise ResticError("restic backup ended without its summary")
