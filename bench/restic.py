@@ -9,9 +9,11 @@ wingsbak's restic store. Between two backups about 2 % of the bytes change: regi
 rewritten in place, the latest log is appended to, and a plugin jar is replaced. How the region
 files change is ``--pattern``:
 
-- ``players`` (the default), as a game saves them: the region files where players were (the
-  spawn region every time, others at random) have a quarter to a half of their chunks written
-  again, each chunk to a run of 1-5 free 4 KiB sectors, and their 8 KiB header rewritten;
+- ``players`` (the default), as a game saves them: the region files where players were (one
+  standing for the spawn area every time, others at random) get chunk writes adding up to a
+  quarter to a half of their size, each chunk to a run of 1-5 sectors of 4 KiB at a random
+  place (the game uses the first free run: this errs against restic), and their 8 KiB header
+  rewritten;
 - ``scattered``, restic's worst case: 64 KiB writes at random places in any region file, so
   every region file changes a little every time and every write stores a whole restic chunk
   (about 1 MiB) again.
@@ -72,16 +74,19 @@ def change_common(tree: Path, rng: random.Random, round_no: int, budget: int) ->
 
 
 def rewrite_chunks(region: Path, rng: random.Random, nbytes: int) -> int:
-    """Rewrite ``nbytes`` of one Anvil region file in place as the game saves chunks: each
-    chunk is written to a run of 1-5 free 4 KiB sectors, then the 8 KiB header (locations and
-    timestamps) is rewritten. Returns the bytes written."""
-    size = region.stat().st_size
-    sectors = max(3, size // SECTOR)
+    """Write ``nbytes`` into one Anvil region file in place as the game saves chunks: each
+    chunk goes to a run of 1-5 sectors of 4 KiB after the 8 KiB header (locations and
+    timestamps), which is then rewritten. Returns the bytes written.
+
+    The game puts a saved chunk in the first free run of sectors (often at the end of the
+    file) and frees its old one; writing at random places instead dirties more of restic's
+    chunks, so this errs against restic."""
+    sectors = region.stat().st_size // SECTOR  # whole sectors; a partial last one stays
     written = 0
     with open(region, "r+b") as f:
-        while written < nbytes:
+        while written < nbytes and sectors > 7:
             run = rng.randrange(1, 6)
-            start = rng.randrange(2, max(3, sectors - run))
+            start = rng.randrange(2, sectors - run + 1)
             f.seek(start * SECTOR)
             f.write(rng.randbytes(run * SECTOR))
             written += run * SECTOR
@@ -92,16 +97,14 @@ def rewrite_chunks(region: Path, rng: random.Random, nbytes: int) -> int:
 
 def change_players(tree: Path, round_no: int, total: int) -> int:
     """About 2 % of ``total`` bytes, as a game changes a server between two backups: the
-    region files where players were have a quarter to a half of their chunks saved again
-    (the spawn region every time, others at random), the latest log grows, a plugin jar is
-    replaced. Returns the bytes written."""
+    region files where players were get chunk writes adding up to a quarter to a half of
+    their size (one region, standing for the spawn area, every time; others at random), the
+    latest log grows, a plugin jar is replaced. Returns the bytes written."""
     rng = random.Random(1000 + round_no)
     budget = total // 50
     written = change_common(tree, rng, round_no, budget)
-    regions = sorted((tree / "world" / "region").iterdir())
-    spawn = tree / "world" / "region" / "r.0.0.mca"
-    order = [spawn] if spawn in regions else []
-    order += rng.sample([r for r in regions if r != spawn], len(regions) - len(order))
+    spawn, *others = sorted((tree / "world" / "region").iterdir())
+    order = [spawn, *rng.sample(others, len(others))]
     for region in order:
         if written >= budget:
             break
