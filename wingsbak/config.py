@@ -96,8 +96,8 @@ class ResticConfig:
     compression: str = "auto"
     # Seconds between two prunes (space comes back after deletes).
     prune_interval: float = 3600.0
-    # Seconds restic may keep retrying a repository it cannot reach before the command is
-    # stopped and fails (restic 0.17 and later retry for up to 15 minutes on their own).
+    # Seconds restic may keep retrying one operation on a repository it cannot reach before
+    # the command is stopped and fails (restic 0.17 and later retry for up to 15 minutes).
     retry_timeout: float = 120.0
 
 
