@@ -68,9 +68,11 @@ class RestStandin:
         if self.fail(method, path):
             self.refused.append(f"{method} {path}")
             return web.Response(status=503, text="storage unavailable")
-        wait = self.delay(method, path)
-        if wait:
-            await asyncio.sleep(wait)
+        # Held while the delay lasts, or until ``delay`` stops picking the request.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.delay(method, path)
+        while loop.time() < until and self.delay(method, path):
+            await asyncio.sleep(0.05)
         parts = [p for p in path.split("/") if p]
         if not parts and method == "POST" and request.query.get("create") == "true":
             for kind in TYPES:

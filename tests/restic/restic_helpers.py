@@ -38,14 +38,19 @@ def restic_backups(tmp: Path, repository: str | None = None, **over: Any) -> dic
     return {"store": "restic", "restic": restic_block(tmp, repository, **over)}
 
 
-def oracle(block: dict[str, Any], *args: str) -> subprocess.CompletedProcess[bytes]:
-    """The restic CLI itself, on the daemon's repository."""
+def oracle_env(block: dict[str, Any]) -> dict[str, str]:
+    """The environment of restic run by hand on the daemon's repository."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
     env.update(block.get("environment", {}))
     env["RESTIC_REPOSITORY"] = block["repository"]
     env["RESTIC_PASSWORD_FILE"] = block["password_file"]
     env["RESTIC_CACHE_DIR"] = str(Path(block["password_file"]).parent / "oracle-cache")
-    return subprocess.run(["restic", *args], env=env, capture_output=True, check=False)
+    return env
+
+
+def oracle(block: dict[str, Any], *args: str) -> subprocess.CompletedProcess[bytes]:
+    """The restic CLI itself, on the daemon's repository."""
+    return subprocess.run(["restic", *args], env=oracle_env(block), capture_output=True)
 
 
 def snapshots(block: dict[str, Any], *tags: str) -> list[dict[str, Any]]:

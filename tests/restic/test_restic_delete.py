@@ -4,6 +4,8 @@ a backup uses the repository."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,3 +103,47 @@ async def test_restic_progress_reaches_the_job_state(
     # ahead of the 1 MiB/s upload, so its byte count may be complete before it ends).
     await wait_until(progressed, "restic's progress in the job state", timeout=30)
     assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+
+
+def restic_pids(argument: str) -> list[int]:
+    """The restic processes one of whose arguments contains ``argument``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"restic") and any(argument.encode() in a for a in argv[1:]):
+            pids.append(int(entry.name))
+    return pids
+
+
+async def test_a_lock_left_by_a_killed_restic_does_not_stop_deletes(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
+) -> None:
+    # restic killed mid-backup (the OOM killer, an operator's kill -9) leaves its lock in the
+    # repository. forget takes an exclusive lock, which restic refuses while any other lock
+    # is there, stale or not.
+    block = restic_backups(tmp_path)
+    d = await start_daemon(remote=panel.url, write_limit=1, **block)
+    server = node.random_server(64 * 1024, files=2)
+    kept = await backed_up(d, panel, server)
+    big = node.random_server(16 * MIB, files=2)
+    doomed = new_uuid()
+    assert (await d.post_backup(big, doomed))[0] == 202
+    locks = tmp_path / "repo" / "locks"
+    await wait_until(
+        lambda: bool(restic_pids(f"backup:{doomed}")) and any(locks.iterdir()),
+        "restic backing up",
+    )
+    for pid in restic_pids(f"backup:{doomed}"):
+        os.kill(pid, signal.SIGKILL)
+    assert (await panel.wait_report(doomed, timeout=60)).json["successful"] is False
+    assert any(locks.iterdir())  # the killed restic's lock stays
+
+    assert await delete(d, server, kept) == 204
+    await wait_until(
+        lambda: snapshots(block["restic"], f"backup:{kept}") == [], "the forget", timeout=30
+    )

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from daemon_helpers import Node, Panel, free_port, new_uuid, wait_until
 from rest_standin import RestStandin
-from restic_helpers import needs_restic, oracle, restic_backups, restic_block
+from restic_helpers import needs_restic, oracle, oracle_env, restic_backups, restic_block
 from structlog.testing import capture_logs
 
 from wingsbak.config import ConfigError, parse_config
@@ -135,6 +135,48 @@ async def test_a_repository_that_fails_once_is_retried_and_the_backup_succeeds(
         assert [s["tags"] for s in json.loads(listed.stdout)] == [
             [f"server:{server}", f"backup:{backup}"]
         ]
+    finally:
+        await rest.stop()
+
+
+async def test_an_exclusive_lock_left_by_a_killed_prune_does_not_fail_backups(
+    start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
+) -> None:
+    # A prune killed while it holds the repository's exclusive lock (the OOM killer, kill -9)
+    # leaves the lock behind, and restic refuses every backup while it is there.
+    rest = await RestStandin(tmp_path / "rest").start()
+    try:
+        backups = restic_backups(tmp_path, f"rest:{rest.url}")
+        init = await asyncio.to_thread(oracle, backups["restic"], "init")
+        assert init.returncode == 0, init.stderr
+        with capture_logs() as logs:
+            d = await start_daemon(remote=panel.url, **backups)
+            await wait_until(lambda: d.app[JOBS].restic_check is not None, "the restic check")
+            thread = d.app[JOBS].restic_check
+            await wait_until(lambda: not thread.is_alive(), "the restic check", timeout=60)
+
+            # The prune takes its lock, then reads the index: it is held there and killed.
+            rest.delay = lambda method, path: 60.0 if path.startswith("/index/") else 0.0
+            prune = subprocess.Popen(
+                ["restic", "prune"], env=oracle_env(backups["restic"]), stderr=subprocess.DEVNULL
+            )
+            try:
+                await wait_until(
+                    lambda: any(r.startswith("GET /index/") for r in rest.requests), "the prune"
+                )
+            finally:
+                prune.kill()
+                prune.wait()
+            rest.delay = lambda method, path: 0.0
+            assert any(r.startswith("POST /locks/") for r in rest.requests)
+
+            server = node.server()
+            backup = new_uuid()
+            assert (await d.post_backup(server, backup))[0] == 202
+            report = (await panel.wait_report(backup, timeout=60)).json
+        assert report["successful"] is True, report
+        (locked,) = [e for e in logs if e["event"] == "restic_locked"]
+        assert "already locked exclusively" in locked["error"]
     finally:
         await rest.stop()
 

@@ -76,6 +76,9 @@ with contextlib.suppress(OSError):
 class ResticError(Exception):
     """A restic command that failed, with one line for the log and the operator."""
 
+    # restic refused the repository's lock: another restic holds it, or a killed one left it.
+    locked = False
+
 
 @dataclass(slots=True, frozen=True)
 class Snapshot:
@@ -237,9 +240,12 @@ class _Process:
         if self.timed_out is not None:
             return ResticError(f"restic {self.argv[1]} did not finish within {self.timed_out:g} s")
         lines = list(self.stderr)
+        locked = [ln for ln in lines if "is already locked" in ln]
         fatal = [ln for ln in lines if ln.startswith("Fatal:")]
-        reason = (fatal or lines or [f"exit status {rc}"])[-1]
-        return ResticError(f"restic {self.argv[1]} failed: {reason.removeprefix('Fatal: ')}")
+        reason = (locked or fatal or lines or [f"exit status {rc}"])[-1]
+        error = ResticError(f"restic {self.argv[1]} failed: {reason.removeprefix('Fatal: ')}")
+        error.locked = bool(locked)
+        return error
 
     def close(self) -> None:
         self.stop()
@@ -383,8 +389,15 @@ class ResticStore(BackupStore):
         due = self._prune_due is not None and self._prune_due <= time.monotonic()
         return bool(self._pending) or due
 
+    def _unlock_stale(self) -> None:
+        """Remove the locks restic calls stale (of a restic killed on this node, or older than
+        30 minutes): they would refuse the exclusive lock that forget and prune take. Run
+        only while no restic of this store uses the repository."""
+        self.run("unlock")
+
     def _forget(self, ids: list[str]) -> None:
         try:
+            self._unlock_stale()
             self.run("forget", *ids)
         except ResticError as exc:
             log.error("restic_forget_failed", snapshots=ids, error=str(exc))
@@ -404,6 +417,7 @@ class ResticStore(BackupStore):
         before = self._repository_bytes()
         started = time.monotonic()
         try:
+            self._unlock_stale()
             self.run("prune", timeout=None)
         except ResticError as exc:
             log.error("restic_prune_failed", error=str(exc))
@@ -541,7 +555,7 @@ class ResticStore(BackupStore):
         cancel = source.cancel
         with self.use(cancel):
             try:
-                summary = self._backup(source, self._parent(source.server))
+                summary = self._backup_past_stale_locks(source, self._parent(source.server))
             except ResticError:
                 # The index may name a snapshot gone meanwhile: the next backup asks restic.
                 self._set_latest(source.server, None)
@@ -554,6 +568,18 @@ class ResticStore(BackupStore):
                 raise Cancelled("backup cancelled")
             self._set_latest(source.server, snapshot)
         return Outcome(True, snapshot, CHECKSUM_TYPE, added_bytes(summary))
+
+    def _backup_past_stale_locks(self, source: BackupSource, parent: str | None) -> dict[str, Any]:
+        """A backup; refused for a lock, once more after the stale locks are removed (a
+        restic killed during a prune leaves an exclusive lock that refuses every backup)."""
+        try:
+            return self._backup(source, parent)
+        except ResticError as exc:
+            if not exc.locked or source.cancel.is_set():
+                raise
+            log.warning("restic_locked", backup=source.backup, error=str(exc))
+            self._unlock_stale()
+            return self._backup(source, parent)
 
     def _backup(self, source: BackupSource, parent: str | None) -> dict[str, Any]:
         opts = source.options
