@@ -249,7 +249,7 @@ class DaemonProcess:
     async def post_backup(self, server: str, backup: str, **body: Any) -> int:
         """Ask for a wings backup (``body`` overrides), the way the panel does (its record of
         the backup first): the status."""
-        panel_creates(self.config["remote"], server, backup)
+        panel_creates(self.config.get("remote", ""), server, backup)
         async with (
             aiohttp.ClientSession() as s,
             s.post(

@@ -227,12 +227,7 @@ async def test_a_websocket_without_a_successful_auth_is_closed(daemon_process, n
         # The authenticated socket outlives every deadline and still gets its events.
         await asyncio.sleep(2.0)
         backup = new_uuid()
-        async with session.post(
-            f"{proc.url}/api/servers/{server}/backup",
-            json={"adapter": "wings", "uuid": backup},
-            headers={"Authorization": f"Bearer {NODE_TOKEN}"},
-        ) as r:
-            assert r.status == 202
+        assert await proc.post_backup(server, backup) == 202
         while True:
             msg = await authed.receive(HANG)
             assert msg.type == aiohttp.WSMsgType.TEXT, msg

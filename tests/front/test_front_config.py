@@ -139,12 +139,7 @@ async def test_sighup_rereads_both_files_and_never_writes_wings_file(node, wings
 
         async def backup() -> None:
             b = new_uuid()
-            async with client.post(
-                f"{daemon.url}/api/servers/{server}/backup",
-                json={"adapter": "wings", "uuid": b},
-                headers={"Authorization": f"Bearer {NODE_TOKEN}"},
-            ) as r:
-                assert r.status == 202
+            assert await daemon.post_backup(server, b) == 202
             await wait_until(lambda: node.archive(server, b).is_file(), "the backup")
 
         await backup()

@@ -14,15 +14,18 @@ file is written under a temporary name and then renamed, and the config is never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from daemon_helpers import free_port
+from restic_helpers import oracle, restic_backups
 
 TYPES = ("data", "keys", "locks", "snapshots", "index")
 V2 = "application/vnd.x.restic.rest.v2"
@@ -109,3 +112,20 @@ class RestStandin:
             body = [{"name": p.name, "size": p.stat().st_size} for p in files]
             return web.Response(body=json.dumps(body).encode(), content_type=V2)
         return web.json_response([p.name for p in files])
+
+
+@contextlib.asynccontextmanager
+async def rest_repository(
+    tmp: Path, **over: Any
+) -> AsyncIterator[tuple[RestStandin, dict[str, Any]]]:
+    """A stand-in REST server holding an initialised repository, and the ``system.backups``
+    keys of a daemon whose wings backups go to it (``over``: more ``restic`` keys)."""
+    rest = await RestStandin(tmp / "rest").start()
+    try:
+        backups = restic_backups(tmp, f"rest:{rest.url}", **over)
+        # The stand-in serves on this loop: restic run by hand goes to a thread.
+        init = await asyncio.to_thread(oracle, backups["restic"], "init")
+        assert init.returncode == 0, init.stderr
+        yield rest, backups
+    finally:
+        await rest.stop()

@@ -87,3 +87,22 @@ def restic_version() -> tuple[int, int]:
 
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def restic_processes(argument: str, parent: int | None = None) -> list[int]:
+    """Running restic processes one of whose arguments contains ``argument`` (children of
+    ``parent`` only, when given)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if parent is not None and int(fields[1]) != parent:
+            continue
+        if argv[0].endswith(b"restic") and any(argument.encode() in a for a in argv[1:]):
+            found.append(int(entry.name))
+    return found

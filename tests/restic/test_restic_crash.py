@@ -4,32 +4,15 @@ repository is usable (its stale lock removed)."""
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
-from restic_helpers import needs_restic, oracle, restic_backups, snapshots
+from restic_helpers import needs_restic, oracle, restic_backups, restic_processes, snapshots
 
 pytestmark = needs_restic
 MIB = 1024 * 1024
-
-
-def restic_backups_of(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` running ``restic backup``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(fields[1]) == pid and cmdline[0].endswith(b"restic") and b"backup" in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -53,8 +36,10 @@ async def test_kill_9_during_a_restic_backup_then_restart(
     assert await proc.post_backup(server, backup) == 202
     assert proc.proc is not None
     daemon_pid = proc.proc.pid
-    await wait_until(lambda: restic_backups_of(daemon_pid), "restic backup to run", timeout=30)
-    (child,) = restic_backups_of(daemon_pid)
+    await wait_until(
+        lambda: restic_processes("backup", daemon_pid), "restic backup to run", timeout=30
+    )
+    (child,) = restic_processes("backup", daemon_pid)
     data = tmp_path / "repo" / "data"
     await wait_until(
         lambda: any(p.is_file() for p in data.rglob("*")), "restic to write data", timeout=30

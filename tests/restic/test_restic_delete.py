@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon_helpers import Daemon, Node, Panel, auth, download_claims, new_uuid, sign, wait_until
-from restic_helpers import needs_restic, repo_bytes, restic_backups, snapshots
+from restic_helpers import needs_restic, repo_bytes, restic_backups, restic_processes, snapshots
 from structlog.testing import capture_logs
 
 from wingsbak.http.state import JOBS
@@ -105,21 +105,6 @@ async def test_restic_progress_reaches_the_job_state(
     assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
 
 
-def restic_pids(argument: str) -> list[int]:
-    """The restic processes one of whose arguments contains ``argument``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"restic") and any(argument.encode() in a for a in argv[1:]):
-            pids.append(int(entry.name))
-    return pids
-
-
 async def test_a_lock_left_by_a_killed_restic_does_not_stop_deletes(
     start_daemon: Callable[..., Any], panel: Panel, node: Node, tmp_path: Path
 ) -> None:
@@ -135,10 +120,10 @@ async def test_a_lock_left_by_a_killed_restic_does_not_stop_deletes(
     assert (await d.post_backup(big, doomed))[0] == 202
     locks = tmp_path / "repo" / "locks"
     await wait_until(
-        lambda: bool(restic_pids(f"backup:{doomed}")) and any(locks.iterdir()),
+        lambda: bool(restic_processes(f"backup:{doomed}")) and any(locks.iterdir()),
         "restic backing up",
     )
-    for pid in restic_pids(f"backup:{doomed}"):
+    for pid in restic_processes(f"backup:{doomed}"):
         os.kill(pid, signal.SIGKILL)
     assert (await panel.wait_report(doomed, timeout=60)).json["successful"] is False
     assert any(locks.iterdir())  # the killed restic's lock stays

@@ -4,7 +4,6 @@ chosen store without its settings refusing the start."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,8 +12,8 @@ from typing import Any
 
 import pytest
 from daemon_helpers import Node, Panel, free_port, new_uuid, wait_until
-from rest_standin import RestStandin
-from restic_helpers import needs_restic, oracle, oracle_env, restic_backups, restic_block
+from rest_standin import rest_repository
+from restic_helpers import needs_restic, oracle, oracle_env, restic_backups, restic_block, snapshots
 from structlog.testing import capture_logs
 
 from wingsbak.config import ConfigError, parse_config
@@ -86,12 +85,7 @@ async def test_a_repository_that_keeps_failing_is_given_up_after_retry_timeout(
     # A REST repository whose storage goes away once the daemon has checked it: every
     # upload gets a 503. restic retries (0.14 ten times, about a minute; 0.17 and later for
     # 15 minutes) until wingsbak stops it; no snapshot is left.
-    rest = await RestStandin(tmp_path / "rest").start()
-    try:
-        backups = restic_backups(tmp_path, f"rest:{rest.url}", retry_timeout=2)
-        # The stand-in serves on this loop: restic run by hand goes to a thread.
-        init = await asyncio.to_thread(oracle, backups["restic"], "init")
-        assert init.returncode == 0, init.stderr
+    async with rest_repository(tmp_path, retry_timeout=2) as (rest, backups):
         rest.fail = lambda method, path: method == "POST" and path.startswith("/data/")
         _, logs = await failed_backup(start_daemon, panel, node, **backups)
         rest.fail = lambda method, path: False
@@ -100,11 +94,7 @@ async def test_a_repository_that_keeps_failing_is_given_up_after_retry_timeout(
         assert "did not answer for 2 s" in reason
         assert "system.backups.restic.retry_timeout" in reason
         assert "503" in reason
-        listed = await asyncio.to_thread(oracle, backups["restic"], "snapshots", "--json")
-        assert listed.returncode == 0, listed.stderr
-        assert json.loads(listed.stdout) == []
-    finally:
-        await rest.stop()
+        assert await asyncio.to_thread(snapshots, backups["restic"]) == []
 
 
 async def test_a_repository_that_fails_once_is_retried_and_the_backup_succeeds(
@@ -113,11 +103,7 @@ async def test_a_repository_that_fails_once_is_retried_and_the_backup_succeeds(
     # One upload refused, then the storage is back but slow: the retry takes longer than
     # retry_timeout. restic 0.14 never says that a retry worked, so only the retry that is
     # overdue ends its chain; the backup must not be given up.
-    rest = await RestStandin(tmp_path / "rest").start()
-    try:
-        backups = restic_backups(tmp_path, f"rest:{rest.url}", retry_timeout=2)
-        init = await asyncio.to_thread(oracle, backups["restic"], "init")
-        assert init.returncode == 0, init.stderr
+    async with rest_repository(tmp_path, retry_timeout=2) as (rest, backups):
 
         def upload(method: str, path: str) -> bool:
             return method == "POST" and path.startswith("/data/")
@@ -131,12 +117,8 @@ async def test_a_repository_that_fails_once_is_retried_and_the_backup_succeeds(
         report = (await panel.wait_report(backup, timeout=60)).json
         assert rest.refused  # one upload was refused and retried
         assert report["successful"] is True, report
-        listed = await asyncio.to_thread(oracle, backups["restic"], "snapshots", "--json")
-        assert [s["tags"] for s in json.loads(listed.stdout)] == [
-            [f"server:{server}", f"backup:{backup}"]
-        ]
-    finally:
-        await rest.stop()
+        listed = await asyncio.to_thread(snapshots, backups["restic"])
+        assert [s["tags"] for s in listed] == [[f"server:{server}", f"backup:{backup}"]]
 
 
 async def test_an_exclusive_lock_left_by_a_killed_prune_does_not_fail_backups(
@@ -144,11 +126,7 @@ async def test_an_exclusive_lock_left_by_a_killed_prune_does_not_fail_backups(
 ) -> None:
     # A prune killed while it holds the repository's exclusive lock (the OOM killer, kill -9)
     # leaves the lock behind, and restic refuses every backup while it is there.
-    rest = await RestStandin(tmp_path / "rest").start()
-    try:
-        backups = restic_backups(tmp_path, f"rest:{rest.url}")
-        init = await asyncio.to_thread(oracle, backups["restic"], "init")
-        assert init.returncode == 0, init.stderr
+    async with rest_repository(tmp_path) as (rest, backups):
         with capture_logs() as logs:
             d = await start_daemon(remote=panel.url, **backups)
             await wait_until(lambda: d.app[JOBS].restic_check is not None, "the restic check")
@@ -177,8 +155,6 @@ async def test_an_exclusive_lock_left_by_a_killed_prune_does_not_fail_backups(
         assert report["successful"] is True, report
         (locked,) = [e for e in logs if e["event"] == "restic_locked"]
         assert "already locked exclusively" in locked["error"]
-    finally:
-        await rest.stop()
 
 
 async def test_a_short_command_against_a_server_that_never_answers_is_stopped(

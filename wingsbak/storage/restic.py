@@ -218,13 +218,8 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def wait(self, timeout: float | None = None) -> int:
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise ResticError(f"restic {self.argv[1]} did not finish within {timeout} s") from None
+    def wait(self) -> int:
+        rc = self.proc.wait()
         self._reader.join(timeout=5)
         return rc
 
