@@ -32,14 +32,14 @@ from restore_helpers import (
 
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.extract import (
-    STAGING_PREFIX,
     NoSpace,
     RestoreError,
     extract_archive,
-    remove_restore_leftovers,
+    recover_stagings,
     restore_archive_file,
 )
 from wingsbak.archive.sink import sidecar_path
+from wingsbak.archive.staging import STAGING_PREFIX, Staging
 
 SERVER = "3b9a7c1e-2d4f-4e6a-8b0c-1d2e3f4a5b6c"
 MIB = 1024 * 1024
@@ -219,9 +219,21 @@ def test_a_server_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
         restore_archive_file(archive, tmp_path / "root")
 
 
+def make_staging(root: Path, label: str) -> Path:
+    """A staging directory as the engine makes it (marked as the daemon's own)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        staging = Staging(fd, label)
+        os.close(staging.fd)
+        return root / os.fsdecode(staging.name)
+    finally:
+        os.close(fd)
+
+
 def test_the_staging_directory_is_not_in_backups(tmp_path: Path) -> None:
     root = tmp_path / "server"
-    (root / f"{STAGING_PREFIX}x" / "tree").mkdir(parents=True)
+    root.mkdir()
+    (make_staging(root, "x") / "tree").mkdir()
     (root / f"{STAGING_PREFIX}x" / "tree" / "f").write_text("staged")
     (root / "real.txt").write_text("the server's")
     archive = tmp_path / "a.tar.gz"
@@ -233,27 +245,30 @@ def test_the_staging_directory_is_not_in_backups(tmp_path: Path) -> None:
     assert "real.txt" in names or "./real.txt" in names
 
 
-@pytest.mark.parametrize("phase", ["staging", "moving-out", "moving-in"])
+@pytest.mark.parametrize("phase", ["staging", "moving-out", "moving-in", "older-moving-in"])
 def test_recovery_puts_the_old_entries_back_whatever_the_phase(tmp_path: Path, phase: str) -> None:
-    """The states a kill -9 can leave, built as the engine builds them."""
+    """The states a kill -9 can leave, built as the engine builds them (an older version's
+    had no list of the restored names: every entry of the root was a restored one)."""
     root = tmp_path / "server"
     root.mkdir()
     hundred_files(root)
     before = snapshot(root)
-    stage = root / f"{STAGING_PREFIX}{new_uuid()}"
+    stage = make_staging(root, new_uuid())
     (stage / "tree" / "plugins").mkdir(parents=True)
     (stage / "tree" / "plugins" / "new.jar").write_text("restored")
     (stage / f"{STAGING_PREFIX}123-7").write_bytes(b"half a file")
     if phase != "staging":
         (stage / "old").mkdir()
         os.rename(root / "world", stage / "old" / "world")
-        if phase == "moving-in":
+        if phase.endswith("moving-in"):
             for entry in list(root.iterdir()):
                 if entry != stage:
                     os.rename(entry, stage / "old" / entry.name)
+            if phase == "moving-in":
+                (stage / "names").write_bytes(b"plugins\0")
             (stage / "swapping").mkdir()
             os.rename(stage / "tree" / "plugins", root / "plugins")
-    assert remove_restore_leftovers(root) == 1
+    assert [r.committed for r in recover_stagings(root)] == [False]
     assert snapshot(root) == before
     assert restore_leftovers(root) == []
 

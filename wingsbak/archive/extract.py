@@ -14,8 +14,9 @@ real name (the previous version, if any, stays until the new one is whole).
 A truncating restore never deletes anything before the whole archive has been read and
 verified (tar end marker, gzip CRC and length): it is extracted into a hidden staging directory
 at the server root (same file system, so everything after is renames), and only then are the
-old entries moved out and the new ones in. Any failure, a cancel, or a crash caught by
-:func:`remove_restore_leftovers`, puts the old entries back and removes the staging.
+old entries moved out and the new ones in (archive/staging.py). Until the swap is committed
+any failure, a cancel, or a crash (then by :func:`recover_stagings`) puts the old entries
+back; once it is, only the old entries are deleted, whatever happens.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import contextlib
 import errno
 import io
 import os
-import shutil
 import stat
 import threading
 import time
@@ -32,9 +32,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from wingsbak import failpoint
 from wingsbak.archive.gzip import HAVE_ISAL
 from wingsbak.archive.progress import Clock, ProgressThrottle
 from wingsbak.archive.sink import MIB, Cancelled, TokenBucket
+from wingsbak.archive.staging import (
+    STAGING_PREFIX,
+    Recovered,
+    Staging,
+    recover_stagings,
+    staging_label,
+)
 from wingsbak.log import get_logger
 
 if HAVE_ISAL:
@@ -46,12 +54,13 @@ __all__ = [
     "STAGING_PREFIX",
     "Cancelled",
     "NoSpace",
+    "Recovered",
     "RestoreError",
     "RestoreProgress",
     "RestoreResult",
     "extract_archive",
     "open_server_root",
-    "remove_restore_leftovers",
+    "recover_stagings",
     "restore_archive_file",
 ]
 
@@ -85,11 +94,7 @@ MAX_EXTENDED_HEADERS_TOTAL = 4 * MIB
 # Of the global pax records only these change how an entry is restored; keeping only them
 # bounds what global headers can accumulate, whatever they hold.
 _PAX_GLOBAL_KEYS = frozenset({b"path", b"linkpath", b"size", b"mtime"})
-# The hidden directory at a server root where a restore stages its files: excluded from
-# backups, removed (after putting back what it held) by recovery.
-STAGING_PREFIX = ".wingsbak-restore-"
 _STAGING_PREFIX_B = STAGING_PREFIX.encode()
-_TREE, _OLD, _SWAPPING = b"tree", b"old", b"swapping"
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 # What os.utime takes (a 64-bit time_t): a wilder archive time is clamped to it.
 _MAX_TIME_NS = (2**63 - 1) * 1_000_000_000
@@ -451,134 +456,16 @@ def open_server_root(dest: str | os.PathLike[str], *, create: bool = True) -> in
     return open_server_root(path, create=False)
 
 
-def _names(dir_fd: int) -> list[str]:
-    with os.scandir(dir_fd) as it:
-        return [e.name for e in it]
-
-
-def _is_dir(name: bytes, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode)
-    except FileNotFoundError:
-        return False
-
-
-class _Staging:
-    """``<root>/.wingsbak-restore-<label>``: the restore's temporary files, and for a
-    truncating restore the whole new tree (``tree``), then the old entries (``old``) while
-    they are swapped. ``swapping`` exists once every old entry is in ``old``: from then on
-    the root holds only restored entries. :meth:`undo` reads that state, so a failure, a
-    cancel or recovery after a crash all put the old entries back the same way."""
-
-    def __init__(self, root_fd: int, label: str) -> None:
-        self.root_fd = root_fd
-        self.name = (STAGING_PREFIX + label).encode()
-        try:
-            os.mkdir(self.name, 0o700, dir_fd=root_fd)
-        except FileExistsError:
-            _undo_staging(root_fd, self.name)  # left by a run of the same label that died
-            os.mkdir(self.name, 0o700, dir_fd=root_fd)
-        self.fd = os.open(self.name, _DIR_FLAGS, dir_fd=root_fd)
-        self.dev = os.fstat(self.fd).st_dev
-        self.tree_fd = -1
-
-    def tree(self) -> int:
-        os.mkdir(_TREE, 0o755, dir_fd=self.fd)
-        self.tree_fd = os.open(_TREE, _DIR_FLAGS, dir_fd=self.fd)
-        return self.tree_fd
-
-    def check_space(self, needed: int) -> None:
-        """Fail before anything is written when the file system cannot hold ``needed``
-        more bytes (the restored tree, beside the server's current files)."""
-        st = os.fstatvfs(self.fd)
-        free = st.f_bavail * st.f_frsize
-        if needed > free:
-            raise NoSpace(
-                f"the disk cannot hold the restore beside the server's files ({needed} bytes "
-                f"needed, {free} free); nothing was changed"
-            )
-
-    def swap_in(self) -> None:
-        """Move the root's entries into ``old``, then the restored tree's into the root."""
-        os.mkdir(_OLD, 0o700, dir_fd=self.fd)
-        old_fd = os.open(_OLD, _DIR_FLAGS, dir_fd=self.fd)
-        try:
-            for name in _names(self.root_fd):
-                if not name.startswith(STAGING_PREFIX):
-                    os.rename(name, name, src_dir_fd=self.root_fd, dst_dir_fd=old_fd)
-            os.mkdir(_SWAPPING, 0o700, dir_fd=self.fd)
-            for name in _names(self.tree_fd):
-                os.rename(name, name, src_dir_fd=self.tree_fd, dst_dir_fd=self.root_fd)
-        finally:
-            os.close(old_fd)
-
-    def close(self, *, undo: bool) -> None:
-        """Remove the staging: after a swap that stays, with the old entries it holds; else
-        after putting every old entry back where it was."""
-        if self.tree_fd >= 0:
-            os.close(self.tree_fd)
-            self.tree_fd = -1
-        os.close(self.fd)
-        if undo:
-            _undo_staging(self.root_fd, self.name)
-        else:
-            shutil.rmtree(self.name, dir_fd=self.root_fd)
-
-
-def _undo_staging(root_fd: int, name: bytes) -> None:
-    """Put back what a staging directory took from the root, then remove it."""
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=root_fd)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-        os.unlink(name, dir_fd=root_fd)  # a temporary file of an older version
-        return
-    try:
-        if _is_dir(_OLD, fd):
-            old_fd = os.open(_OLD, _DIR_FLAGS, dir_fd=fd)
-            try:
-                if _is_dir(_SWAPPING, fd):
-                    # The root holds restored entries only: back into the tree they go.
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(_TREE, 0o755, dir_fd=fd)
-                    tree_fd = os.open(_TREE, _DIR_FLAGS, dir_fd=fd)
-                    try:
-                        for entry in _names(root_fd):
-                            if not entry.startswith(STAGING_PREFIX):
-                                os.rename(entry, entry, src_dir_fd=root_fd, dst_dir_fd=tree_fd)
-                    finally:
-                        os.close(tree_fd)
-                for entry in _names(old_fd):
-                    os.rename(entry, entry, src_dir_fd=old_fd, dst_dir_fd=root_fd)
-            finally:
-                os.close(old_fd)
-    finally:
-        os.close(fd)
-    # Only once ``old`` is empty: a rename that failed above leaves it (and the error says
-    # so) rather than deleting server files with it.
-    shutil.rmtree(name, dir_fd=root_fd)
-
-
-def remove_restore_leftovers(dest: str | os.PathLike[str]) -> int:
-    """What a restore that died (kill -9, power loss) left in the server root: its staging
-    directory, after the old entries it held are put back, and temporary files. Returns how
-    many were removed; a server root that is gone or a symlink has none."""
-    try:
-        root_fd = os.open(os.fspath(dest), _DIR_FLAGS)
-    except OSError:
-        return 0
-    removed = 0
-    try:
-        for name in _names(root_fd):
-            if name.startswith(STAGING_PREFIX):
-                _undo_staging(root_fd, os.fsencode(name))
-                removed += 1
-    finally:
-        os.close(root_fd)
-    return removed
+def _check_space(staging: Staging, needed: int) -> None:
+    """Fail before anything is written when the file system cannot hold ``needed`` more
+    bytes (the restored tree, beside the server's current files)."""
+    st = os.fstatvfs(staging.fd)
+    free = st.f_bavail * st.f_frsize
+    if needed > free:
+        raise NoSpace(
+            f"the disk cannot hold the restore beside the server's files ({needed} bytes "
+            f"needed, {free} free); nothing was changed"
+        )
 
 
 @dataclass(slots=True)
@@ -625,7 +512,7 @@ class _Extractor:
         owner: tuple[int, int] | None,
         counter: _CountingReader,
         bytes_total: int,
-        staging: _Staging,
+        staging: Staging,
         clock: Clock = time.monotonic,
     ) -> None:
         self.feed = feed
@@ -640,6 +527,7 @@ class _Extractor:
         self.bytes_total = bytes_total
         self.throttle = ProgressThrottle(clock=clock)
         self.dir_meta: dict[tuple[bytes, ...], tuple[int, int]] = {}
+        self.stagings: dict[bytes, bool] = {}  # root names with the staging prefix: one?
         self.tmp_seq = 0
         self.files = self.directories = self.symlinks = self.hardlinks = 0
         self.skipped = 0
@@ -841,8 +729,8 @@ class _Extractor:
         parts = _split_name(e.name)
         if not parts:
             return  # the root itself ("./"): its mode and owner stay as they are
-        if parts[0].startswith(_STAGING_PREFIX_B):
-            raise _Skip("the name is reserved for the restore's own staging")
+        if self._is_staging(parts[0]):
+            raise _Skip("the name is a restore's staging in the server directory")
         kind = e.type
         if kind in _REGULAR and e.name.endswith(b"/"):
             # A "file" whose name ends in '/' is a directory (old V7 archives have no
@@ -864,6 +752,19 @@ class _Extractor:
         else:
             raise _Skip(f"unsupported entry type {chr(kind)!r}")
         self._tick()
+
+    def _is_staging(self, first: bytes) -> bool:
+        """Whether the root's entry ``first`` is this restore's staging or another marked one
+        (a player's folder with the same prefix is restored like any other)."""
+        if not first.startswith(_STAGING_PREFIX_B):
+            return False
+        if first == self.staging.name:
+            return True
+        found = self.stagings.get(first)
+        if found is None:
+            found = staging_label(self.staging.root_fd, first) is not None
+            self.stagings[first] = found
+        return found
 
     # -- one entry each -----------------------------------------------------------------
 
@@ -897,6 +798,7 @@ class _Extractor:
             fd = -1
             self._rename_into_place(tmp_dir, tmp, parent, parts[-1])
             ok = True
+            failpoint.hit("restore-extracting")
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -966,8 +868,8 @@ class _Extractor:
         target = _split_name(e.linkname)
         if not target:
             raise _Skip("hard link to the directory itself")
-        if target[0].startswith(_STAGING_PREFIX_B):
-            raise _Skip("hard link into the restore's own staging")
+        if self._is_staging(target[0]):
+            raise _Skip("hard link into a restore's staging")
         try:
             src_parent = self.dirs.open(target[:-1])
             src_st = os.lstat(target[-1], dir_fd=src_parent)
@@ -1094,13 +996,16 @@ def extract_archive(
     expected_size: int = 0,
     label: str = "",
     clock: Clock = time.monotonic,
+    on_commit: Callable[[], None] | None = None,
 ) -> RestoreResult:
     """Restore the ``.tar.gz`` read from ``fileobj`` into the directory ``dest``.
 
     ``dest`` is created when missing and refused when it is a symlink. With ``truncate`` its
     contents are replaced, and only once the whole archive has been read and verified: the
     restore is staged in ``dest/.wingsbak-restore-<label>`` (``label``: the process id when
-    empty) and swapped in, so on any failure ``dest`` is left as it was. ``expected_size``
+    empty) and swapped in, so on any failure before the swap is committed ``dest`` is left as
+    it was; ``on_commit`` is called once it is (it must not raise), before the old entries
+    are deleted. ``expected_size``
     (the unpacked size, when known) lets a truncating restore fail at once when the disk
     cannot hold it beside the current files. ``write_limit`` caps the file data written, in
     MiB/s (0: unlimited). ``owner`` (uid, gid) is applied to everything restored when
@@ -1114,11 +1019,10 @@ def extract_archive(
     root_fd = open_server_root(dest)
     try:
         try:
-            staging = _Staging(root_fd, label or str(os.getpid()))
+            staging = Staging(root_fd, label or str(os.getpid()))
         except OSError as exc:
             where = os.fspath(dest)
             raise RestoreError(f"cannot stage the restore in {where}: {_describe(exc)}") from exc
-        swapped = False
         try:
             counter = _CountingReader(fileobj)
             limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
@@ -1128,7 +1032,7 @@ def extract_archive(
                 # Not even the staging is filled before the source proved to be a tar.gz.
                 feed.check_start()
                 if truncate:
-                    staging.check_space(expected_size)
+                    _check_space(staging, expected_size)
                 extractor = _Extractor(
                     feed,
                     staging.tree() if truncate else root_fd,
@@ -1146,6 +1050,8 @@ def extract_archive(
                 gz.close()
             if truncate:
                 # The archive is whole and verified: only now does the server lose files.
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("restore cancelled")
                 try:
                     staging.swap_in()
                 except OSError as exc:
@@ -1153,28 +1059,39 @@ def extract_archive(
                         f"cannot move the restored files into place: {_describe(exc)}"
                     ) from exc
             extractor.finish(root_fd)
-            swapped = True
+            if truncate:
+                try:
+                    staging.commit()
+                except OSError as exc:
+                    raise RestoreError(f"cannot commit the restore: {_describe(exc)}") from exc
         except BaseException as exc:
             if isinstance(exc, NoSpace):
                 log.error("restore_no_space", dest=os.fspath(dest), error=str(exc))
-            try:
-                staging.close(undo=True)
-            except OSError as undo_exc:
-                log.error(
-                    "restore_staging_not_undone",
-                    dest=os.fspath(dest),
-                    staging=staging.name.decode(errors="replace"),
-                    error=_describe(undo_exc),
-                )
-            raise
+            if not staging.committed:
+                _close_staging(staging, dest, "restore_staging_not_undone")
+                raise
         try:
-            staging.close(undo=not swapped)
-        except OSError as exc:
-            # The restore itself is done; what is left is found again by recovery.
-            log.error("restore_staging_not_removed", dest=os.fspath(dest), error=_describe(exc))
+            if on_commit is not None and staging.committed:
+                on_commit()
+        finally:
+            # Committed: the old entries are deleted. A failure leaves the staging marked as
+            # committed, and recovery finishes it.
+            _close_staging(staging, dest, "restore_staging_not_removed")
     finally:
         os.close(root_fd)
     return extractor.result()
+
+
+def _close_staging(staging: Staging, dest: str | os.PathLike[str], event: str) -> None:
+    try:
+        staging.close()
+    except OSError as exc:
+        log.error(
+            event,
+            dest=os.fspath(dest),
+            staging=staging.name.decode(errors="replace"),
+            error=_describe(exc),
+        )
 
 
 def gzip_unpacked_size(f: BinaryIO) -> int:

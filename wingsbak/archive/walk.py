@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from wingsbak.archive.extract import STAGING_PREFIX
 from wingsbak.archive.rules import Excluder, IgnoreRules
+from wingsbak.archive.staging import STAGING_PREFIX, staging_label
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Directories held open below the root, two descriptors each (ours and scandir's).
@@ -240,8 +240,8 @@ def walk(
             else:
                 stack.pop()
                 continue
-            if not prefix and name.startswith(STAGING_PREFIX):
-                continue  # a restore's staging, never part of the server's files
+            if not prefix and name.startswith(STAGING_PREFIX) and staging_label(fd, name):
+                continue  # a restore's staging (a player's folder of that name is backed up)
             relpath = prefix + name
             try:
                 if entry is not None:

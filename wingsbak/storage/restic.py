@@ -42,6 +42,7 @@ from wingsbak.archive.archiver import ArchiveProgress
 from wingsbak.archive.gzip import NONE, open_gzip_writer
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.sink import Cancelled
+from wingsbak.archive.staging import STAGING_PREFIX, staging_label
 from wingsbak.archive.walk import Kind, walk
 from wingsbak.config import ResticConfig
 from wingsbak.log import get_logger
@@ -782,7 +783,8 @@ def _chosen_paths(root: Path, rules: IgnoreRules) -> Iterator[str]:
         # Nothing is excluded: the root's entries stand for everything below them, and
         # restic walks them itself (a list of every file costs it much more).
         with os.scandir(root) as it:
-            yield from sorted(e.name for e in it)
+            names = sorted(e.name for e in it)
+        yield from (n for n in names if not _is_staging(root, n))
         return
     pending_dir: str | None = None  # the last directory, until an entry inside it shows up
     for entry in walk(root, rules, _log_skip):
@@ -796,6 +798,20 @@ def _chosen_paths(root: Path, rules: IgnoreRules) -> Iterator[str]:
             yield entry.relpath
     if pending_dir is not None and _is_empty_dir(root / pending_dir):
         yield pending_dir
+
+
+def _is_staging(root: Path, name: str) -> bool:
+    """A restore's staging is left out, as the walker leaves it out of a ``.tar.gz``."""
+    if not name.startswith(STAGING_PREFIX):
+        return False
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return staging_label(root_fd, name) is not None
+    finally:
+        os.close(root_fd)
 
 
 def _is_empty_dir(path: Path) -> bool:
