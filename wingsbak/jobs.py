@@ -20,12 +20,14 @@ from urllib.parse import urlsplit
 
 from wingsbak.archive import ArchiveProgress, Cancelled, UnreadableEntry
 from wingsbak.archive.extract import (
+    Recovered,
     RestoreError,
     RestoreResult,
     extract_archive,
-    remove_restore_leftovers,
+    recover_stagings,
 )
 from wingsbak.archive.rules import PteroignoreTooLarge
+from wingsbak.archive.staging import staging_left
 from wingsbak.config import Config
 from wingsbak.errors import BadGateway, BadRequest, Conflict, NotFound, Unavailable
 from wingsbak.events import (
@@ -122,6 +124,7 @@ class RestoreJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task[None] | None = None
     started: bool = False  # has a slot and may be writing into the server's files
+    committed: bool = False  # its swap is committed: the server's files are the backup's
 
     def summary(self) -> dict[str, Any]:
         return {"server": self.server, "uuid": self.uuid, "adapter": self.adapter}
@@ -451,6 +454,8 @@ class JobManager:
         except (asyncio.CancelledError, Exception) as exc:
             _log_unfinished("restore", job, exc)
         finally:
+            # Cut off at shutdown while its thread deletes the old files: it succeeded.
+            ok = ok or job.committed
             if job.source is not None:  # not read (cancelled before it started): let it go
                 await asyncio.to_thread(job.source.close)
             self.restores.pop(job.server, None)
@@ -459,7 +464,14 @@ class JobManager:
                 job.server, BACKUP_RESTORE_COMPLETED, {"uuid": job.uuid, "is_successful": ok}
             )
             await self.outbox.send("POST", f"/backups/{job.uuid}/restore", {"successful": ok})
-            await asyncio.to_thread(self.journal.forget, job.uuid)
+            root = self.server_root(job.server)
+            if await asyncio.to_thread(staging_left, root, job.uuid):
+                # Its staging could not be finished (it holds the old entries, or the old
+                # tree to delete): the entry stays, so that the next start finishes it.
+                log.error("restore_staging_left", server=job.server, backup=job.uuid)
+                await self._journal_accepted(job.uuid, reported=True)
+            else:
+                await asyncio.to_thread(self.journal.forget, job.uuid)
 
     def check_s3_in_background(self) -> None:
         """Say at start whether the configured bucket can be used, so that the operator does
@@ -512,6 +524,7 @@ class JobManager:
             "cancel": job.cancel,
             "owner": (user.uid, user.gid) if os.geteuid() == 0 else None,
             "label": job.uuid,  # names the staging directory that recovery looks for
+            "on_commit": functools.partial(self._restore_committed, job),
         }
         # A cancel or the deadline ends a read in progress, however slowly the source sends.
         guarded = functools.partial(GuardedStream, cancel=job.cancel, deadline=b.restore_deadline)
@@ -534,17 +547,38 @@ class JobManager:
             with contextlib.closing(guarded(archive.stream, archive.abort)) as stream:
                 return extract_archive(stream, dest, **options)
 
+    def _restore_committed(self, job: RestoreJob) -> None:
+        """Worker thread: the restored tree is in place. A crash from here on is a restore
+        that succeeded (the staging's own mark says so too, in case this is not saved)."""
+        job.committed = True
+        try:
+            self.journal.record(job.uuid, committed=True)
+        except OSError as exc:
+            log.error("journal_not_saved", job=job.uuid, error=_describe(exc))
+
     # -- recovery and shutdown ---------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Clean up after an earlier run that died mid-job and tell the panel they failed."""
+        """Clean up after an earlier run that died mid-job and tell the panel how they ended:
+        backups failed unless committed, restores failed unless their swap was committed."""
         leftovers = await asyncio.to_thread(self.journal.load)
+        died: dict[str, set[str]] = {}  # server -> restores the journal says died there
+        for key, entry in leftovers.items():
+            if entry.get("kind") == "restore" and entry.get("server"):
+                died.setdefault(str(entry["server"]), set()).add(key)
+        # Every server root's stagings, those no journal entry covers too (a journal that
+        # could not be written, a `wingsbak restore` killed in a server's directory).
+        stagings = await asyncio.to_thread(self._recover_stagings, died)
         for key, entry in leftovers.items():
             server = str(entry.get("server", ""))
             kind = entry.get("kind")
             log.warning("interrupted_job_found", kind=kind, server=server, backup=key)
             path = f"/backups/{key}" if kind == "backup" else f"/backups/{key}/restore"
-            if self.outbox.left_by_last_run(path):
+            if kind == "restore":
+                found = stagings.pop((server, key), None)
+                if not await self._recover_restore(key, entry, found, path):
+                    continue  # its staging is still there: the entry stays for the next start
+            elif self.outbox.left_by_last_run(path):
                 # It finished and its report was queued just before the daemon died.
                 log.info("interrupted_job_already_reported", kind=kind, backup=key)
             elif kind == "backup" and (
@@ -576,18 +610,43 @@ class JobManager:
                     },
                 )
                 log.info("interrupted_backup_reported", backup=key)
-            elif kind == "restore":
-                # The staging of a restore that died: its old entries go back, the rest goes.
-                removed = 0
-                try:
-                    if server:
-                        root = self.server_root(server)
-                        removed = await asyncio.to_thread(remove_restore_leftovers, root)
-                except OSError as exc:
-                    log.error("interrupted_restore_not_undone", backup=key, error=_describe(exc))
-                await self.outbox.send("POST", f"/backups/{key}/restore", {"successful": False})
-                log.info("interrupted_restore_reported", backup=key, leftovers_removed=removed)
             await asyncio.to_thread(self.journal.forget, key)
+        for (server, label), found in stagings.items():
+            _log_staging("orphan_restore_staging", server, label, found)
+
+    async def _recover_restore(
+        self, key: str, entry: dict[str, Any], found: Recovered | None, path: str
+    ) -> bool:
+        """Report a restore the daemon died in, once: successful when its swap had been
+        committed (the server's files are the backup's, whole), failed otherwise (they are
+        the old ones, whole). False while its staging could not be finished."""
+        server = str(entry.get("server", ""))
+        committed = bool(entry.get("committed")) or (found is not None and found.committed)
+        if found is not None:
+            _log_staging("interrupted_restore_staging", server, key, found)
+        if entry.get("reported") or self.outbox.left_by_last_run(path):
+            log.info("interrupted_job_already_reported", kind="restore", backup=key)
+        else:
+            await self.outbox.send("POST", path, {"successful": committed})
+            log.info("interrupted_restore_reported", backup=key, successful=committed)
+        if found is not None and found.error:
+            await self._journal_accepted(key, reported=True)
+            return False
+        return True
+
+    def _recover_stagings(self, died: dict[str, set[str]]) -> dict[tuple[str, str], Recovered]:
+        """Worker thread: finish the stagings of every server root under ``system.data``."""
+        out: dict[tuple[str, str], Recovered] = {}
+        try:
+            with os.scandir(self.config.data_dir) as it:
+                servers = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError as exc:
+            log.error("restore_stagings_not_scanned", error=_describe(exc))
+            return out
+        for server in servers:
+            for found in recover_stagings(self.server_root(server), died.get(server, ())):
+                out[(server, found.label)] = found
+        return out
 
     def _recover_backup(self, server: str, entry: dict[str, Any], backup: str) -> Outcome | None:
         """Worker thread: the outcome of a backup the daemon died in, from its store; its
@@ -645,6 +704,21 @@ class JobManager:
             await asyncio.wait_for(asyncio.to_thread(join_all), CANCEL_WAIT_SECONDS)
         except TimeoutError:  # e.g. a part PUT: the interpreter still joins it at exit
             log.warning("shutdown_job_threads_still_running")
+
+
+def _log_staging(event: str, server: str, label: str, found: Recovered) -> None:
+    """``<event>_finished`` (rolled forward or undone) or ``<event>_not_finished``."""
+    if found.error:
+        log.error(
+            f"{event}_not_finished",
+            server=server,
+            label=label,
+            staging=found.name,
+            error=found.error,
+        )
+    else:
+        how = "rolled_forward" if found.committed else "undone"
+        log.warning(f"{event}_finished", server=server, label=label, staging=found.name, how=how)
 
 
 def _background() -> None:
