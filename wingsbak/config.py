@@ -7,6 +7,7 @@ knows has a default, and a known key with a bad value is refused with a message 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import secrets
@@ -56,9 +57,12 @@ class ApiConfig:
     body_timeout: float = 60.0
     # Seconds an idle keep-alive connection is kept between two requests.
     keepalive_timeout: float = 75.0
-    # Connections open at once from one client address; 0 = no cap (behind a reverse proxy,
-    # whose connections all come from one address).
+    # Connections from one client address still sending their request head (from the accept,
+    # TLS handshake included, to the end of the head); 0 = no cap. Answered requests, idle
+    # keep-alive connections and open websockets are not counted.
     max_connections_per_address: int = 64
+    # Addresses or CIDRs (Wings' key) of proxies in front of the node: never counted.
+    trusted_proxies: list[str] = field(default_factory=list)
     # Seconds a websocket may stay open without a successful `auth` message.
     websocket_auth_timeout: float = 15.0
     # Wings' own API on this node (e.g. http://127.0.0.1:8081): wingsbak then stands in front
@@ -319,6 +323,13 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"api.{name}: must be a positive number of seconds")
     if cfg.api.max_connections_per_address < 0:
         raise ConfigError("api.max_connections_per_address: must be 0 (no cap) or positive")
+    for i, entry in enumerate(cfg.api.trusted_proxies):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"api.trusted_proxies[{i}]: {entry!r} is not an IP address or CIDR"
+            ) from None
     if cfg.api.ssl.enabled:
         for name in ("cert", "key"):
             path = getattr(cfg.api.ssl, name)
