@@ -110,7 +110,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed (Debian package systemd)")
     exe = Path(sys.executable).with_name("wingsbak")
     unit = (ROOT / "systemd" / "wingsbak.service").read_text()
-    assert "Restart=on-failure" in unit and "NoNewPrivileges=true" in unit
+    assert "Restart=always" in unit and "NoNewPrivileges=true" in unit
     # Verify the unit as installed, with the binary where this environment has it.
     unit = unit.replace("/usr/local/bin/wingsbak", str(exe))
     path = tmp_path / "wingsbak.service"
