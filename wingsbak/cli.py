@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config",
         default=None,
-        help="YAML configuration (default: $WINGSBAK_CONFIG, then /etc/pterodactyl/config.yml, "
+        help="YAML configuration (default: $WINGSBAK_CONFIG, then the first of "
+        "/etc/wingsbak/config.yml, /etc/pterodactyl/config.yml and /etc/pelican/config.yml, "
         "then an embedded configuration under ./wingsbak-data)",
     )
     serve.set_defaults(func=_cmd_serve)

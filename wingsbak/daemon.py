@@ -28,14 +28,21 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-SYSTEM_CONFIG = Path("/etc/pterodactyl/config.yml")
+# Without --config or $WINGSBAK_CONFIG, the first that exists: wingsbak's own file (beside
+# Wings), then Pterodactyl's and Pelican's Wings file (standalone).
+SYSTEM_CONFIGS = (
+    Path("/etc/wingsbak/config.yml"),
+    Path("/etc/pterodactyl/config.yml"),
+    Path("/etc/pelican/config.yml"),
+)
 
 
 def config_source(path: str | None) -> str | None:
-    """--config, then $WINGSBAK_CONFIG, then /etc/pterodactyl/config.yml; None: the default."""
+    """--config, then $WINGSBAK_CONFIG, then the first of :data:`SYSTEM_CONFIGS`; None: the
+    embedded default."""
     chosen = path or os.environ.get("WINGSBAK_CONFIG") or None
-    if chosen is None and SYSTEM_CONFIG.is_file():
-        chosen = str(SYSTEM_CONFIG)
+    if chosen is None:
+        chosen = next((str(p) for p in SYSTEM_CONFIGS if p.is_file()), None)
     return chosen
 
 
