@@ -42,6 +42,7 @@ def test_example_config_loads_and_documents_every_key() -> None:
         "body_timeout",
         "keepalive_timeout",
         "max_connections_per_address",
+        "trusted_proxies",
         "websocket_auth_timeout",
     ):
         assert f"{key}:" in text, key
@@ -83,6 +84,8 @@ remote: https://panel.example.com
         ({"api": {"keepalive_timeout": "long"}}, "api.keepalive_timeout"),
         ({"api": {"websocket_auth_timeout": float("inf")}}, "api.websocket_auth_timeout"),
         ({"api": {"max_connections_per_address": -1}}, "api.max_connections_per_address"),
+        ({"api": {"trusted_proxies": ["10.0.0.0/33"]}}, "api.trusted_proxies"),
+        ({"api": {"trusted_proxies": "127.0.0.1"}}, "api.trusted_proxies"),
         ({"system": {"backups": {"s3": {"part_size": 1024}}}}, "system.backups.s3.part_size"),
         ({"system": {"backups": {"s3": {"part_size": 6 << 30}}}}, "system.backups.s3.part_size"),
         ({"system": {"backups": {"s3": {"prefix": "/backups/"}}}}, "system.backups.s3.prefix"),
@@ -110,7 +113,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed (Debian package systemd)")
     exe = Path(sys.executable).with_name("wingsbak")
     unit = (ROOT / "systemd" / "wingsbak.service").read_text()
-    assert "Restart=on-failure" in unit and "NoNewPrivileges=true" in unit
+    assert "Restart=always" in unit and "NoNewPrivileges=true" in unit
     # Verify the unit as installed, with the binary where this environment has it.
     unit = unit.replace("/usr/local/bin/wingsbak", str(exe))
     path = tmp_path / "wingsbak.service"
@@ -118,6 +121,41 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     proc = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True)
     problems = [ln for ln in proc.stderr.splitlines() if "wingsbak.service" in ln]
     assert proc.returncode == 0 and not problems, proc.stderr
+
+
+def unit_settings() -> dict[str, list[str]]:
+    """The [Service] settings of the shipped unit: name -> the words of each of its lines."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for line in (ROOT / "systemd" / "wingsbak.service").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            settings.setdefault(name, []).extend(value.split())
+    return settings
+
+
+def test_systemd_unit_serves_pterodactyl_and_pelican_nodes() -> None:
+    """Issue 19, item 7: both panels' trees, each optional (a node has one; a path without
+    "-" that is absent fails the start), wingsbak's own state directory, no config path fixed
+    in the unit (the daemon finds /etc/wingsbak, /etc/pterodactyl or /etc/pelican), and a
+    restart after any exit that was not a stop (issue 18, item 7: SIGHUP counts as clean)."""
+    unit = unit_settings()
+    assert set(unit["ReadWritePaths"]) == {"-/var/lib/pterodactyl", "-/var/lib/pelican"}
+    assert set(unit["ReadOnlyPaths"]) == {"-/etc/pterodactyl", "-/etc/pelican", "-/etc/wingsbak"}
+    assert unit["StateDirectory"] == ["wingsbak"]
+    assert "/etc/wingsbak" not in unit["ReadWritePaths"]
+    assert not any(v.startswith("WINGSBAK_CONFIG=") for v in unit.get("Environment", []))
+    assert unit["Restart"] == ["always"]
+    from wingsbak.daemon import SYSTEM_CONFIGS
+
+    assert [str(p) for p in SYSTEM_CONFIGS] == [
+        "/etc/wingsbak/config.yml",
+        "/etc/pterodactyl/config.yml",
+        "/etc/pelican/config.yml",
+    ]
 
 
 def test_dockerfile_runs_as_non_root_with_healthcheck() -> None:

@@ -5,16 +5,58 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
+# Nothing heavy is imported before main() runs: a SIGHUP (``systemctl reload``) arriving while
+# the interpreter still imports would end the daemon (see Hangups).
 from wingsbak import __version__
-from wingsbak.archive.gzip import LEVELS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+
+
+class Hangups:
+    """SIGHUPs noted from main()'s first instruction until the daemon handles them itself.
+
+    SIGHUP's default action ends the process, and systemd counts that as a clean exit that
+    needs no restart: a ``systemctl reload`` right after a start left the node's URL down.
+    ``serve`` applies a noted reload once it is up; any other command gets the signal's
+    default action back (and a noted SIGHUP again)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: Any = None
+        self._installed = False
+
+    def install(self) -> None:
+        try:
+            self._previous = signal.signal(signal.SIGHUP, self._note)
+        except ValueError:  # main() called off the main thread: signals are not its own
+            return
+        self._installed = True
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def take(self) -> int:
+        """The SIGHUPs noted since the last call."""
+        count, self.count = self.count, 0
+        return count
+
+    def release(self) -> None:
+        """Back to what SIGHUP did before, delivering one that was noted meanwhile."""
+        if not self._installed:
+            return
+        self._installed = False
+        signal.signal(signal.SIGHUP, self._previous)
+        if self.take():
+            os.kill(os.getpid(), signal.SIGHUP)
 
 
 class ProgressBar:
@@ -136,13 +178,15 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+def _cmd_serve(args: argparse.Namespace, hangups: Hangups) -> int:
     from wingsbak.daemon import serve
 
-    return serve(args.config)
+    return serve(args.config, hangups=hangups)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from wingsbak.archive.gzip import LEVELS
+
     parser = argparse.ArgumentParser(
         prog="wingsbak", description="Backup engine for game-server nodes (Wings-compatible)."
     )
@@ -153,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config",
         default=None,
-        help="YAML configuration (default: $WINGSBAK_CONFIG, then /etc/pterodactyl/config.yml, "
+        help="YAML configuration (default: $WINGSBAK_CONFIG, then the first of "
+        "/etc/wingsbak/config.yml, /etc/pterodactyl/config.yml and /etc/pelican/config.yml, "
         "then an embedded configuration under ./wingsbak-data)",
     )
     serve.set_defaults(func=_cmd_serve)
@@ -186,12 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    hangups = Hangups()
+    hangups.install()
     from wingsbak.log import configure_logging
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help, --version, a usage error
+        hangups.release()
+        raise
+    if args.command != "serve":
+        hangups.release()
     configure_logging(os.environ.get("WINGSBAK_LOG_LEVEL", "info"))
     try:
+        if args.func is _cmd_serve:
+            return _cmd_serve(args, hangups)
         return int(args.func(args))
     except KeyboardInterrupt:
         print("wingsbak: interrupted", file=sys.stderr)

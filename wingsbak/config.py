@@ -7,8 +7,10 @@ knows has a default, and a known key with a bad value is refused with a message 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import secrets
 import types
 import typing
@@ -30,6 +32,36 @@ RESTIC_COMPRESSION = ("auto", "max", "off")
 
 class ConfigError(ValueError):
     """A configuration value that wingsbak refuses, with the key that holds it."""
+
+
+# Keys whose values are secrets, or may hold one (a restic repository URL's password): a
+# refusal names the key and the kind of value, never the value (it is logged).
+SECRET_KEYS = (
+    "token",
+    "system.backups.s3.access_key_id",
+    "system.backups.s3.secret_access_key",
+    "system.backups.restic.repository",
+    "system.backups.restic.environment",
+)
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return _KINDS.get(type(value), f"a {type(value).__name__}")
+
+
+def _shown(key: str, value: Any) -> str:
+    """``value`` as a refusal quotes it: only its kind under a secret key."""
+    base = re.sub(r"\[\d+\]$", "", key)
+    if any(base == k or base.startswith(k + ".") for k in SECRET_KEYS):
+        return _kind(value)
+    return repr(value)
 
 
 @dataclass(slots=True)
@@ -56,9 +88,12 @@ class ApiConfig:
     body_timeout: float = 60.0
     # Seconds an idle keep-alive connection is kept between two requests.
     keepalive_timeout: float = 75.0
-    # Connections open at once from one client address; 0 = no cap (behind a reverse proxy,
-    # whose connections all come from one address).
+    # Connections from one client address still sending their request head (from the accept,
+    # TLS handshake included, to the end of the head); 0 = no cap. Answered requests, idle
+    # keep-alive connections and open websockets are not counted.
     max_connections_per_address: int = 64
+    # Addresses or CIDRs (Wings' key) of proxies in front of the node: never counted.
+    trusted_proxies: list[str] = field(default_factory=list)
     # Seconds a websocket may stay open without a successful `auth` message.
     websocket_auth_timeout: float = 15.0
     # Wings' own API on this node (e.g. http://127.0.0.1:8081): wingsbak then stands in front
@@ -193,27 +228,27 @@ def _check_scalar(key: str, value: Any, typ: Any) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_shown(key, value)}")
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_shown(key, value)}")
     if typ is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {_shown(key, value)}")
     if typ is str:
         if value is None:
             return ""
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_shown(key, value)}")
     origin = typing.get_origin(typ)
     if origin is dict:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got a {type(value).__name__}")
+            raise ConfigError(f"{key}: expected a mapping, got {_kind(value)}")
         _key_type, item_type = typing.get_args(typ)
         # Values may be secrets: a refusal names the entry, never its value.
         out: dict[str, Any] = {}
@@ -229,7 +264,7 @@ def _check_scalar(key: str, value: Any, typ: Any) -> Any:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_shown(key, value)}")
         return [_check_scalar(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     raise ConfigError(f"{key}: unsupported type {typ!r}")  # pragma: no cover
 
@@ -238,7 +273,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {_kind(raw)}")
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -319,6 +354,13 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"api.{name}: must be a positive number of seconds")
     if cfg.api.max_connections_per_address < 0:
         raise ConfigError("api.max_connections_per_address: must be 0 (no cap) or positive")
+    for i, entry in enumerate(cfg.api.trusted_proxies):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"api.trusted_proxies[{i}]: {entry!r} is not an IP address or CIDR"
+            ) from None
     if cfg.api.ssl.enabled:
         for name in ("cert", "key"):
             path = getattr(cfg.api.ssl, name)
@@ -431,7 +473,31 @@ def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's complaint with its line and column, without its snippet of the file (the line
+    may hold the token) or a quoted value; token names ('<scalar>') and punctuation stay."""
+
+    def quoted(match: re.Match[str]) -> str:
+        inner = match.group(2)
+        keep = re.fullmatch(r"<[\w ]+>|[^\w\s]", inner) is not None
+        return match.group(0) if keep else ""
+
+    def unquoted(text: str) -> str:
+        return re.sub(r"(\s*)'([^']*)'", quoted, text)
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = []
+        for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+            if text:
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                parts.append(unquoted(text) + where)
+        return ": ".join(parts) or "syntax error"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"a character YAML does not allow (at character {exc.position + 1})"
+    return type(exc).__name__
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import resource
 import signal
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wingsbak import __version__
 from wingsbak.config import (
@@ -22,16 +23,26 @@ from wingsbak.http.app import create_app
 from wingsbak.http.server import start_server
 from wingsbak.log import get_logger
 
+if TYPE_CHECKING:
+    from wingsbak.cli import Hangups
+
 log = get_logger(__name__)
 
-SYSTEM_CONFIG = Path("/etc/pterodactyl/config.yml")
+# Without --config or $WINGSBAK_CONFIG, the first that exists: wingsbak's own file (beside
+# Wings), then Pterodactyl's and Pelican's Wings file (standalone).
+SYSTEM_CONFIGS = (
+    Path("/etc/wingsbak/config.yml"),
+    Path("/etc/pterodactyl/config.yml"),
+    Path("/etc/pelican/config.yml"),
+)
 
 
 def config_source(path: str | None) -> str | None:
-    """--config, then $WINGSBAK_CONFIG, then /etc/pterodactyl/config.yml; None: the default."""
+    """--config, then $WINGSBAK_CONFIG, then the first of :data:`SYSTEM_CONFIGS`; None: the
+    embedded default."""
     chosen = path or os.environ.get("WINGSBAK_CONFIG") or None
-    if chosen is None and SYSTEM_CONFIG.is_file():
-        chosen = str(SYSTEM_CONFIG)
+    if chosen is None:
+        chosen = next((str(p) for p in SYSTEM_CONFIGS if p.is_file()), None)
     return chosen
 
 
@@ -81,7 +92,11 @@ def raise_open_files_limit(ceiling: int = 65536) -> int:
 
 
 async def run(
-    cfg: Config, *, ready: asyncio.Event | None = None, config_path: str | None = None
+    cfg: Config,
+    *,
+    ready: asyncio.Event | None = None,
+    config_path: str | None = None,
+    hangups: Hangups | None = None,
 ) -> None:
     open_files = raise_open_files_limit()
     runner = await start_server(create_app(cfg), cfg.api, ssl_context=_ssl_context(cfg))
@@ -102,6 +117,7 @@ async def run(
         "wingsbak_started",
         version=__version__,
         url=f"{scheme}://{cfg.api.host}:{cfg.api.port}",
+        config=config_path,
         data=cfg.system.data,
         backups=cfg.system.backup_directory,
         panel=cfg.remote or None,
@@ -109,6 +125,11 @@ async def run(
         pid=os.getpid(),
         open_files=open_files,
     )
+    # A reload asked for while the daemon started (the handler above replaced the one that
+    # noted it) reads the files again now: they may have changed after they were read.
+    if hangups is not None and (count := hangups.take()):
+        log.info("config_reload_after_start", signals=count)
+        on_hangup()
     if ready is not None:
         ready.set()
     await stop.wait()
@@ -119,7 +140,9 @@ async def run(
     log.info("wingsbak_stopped")
 
 
-def serve(config_path: str | None) -> int:
+def serve(config_path: str | None, hangups: Hangups | None = None) -> int:
+    """Run the daemon; ``hangups`` holds the SIGHUPs noted while it started (see
+    :class:`wingsbak.cli.Hangups`)."""
     try:
         config_path = config_source(config_path)
         cfg = resolve_config(config_path)
@@ -136,5 +159,8 @@ def serve(config_path: str | None) -> int:
             f"  API:     http://{cfg.api.host}:{cfg.api.port}\n  token:   {cfg.token}",
             flush=True,
         )
-    asyncio.run(run(cfg, config_path=config_path))
+    asyncio.run(run(cfg, config_path=config_path, hangups=hangups))
+    # The closed loop gave SIGHUP its default action back: the daemon is stopping, and a
+    # late reload must not turn that into a death by signal.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return 0

@@ -1,7 +1,9 @@
 """The connection guards of issue 14 (item 5 and a minor), against the real daemon process over
 raw sockets: deadlines on a request's header and on a body that stops arriving, the idle
-keep-alive deadline, a cap of connections per client address, a deadline for the websocket's
-``auth``, and aiohttp's parser refusals answered as JSON that echoes nothing of the request.
+keep-alive deadline, a cap of connections per client address (counted until a request head is
+complete, TLS handshake included: issue 18 item 5, issue 19 item 5), the dual-stack listener
+(issue 19 item 6), a deadline for the websocket's ``auth``, and aiohttp's parser refusals
+answered as JSON that echoes nothing of the request.
 
 Each test runs its own daemon with short deadlines. Waits are hang detectors (15 s): no test
 asserts how long anything took."""
@@ -10,11 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
+import yaml
 from daemon_helpers import NODE_TOKEN, DaemonProcess, Node, new_uuid, sign, wait_until, ws_claims
+from wings_standin import WingsStandin
+
+from bench.tlscert import self_signed_certificate
 
 HANG = 15.0  # seconds after which a wait is a hang, not a slow answer
 OTHER_CLIENT = "127.0.0.2"  # another client address on the loopback network
@@ -176,30 +189,263 @@ async def test_a_body_that_stops_is_answered_408_one_that_progresses_is_served(
 # -- connections per address -----------------------------------------------------------------
 
 
-async def test_connections_over_the_cap_per_address_are_refused_with_429(daemon_process):
+SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: node\r\nX-Slow: a"  # a header that never ends
+
+
+async def test_slow_connections_over_the_cap_get_429_whole_requests_are_served(daemon_process):
+    """The cap counts connections still sending their request head (issue 19, item 5): one
+    address's slow connections over it are answered 429 and closed, while its requests that
+    arrive whole are served, in the same burst."""
     proc = await start_guarded(daemon_process, max_connections_per_address=4, header_timeout=30.0)
-    held = [await connect(proc) for _ in range(4)]
+    held = [await connect(proc) for _ in range(4)]  # silent: each awaits its head, counted
     try:
-        # The next hundred from the same address: a 429 each, at once, and closed (also for a
-        # client that sent its request before reading: the answer is not lost to a reset).
-        for i in range(100):
-            raw = await exchange(proc, get("/healthz") if i % 2 else b"")
+        slow = [exchange(proc, SLOW_HEAD if i % 2 else b"") for i in range(20)]
+        whole = [exchange(proc, get("/healthz", "Connection: close")) for _ in range(20)]
+        answers = await asyncio.gather(*slow, *whole)
+        for raw in answers[:20]:  # also for a client that sent bytes: no reset lost the 429
             status, headers, body = parse_answer(raw)
             assert status == 429 and headers["retry-after"] == "1", raw[:300]
             assert "Too many connections" in json_error(status, headers, body)
-        # Another client is served meanwhile.
+        assert [parse_answer(raw)[0] for raw in answers[20:]] == [200] * 20
+        # Another client is served meanwhile, and the four within the cap were kept.
         raw = await exchange(proc, get("/healthz", "Connection: close"), OTHER_CLIENT)
         assert parse_answer(raw)[0] == 200
+        for reader, writer in held:
+            writer.write(get("/healthz"))
+            assert (await read_answer(reader))[0] == 200
     finally:
         for _, writer in held:
             writer.close()
-
-    async def served_again() -> bool:
-        raw = await exchange(proc, get("/healthz", "Connection: close"))
-        return parse_answer(raw)[0] == 200
-
-    await wait_until(served_again, "a connection from the first address to be served again")
     assert "too_many_connections" in log_of(proc)
+
+
+async def test_a_keep_alive_connection_counts_again_while_its_next_head_arrives(daemon_process):
+    """Served and idle, a connection is not counted; the next request's slow head is."""
+    proc = await start_guarded(daemon_process, max_connections_per_address=2, header_timeout=30.0)
+    conns = [await connect(proc) for _ in range(3)]
+    try:
+        for reader, writer in conns:
+            writer.write(get("/healthz"))
+            assert (await read_answer(reader))[0] == 200
+        for _, writer in conns:  # three idle connections, none counted: all begin again
+            writer.write(SLOW_HEAD)
+        reads = [asyncio.create_task(read_answer(reader)) for reader, _ in conns]
+        done, _ = await asyncio.wait(reads, timeout=HANG, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and next(iter(done)).result()[0] == 429
+        for (_, writer), read in zip(conns, reads, strict=True):
+            if read not in done:  # the two within the cap end their heads and are served
+                writer.write(b"\r\n\r\n")
+                assert (await read)[0] == 200
+    finally:
+        for _, writer in conns:
+            writer.close()
+
+
+async def test_a_trusted_proxy_is_not_counted(daemon_process):
+    """``api.trusted_proxies`` (an address or CIDR, Wings' key): its connections are never
+    counted; on a dual-stack listener its IPv4 address arrives mapped and still matches."""
+    proc = await start_guarded(
+        daemon_process,
+        max_connections_per_address=4,
+        header_timeout=30.0,
+        host="0.0.0.0",
+        trusted_proxies=[f"{OTHER_CLIENT}/32", "2001:db8::/32"],
+    )
+    proxied = [await connect(proc, OTHER_CLIENT) for _ in range(20)]  # silent
+    try:
+        # The untrusted address's fifth silent connection, made after all twenty: once it has
+        # its 429, the twenty have had the same grace and longer.
+        others = [await connect(proc) for _ in range(5)]
+        fifth_reader, _ = others[-1]
+        status, _, _ = parse_answer(await read_to_eof(fifth_reader))
+        assert status == 429
+        for reader, writer in proxied:
+            writer.write(get("/healthz"))
+            assert (await read_answer(reader))[0] == 200
+        for _, writer in others:
+            writer.close()
+    finally:
+        for _, writer in proxied:
+            writer.close()
+
+
+# -- TLS: counted from the accept, the handshake under header_timeout (issue 18, item 5) -----
+
+
+async def start_tls(make: Callable[..., DaemonProcess], **api: Any) -> tuple[DaemonProcess, Any]:
+    """The daemon process serving https with a self-signed certificate; the client context
+    that trusts it. (DaemonProcess.start polls plain http.)"""
+    proc = make()
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = self_signed_certificate(proc.node.root)
+    proc.config["api"].update(ssl={"enabled": True, "cert": str(cert), "key": str(key)}, **api)
+    cfg_path = proc.node.root / "cfg.yml"
+    cfg_path.write_text(yaml.safe_dump(proc.config), encoding="utf-8")
+    with open(proc.log_path, "ab") as log:
+        proc.proc = subprocess.Popen(
+            [sys.executable, "-m", "wingsbak", "serve", "--config", str(cfg_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=proc.node.root,
+            env={**os.environ, "WINGSBAK_LOG_LEVEL": "debug"},
+        )
+    trust = ssl.create_default_context(cafile=str(cert))
+    await wait_until(lambda: "wingsbak_started" in log_of(proc), "the daemon to come up", 20.0)
+    return proc, trust
+
+
+async def https_status(proc: DaemonProcess, trust: Any, local: str | None = None) -> int:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(
+            "127.0.0.1",
+            port_of(proc),
+            ssl=trust,
+            server_hostname="127.0.0.1",
+            local_addr=(local, 0) if local else None,
+        ),
+        HANG,
+    )
+    try:
+        writer.write(get("/healthz", "Connection: close"))
+        return (await read_answer(reader))[0]
+    finally:
+        writer.close()
+
+
+async def until_closed(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.read()
+    except ConnectionResetError:
+        return b""
+
+
+async def test_silent_tls_connections_over_the_cap_are_closed(daemon_process):
+    """Cap 10, a hundred TCP connections that never start their handshake: ninety are
+    closed (the first ten are within the cap and keep their header_timeout), and the node's
+    own clients get their handshakes meanwhile. Before, all stayed for asyncio's 60 s."""
+    proc, trust = await start_tls(
+        daemon_process, max_connections_per_address=10, header_timeout=30.0
+    )
+    conns = [await connect(proc) for _ in range(100)]
+    watch = [asyncio.create_task(until_closed(reader)) for reader, _ in conns]
+    try:
+        await wait_until(
+            lambda: sum(t.done() for t in watch) >= 90, "ninety connections to be closed"
+        )
+        assert await https_status(proc, trust, OTHER_CLIENT) == 200
+        kept = [c for c, t in zip(conns, watch, strict=True) if not t.done()]
+        assert len(kept) == 10
+        # Over the cap, a handshake made in time but no request: the 429 comes over TLS.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port_of(proc), ssl=trust, server_hostname="127.0.0.1"
+        )
+        try:
+            assert parse_answer(await read_to_eof(reader))[0] == 429
+        finally:
+            writer.close()
+        for task in watch:
+            task.cancel()
+        for reader, writer in kept:  # alive: each still gets its handshake and its answer
+            await asyncio.wait_for(writer.start_tls(trust, server_hostname="127.0.0.1"), HANG)
+            writer.write(get("/healthz"))
+            assert (await read_answer(reader))[0] == 200
+    finally:
+        for task in watch:
+            task.cancel()
+        for _, writer in conns:
+            writer.close()
+    assert "too_many_connections" in log_of(proc)
+
+
+async def test_a_tls_handshake_gets_header_timeout(daemon_process):
+    proc, trust = await start_tls(daemon_process, header_timeout=1.0)
+    reader, writer = await connect(proc)  # never sends its ClientHello
+    try:
+        assert await asyncio.wait_for(until_closed(reader), HANG) == b""
+        assert await https_status(proc, trust) == 200
+    finally:
+        writer.close()
+
+
+# -- many clients behind one address (issue 19, item 5) ----------------------------------------
+
+
+async def test_two_hundred_consoles_from_one_address_all_open_and_work(
+    daemon_process, node: Node, panel
+):
+    """The defaults (64 connections per address), wingsbak in front of the Wings stand-in: 200
+    console websockets from one address, 20 on each of 10 servers (Pelican Wings refuses a
+    server's 31st), opened in one burst as consoles reconnect after a restart. Each is
+    authenticated and answers a command; then the address is still served."""
+    wings = WingsStandin(node.data)
+    await wings.start()
+    try:
+        proc = daemon_process(remote=panel.url)
+        proc.config["api"]["upstream"] = wings.url
+        await proc.start()
+        servers = [new_uuid() for _ in range(10)]
+        for server in servers:
+            wings.server(server, state="running")
+        connector = aiohttp.TCPConnector(limit=0)  # the default pool would hold 100 at most
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def console(server: str) -> aiohttp.ClientWebSocketResponse:
+                ws = await session.ws_connect(
+                    f"{proc.url}/api/servers/{server}/ws", headers={"Origin": panel.url}
+                )
+                await ws.send_json({"event": "auth", "args": [sign(ws_claims(server))]})
+                await event(ws, "status")
+                return ws
+
+            sockets = await asyncio.gather(*(console(s) for s in servers for _ in range(20)))
+            assert len(sockets) == 200
+            for i, ws in enumerate(sockets):
+                await ws.send_json({"event": "send command", "args": [f"say {i}"]})
+            for i, ws in enumerate(sockets):
+                await event(ws, "console output", f"say {i}")
+            async with session.get(f"{proc.url}/healthz") as r:
+                assert r.status == 200
+            assert all(not ws.closed for ws in sockets)
+            await asyncio.gather(*(ws.close() for ws in sockets))
+    finally:
+        await wings.stop()
+    assert "connection_refused" not in log_of(proc)
+
+
+async def event(ws: aiohttp.ClientWebSocketResponse, name: str, arg: str | None = None) -> None:
+    """Read until the event ``name`` (with ``arg``, if given)."""
+    while True:
+        msg = await ws.receive(HANG)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        doc = json.loads(msg.data)
+        if doc["event"] == name and (arg is None or doc["args"] == [arg]):
+            return
+
+
+# -- IPv6 (issue 19, item 6) -------------------------------------------------------------------
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+async def test_a_wildcard_host_takes_ipv4_and_ipv6(daemon_process, host: str):
+    """As Go's listener under Wings: ``0.0.0.0`` (and ``::``) takes both families."""
+    proc = await start_guarded(daemon_process, host=host)  # start() polls 127.0.0.1
+    if not has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (the IPv4 half passed)")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://[::1]:{port_of(proc)}/healthz") as r:
+            assert r.status == 200
+        async with session.get(f"http://127.0.0.1:{port_of(proc)}/healthz") as r:
+            assert r.status == 200
 
 
 # -- websocket -------------------------------------------------------------------------------

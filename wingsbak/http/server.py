@@ -1,21 +1,32 @@
 """The HTTP server under the application: aiohttp's connection protocol with the deadlines and
-the cap a node on the open internet needs.
+the cap a node on the open internet needs, on a listener of its own.
 
 aiohttp closes an idle keep-alive connection, but sets no deadline on a request's header or
 body and no cap per client: connections holding an unfinished header, or a body trickled a byte
 at a time, keep their descriptors until the node has none left for the panel. Each connection
 here (:class:`GuardedConnection`) has at most one timer of its own, and nothing polls:
 
-- ``api.header_timeout``: from the accept, or on a keep-alive connection from the first byte of
-  the next request, to the end of its header. Then 408 (nothing, when not a byte came) and the
-  connection closes.
+- ``api.header_timeout``: from the accept (after a TLS handshake, which gets as long again), or
+  on a keep-alive connection from the first byte of the next request, to the end of its header.
+  Then 408 (nothing, when not a byte came) and the connection closes.
 - ``api.body_timeout``: a deadline on progress, not on total time. It fires when no byte of the
   body came for that long while the node was ready to read it (a handler that is not reading
   pauses the socket, and a paused socket is no silence of the client's); the handler's read
   then fails with a 408 and the connection closes after the answer.
-- ``api.max_connections_per_address``: the connection over the cap is answered 429 at once and
-  closed.
+- ``api.max_connections_per_address``: a connection counts against its address from its accept
+  (before its TLS handshake) until its request head is complete, and again from the first byte
+  of each later request on it; an answered request, an idle keep-alive connection, an upgraded
+  websocket and a body being received are not counted, so open consoles and transfers are never
+  refused for their number. A connection that arrives while its address already has that many
+  heads outstanding gets :data:`OVER_CAP_GRACE_SECONDS` for its handshake and head (a burst of
+  ordinary clients behind one proxy makes it in time), else a 429 and the close. Addresses in
+  ``api.trusted_proxies`` are not counted.
 - ``api.keepalive_timeout``: aiohttp's own idle deadline between two requests.
+
+asyncio's own server runs a TLS handshake (up to 60 s) before the protocol learns of the
+connection, so :class:`Listener` accepts itself and hands each socket to
+``loop.connect_accepted_socket`` once it is counted. A wildcard host (``0.0.0.0``, ``::``) listens
+on both IP families, as Go's listener under Wings does.
 
 aiohttp's parser refusals (a bad request line or header, an oversized header) are answered
 here, as JSON like every other error, echoing nothing of the request: aiohttp's own text quotes
@@ -25,9 +36,12 @@ the request line back, a download token included.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import json
+import socket
 import ssl
+from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -52,6 +66,14 @@ log = get_logger(__name__)
 # How long a refused connection reads (and drops) what its client still sends after the 429:
 # closing at once with unread bytes would reset the connection and lose the answer.
 REFUSED_LINGER_SECONDS = 2.0
+# How long a connection that arrived over its address's cap has for its TLS handshake and
+# request head: ordinary clients behind one proxy, arriving in a burst, finish in far less; a
+# slow one costs a descriptor no longer than a refusal's linger.
+OVER_CAP_GRACE_SECONDS = 2.0
+# The pause after an accept failed for want of descriptors or memory (asyncio's own delay).
+ACCEPT_RETRY_SECONDS = 1.0
+# Go's listener on these (Wings' api.host) takes IPv4 and IPv6 alike.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def raw_error_answer(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
@@ -69,30 +91,37 @@ def raw_error_answer(status: int, message: str, headers: dict[str, str] | None =
 
 
 class AddressCounter:
-    """Connections open per client address, against a cap (0: none)."""
+    """Connections per client address that await a request head, against a cap (0: none);
+    addresses of trusted proxies are never counted."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, trusted: Iterable[str] = ()) -> None:
         self.cap = cap
+        self._trusted = [ipaddress.ip_network(entry, strict=False) for entry in trusted]
         self._open: dict[str, int] = {}
 
-    def admit(self, address: str) -> bool:
-        """Count a new connection from ``address``; False (and not counted) over the cap."""
-        count = self._open.get(address, 0)
-        if self.cap and count >= self.cap:
+    def trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
             return False
-        self._open[address] = count + 1
-        return True
+        return any(ip in network for network in self._trusted)
 
-    def release(self, address: str) -> None:
+    def open(self, address: str) -> bool:
+        """Count one more connection from ``address``; False when it had ``cap`` already."""
+        count = self._open.get(address, 0)
+        self._open[address] = count + 1
+        return not self.cap or count < self.cap
+
+    def close(self, address: str) -> None:
         count = self._open.pop(address) - 1
         if count:
             self._open[address] = count
 
 
-def client_address(transport: asyncio.BaseTransport) -> str | None:
-    peer = transport.get_extra_info("peername")
+def client_address(peer: Any) -> str | None:
+    """The address a connection counts against, from its peer name (None: a Unix socket)."""
     if not isinstance(peer, tuple) or not peer:
-        return None  # a Unix socket: no address to count
+        return None
     try:
         ip = ipaddress.ip_address(peer[0])
     except ValueError:
@@ -140,7 +169,11 @@ class GuardedConnection(web.RequestHandler):
         super().__init__(manager, loop=loop, **handler_args)
         self._api = api
         self._addresses = addresses
-        self._address: str | None = None  # counted against the cap until the connection ends
+        self._address: str | None = None  # the client's, for the cap and the log
+        self._accepted_at: float | None = None
+        self._exempt = True  # never counted: a trusted proxy, or no address
+        self._counted = False  # awaiting a request head, counted against the cap
+        self._over_cap = False  # arrived over the cap: the head is due within the grace
         self._deadline: asyncio.TimerHandle | None = None
         self._closing = False  # refused or stalled: what the client still sends is dropped
         self._between_requests = True  # the next byte starts a request's header
@@ -150,38 +183,67 @@ class GuardedConnection(web.RequestHandler):
 
     # -- the connection --------------------------------------------------------------------
 
+    def accepted(self, peer: Any) -> bool:
+        """The TCP accept, before any TLS handshake: from here the connection counts against
+        its address. False: it arrived over the cap (and has the grace)."""
+        self._accepted_at = self._loop.time()
+        self._address = client_address(peer)
+        self._exempt = self._address is None or self._addresses.trusted(self._address)
+        self._count()
+        return not self._over_cap
+
+    @property
+    def over_cap(self) -> bool:
+        return self._over_cap
+
+    def abandoned(self) -> None:
+        """The connection ended before ``connection_made`` (its TLS handshake failed)."""
+        self._uncount()
+
+    def _count(self) -> None:
+        if self._exempt or self._counted:
+            return
+        assert self._address is not None
+        self._counted = True
+        self._over_cap = not self._addresses.open(self._address)
+
+    def _uncount(self) -> None:
+        self._over_cap = False
+        if self._counted:
+            assert self._address is not None
+            self._counted = False
+            self._addresses.close(self._address)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        address = client_address(transport)
-        if address is not None and not self._addresses.admit(address):
-            self._refuse(transport, address)
-            return
-        self._address = address
-        self._arm(self._api.header_timeout, self._header_expired)
+        if self._accepted_at is None:  # not through Listener: the accept is now
+            self.accepted(transport.get_extra_info("peername"))
+        assert self._accepted_at is not None
+        self._arm_head(self._accepted_at)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         self._body = None
-        if self._address is not None:
-            self._addresses.release(self._address)
-            self._address = None
+        self._uncount()
         super().connection_lost(exc)
 
-    def _refuse(self, transport: asyncio.BaseTransport, address: str) -> None:
-        cap = self._addresses.cap
-        log.info("connection_refused", client=address, reason="too_many_connections", cap=cap)
-        self._closing = True
+    def _refuse(self) -> None:
+        transport = self.transport
         assert isinstance(transport, asyncio.WriteTransport)
+        cap = self._addresses.cap
+        log.info("connection_refused", client=self._address, reason="too_many_connections", cap=cap)
+        self._closing = True
         transport.write(
             raw_error_answer(
                 429,
-                f"Too many connections from this address: at most {cap} at once.",
+                f"Too many connections from this address are still sending a request: at most "
+                f"{cap} at once.",
                 {"Retry-After": "1"},
             )
         )
         if transport.can_write_eof():
             transport.write_eof()  # the client's EOF then closes it (eof_received)
-        self._deadline = self._loop.call_later(REFUSED_LINGER_SECONDS, self.force_close)
+        self._arm(REFUSED_LINGER_SECONDS, self.force_close)
 
     # -- bytes in --------------------------------------------------------------------------
 
@@ -190,12 +252,14 @@ class GuardedConnection(web.RequestHandler):
             return
         if data and self._between_requests and not self._header_begun:
             self._header_begun = True
-            if self._deadline is None:  # keep-alive: the header's clock starts now
-                self._arm(self._api.header_timeout, self._header_expired)
+            if self._deadline is None:  # keep-alive: the header's clock and count start now
+                self._count()
+                self._arm_head(self._loop.time())
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) > queued:  # a header is complete
             self._between_requests = False
+            self._uncount()
             self._disarm()
             payload = self._messages[-1][1]
             self._body = None if payload.is_eof() or self._upgraded else payload
@@ -232,6 +296,15 @@ class GuardedConnection(web.RequestHandler):
         self._disarm()
         self._deadline = self._loop.call_later(seconds, callback)
 
+    def _arm_head(self, start: float) -> None:
+        """The deadline of a request head: ``header_timeout`` from now, and within the grace
+        from ``start`` when the connection came over the cap."""
+        due = self._loop.time() + self._api.header_timeout
+        if self._over_cap:
+            due = min(due, start + OVER_CAP_GRACE_SECONDS)
+        self._disarm()
+        self._deadline = self._loop.call_at(due, self._header_expired)
+
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
@@ -240,6 +313,9 @@ class GuardedConnection(web.RequestHandler):
     def _header_expired(self) -> None:
         self._deadline = None
         if not self._between_requests or self.transport is None:
+            return
+        if self._over_cap:
+            self._refuse()
             return
         seconds = self._api.header_timeout
         if self._header_begun:
@@ -299,9 +375,112 @@ class GuardedConnection(web.RequestHandler):
         return response
 
 
+# -- the listener ------------------------------------------------------------------------------
+
+
+def _wildcard_socket(port: int, backlog: int) -> socket.socket:
+    """One IPv6 socket that takes IPv4 too (IPV6_V6ONLY off), as Go listens on 0.0.0.0; IPv4
+    alone where the host has no IPv6."""
+    if socket.has_dualstack_ipv6():
+        try:
+            return socket.create_server(
+                ("::", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True
+            )
+        except OSError as exc:
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            log.info("listening_on_ipv4_only", error=exc.strerror)
+    return socket.create_server(("0.0.0.0", port), family=socket.AF_INET, backlog=backlog)
+
+
+async def listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for ``host:port``: one dual-stack socket for a
+    wildcard host, else one per address the host resolves to."""
+    if host in WILDCARD_HOSTS:
+        sockets = [_wildcard_socket(port, backlog)]
+    else:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        sockets = []
+        try:
+            for family, _type, _proto, _name, address in dict.fromkeys(infos):
+                sockets.append(socket.create_server(address, family=family, backlog=backlog))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+    for sock in sockets:
+        sock.setblocking(False)
+    return sockets
+
+
+class Listener(asyncio.AbstractServer):
+    """Accepts on its sockets and hands each connection to ``serve``, which counts it before a
+    TLS handshake (asyncio's own server would run the handshake first)."""
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        serve: Callable[[socket.socket, Any], Awaitable[None]],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sockets = sockets
+        self._serve = serve
+        self._connections: set[asyncio.Task[None]] = set()
+        self._accepting = [self._loop.create_task(self._accept(sock)) for sock in sockets]
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return bool(self._sockets)
+
+    def close(self) -> None:
+        """Stop accepting; connections still in their TLS handshake are dropped (the others
+        are aiohttp's to close)."""
+        self._sockets = []
+        for task in (*self._accepting, *self._connections):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._accepting, *self._connections, return_exceptions=True)
+
+    async def start_serving(self) -> None:
+        pass
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*self._accepting)
+
+    async def _accept(self, sock: socket.socket) -> None:
+        try:
+            while True:
+                try:
+                    conn, peer = await self._loop.sock_accept(sock)
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    continue  # ECONNABORTED: the client left before its accept
+                except OSError as exc:
+                    # Out of descriptors or memory (or worse): the pending connections wait
+                    # in the backlog meanwhile; the listener never stops for good.
+                    log.error("accept_failed", error=exc.strerror, retry=ACCEPT_RETRY_SECONDS)
+                    await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                    continue
+                task = self._loop.create_task(self._serve(conn, peer))
+                self._connections.add(task)
+                task.add_done_callback(self._connections.discard)
+        finally:
+            sock.close()
+
+
 class GuardedSite(web.BaseSite):
-    """A TCP site whose connections are :class:`GuardedConnection`: the protocol is made here,
-    not by ``web.Server`` (which would make a plain ``RequestHandler``)."""
+    """A TCP site whose connections are :class:`GuardedConnection`, accepted by a
+    :class:`Listener`: the protocol is made here, not by ``web.Server`` (which would make a
+    plain ``RequestHandler``)."""
 
     def __init__(
         self,
@@ -316,7 +495,7 @@ class GuardedSite(web.BaseSite):
         self._host = host
         self._port = port
         self._api = api
-        self._addresses = AddressCounter(api.max_connections_per_address)
+        self._addresses = AddressCounter(api.max_connections_per_address, api.trusted_proxies)
 
     @property
     def name(self) -> str:
@@ -325,16 +504,35 @@ class GuardedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
+        sockets = await listening_sockets(self._host, self._port, self._backlog)
+        self._server = Listener(sockets, self._serve)
+
+    async def _serve(self, conn: socket.socket, peer: Any) -> None:
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-
-        def connection() -> GuardedConnection:
-            return GuardedConnection(server, loop=loop, api=self._api, addresses=self._addresses)
-
-        self._server = await loop.create_server(
-            connection, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog
-        )
+        protocol = GuardedConnection(server, loop=loop, api=self._api, addresses=self._addresses)
+        within_cap = protocol.accepted(peer)
+        tls = self._ssl_context
+        handshake = self._api.header_timeout if within_cap else OVER_CAP_GRACE_SECONDS
+        try:
+            await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=tls, ssl_handshake_timeout=handshake if tls else None
+            )
+        except asyncio.CancelledError:
+            protocol.abandoned()
+            conn.close()
+            raise
+        except Exception as exc:  # the handshake failed or ran out, or the client left
+            client, cap = client_address(peer), self._addresses.cap
+            # asyncio ends a handshake that runs out with ConnectionAbortedError.
+            if protocol.over_cap and isinstance(exc, ConnectionAbortedError):
+                reason = "too_many_connections"
+                log.info("connection_refused", client=client, reason=reason, cap=cap)
+            else:
+                log.debug("tls_handshake_failed", client=client, error=type(exc).__name__)
+            protocol.abandoned()
+            conn.close()
 
 
 async def start_server(
