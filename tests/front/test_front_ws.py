@@ -72,8 +72,9 @@ async def test_frames_go_both_ways_unchanged(front, wings, connect):
         "args": ["say  hi"],
     }
     await client.ws.send_bytes(b"\x00\x01binary\xff")
+    await wings.push(server, b"\x02from wings\xfe")
     msg = await client.ws.receive(timeout=10)
-    assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x00\x01binary\xff")
+    assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x02from wings\xfe")
     assert raw in [f for s, f in wings.ws_frames if s == server]
     assert b"\x00\x01binary\xff" in [f for s, f in wings.ws_frames if s == server]
 
