@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import pytest
 from daemon_helpers import auth, new_uuid, sign, wait_until, ws_claims
 from test_front_ws import Client
@@ -39,6 +40,7 @@ SOCKET_STARTS: dict[str, str | bytes] = {
     "args read twice": '{"event":"set state","args":["start"],"args":[null]}',
     "deep nesting": '{"x":' + nested(DEEP) + ',"event":"set state","args":["start"]}',
     "split args": '{"event":"set state","args":["sta","rt"]}',
+    "a large frame": '{"pad":"' + "x" * 20_000 + '","EVENT":"set state","args":["start"]}',
 }
 PTERODACTYL_ONLY = {"a binary frame": b'{"event":"set state","args":["start"]}'}
 # encoding/json folds U+017F into s; Pterodactyl's goccy/go-json does not.
@@ -51,6 +53,7 @@ POWER_STARTS: dict[str, bytes] = {
     "deep nesting": b'{"x":' + nested(DEEP).encode() + b',"action":"start"}',
     "text after the value": b'{"action":"start"} and then some',
     "null keeps the start": b'{"action":"restart","action":null}',
+    "a large body": b'{"pad":"' + b"x" * 20_000 + b'","Action":"start"}',
 }
 
 
@@ -190,3 +193,29 @@ async def test_the_hold_is_not_bypassed_with_an_absolute_form_target(
     assert answer.startswith(b"HTTP/1.1 409 "), answer[:200]
     assert s.actions == []
     await finish(front, panel, server, s)
+
+
+async def test_the_daemon_process_holds_a_start_written_as_wings_reads_it(
+    daemon_process, panel, node, wings
+):
+    proc = daemon_process(remote=panel.url)
+    proc.config["api"]["upstream"] = wings.url
+    await proc.start()
+    server = node.server({"world/level.dat": b"original"})
+    s = wings.server(server)
+    backup = new_uuid()
+    assert await proc.post_backup(server, backup) == 202
+    await panel.wait_report(backup)
+    s.state, s.stop_delay = "running", None
+    assert await proc.post_restore(server, backup) == 202
+    await wait_until(lambda: s.state == "stopping", "the restore's stop")
+    async with aiohttp.ClientSession() as session:
+        for body in (POWER_STARTS["upper-case key"], POWER_STARTS["a large body"]):
+            async with session.post(
+                f"{proc.url}/api/servers/{server}/power", data=body, headers=auth()
+            ) as r:
+                assert r.status == 409, await r.text()
+    assert s.actions == ["stop"]
+    s.state = "offline"
+    assert (await panel.wait_report(backup, restore=True)).json == {"successful": True}
+    assert await proc.stop() == 0, proc.logs()
