@@ -6,11 +6,15 @@ token expired or was refused; and a socket that never authenticates is closed af
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
 from daemon_helpers import new_uuid, sign, wait_until, ws_claims
 from test_front_ws import CONSOLE, Client
 from wings_standin import PELICAN
+
+import wingsbak.http.relay
 
 EVENTS = [*CONSOLE, "backup.read"]
 
@@ -153,3 +157,22 @@ async def test_a_socket_without_auth_success_is_closed_with_its_socket_to_wings(
     # The authenticated socket outlives the deadline and still gets its events.
     await backup_seen_by(front, panel, server, client)
     assert not client.ws.closed
+
+
+async def test_an_auth_wings_never_answers_holds_the_next_frames_only_for_a_while(
+    front, panel, node, wings, monkeypatch
+):
+    monkeypatch.setattr(wingsbak.http.relay, "AUTH_ANSWER_SECONDS", 0.5)
+    wings.flavour = PELICAN  # drops binary frames without a word
+    server = node.server({"a.txt": "a"})
+    wings.server(server)
+    witness = await authed(front, server)
+    client = await open_socket(front, server)
+    await client.ws.send_bytes(json.dumps({"event": "auth", "args": [token(server)]}).encode())
+    await client.send("send stats")
+    assert (await client.next())["args"] == ["jwt: no jwt present"]
+    # The next auth is answered, and it alone: its success grants the events.
+    await client.send("auth", token(server))
+    await client.until("auth success")
+    backup = await backup_seen_by(front, panel, server, witness)
+    assert f"backup completed:{backup}" in await backup_events(client)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -38,7 +39,6 @@ from wingsbak.http.ws import (
     DENYLISTED,
     NO_CONNECT,
     NO_JWT,
-    UUID_MISMATCH,
     EventSession,
     grants,
     joined_events,
@@ -56,6 +56,9 @@ _SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, *range(3000, 
 # Wings answers an auth at once; a client's frames wait at most this long for that answer
 # (Pelican drops a throttled auth without one).
 AUTH_ANSWER_SECONDS = 5.0
+# How long a success may yet be an earlier auth's (see WingsAuth): Wings answers in
+# milliseconds.
+UNPROVEN_SECONDS = 60.0
 # Wings' answers to an auth are short; longer messages (console output) are not looked into.
 ANSWER_BYTES = 4096
 
@@ -140,7 +143,8 @@ async def _to_wings(
                 log.debug("websocket_frame_held", server=server, reason="not readable by Wings")
                 continue
             if message.event == "set state" and message.joined in HELD_ACTIONS:
-                log.info("power_held", server=server, action=message.joined, via="websocket")
+                # debug: anyone who can open the socket can send these, token or not
+                log.debug("power_held", server=server, action=message.joined, via="websocket")
                 await auth.session.send("daemon error", HELD)
                 continue
         if message is not None and (restoring or message.event == "auth"):
@@ -173,22 +177,28 @@ async def _from_wings(
     await ws.close(code=_close_code(upstream.close_code))
 
 
-def certain_refusal(token: str, key: str) -> tuple[str, str | None] | None:
-    """How Wings answers an ``auth`` with ``token`` when wingsbak can tell that Wings refuses
-    it (``NewTokenPayload`` in router/websocket/websocket.go): the event and its text (None:
-    any text). None when Wings may accept it: its denylist, and Pelican's scope check, are
-    Wings' own; the token's server is not looked at until a later message."""
+Answer = tuple[str, str | None]  # an event of Wings' and its first arg (None: any)
+
+
+def refusals(token: str, key: str) -> tuple[bool, set[Answer]]:
+    """How Wings may refuse an ``auth`` with ``token`` (``NewTokenPayload`` in
+    router/websocket/websocket.go), and whether it surely does. What wingsbak cannot judge
+    is Wings' own: its denylist, and Pelican's scope check. The token's server is not looked
+    at until a later message."""
     try:
         claims = decode_token(token, key, [])
     except TokenRejected as exc:
         # A bad signature or a claim Go cannot decode fail Wings' ParseToken too, with an error
         # that is no JWT error: Wings answers "daemon error". Expiry is a JWT error.
-        return ("jwt error", EXPIRED) if exc.message == EXPIRED else ("daemon error", None)
+        return True, {("jwt error", EXPIRED) if exc.message == EXPIRED else ("daemon error", None)}
     if claims.get("iat") is None:
-        return "jwt error", DENYLISTED
+        return True, {("jwt error", DENYLISTED)}
     if not grants(claims, "websocket.connect"):
-        return "jwt error", NO_CONNECT
-    return None
+        return True, {("jwt error", NO_CONNECT)}
+    possible: set[Answer] = {("jwt error", DENYLISTED)}
+    if "websocket" not in str(claims.get("scope") or "").split(" "):
+        possible.add(("jwt error", NO_CONNECT))
+    return False, possible
 
 
 class WingsAuth:
@@ -198,30 +208,36 @@ class WingsAuth:
 
     Wings handles each message in a goroutine of its own, so the answers to two auths could
     come in either order: one auth at a time is in flight, the client's later frames waiting
-    for its answer (at most ``AUTH_ANSWER_SECONDS``). An auth that Wings might have accepted
-    but that ended without its ``auth success`` (a refusal that might have been another
-    message's, or no answer in time) is *unproven*: the next success may be its, and grants
+    for its answer. Wings answers every auth it reads at once; one not answered within
+    ``AUTH_ANSWER_SECONDS`` was dropped (Pelican drops binary frames, frames over 32 KiB and
+    throttled messages). An auth Wings might have accepted, ended by a refusal that might have
+    been another message's (Wings' own events are refused too when its token is no longer
+    valid), is *unproven* for ``UNPROVEN_SECONDS``: a success meanwhile may be its, and grants
     nothing."""
 
     def __init__(self, session: EventSession) -> None:
         self.session = session
         self._token: str | None = None  # the auth in flight
-        self._refusal: tuple[str, str | None] | None = None  # its certain refusal, if any
+        self._certain = False  # Wings surely refuses it
+        self._refusals: set[Answer] = set()  # the answers Wings may refuse it with
         self._answered = asyncio.Event()
-        self._unproven = 0
+        self._unproven: list[float] = []  # when such auths ended (monotonic)
+        self._wings_gone = False
 
     async def sent(self, token: str) -> None:
         """The client's ``auth`` went to Wings: wait for Wings' answer to it."""
+        if self._wings_gone:
+            return
         self._token = token
-        self._refusal = certain_refusal(token, self.session.key)
+        self._certain, self._refusals = refusals(token, self.session.key)
         self._answered.clear()
         try:
             await asyncio.wait_for(self._answered.wait(), AUTH_ANSWER_SECONDS)
         except TimeoutError:
-            if self._token is not None:
-                self._end(proven=self._refusal is not None)
+            self._end()  # dropped: no answer will come
 
     def wings_closed(self) -> None:
+        self._wings_gone = True
         self.session.claims = None
         self._answered.set()
 
@@ -246,18 +262,21 @@ class WingsAuth:
     def _success(self) -> None:
         session = self.session
         session.authenticated = True
+        now = time.monotonic()
+        self._unproven = [t for t in self._unproven if now - t < UNPROVEN_SECONDS]
         token = self._token
-        if token is not None and self._refusal is None and not self._unproven:
+        if token is not None and not self._certain and not self._unproven:
             try:
                 session.claims = verify_socket_token(token, session.key, session.server)
             except TokenRejected:
                 session.claims = None  # Wings holds a token wingsbak does not accept
-        else:
-            session.claims = None  # whose success this is cannot be told
+            self._end()
+            return
+        session.claims = None  # whose success this is cannot be told
         if self._unproven:
-            self._unproven -= 1  # taken as the oldest unproven auth's; one in flight waits on
-        elif token is not None:
-            self._end(proven=True)
+            self._unproven.pop(0)  # one of those that might still answer did, or...
+        if token is not None:
+            self._end(unproven=True)  # ...the one in flight did, and the other still may
 
     def _refused(self, event: str, text: str) -> None:
         # "no jwt present" answers a message Wings handled before any auth: never about a
@@ -266,19 +285,15 @@ class WingsAuth:
             self.session.claims = None
         if self._token is None:
             return
-        throttled = event == "throttled" and text == "auth"  # Pelican: the auth was dropped
-        if self._refusal is None:
-            # Wings may have accepted this token; a refusal seen now may be another message's.
-            if throttled or (event == "jwt error" and text not in (NO_JWT, UUID_MISMATCH)):
-                self._end(proven=False)
-        elif throttled or (event == self._refusal[0] and self._refusal[1] in (None, text)):
-            self._end(proven=True)
+        if event == "throttled" and text == "auth":  # Pelican dropped the auth
+            self._end()
+        elif (event, text) in self._refusals or (event, None) in self._refusals:
+            self._end(unproven=not self._certain)
 
-    def _end(self, proven: bool) -> None:
-        if not proven:
-            self._unproven += 1
+    def _end(self, unproven: bool = False) -> None:
+        if unproven:
+            self._unproven.append(time.monotonic())
         self._token = None
-        self._refusal = None
         self._answered.set()
 
 
