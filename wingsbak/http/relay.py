@@ -53,12 +53,9 @@ log = get_logger(__name__)
 MAX_MESSAGE = 4 * 1024 * 1024
 # Close codes an endpoint may send (RFC 6455 7.4); others (1005, 1006, ...) become 1011.
 _SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, *range(3000, 5000)}
-# Wings answers an auth at once; a client's frames wait at most this long for that answer
-# (Pelican drops a throttled auth without one).
+# Wings answers an auth at once (in milliseconds): an answer not seen by then will not come
+# (Pelican drops a throttled auth without one). A client's frames wait at most this long.
 AUTH_ANSWER_SECONDS = 5.0
-# How long a success may yet be an earlier auth's (see WingsAuth): Wings answers in
-# milliseconds.
-UNPROVEN_SECONDS = 60.0
 # Wings' answers to an auth are short; longer messages (console output) are not looked into.
 ANSWER_BYTES = 4096
 
@@ -212,8 +209,7 @@ class WingsAuth:
     ``AUTH_ANSWER_SECONDS`` was dropped (Pelican drops binary frames, frames over 32 KiB and
     throttled messages). An auth Wings might have accepted, ended by a refusal that might have
     been another message's (Wings' own events are refused too when its token is no longer
-    valid), is *unproven* for ``UNPROVEN_SECONDS``: a success meanwhile may be its, and grants
-    nothing."""
+    valid), is *unproven* for as long: a success meanwhile may be its, and grants nothing."""
 
     def __init__(self, session: EventSession) -> None:
         self.session = session
@@ -263,7 +259,7 @@ class WingsAuth:
         session = self.session
         session.authenticated = True
         now = time.monotonic()
-        self._unproven = [t for t in self._unproven if now - t < UNPROVEN_SECONDS]
+        self._unproven = [t for t in self._unproven if now - t < AUTH_ANSWER_SECONDS]
         token = self._token
         if token is not None and not self._certain and not self._unproven:
             try:
