@@ -23,16 +23,20 @@ class Client:
     async def send(self, event: str, *args: str) -> None:
         await self.ws.send_str(json.dumps({"event": event, "args": list(args)}))
 
+    async def next(self) -> dict:
+        msg = await self.ws.receive(timeout=20)
+        assert msg.type == WSMsgType.TEXT, msg
+        event: dict = json.loads(msg.data)
+        self.seen.append(event)
+        return event
+
     async def until(self, name: str, arg: str | None = None) -> list[dict]:
         """Events up to and including the first ``name`` (with ``arg``, if given)."""
         got: list[dict] = []
         while True:
-            msg = await self.ws.receive(timeout=20)
-            assert msg.type == WSMsgType.TEXT, msg
-            event = json.loads(msg.data)
+            event = await self.next()
             got.append(event)
-            self.seen.append(event)
-            if event["event"] == name and (arg is None or event["args"] == [arg]):
+            if event["event"] == name and (arg is None or event.get("args") == [arg]):
                 return got
 
     async def quiet(self) -> list[str]:
@@ -51,8 +55,8 @@ async def connect(front, wings):
         ws = await front.session.ws_connect(f"{front.url}/api/servers/{server}/ws")
         opened.append(ws)
         client = Client(ws)
-        token = sign(ws_claims(server, permissions=permissions or [*CONSOLE, "backup.read"]))
-        await client.send("auth", token)
+        claims = ws_claims(server, permissions=permissions or [*CONSOLE, "backup.read"])
+        await client.send("auth", sign({**claims, "scope": "websocket"}))
         assert [e["event"] for e in await client.until("status")] == ["auth success", "status"]
         return client
 
@@ -72,8 +76,9 @@ async def test_frames_go_both_ways_unchanged(front, wings, connect):
         "args": ["say  hi"],
     }
     await client.ws.send_bytes(b"\x00\x01binary\xff")
+    await wings.push(server, b"\x02from wings\xfe")
     msg = await client.ws.receive(timeout=10)
-    assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x00\x01binary\xff")
+    assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x02from wings\xfe")
     assert raw in [f for s, f in wings.ws_frames if s == server]
     assert b"\x00\x01binary\xff" in [f for s, f in wings.ws_frames if s == server]
 
@@ -124,18 +129,23 @@ async def test_a_re_auth_is_read_too(front, wings, connect, node, panel):
     await panel.wait_report(first)
     assert not [n for n in await client.quiet() if n.startswith("backup")]
 
-    await client.send("auth", sign(ws_claims(server, permissions=[*CONSOLE, "backup.read"])))
+    claims = ws_claims(server, permissions=[*CONSOLE, "backup.read"])
+    await client.send("auth", sign({**claims, "scope": "websocket"}))
     assert (await client.until("auth success"))[-1]["event"] == "auth success"
     second = new_uuid()
     assert (await front.post_backup(server, second))[0] == 202
     await client.until(f"backup completed:{second}")
 
-    # A token for another server is Wings' to refuse; the earlier one stays in force.
-    await client.send("auth", sign(ws_claims(new_uuid())))
-    assert (await client.until("jwt error"))[-1]["event"] == "jwt error"
+    # A token for another server: Wings accepts it (it looks at the server at the next
+    # message) and holds it from then on; no backup events go with it.
+    await client.send("auth", sign({**ws_claims(new_uuid()), "scope": "websocket"}))
+    assert (await client.until("auth success"))[-1]["event"] == "auth success"
     third = new_uuid()
     assert (await front.post_backup(server, third))[0] == 202
-    await client.until(f"backup completed:{third}")
+    await panel.wait_report(third)
+    await client.send("send stats")  # answered after any event published before it
+    assert (await client.until("jwt error"))[-1]["args"] == ["jwt: server uuid mismatch"]
+    assert not [e for e in client.seen if e["event"] == f"backup completed:{third}"]
 
 
 async def test_set_state_that_starts_a_server_being_restored_is_not_forwarded(

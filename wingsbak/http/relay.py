@@ -1,25 +1,51 @@
 """``/api/servers/{server}/ws`` in front of Wings: the console socket is Wings'; it is relayed
 frame for frame both ways (text, binary, close codes), and wingsbak joins in.
 
-It reads the client's ``auth`` messages (they go on to Wings too) and verifies the JWT itself,
-so that its backup events reach the client in Wings' envelope when that token allows them
-(:class:`wingsbak.http.ws.EventSession` gates them, as in standalone mode). A ``set state``
-that would start a server being restored is not forwarded; the client gets a ``daemon error``.
+Its backup events reach a client in Wings' envelope only under a token Wings accepted on that
+socket (:class:`WingsAuth`), as far as the token allows them (:class:`EventSession`). A socket
+that has no ``auth success`` from Wings within ``api.websocket_auth_timeout`` is closed.
+
+What the client sends is read as Wings reads it (:mod:`wingsbak.gojson`). An ``auth`` goes on
+to Wings as read here, so the token Wings judges is the one wingsbak judged. While the server
+is being restored every frame does: a ``set state`` that would start it is answered with a
+``daemon error`` instead, and a frame Wings' decoder could not read is dropped (as Wings drops
+it).
 """
 
 from __future__ import annotations
+
+import asyncio
+import json
+import time
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from wingsbak import gojson
 from wingsbak.errors import TokenRejected
-from wingsbak.http.front import HELD, HELD_ACTIONS, UNREACHABLE, forwarded_headers
+from wingsbak.http.front import (
+    HELD,
+    HELD_ACTIONS,
+    UNREACHABLE,
+    decoded,
+    forwarded_headers,
+    target,
+)
 from wingsbak.http.middleware import error_response
 from wingsbak.http.state import CONFIG, JOBS, WINGS
-from wingsbak.http.ws import EventSession, joined_events, parse_message, verify_socket_token
+from wingsbak.http.ws import (
+    DENYLISTED,
+    NO_CONNECT,
+    NO_JWT,
+    EventSession,
+    grants,
+    joined_events,
+    verify_socket_token,
+)
 from wingsbak.log import get_logger
+from wingsbak.tokens import EXPIRED, decode_token
 
 log = get_logger(__name__)
 
@@ -27,6 +53,11 @@ log = get_logger(__name__)
 MAX_MESSAGE = 4 * 1024 * 1024
 # Close codes an endpoint may send (RFC 6455 7.4); others (1005, 1006, ...) become 1011.
 _SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, *range(3000, 5000)}
+# Wings answers an auth at once (in milliseconds): an answer not seen by then will not come
+# (Pelican drops a throttled auth without one). A client's frames wait at most this long.
+AUTH_ANSWER_SECONDS = 5.0
+# Wings' answers to an auth are short; longer messages (console output) are not looked into.
+ANSWER_BYTES = 4096
 
 
 def _close_code(code: int | None) -> int:
@@ -50,7 +81,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     wings = request.app[WINGS]
     try:
         upstream = await wings.session.ws_connect(
-            URL(wings.url(request.raw_path), encoded=True),
+            URL(wings.url(target(request)), encoded=True),
             headers=_handshake_headers(request),
             max_msg_size=MAX_MESSAGE,
             autoping=True,
@@ -67,10 +98,17 @@ async def relay(request: web.Request) -> web.StreamResponse:
     except Exception:
         await upstream.close()
         raise
-    session = EventSession(ws, server, request.app[CONFIG].token)
+    config = request.app[CONFIG]
+    session = EventSession(ws, server, config.token)
+    auth = WingsAuth(session)
     try:
-        async with joined_events(request, session, _from_wings(upstream, ws)):
-            await _to_wings(request, ws, upstream, session)
+        async with joined_events(
+            request,
+            session,
+            _from_wings(upstream, ws, auth),
+            session.require_auth(config.api.websocket_auth_timeout),
+        ):
+            await _to_wings(request, ws, upstream, auth)
     finally:
         if not upstream.closed:
             await upstream.close(code=_close_code(ws.close_code))
@@ -81,51 +119,179 @@ async def _to_wings(
     request: web.Request,
     ws: web.WebSocketResponse,
     upstream: aiohttp.ClientWebSocketResponse,
-    session: EventSession,
+    auth: WingsAuth,
 ) -> None:
     jobs = request.app[JOBS]
+    server = auth.session.server
     async for msg in ws:
-        if msg.type == WSMsgType.BINARY:
-            await upstream.send_bytes(msg.data)
+        if msg.type == WSMsgType.TEXT:
+            frame: bytes = msg.data.encode()
+        elif msg.type == WSMsgType.BINARY:
+            frame = msg.data  # Pterodactyl Wings reads a binary frame as it reads a text one
+        else:
             continue
-        if msg.type != WSMsgType.TEXT:
-            continue
-        message = parse_message(msg.data)
-        if message is not None:
-            name, args = message
-            if name == "auth":
-                _join_auth(session, "".join(args or []))
-            elif (
-                name == "set state"
-                and "".join(args or []) in HELD_ACTIONS
-                and session.server in jobs.restores
-            ):
-                await session.send("daemon error", HELD)
+        try:
+            message: gojson.SocketMessage | None = await decoded(gojson.socket_message, frame)
+        except gojson.GoJSONError:
+            message = None
+        restoring = server in jobs.restores
+        if restoring:
+            if message is None:  # Wings' decoder fails on it too: Wings would drop it
+                log.debug("websocket_frame_held", server=server, reason="not readable by Wings")
                 continue
-        await upstream.send_str(msg.data)
-
-
-def _join_auth(session: EventSession, token: str) -> None:
-    """Wings answers the ``auth`` itself; wingsbak only learns from it which events this
-    client may have. A refused re-auth leaves the earlier token in force, as in Wings."""
-    try:
-        session.claims = verify_socket_token(token, session.key, session.server)
-    except TokenRejected:
-        pass
+            if message.event == "set state" and message.joined in HELD_ACTIONS:
+                # debug: anyone who can open the socket can send these, token or not
+                log.debug("power_held", server=server, action=message.joined, via="websocket")
+                await auth.session.send("daemon error", HELD)
+                continue
+        if message is not None and (restoring or message.event == "auth"):
+            frame = message.encode()  # what Wings reads is what was judged here
+            if msg.type == WSMsgType.TEXT:
+                await upstream.send_str(frame.decode("ascii"))
+            else:
+                await upstream.send_bytes(frame)
+        elif msg.type == WSMsgType.TEXT:
+            await upstream.send_str(msg.data)
+        else:
+            await upstream.send_bytes(frame)
+        if message is not None and message.event == "auth":
+            await auth.sent(message.joined)
 
 
 async def _from_wings(
-    upstream: aiohttp.ClientWebSocketResponse, ws: web.WebSocketResponse
+    upstream: aiohttp.ClientWebSocketResponse, ws: web.WebSocketResponse, auth: WingsAuth
 ) -> None:
-    async for msg in upstream:
-        if msg.type == WSMsgType.TEXT:
-            await ws.send_str(msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            await ws.send_bytes(msg.data)
+    try:
+        async for msg in upstream:
+            if msg.type == WSMsgType.TEXT:
+                auth.heard(msg.data)  # before the client sees it: it may act on it at once
+                await ws.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+    finally:
+        auth.wings_closed()
     # Wings closed (or went away): the client learns it with Wings' close code.
     await ws.close(code=_close_code(upstream.close_code))
 
 
+Answer = tuple[str, str | None]  # an event of Wings' and its first arg (None: any)
+
+
+def refusals(token: str, key: str) -> tuple[bool, set[Answer]]:
+    """How Wings may refuse an ``auth`` with ``token`` (``NewTokenPayload`` in
+    router/websocket/websocket.go), and whether it surely does. What wingsbak cannot judge
+    is Wings' own: its denylist, and Pelican's scope check. The token's server is not looked
+    at until a later message."""
+    try:
+        claims = decode_token(token, key, [])
+    except TokenRejected as exc:
+        # A bad signature or a claim Go cannot decode fail Wings' ParseToken too, with an error
+        # that is no JWT error: Wings answers "daemon error". Expiry is a JWT error.
+        return True, {("jwt error", EXPIRED) if exc.message == EXPIRED else ("daemon error", None)}
+    if claims.get("iat") is None:
+        return True, {("jwt error", DENYLISTED)}
+    if not grants(claims, "websocket.connect"):
+        return True, {("jwt error", NO_CONNECT)}
+    possible: set[Answer] = {("jwt error", DENYLISTED)}
+    if "websocket" not in str(claims.get("scope") or "").split(" "):
+        possible.add(("jwt error", NO_CONNECT))
+    return False, possible
+
+
+class WingsAuth:
+    """What Wings' answers tell of the token in force on one relayed socket. Backup events
+    flow under a token Wings answered ``auth success`` to and wingsbak's own check accepts
+    (:func:`verify_socket_token`); they stop at Wings' ``jwt error`` or ``token expired``.
+
+    Wings handles each message in a goroutine of its own, so the answers to two auths could
+    come in either order: one auth at a time is in flight, the client's later frames waiting
+    for its answer. Wings answers every auth it reads at once; one not answered within
+    ``AUTH_ANSWER_SECONDS`` was dropped (Pelican drops binary frames, frames over 32 KiB and
+    throttled messages). An auth Wings might have accepted, ended by a refusal that might have
+    been another message's (Wings' own events are refused too when its token is no longer
+    valid), is *unproven* for as long: a success meanwhile may be its, and grants nothing."""
+
+    def __init__(self, session: EventSession) -> None:
+        self.session = session
+        self._token: str | None = None  # the auth in flight
+        self._certain = False  # Wings surely refuses it
+        self._refusals: set[Answer] = set()  # the answers Wings may refuse it with
+        self._answered = asyncio.Event()
+        self._unproven: list[float] = []  # when such auths ended (monotonic)
+        self._wings_gone = False
+
+    async def sent(self, token: str) -> None:
+        """The client's ``auth`` went to Wings: wait for Wings' answer to it."""
+        if self._wings_gone:
+            return
+        self._token = token
+        self._certain, self._refusals = refusals(token, self.session.key)
+        self._answered.clear()
+        try:
+            await asyncio.wait_for(self._answered.wait(), AUTH_ANSWER_SECONDS)
+        except TimeoutError:
+            self._end()  # dropped: no answer will come
+
+    def wings_closed(self) -> None:
+        self._wings_gone = True
+        self.session.claims = None
+        self._answered.set()
+
+    def heard(self, text: str) -> None:
+        """A message from Wings to the client."""
+        if len(text) > ANSWER_BYTES:
+            return
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(data, dict):
+            return
+        event = data.get("event")
+        args = data.get("args")
+        first = args[0] if isinstance(args, list) and args and isinstance(args[0], str) else ""
+        if event == "auth success":
+            self._success()
+        elif event in ("jwt error", "token expired", "daemon error", "throttled"):
+            self._refused(event, first)
+
+    def _success(self) -> None:
+        session = self.session
+        session.authenticated = True
+        now = time.monotonic()
+        self._unproven = [t for t in self._unproven if now - t < AUTH_ANSWER_SECONDS]
+        token = self._token
+        if token is not None and not self._certain and not self._unproven:
+            try:
+                session.claims = verify_socket_token(token, session.key, session.server)
+            except TokenRejected:
+                session.claims = None  # Wings holds a token wingsbak does not accept
+            self._end()
+            return
+        session.claims = None  # whose success this is cannot be told
+        if self._unproven:
+            self._unproven.pop(0)  # one of those that might still answer did, or...
+        if token is not None:
+            self._end(unproven=True)  # ...the one in flight did, and the other still may
+
+    def _refused(self, event: str, text: str) -> None:
+        # "no jwt present" answers a message Wings handled before any auth: never about a
+        # token in force (Wings never drops one it accepted).
+        if event == "token expired" or (event == "jwt error" and text != NO_JWT):
+            self.session.claims = None
+        if self._token is None:
+            return
+        if event == "throttled" and text == "auth":  # Pelican dropped the auth
+            self._end()
+        elif (event, text) in self._refusals or (event, None) in self._refusals:
+            self._end(unproven=not self._certain)
+
+    def _end(self, unproven: bool = False) -> None:
+        if unproven:
+            self._unproven.append(time.monotonic())
+        self._token = None
+        self._answered.set()
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/servers/{server}/ws", relay, name="wings-ws")
-

@@ -43,7 +43,7 @@ UUID_MISMATCH = "jwt: server uuid mismatch"
 _NEEDS_BACKUP_READ = (BACKUP_COMPLETED, BACKUP_PROGRESS)
 
 
-def _grants(claims: dict[str, Any], permission: str) -> bool:
+def grants(claims: dict[str, Any], permission: str) -> bool:
     """Wings' ``HasPermission``: the permission itself, or ``*`` for any not ``admin...``."""
     perms = claims.get("permissions")
     if not isinstance(perms, list):
@@ -57,7 +57,7 @@ def verify_socket_token(token: str, key: str, server: str) -> dict[str, Any]:
     claims = decode_token(token, key, ["server_uuid", "user_uuid"])
     if claims.get("iat") is None:
         raise TokenRejected(DENYLISTED)  # Wings cannot place a token without iat
-    if not _grants(claims, "websocket.connect") or not has_scope(claims, "websocket"):
+    if not grants(claims, "websocket.connect") or not has_scope(claims, "websocket"):
         raise TokenRejected(NO_CONNECT)
     if claims["server_uuid"] != server:
         raise TokenRejected(UUID_MISMATCH)
@@ -73,6 +73,9 @@ class EventSession:
         self.server = server
         self.key = key
         self.claims: dict[str, Any] | None = None
+        # An auth succeeded on this socket (in front of Wings: Wings answered ``auth success``),
+        # whatever wingsbak thinks of its token.
+        self.authenticated = False
         self.next_notice = 0.0  # monotonic time before which no expiry notice is repeated
 
     def token_error(self) -> str | None:
@@ -86,7 +89,7 @@ class EventSession:
     def may_receive(self, event: Event) -> bool:
         assert self.claims is not None
         if event.name.startswith(_NEEDS_BACKUP_READ):
-            return _grants(self.claims, "backup.read")
+            return grants(self.claims, "backup.read")
         return True
 
     async def send(self, name: str, *args: str) -> None:
@@ -101,6 +104,7 @@ class EventSession:
             await self.send("jwt error", exc.message)
             return
         self.claims = claims
+        self.authenticated = True
         self.next_notice = 0.0
         await self.send("auth success")
 
@@ -130,7 +134,7 @@ class EventSession:
     async def require_auth(self, seconds: float) -> None:
         """Close the socket unless a token was accepted within ``seconds`` of its opening."""
         await asyncio.sleep(seconds)
-        if self.claims is None and not self.ws.closed:
+        if not self.authenticated and not self.ws.closed:
             log.info("websocket_auth_timeout", server=self.server, seconds=seconds)
             reason = f"no successful auth within {seconds:g} s"
             await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode())
