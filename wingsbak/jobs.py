@@ -65,6 +65,8 @@ BACKGROUND_NICE = 10
 # A restore's download link is opened before the 202 (the panel's pre-signed GET lasts 5
 # minutes): the panel waits about 15 s for that answer (its Guzzle timeout).
 RESTORE_OPEN_TIMEOUT = 10.0
+# How long the duplicate check waits for each store before the 202 (the same answer budget).
+DUPLICATE_CHECK_TIMEOUT = 10.0
 # Restores do not share the backups' node-wide slots (a person is watching the restore, and
 # the panel's link would expire in the queue); one per server, these threads at most at once.
 RESTORE_THREADS = 16
@@ -228,8 +230,10 @@ class JobManager:
             raise Conflict("a backup with this uuid is already running or queued")
         if server in self.restores:
             raise Conflict("the server is being restored")
-        exists = await asyncio.to_thread(self.storage.exists_anywhere, backup_uuid)
-        if exists:
+        # Every store the node has, as a backup can be in any of them (restic: a second
+        # snapshot under the same uuid would survive the backup's delete).
+        holder = await self.stores.holding(server, backup_uuid, DUPLICATE_CHECK_TIMEOUT)
+        if holder is not None:
             raise Conflict("a backup with this uuid already exists on this node")
         # Other requests may have come in while we looked.
         if backup_uuid in self.backups:

@@ -110,6 +110,12 @@ class BackupStore(ABC):
     @abstractmethod
     def exists(self, server: str, backup: str) -> bool: ...
 
+    def holds(self, server: str, backup: str) -> bool:
+        """Whether a new backup with this uuid would repeat one this store has (blocking):
+        the duplicate check before a backup is accepted. A store that can tell cheaply looks
+        at every server's backups, not only this server's."""
+        return self.exists(server, backup)
+
     @abstractmethod
     def open_download(self, server: str, backup: str) -> Download | None:
         """What a download link serves; None when this store has no such backup."""

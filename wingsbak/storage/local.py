@@ -139,6 +139,9 @@ class LocalStore(BackupStore):
     def exists(self, server: str, backup: str) -> bool:
         return self.storage.find(server, backup) is not None
 
+    def holds(self, server: str, backup: str) -> bool:
+        return self.storage.exists_anywhere(backup)
+
     def open_download(self, server: str, backup: str) -> Download | None:
         path = self.storage.find(server, backup)
         return None if path is None else LocalArchive(path)
