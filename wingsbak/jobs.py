@@ -177,7 +177,9 @@ class JobManager:
         uploaded = self.metrics.s3_uploaded_bytes.inc
         lookup: list[BackupStore] = [LocalStore(self.storage)]
         if self.config.s3_enabled:
-            self.s3 = S3Storage(b.s3)
+            self.s3 = S3Storage(
+                b.s3, state_dir=self.config.backup_dir, servers_dir=self.config.data_dir
+            )
             lookup.append(S3Store(self.s3, on_uploaded=uploaded))
         if self.config.restic_enabled:
             self.restic = ResticStore(
@@ -281,6 +283,7 @@ class JobManager:
                     job.ignore,
                     self.archive_options(job, loop),
                     self._executor,
+                    note=functools.partial(self.journal.record, job.uuid),
                 )
                 settings = self.config.system.backups
                 async with console_around_backup(self.wings, job.server, settings):
@@ -481,6 +484,8 @@ class JobManager:
                 log.error("s3_bucket_unusable", bucket=s3.bucket, error=str(error))
             else:
                 log.info("s3_bucket_ok", bucket=s3.bucket)
+            # Also when unusable now: pending aborts and deletes wait for S3 on their thread.
+            s3.cleanup.start()
 
         self.s3_check = threading.Thread(target=check, name="wingsbak-s3-check", daemon=True)
         self.s3_check.start()
@@ -606,7 +611,7 @@ class JobManager:
             log.error("interrupted_backup_store_gone", backup=backup, store=name)
             return None
         try:
-            return store.recover(server, backup)
+            return store.recover(server, backup, entry)
         except Exception as exc:
             log.error("interrupted_backup_not_cleaned", backup=backup, store=name, error=str(exc))
             return None
@@ -645,6 +650,8 @@ class JobManager:
 
         if self.restic is not None:
             self.restic.stop()
+        if self.s3 is not None:
+            self.s3.cleanup.stop()
         try:
             await asyncio.wait_for(asyncio.to_thread(join_all), CANCEL_WAIT_SECONDS)
         except TimeoutError:  # e.g. a part PUT: the interpreter still joins it at exit

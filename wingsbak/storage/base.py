@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -41,7 +41,10 @@ class Outcome:
 @dataclass(slots=True)
 class BackupSource:
     """One backup to create: the server tree, its ignore lines and the engine's options
-    (``level``, ``checksum``, ``write_limit``, ``progress``, ``cancel``)."""
+    (``level``, ``checksum``, ``write_limit``, ``progress``, ``cancel``, ``allow_unreadable``).
+
+    ``note(**fields)`` adds fields to the job's journal entry, on disk when it returns: what a
+    store must know after a crash (see :meth:`BackupStore.recover`)."""
 
     server: str
     backup: str
@@ -49,6 +52,7 @@ class BackupSource:
     ignore: str
     options: dict[str, Any]
     executor: Executor
+    note: Callable[..., None] | None = None
 
     @property
     def cancel(self) -> threading.Event:
@@ -131,6 +135,9 @@ class BackupStore(ABC):
         """Remove the backup; False when this store has none."""
 
     @abstractmethod
-    def recover(self, server: str, backup: str) -> Outcome | None:
+    def recover(
+        self, server: str, backup: str, entry: Mapping[str, Any] | None = None
+    ) -> Outcome | None:
         """After a crash during this backup: its outcome when it completed before the crash,
-        else None, with whatever the interrupted write left behind removed."""
+        else None, with whatever the interrupted write left behind removed. ``entry`` is the
+        job's journal entry, with what the store noted there (``BackupSource.note``)."""
