@@ -67,6 +67,8 @@ BACKGROUND_NICE = 10
 # A restore's download link is opened before the 202 (the panel's pre-signed GET lasts 5
 # minutes): the panel waits about 15 s for that answer (its Guzzle timeout).
 RESTORE_OPEN_TIMEOUT = 10.0
+# How long the duplicate check waits for each store before the 202 (the same answer budget).
+DUPLICATE_CHECK_TIMEOUT = 10.0
 # Restores do not share the backups' node-wide slots (a person is watching the restore, and
 # the panel's link would expire in the queue); one per server, these threads at most at once.
 RESTORE_THREADS = 16
@@ -178,7 +180,9 @@ class JobManager:
         uploaded = self.metrics.s3_uploaded_bytes.inc
         lookup: list[BackupStore] = [LocalStore(self.storage)]
         if self.config.s3_enabled:
-            self.s3 = S3Storage(b.s3)
+            self.s3 = S3Storage(
+                b.s3, state_dir=self.config.backup_dir, servers_dir=self.config.data_dir
+            )
             lookup.append(S3Store(self.s3, on_uploaded=uploaded))
         if self.config.restic_enabled:
             self.restic = ResticStore(
@@ -231,8 +235,10 @@ class JobManager:
             raise Conflict("a backup with this uuid is already running or queued")
         if server in self.restores:
             raise Conflict("the server is being restored")
-        exists = await asyncio.to_thread(self.storage.exists_anywhere, backup_uuid)
-        if exists:
+        # Every store the node has, as a backup can be in any of them (restic: a second
+        # snapshot under the same uuid would survive the backup's delete).
+        holder = await self.stores.holding(server, backup_uuid, DUPLICATE_CHECK_TIMEOUT)
+        if holder is not None:
             raise Conflict("a backup with this uuid already exists on this node")
         # Other requests may have come in while we looked.
         if backup_uuid in self.backups:
@@ -280,6 +286,7 @@ class JobManager:
                     job.ignore,
                     self.archive_options(job, loop),
                     self._executor,
+                    note=functools.partial(self.journal.record, job.uuid),
                 )
                 settings = self.config.system.backups
                 async with console_around_backup(self.wings, job.server, settings):
@@ -489,6 +496,8 @@ class JobManager:
                 log.error("s3_bucket_unusable", bucket=s3.bucket, error=str(error))
             else:
                 log.info("s3_bucket_ok", bucket=s3.bucket)
+            # Also when unusable now: pending aborts and deletes wait for S3 on their thread.
+            s3.cleanup.start()
 
         self.s3_check = threading.Thread(target=check, name="wingsbak-s3-check", daemon=True)
         self.s3_check.start()
@@ -661,7 +670,7 @@ class JobManager:
             log.error("interrupted_backup_store_gone", backup=backup, store=name)
             return None
         try:
-            return store.recover(server, backup)
+            return store.recover(server, backup, entry)
         except Exception as exc:
             log.error("interrupted_backup_not_cleaned", backup=backup, store=name, error=str(exc))
             return None
@@ -700,6 +709,8 @@ class JobManager:
 
         if self.restic is not None:
             self.restic.stop()
+        if self.s3 is not None:
+            self.s3.cleanup.stop()
         try:
             await asyncio.wait_for(asyncio.to_thread(join_all), CANCEL_WAIT_SECONDS)
         except TimeoutError:  # e.g. a part PUT: the interpreter still joins it at exit

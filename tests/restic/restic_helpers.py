@@ -106,3 +106,16 @@ def restic_processes(argument: str, parent: int | None = None) -> list[int]:
         if argv[0].endswith(b"restic") and any(argument.encode() in a for a in argv[1:]):
             found.append(int(entry.name))
     return found
+
+
+def log_events(log_path: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a daemon process that name ``event``."""
+    found = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == event:
+            found.append(entry)
+    return found

@@ -102,6 +102,26 @@ class FaultPlan:
     # (part number, x-amz-content-sha256 header) per request: its digest, or UNSIGNED-PAYLOAD
     content_sha256: list[tuple[int, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # An outage: while set, every request is answered 503 SlowDown-style (ServiceUnavailable),
+    # as S3 answers when it cannot serve; each refused one is recorded ("METHOD /path?query").
+    outage: bool = False
+    refused: list[str] = field(default_factory=list)
+    # CompleteMultipartUpload reaches S3, and its answer is held until ``release`` is set:
+    # ``completed`` says S3 has completed the upload.
+    hold_complete: bool = False
+    completed: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+def answer_unavailable(handler: BaseHTTPRequestHandler) -> None:
+    """Answer as S3 does when it cannot serve at all (an outage)."""
+    payload = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
+    handler.send_response(503)
+    handler.send_header("Content-Type", "application/xml")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(payload)
 
 
 def answer_internal_error(handler: BaseHTTPRequestHandler) -> None:
@@ -137,10 +157,16 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+                if proxy.plan.outage:
+                    with proxy.plan.lock:
+                        proxy.plan.refused.append(f"{self.command} {self.path}")
+                    answer_unavailable(self)
+                    return
                 is_part = self.command == "PUT" and "partNumber" in query and "uploadId" in query
                 if is_part and proxy.intercept_part(self, query, body):
                     return
                 is_create = self.command == "POST" and "uploads" in query
+                is_complete = self.command == "POST" and "uploadId" in query
                 conn = http.client.HTTPConnection(
                     proxy.upstream_host, proxy.upstream_port, timeout=60
                 )
@@ -149,6 +175,9 @@ class FaultProxy:
                     conn.request(self.command, self.path, body=body or None, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
+                    if is_complete and proxy.plan.hold_complete and resp.status == 200:
+                        proxy.plan.completed.set()
+                        proxy.plan.release.wait(60)
                     if is_create and proxy.plan.lose_create_answers > 0:
                         proxy.plan.lose_create_answers -= 1  # done upstream, answer lost
                         self.close_connection = True

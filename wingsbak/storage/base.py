@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -41,7 +41,10 @@ class Outcome:
 @dataclass(slots=True)
 class BackupSource:
     """One backup to create: the server tree, its ignore lines and the engine's options
-    (``level``, ``checksum``, ``write_limit``, ``progress``, ``cancel``)."""
+    (``level``, ``checksum``, ``write_limit``, ``progress``, ``cancel``, ``allow_unreadable``).
+
+    ``note(**fields)`` adds fields to the job's journal entry, on disk when it returns: what a
+    store must know after a crash (see :meth:`BackupStore.recover`)."""
 
     server: str
     backup: str
@@ -49,6 +52,7 @@ class BackupSource:
     ignore: str
     options: dict[str, Any]
     executor: Executor
+    note: Callable[..., None] | None = None
 
     @property
     def cancel(self) -> threading.Event:
@@ -110,6 +114,12 @@ class BackupStore(ABC):
     @abstractmethod
     def exists(self, server: str, backup: str) -> bool: ...
 
+    def holds(self, server: str, backup: str) -> bool:
+        """Whether a new backup with this uuid would repeat one this store has (blocking):
+        the duplicate check before a backup is accepted. A store that can tell cheaply looks
+        at every server's backups, not only this server's."""
+        return self.exists(server, backup)
+
     @abstractmethod
     def open_download(self, server: str, backup: str) -> Download | None:
         """What a download link serves; None when this store has no such backup."""
@@ -125,6 +135,9 @@ class BackupStore(ABC):
         """Remove the backup; False when this store has none."""
 
     @abstractmethod
-    def recover(self, server: str, backup: str) -> Outcome | None:
+    def recover(
+        self, server: str, backup: str, entry: Mapping[str, Any] | None = None
+    ) -> Outcome | None:
         """After a crash during this backup: its outcome when it completed before the crash,
-        else None, with whatever the interrupted write left behind removed."""
+        else None, with whatever the interrupted write left behind removed. ``entry`` is the
+        job's journal entry, with what the store noted there (``BackupSource.note``)."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from wingsbak.archive.archiver import archive_to_file
 from wingsbak.archive.extract import RestoreError
@@ -139,6 +140,9 @@ class LocalStore(BackupStore):
     def exists(self, server: str, backup: str) -> bool:
         return self.storage.find(server, backup) is not None
 
+    def holds(self, server: str, backup: str) -> bool:
+        return self.storage.exists_anywhere(backup)
+
     def open_download(self, server: str, backup: str) -> Download | None:
         path = self.storage.find(server, backup)
         return None if path is None else LocalArchive(path)
@@ -152,7 +156,9 @@ class LocalStore(BackupStore):
     def delete(self, server: str, backup: str) -> bool:
         return self.storage.delete(server, backup)
 
-    def recover(self, server: str, backup: str) -> Outcome | None:
+    def recover(
+        self, server: str, backup: str, entry: Mapping[str, Any] | None = None
+    ) -> Outcome | None:
         """With its checksum sidecar the archive is complete (the sidecar is written after
         the archive is synced and renamed); without, it is removed, since its checksum was
         never recorded."""

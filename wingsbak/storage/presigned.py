@@ -18,7 +18,7 @@ import math
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -342,7 +342,9 @@ class PresignedStore(BackupStore):
     def delete(self, server: str, backup: str) -> bool:
         return False
 
-    def recover(self, server: str, backup: str) -> Outcome | None:
+    def recover(
+        self, server: str, backup: str, entry: Mapping[str, Any] | None = None
+    ) -> Outcome | None:
         removed = self.local.remove_temporaries(server, backup) if server else 0
         if removed:
             log.info("interrupted_backup_temporaries_removed", backup=backup, removed=removed)

@@ -32,13 +32,13 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from wingsbak.archive.archiver import ArchiveProgress
+from wingsbak.archive.archiver import ArchiveProgress, UnreadableEntry
 from wingsbak.archive.gzip import NONE, open_gzip_writer
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.sink import Cancelled
@@ -67,6 +67,9 @@ READ_CHUNK = 1024 * 1024
 # restic prints JSON status lines this often (its default is 60 a second).
 PROGRESS_FPS = "4"
 STDERR_LINES = 20
+UNREADABLE_KEPT = 100
+# The lines of `restic check` that are advice, not findings.
+_CHECK_ADVICE = ("Fatal:", "The repository is damaged", "{")
 _SCHEME = re.compile(r"^[a-z][a-z0-9]*:")
 _PR_SET_PDEATHSIG = 1
 _libc: Any = None
@@ -79,6 +82,19 @@ class ResticError(Exception):
 
     # restic refused the repository's lock: another restic holds it, or a killed one left it.
     locked = False
+    # The backup's parent snapshot could not be loaded (forgotten outside the daemon).
+    parent_gone = False
+
+
+@dataclass(slots=True)
+class _BackupRun:
+    """What one ``restic backup`` did: restic's summary, the entries left out as unreadable
+    (the first few, and how many), and whether restic reported any error."""
+
+    summary: dict[str, Any]
+    unreadable: list[tuple[str, str]]
+    unreadable_count: int
+    errors: bool
 
 
 @dataclass(slots=True, frozen=True)
@@ -168,6 +184,10 @@ class _Process:
         except PermissionError as exc:
             raise ResticError(f"the restic program {argv[0]!r} cannot be run") from exc
         self.stderr: deque[str] = deque(maxlen=STDERR_LINES)
+        # What a backup could not read: restic's JSON error lines of its archival phase (its
+        # scan phase reports the same entries again), the first few kept, all counted.
+        self.unreadable: list[tuple[str, str]] = []
+        self.unreadable_count = 0
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
 
@@ -183,6 +203,8 @@ class _Process:
             if not line:
                 continue
             self.stderr.append(line)
+            if line.startswith("{"):
+                self._note_error(line)
             if self._retries is None:
                 continue
             with self._retries_lock:
@@ -192,6 +214,16 @@ class _Process:
                     target=self._give_up_after_retries, name="wingsbak-restic-retries", daemon=True
                 )
                 self._watchdog.start()
+
+    def _note_error(self, line: str) -> None:
+        message = _json_line(line.encode())
+        if message.get("message_type") != "error" or message.get("during") != "archival":
+            return
+        self.unreadable_count += 1
+        if len(self.unreadable) < UNREADABLE_KEPT:
+            error = message.get("error")
+            text = error.get("message", "") if isinstance(error, dict) else ""
+            self.unreadable.append((str(message.get("item", "")), str(text or "")))
 
     def _give_up_after_retries(self) -> None:
         assert self._retries is not None
@@ -277,6 +309,11 @@ class ResticStore(BackupStore):
         self.usable: bool | None = None  # set by start()
         self.checked = threading.Event()  # start() has run: a new repository exists
         self.prunes = 0
+        # restic's structure checks run one at a time; a backup whose snapshot was saved
+        # before the last one started takes its verdict (see _structure_check).
+        self._check_lock = threading.Lock()
+        self._last_check: tuple[float, list[str]] | None = None
+        self._damaged = False  # the last check found damage: check every backup until sound
 
     # -- processes ----------------------------------------------------------------------------
 
@@ -416,7 +453,13 @@ class ResticStore(BackupStore):
             self._unlock_stale()
             self.run("prune", timeout=None)
         except ResticError as exc:
-            log.error("restic_prune_failed", error=str(exc))
+            # E.g. refused by a live lock (another node's backup on a shared repository): the
+            # forgotten data stays until a prune works, so one is tried again, as a forget is.
+            retry = min(60.0, self.cfg.prune_interval)
+            log.error("restic_prune_failed", error=str(exc), retry_in=retry)
+            with self._cond:
+                if self._prune_due is None:
+                    self._prune_due = time.monotonic() + retry
             return
         after = self._repository_bytes()
         self.prunes += 1
@@ -551,21 +594,120 @@ class ResticStore(BackupStore):
         cancel = source.cancel
         with self.use(cancel):
             try:
-                summary = self._backup_past_stale_locks(source, self._parent(source.server))
+                run = self._backup_past_parent(source, self._parent(source.server))
             except ResticError:
                 # The index may name a snapshot gone meanwhile: the next backup asks restic.
                 self._set_latest(source.server, None)
                 raise
+            summary = run.summary
             snapshot = str(summary.get("snapshot_id") or "")
             if not snapshot:
                 raise ResticError("restic's summary names no snapshot")
             if cancel.is_set():
                 self._queue_forget([snapshot])
                 raise Cancelled("backup cancelled")
+            with self._cond:
+                damaged_before = self._damaged
+            if added_bytes(summary) == 0 or run.errors or damaged_before:
+                self._verify(source, snapshot)
             self._set_latest(source.server, snapshot)
-        return Outcome(True, snapshot, CHECKSUM_TYPE, added_bytes(summary))
+        for path, reason in run.unreadable:
+            log.warning("archive_entry_skipped", path=path, reason=reason)
+        return Outcome(
+            True, snapshot, CHECKSUM_TYPE, added_bytes(summary), skipped=run.unreadable_count
+        )
 
-    def _backup_past_stale_locks(self, source: BackupSource, parent: str | None) -> dict[str, Any]:
+    def _verify(self, source: BackupSource, snapshot: str) -> None:
+        """restic's structure check of the repository, for a backup that may have been
+        deduplicated against data the repository no longer has: one that added nothing (a
+        deleted pack is never uploaded again while the index names it), one during which
+        restic reported errors, and every backup once damage was found. A backup that cannot
+        be vouched for fails, and its snapshot is forgotten."""
+        try:
+            damage = self._structure_check(source.cancel)
+            if damage:
+                # Once more: a check beside a running backup can read an index that backup
+                # is still writing. Damage is found again; a race is not.
+                damage = self._structure_check(source.cancel)
+        except Cancelled:
+            self._queue_forget([snapshot])
+            raise
+        except ResticError as exc:
+            self._queue_forget([snapshot])
+            raise ResticError(f"the backup could not be checked: {exc}") from exc
+        with self._cond:
+            self._damaged = bool(damage)
+        if not damage:
+            return
+        self._queue_forget([snapshot])
+        log.error(
+            "restic_repository_damaged",
+            repository=self.repository,
+            backup=source.backup,
+            snapshot=snapshot,
+            errors=damage[-STDERR_LINES:],
+            repair="restic check; then restic's repair commands (its troubleshooting guide)",
+        )
+        raise ResticError(
+            f"the restic repository is damaged ({damage[0]}); this backup could not be "
+            "restored, its snapshot is forgotten (see restic_repository_damaged in the log)"
+        )
+
+    def _structure_check(self, cancel: threading.Event) -> list[str]:
+        """The damage restic's check finds (empty when none), from a check that started
+        after this call: a check already running may have missed the caller's snapshot."""
+        asked = time.monotonic()
+        with self._check_lock:
+            last = self._last_check
+            if last is not None and last[0] >= asked:
+                return last[1]
+            started = time.monotonic()
+            damage = self._check_once(cancel)
+            self._last_check = (started, damage)
+            return damage
+
+    def _check_once(self, cancel: threading.Event) -> list[str]:
+        # No lock: restic's check takes an exclusive one, which would fail the backups running
+        # beside it (and wait for none). Packs and trees only: no data is read, and the
+        # node's cache is used rather than a fresh one (a remote repository is not read whole).
+        p = self.spawn("check", "--no-lock", "--with-cache")
+        watcher = threading.Thread(target=_stop_on, args=(cancel, p), daemon=True)
+        watcher.start()
+        try:
+            p.stdout.read()
+            rc = p.wait()
+        finally:
+            p.close()
+        if cancel.is_set():
+            raise Cancelled("backup cancelled while the repository was checked")
+        if rc == 0:
+            return []
+        lines = list(p.stderr)
+        if p.gave_up or not any("repository contains errors" in ln for ln in lines):
+            raise p.error(rc)
+        found = [ln for ln in lines if not ln.startswith(_CHECK_ADVICE)]
+        return found or ["restic check found errors"]
+
+    def _backup_past_parent(self, source: BackupSource, parent: str | None) -> _BackupRun:
+        """A backup; when its parent snapshot is gone (forgotten by an operator's retention
+        job or another node, or a repository initialised again at the same path), once more
+        without one."""
+        try:
+            return self._backup_past_stale_locks(source, parent)
+        except ResticError as exc:
+            if not exc.parent_gone or source.cancel.is_set():
+                raise
+            log.warning(
+                "restic_parent_gone",
+                server=source.server,
+                backup=source.backup,
+                parent=parent,
+                error=str(exc),
+            )
+            self._set_latest(source.server, None)
+            return self._backup_past_stale_locks(source, None)
+
+    def _backup_past_stale_locks(self, source: BackupSource, parent: str | None) -> _BackupRun:
         """A backup; refused for a lock, once more after the stale locks are removed (a
         restic killed during a prune leaves an exclusive lock that refuses every backup)."""
         try:
@@ -577,8 +719,9 @@ class ResticStore(BackupStore):
             self._unlock_stale()
             return self._backup(source, parent)
 
-    def _backup(self, source: BackupSource, parent: str | None) -> dict[str, Any]:
+    def _backup(self, source: BackupSource, parent: str | None) -> _BackupRun:
         opts = source.options
+        allow_unreadable = bool(opts.get("allow_unreadable"))
         args = ["backup", "--json", "--files-from-raw", "-", "--host", self.host]
         args += ["--tag", f"{server_tag(source.server)},{backup_tag(source.backup)}"]
         if parent:
@@ -587,13 +730,21 @@ class ResticStore(BackupStore):
         if write_limit > 0:
             args += ["--limit-upload", str(max(1, int(write_limit * 1024)))]
         rules = IgnoreRules.for_server(source.root, source.ignore)
+        walk_skipped: list[tuple[str, str]] = []
+
+        def on_skip(relpath: str, reason: str) -> None:
+            # The walker could not read an entry: restic never hears of it.
+            if not allow_unreadable:
+                raise UnreadableEntry(_unreadable(relpath, reason))
+            walk_skipped.append((relpath, reason))
+
         p = self.spawn(*args, cwd=str(source.root), stdin=True)
         cancel = source.cancel
         failure: list[BaseException] = []
         listed = [0]
         feeder = threading.Thread(
             target=self._feed_list,
-            args=(p, source.root, rules, cancel, failure, listed),
+            args=(p, source.root, rules, on_skip, cancel, failure, listed),
             name="wingsbak-restic-list",
             daemon=True,
         )
@@ -613,31 +764,50 @@ class ResticStore(BackupStore):
         finally:
             p.close()
             feeder.join()
+        saved = str(summary.get("snapshot_id") or "")
         if failure:
+            if saved:
+                self._queue_forget([saved])
             raise failure[0]
         if cancel.is_set():
             raise Cancelled("backup cancelled")
         if rc != 0 and not listed[0]:
             raise ResticError("nothing to back up: the server has no files, or all are ignored")
-        if rc == 3:  # some files could not be read: skipped, as the .tar.gz engine does
-            log.warning("restic_backup_incomplete", backup=source.backup, errors=list(p.stderr))
-        elif rc != 0:
-            if summary.get("snapshot_id"):  # saved before restic failed: not this backup's
-                self._queue_forget([str(summary["snapshot_id"])])
-            raise p.error(rc)
+        if rc not in (0, 3):
+            if saved:  # saved before restic failed: not this backup's
+                self._queue_forget([saved])
+            error = p.error(rc)
+            error.parent_gone = bool(parent) and any(
+                "no matching ID found" in ln or f"snapshot {parent[:8]}" in ln for ln in p.stderr
+            )
+            raise error
         if not summary:
             raise ResticError("restic backup ended without its summary")
+        # Exit status 3: restic saved a snapshot without the entries it could not read.
+        unreadable = [
+            (path, _unread_reason(source.root, path, message)) for path, message in p.unreadable
+        ]
+        count = p.unreadable_count
+        if rc == 3 and not count:  # said so only in its exit status
+            unreadable.append(("", "restic could not read some files"))
+            count = 1
+        if count and not allow_unreadable:
+            self._queue_forget([saved])
+            raise UnreadableEntry(_unreadable(*unreadable[0]))
         if progress is not None:
             total = int(summary.get("total_bytes_processed", 0))
             files = int(summary.get("total_files_processed", 0))
             progress(ArchiveProgress(total, total, files))
-        return summary
+        return _BackupRun(
+            summary, walk_skipped + unreadable, len(walk_skipped) + count, bool(p.stderr)
+        )
 
     def _feed_list(
         self,
         p: _Process,
         root: Path,
         rules: IgnoreRules,
+        on_skip: Callable[[str, str], None],
         cancel: threading.Event,
         failure: list[BaseException],
         listed: list[int],
@@ -649,7 +819,7 @@ class ResticStore(BackupStore):
         assert stdin is not None
         try:
             batch: list[bytes] = []
-            for path in _chosen_paths(root, rules):
+            for path in _chosen_paths(root, rules, on_skip):
                 if cancel.is_set():
                     return
                 batch.append(os.fsencode(path) + b"\0")
@@ -747,18 +917,29 @@ class ResticStore(BackupStore):
         if failure:
             raise failure[0]
 
+    def holds(self, server: str, backup: str) -> bool:
+        path = local_path(self.cfg.repository)
+        if path is not None and not (path / "config").exists():
+            return False  # not created yet (the start-up check creates it): it holds nothing
+        # Any server's: the backup tag alone, as the local store looks in every server's folder.
+        return bool(self.snapshots(backup_tag(backup)))
+
     def delete(self, server: str, backup: str) -> bool:
-        snapshot = self.find(server, backup)
-        if snapshot is None:
+        """Forget every snapshot of the backup (an earlier version accepted a repeated uuid
+        and saved a second one)."""
+        found = self.snapshots(server_tag(server), backup_tag(backup))
+        if not found:
             return False
-        self._queue_forget([snapshot.id])
+        self._queue_forget([s.id for s in found])
         with self._cond:
             latest = self._latest.get(server, "")
-        if latest and snapshot.id.startswith(latest):
+        if latest and any(s.id.startswith(latest) for s in found):
             self._set_latest(server, None)  # the next backup asks the repository
         return True
 
-    def recover(self, server: str, backup: str) -> Outcome | None:
+    def recover(
+        self, server: str, backup: str, entry: Mapping[str, Any] | None = None
+    ) -> Outcome | None:
         """A snapshot of a backup the daemon died in is forgotten: the backup was reported
         failed, and a failed backup leaves no snapshot."""
         found = self.snapshots(backup_tag(backup))
@@ -778,7 +959,9 @@ def _read_json(path: Path, default: Any) -> Any:
         return default
 
 
-def _chosen_paths(root: Path, rules: IgnoreRules) -> Iterator[str]:
+def _chosen_paths(
+    root: Path, rules: IgnoreRules, on_skip: Callable[[str, str], None]
+) -> Iterator[str]:
     if rules.empty:
         # Nothing is excluded: the root's entries stand for everything below them, and
         # restic walks them itself (a list of every file costs it much more).
@@ -787,7 +970,7 @@ def _chosen_paths(root: Path, rules: IgnoreRules) -> Iterator[str]:
         yield from (n for n in names if not _is_staging(root, n))
         return
     pending_dir: str | None = None  # the last directory, until an entry inside it shows up
-    for entry in walk(root, rules, _log_skip):
+    for entry in walk(root, rules, on_skip):
         inside = pending_dir is not None and entry.relpath.startswith(pending_dir + "/")
         if pending_dir is not None and not inside and _is_empty_dir(root / pending_dir):
             yield pending_dir
@@ -822,8 +1005,23 @@ def _is_empty_dir(path: Path) -> bool:
         return False
 
 
-def _log_skip(relpath: str, reason: str) -> None:
-    log.warning("archive_entry_skipped", path=relpath, reason=reason)
+def _unreadable(path: str, reason: str) -> str:
+    """The failure of a backup that could not read ``path``, in the .tar.gz engine's words."""
+    what = repr(path) if path else "some files"
+    return f"cannot read {what} ({reason}); a backup without it would be incomplete"
+
+
+def _unread_reason(root: Path, path: str, message: str) -> str:
+    """Why restic could not read ``path``: the system's own words when the daemon cannot
+    read it either (restic 0.14 reports no message), else restic's."""
+    try:
+        fd = os.open(root / path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.strerror:
+            return exc.strerror
+    else:
+        os.close(fd)
+    return message or "restic could not read it"
 
 
 def added_bytes(summary: dict[str, Any]) -> int:

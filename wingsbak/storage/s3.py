@@ -5,7 +5,8 @@ small thread pool while the next one is being compressed, so no archive ever tou
 node's disk and memory stays about ``(concurrency + 2) x part_size`` (parts grow past the
 first 1,000, see :data:`PARTS_PER_STEP`, so that big archives fit). A part is retried with
 the very bytes it was first sent with; any failure aborts the multipart upload, so no orphaned
-parts stay in the bucket.
+parts stay in the bucket: an abort S3 does not take is kept and tried again
+(:mod:`wingsbak.storage.s3_cleanup`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
@@ -44,6 +46,7 @@ from wingsbak.storage.base import (
     Outcome,
     Redirect,
 )
+from wingsbak.storage.s3_cleanup import STATE_NAME, S3Cleanup
 from wingsbak.urlguard import shutdown_socket_under
 
 log = get_logger(__name__)
@@ -266,6 +269,7 @@ class S3PartSink:
         attempts: int = PART_ATTEMPTS,
         backoff: float = BACKOFF_INITIAL,
         parts_per_step: int = PARTS_PER_STEP,
+        on_abort_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         if part_size < MIN_S3_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_S3_PART_SIZE} bytes")
@@ -279,6 +283,7 @@ class S3PartSink:
         self.concurrency = concurrency
         self.attempts = attempts
         self.backoff = backoff
+        self.on_abort_failed = on_abort_failed  # (key, upload id): an abort S3 did not take
         self.size = 0
         self.parts_in_flight_peak = 0
         self._buf = bytearray(part_size)
@@ -325,7 +330,7 @@ class S3PartSink:
                         Bucket=self.bucket, Key=self.key, UploadId=upload["UploadId"]
                     )
                     log.info("s3_duplicate_upload_aborted", key=self.key)
-        except Exception as exc:  # the backup goes on; a lifecycle rule or restart cleans up
+        except Exception as exc:  # the backup goes on; the sweep at the next start cleans up
             log.warning("s3_duplicate_upload_not_aborted", key=self.key, error=str(exc))
 
     def size_of_part(self, number: int) -> int:
@@ -496,13 +501,15 @@ class S3PartSink:
         except Exception as exc:
             if _error_code(exc) == "NoSuchUpload":
                 return
-            # Parts stay billed until a bucket lifecycle rule or a later abort removes them.
+            # Parts stay billed until a later abort removes them: kept, and tried again.
             log.error(
                 "s3_abort_failed",
                 key=self.key,
                 upload_id=self.upload_id,
                 error=str(describe(exc, self.bucket, "aborting the upload")),
             )
+            if self.on_abort_failed is not None:
+                self.on_abort_failed(self.key, self.upload_id)
             return
         log.info("s3_upload_aborted", key=self.key, parts_sent=self._next_part - 1)
 
@@ -524,11 +531,23 @@ class S3Storage:
         client: Any = None,
         attempts: int = PART_ATTEMPTS,
         backoff: float = BACKOFF_INITIAL,
+        state_dir: Path | None = None,
+        servers_dir: Path | None = None,
     ) -> None:
+        """``state_dir``: where pending aborts and deletes are kept (none: in memory only);
+        ``servers_dir``: the node's server folders, whose unfinished uploads the start-up
+        sweep may abort (none: no sweep)."""
         self.cfg = cfg
         self.client = client if client is not None else make_client(cfg)
         self.attempts = attempts
         self.backoff = backoff
+        self.cleanup = S3Cleanup(
+            self.client,
+            cfg.bucket,
+            cfg.prefix,
+            state_dir / STATE_NAME if state_dir is not None else None,
+            servers_dir,
+        )
 
     @property
     def bucket(self) -> str:
@@ -563,6 +582,7 @@ class S3Storage:
             storage_class=self.cfg.storage_class,
             attempts=self.attempts,
             backoff=self.backoff,
+            on_abort_failed=self.cleanup.add_abort,
         )
 
     def upload_backup(
@@ -571,18 +591,27 @@ class S3Storage:
         server_uuid: str,
         backup_uuid: str,
         rules: IgnoreRules | None = None,
+        *,
+        committing: Callable[[ArchiveResult, str], None] | None = None,
         **options: Any,
     ) -> ArchiveResult:
         """Archive ``root`` straight into the bucket (no temporary file), for a worker thread.
 
         ``options`` are those of :func:`write_archive` (level, checksum, write_limit,
-        progress, cancel). Raises :class:`S3Error`, :class:`Cancelled` or the archive's own
-        error; in every case the multipart upload has been aborted."""
-        with self.open_sink(server_uuid, backup_uuid) as sink:
+        progress, cancel). ``committing(result, upload_id)`` runs once every part is written,
+        before S3 is asked to complete the upload. Raises :class:`S3Error`, :class:`Cancelled`
+        or the archive's own error; in every case the multipart upload has been aborted."""
+        with (
+            self.cleanup.owning(self.key(server_uuid, backup_uuid)),
+            self.open_sink(server_uuid, backup_uuid) as sink,
+        ):
             result = write_archive(root, sink, rules, **options)
             if result.size != sink.size:  # pragma: no cover - an engine bug, not an S3 one
                 raise S3Error(f"archive size {result.size} != uploaded {sink.size}", "SizeMismatch")
+            if committing is not None:
+                committing(result, sink.upload_id)
             sink.complete()
+        self.cleanup.kick()  # S3 answers: what an outage left pending can go now
         return result
 
     def presigned_download_url(
@@ -676,8 +705,32 @@ class S3Store(BackupStore):
 
     def _create(self, source: BackupSource) -> Outcome:
         rules = IgnoreRules.for_server(source.root, source.ignore)
+        key = self.storage.key(source.server, source.backup)
+
+        def committing(result: ArchiveResult, upload_id: str) -> None:
+            # In the journal before S3 completes the upload: a daemon killed after S3 did so
+            # finds here the checksum it cannot read from the object (see recover).
+            if source.note is None:
+                return
+            commit = {
+                "key": key,
+                "upload_id": upload_id,
+                "size": result.size,
+                "checksum": result.checksum,
+                "checksum_type": result.checksum_type,
+            }
+            try:
+                source.note(s3_commit=commit)
+            except OSError as exc:  # costs only the report of a crash in the next instants
+                log.error("journal_not_saved", backup=source.backup, error=str(exc))
+
         result = self.storage.upload_backup(
-            str(source.root), source.server, source.backup, rules, **source.options
+            str(source.root),
+            source.server,
+            source.backup,
+            rules,
+            committing=committing,
+            **source.options,
         )
         if self.on_uploaded is not None:
             self.on_uploaded(result.size)
@@ -711,10 +764,41 @@ class S3Store(BackupStore):
     def delete(self, server: str, backup: str) -> bool:
         return self.storage.delete(server, backup)
 
-    def recover(self, server: str, backup: str) -> Outcome | None:
+    def recover(
+        self, server: str, backup: str, entry: Mapping[str, Any] | None = None
+    ) -> Outcome | None:
+        """The object of a backup the daemon died in is complete when it is there with the
+        size the journal noted before S3 was asked to complete it: the backup succeeded,
+        with the noted checksum. An object nothing vouches for is deleted (the backup is
+        reported failed), and unfinished uploads are aborted; what S3 does not take now is
+        kept and done once it answers."""
+        storage = self.storage
+        key = storage.key(server, backup)
+        commit = entry.get("s3_commit") if entry is not None else None
+        commit = commit if isinstance(commit, dict) else {}
         try:
-            aborted = self.storage.abort_incomplete(server, backup)
+            size = storage.size(server, backup)
+        except S3Error as exc:
+            log.error("interrupted_upload_not_checked", backup=backup, error=str(exc))
+            storage.cleanup.add_delete(key)
+            if isinstance(commit.get("upload_id"), str):
+                storage.cleanup.add_abort(key, commit["upload_id"])
+            return None
+        if size is not None:
+            checksum = commit.get("checksum")
+            if commit.get("key") == key and commit.get("size") == size and checksum:
+                log.info("interrupted_upload_found_complete", backup=backup, size=size)
+                kind = str(commit.get("checksum_type") or "sha1")
+                return Outcome(True, str(checksum), kind, size)
+            try:
+                storage.delete(server, backup)
+                log.warning("interrupted_upload_object_removed", backup=backup, key=key)
+            except S3Error as exc:
+                log.error("interrupted_upload_object_not_removed", backup=backup, error=str(exc))
+                storage.cleanup.add_delete(key)
+        try:
+            aborted = storage.abort_incomplete(server, backup)
             log.info("interrupted_upload_aborted", backup=backup, uploads=aborted)
-        except Exception as exc:
+        except Exception as exc:  # the sweep of the node's uploads at start takes them
             log.error("interrupted_upload_not_aborted", backup=backup, error=str(exc))
         return None

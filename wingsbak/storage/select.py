@@ -8,7 +8,12 @@ cheapest (its disk) first.
 
 from __future__ import annotations
 
+import asyncio
+
+from wingsbak.log import get_logger
 from wingsbak.storage.base import BackupStore
+
+log = get_logger(__name__)
 
 PANEL_BUCKET_ADAPTER = "s3"
 
@@ -36,3 +41,34 @@ class Stores:
             if store.exists(server, backup):
                 return store
         return None
+
+    async def holding(self, server: str, backup: str, timeout: float) -> BackupStore | None:
+        """The store that already has a backup with this uuid, for the duplicate check: every
+        store is asked at once, each on a thread. A store that fails or has not answered
+        within ``timeout`` seconds (an S3 outage, a repository that does not answer) is
+        logged and passed over: the node's other stores still take backups meanwhile."""
+        asked = {
+            asyncio.ensure_future(asyncio.to_thread(store.holds, server, backup)): store
+            for store in self.all
+        }
+        _done, late = await asyncio.wait(asked, timeout=timeout)
+        holder: BackupStore | None = None
+        for task, store in asked.items():
+            if task in late:
+                task.cancel()  # the thread runs on to its own end; its answer is dropped
+                log.warning(
+                    "duplicate_check_incomplete",
+                    backup=backup,
+                    store=store.name,
+                    error=f"no answer within {timeout:g} s",
+                )
+            elif task.exception() is not None:
+                log.warning(
+                    "duplicate_check_incomplete",
+                    backup=backup,
+                    store=store.name,
+                    error=str(task.exception()),
+                )
+            elif task.result() and holder is None:
+                holder = store
+        return holder
