@@ -394,7 +394,9 @@ async def test_two_hundred_consoles_from_one_address_all_open_and_work(
                 ws = await session.ws_connect(
                     f"{proc.url}/api/servers/{server}/ws", headers={"Origin": panel.url}
                 )
-                await ws.send_json({"event": "auth", "args": [sign(ws_claims(server))]})
+                # control.console: Wings runs "send command" only with it (websocket.go)
+                claims = ws_claims(server, permissions=["websocket.connect", "control.console"])
+                await ws.send_json({"event": "auth", "args": [sign(claims)]})
                 await event(ws, "status")
                 return ws
 

@@ -33,7 +33,8 @@ def auth() -> WingsAuth:
 
 
 async def in_flight(auth: WingsAuth, t: str) -> asyncio.Task[None]:
-    task = asyncio.create_task(auth.sent(t))
+    auth.sending(t)
+    task = asyncio.create_task(auth.sent())
     await asyncio.sleep(0)
     assert not task.done()
     return task
@@ -98,7 +99,8 @@ async def test_a_refusal_wings_is_sure_to_give_ends_the_auth_and_the_events(auth
 
 async def test_an_auth_wings_drops_ends_after_a_while_and_claims_nothing(auth, monkeypatch):
     monkeypatch.setattr(wingsbak.http.relay, "AUTH_ANSWER_SECONDS", 0.05)
-    await asyncio.wait_for(auth.sent(token()), 10)
+    auth.sending(token())
+    await asyncio.wait_for(auth.sent(), 10)
     assert auth.session.claims is None
     task = await in_flight(auth, token(permissions=["websocket.connect"]))
     auth.heard(answer("auth success"))
@@ -114,3 +116,13 @@ async def test_a_success_for_another_server_or_with_nothing_in_flight_grants_not
     assert auth.session.claims is None and auth.session.authenticated
     auth.heard(answer("auth success"))  # an auth wingsbak could not read, Wings could
     assert auth.session.claims is None
+
+
+async def test_an_answer_that_comes_before_the_sender_waits_is_its_answer(auth):
+    """Wings may answer before the relay's sender runs again: the auth is in flight from
+    before it is sent, so the answer is found and the sender does not wait for it."""
+    t = token()
+    auth.sending(t)
+    auth.heard(answer("auth success"))
+    await asyncio.wait_for(auth.sent(), 1)
+    assert auth.session.claims is not None

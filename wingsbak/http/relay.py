@@ -144,7 +144,11 @@ async def _to_wings(
                 log.debug("power_held", server=server, action=message.joined, via="websocket")
                 await auth.session.send("daemon error", HELD)
                 continue
-        if message is not None and (restoring or message.event == "auth"):
+        is_auth = message is not None and message.event == "auth"
+        if is_auth:
+            assert message is not None
+            auth.sending(message.joined)
+        if message is not None and (restoring or is_auth):
             frame = message.encode()  # what Wings reads is what was judged here
             if msg.type == WSMsgType.TEXT:
                 await upstream.send_str(frame.decode("ascii"))
@@ -154,8 +158,8 @@ async def _to_wings(
             await upstream.send_str(msg.data)
         else:
             await upstream.send_bytes(frame)
-        if message is not None and message.event == "auth":
-            await auth.sent(message.joined)
+        if is_auth:
+            await auth.sent()
 
 
 async def _from_wings(
@@ -220,13 +224,19 @@ class WingsAuth:
         self._unproven: list[float] = []  # when such auths ended (monotonic)
         self._wings_gone = False
 
-    async def sent(self, token: str) -> None:
-        """The client's ``auth`` went to Wings: wait for Wings' answer to it."""
+    def sending(self, token: str) -> None:
+        """The client's ``auth`` is about to go to Wings. Set before it is sent: Wings may
+        answer before the sender runs again, and that answer must find the auth in flight."""
         if self._wings_gone:
             return
         self._token = token
         self._certain, self._refusals = refusals(token, self.session.key)
         self._answered.clear()
+
+    async def sent(self) -> None:
+        """The ``auth`` announced by :meth:`sending` went to Wings: wait for its answer."""
+        if self._wings_gone or self._token is None:
+            return
         try:
             await asyncio.wait_for(self._answered.wait(), AUTH_ANSWER_SECONDS)
         except TimeoutError:
