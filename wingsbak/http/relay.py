@@ -9,6 +9,8 @@ that would start a server being restored is not forwarded; the client gets a ``d
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
@@ -20,6 +22,7 @@ from wingsbak.http.middleware import error_response
 from wingsbak.http.state import CONFIG, JOBS, WINGS
 from wingsbak.http.ws import EventSession, joined_events, parse_message, verify_socket_token
 from wingsbak.log import get_logger
+from wingsbak.node_identity import IDENTITY
 
 log = get_logger(__name__)
 
@@ -95,6 +98,11 @@ async def _to_wings(
             name, args = message
             if name == "auth":
                 _join_auth(session, "".join(args or []))
+                identity = request.app[IDENTITY]
+                if identity.pending:  # Wings still holds the earlier token: signed for it
+                    args = identity.auth_args_for_wings(args or [])
+                    await upstream.send_str(json.dumps({"event": "auth", "args": args}))
+                    continue
             elif (
                 name == "set state"
                 and "".join(args or []) in HELD_ACTIONS
