@@ -71,6 +71,8 @@ PERSISTED_KEYS = (*LIVE_KEYS, *SHARED_BACKUP_KEYS)
 # place (os.WriteFile truncates, then writes), so a reader can catch it half-written.
 SETTLE_SECONDS = 0.5
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+# What Wings gets in place of a credential that is no longer the node's.
+REVOKED = "wingsbak-revoked-credential"
 # Wings' bearer check (router/middleware/middleware.go): "Bearer" exactly, one space.
 BEARER = "Bearer"
 _JWT_OPTIONS: dict[str, Any] = {
@@ -365,14 +367,15 @@ class NodeIdentity:
         """``credential`` (a bearer token, or a panel-signed JWT) as Wings, which may still hold
         the earlier token, must see it: the node's token becomes the one Wings holds, a JWT
         signed with it is signed again with that one, and the earlier token (or a JWT signed
-        with it) becomes empty, so that Wings refuses it in its own words."""
+        with it) becomes one that is neither, so that Wings refuses it in its own words (an
+        empty one would be a missing header to Wings: another answer)."""
         if not self.pending or not credential:
             return credential
         node, held = self.cfg.token, self.wings_token
         if hmac.compare_digest(credential.encode(), node.encode()):
             return held
         if hmac.compare_digest(credential.encode(), held.encode()):
-            return ""
+            return self._revoked()
         if credential.count(".") != 2:
             return credential
         try:
@@ -383,9 +386,12 @@ class NodeIdentity:
                 jwt.decode(credential, held, algorithms=["HS256"], options=_JWT_OPTIONS)
             except jwt.InvalidTokenError:
                 return credential
-            return ""
+            return self._revoked()
         extra = {k: v for k, v in header.items() if k not in ("alg", "typ")}
         return jwt.encode(claims, held, algorithm="HS256", headers=extra or None)
+
+    def _revoked(self) -> str:
+        return REVOKED if REVOKED != self.wings_token else REVOKED + "-"
 
     def headers_for_wings(self, headers: CIMultiDict[str]) -> bool:
         """Rewrite the bearer of a request passed through (see :meth:`credential_for_wings`);
