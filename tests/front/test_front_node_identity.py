@@ -560,3 +560,36 @@ async def test_readme_beside_wings_followed_as_written_over_tls(node, panel, tmp
     finally:
         daemon.kill_if_running()
         await wings.stop()
+
+
+async def test_a_certificate_renewal_reaches_new_handshakes_without_a_restart(
+    daemon_process, tmp_path
+):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    certbot = Certbot(tmp_path / "letsencrypt")
+    certbot.issue()
+    certbot.point("fullchain")
+    certbot.point("privkey")
+    daemon: DaemonProcess = daemon_process()
+    live = {"cert": str(certbot.live("fullchain")), "key": str(certbot.live("privkey"))}
+    daemon.config["api"].update(watch_interval=WATCH, ssl={"enabled": True, **live})
+    await daemon.start()
+    port = daemon.config["api"]["port"]
+    kept = await Connection.open(port)
+    assert kept.serial == certbot.serial(1)
+
+    certbot.issue()
+    certbot.point("fullchain")
+    certbot.point("privkey")
+
+    async def renewed() -> bool:
+        c = await Connection.open(port)
+        await c.close()
+        return c.serial == certbot.serial(2)
+
+    await wait_until(renewed, "new connections to get the renewed certificate")
+    assert await kept.healthz() == 200
+    assert kept.serial == certbot.serial(1)
+    await kept.close()
+    assert daemon.proc is not None and daemon.proc.poll() is None
