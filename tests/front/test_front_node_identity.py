@@ -46,6 +46,8 @@ from bench.tlscert import self_signed_certificate
 from wingsbak.config import deep_merge
 
 WATCH = 0.1  # api.watch_interval of these tests (default 5 s)
+# Far beyond any answer here: a request that takes it hangs, and fails where it hangs.
+HANG = aiohttp.ClientTimeout(total=60)
 
 
 def wings_config(node: Node, panel: Panel, wings_port: int, node_uuid: str) -> dict[str, Any]:
@@ -91,7 +93,7 @@ class Beside:
     async def status(self, path: str, token: str, method: str = "GET") -> int:
         headers = {"Authorization": f"Bearer {token}"}
         async with (
-            aiohttp.ClientSession() as s,
+            aiohttp.ClientSession(timeout=HANG) as s,
             s.request(method, self.daemon.url + path, headers=headers, ssl=False) as r,
         ):
             await r.read()
@@ -103,7 +105,7 @@ class Beside:
         body = {"adapter": "wings", "uuid": backup, "ignore": ""}
         headers = {"Authorization": f"Bearer {self.panel.node_token}"}
         async with (
-            aiohttp.ClientSession() as s,
+            aiohttp.ClientSession(timeout=HANG) as s,
             s.post(
                 f"{self.daemon.url}/api/servers/{server}/backup", json=body, headers=headers
             ) as r,
@@ -179,7 +181,7 @@ def resigned(token: str, key: str) -> str:
 async def socket_answer(b: Beside, server: str, token: str) -> str:
     """The first answer to ``auth`` on a console socket opened through wingsbak."""
     async with (
-        aiohttp.ClientSession() as s,
+        aiohttp.ClientSession(timeout=HANG) as s,
         s.ws_connect(
             f"{b.daemon.url}/api/servers/{server}/ws", headers={"Origin": b.panel.url}
         ) as ws,
@@ -191,7 +193,7 @@ async def socket_answer(b: Beside, server: str, token: str) -> str:
 
 async def download_status(b: Beside, token: str) -> int:
     async with (
-        aiohttp.ClientSession() as s,
+        aiohttp.ClientSession(timeout=HANG) as s,
         s.get(f"{b.daemon.url}/download/backup", params={"token": token}) as r,
     ):
         await r.read()
@@ -296,7 +298,7 @@ async def test_a_push_with_another_port_moves_the_listener_and_survives_a_kill(b
     b.daemon.config["api"]["port"] = new_port  # where the panel calls the node now
     assert await b.status("/api/wingsbak", token) == 200
     with pytest.raises(aiohttp.ClientConnectionError):
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{old_port}/healthz"):
+        async with aiohttp.ClientSession(timeout=HANG) as s, s.get(f"http://127.0.0.1:{old_port}/healthz"):
             pass
     assert b.wings_file()["api"]["port"] == b.wings.port
 
@@ -308,7 +310,7 @@ async def test_a_push_with_another_port_moves_the_listener_and_survives_a_kill(b
     try:
         await again.start()
         async with (
-            aiohttp.ClientSession() as s,
+            aiohttp.ClientSession(timeout=HANG) as s,
             s.get(again.url + "/api/wingsbak", headers={"Authorization": f"Bearer {token}"}) as r,
         ):
             assert r.status == 200
@@ -322,7 +324,7 @@ async def test_a_push_with_another_port_moves_the_listener_and_survives_a_kill(b
         await wait_until(lambda: b.log().count("listener_moved") >= 2, "the listener")
         again.listens_on = third
         async with (
-            aiohttp.ClientSession() as s,
+            aiohttp.ClientSession(timeout=HANG) as s,
             s.get(again.url + "/api/wingsbak", headers={"Authorization": f"Bearer {token}"}) as r,
         ):
             assert r.status == 200
