@@ -372,9 +372,11 @@ class NodeIdentity:
         if not self.pending or not credential:
             return credential
         node, held = self.cfg.token, self.wings_token
-        if hmac.compare_digest(credential.encode(), node.encode()):
+        # surrogateescape: header bytes that are not UTF-8 are a wrong token, not a 500.
+        presented = credential.encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(presented, node.encode()):
             return held
-        if hmac.compare_digest(credential.encode(), held.encode()):
+        if hmac.compare_digest(presented, held.encode()):
             return self._revoked()
         if credential.count(".") != 2:
             return credential
@@ -391,7 +393,7 @@ class NodeIdentity:
         return jwt.encode(claims, held, algorithm="HS256", headers=extra or None)
 
     def _revoked(self) -> str:
-        return REVOKED if REVOKED != self.wings_token else REVOKED + "-"
+        return REVOKED if self.wings_token != REVOKED else REVOKED + "-"
 
     def headers_for_wings(self, headers: CIMultiDict[str]) -> bool:
         """Rewrite the bearer of a request passed through (see :meth:`credential_for_wings`);
@@ -419,7 +421,8 @@ class NodeIdentity:
             name, eq, value = part.partition("=")
             if eq and unquote(name) == "token":
                 translated = self.credential_for_wings(unquote(value))
-                parts[i] = f"{name}={quote(translated, safe='')}"
+                if translated != unquote(value):
+                    parts[i] = f"{name}={quote(translated, safe='')}"
         return f"{path}?{'&'.join(parts)}"
 
     def auth_args_for_wings(self, args: list[str]) -> list[str]:
@@ -461,8 +464,16 @@ class NodeIdentity:
             else:
                 self.state.overrides[key] = {"value": value, "over": over}
         self._note_wings_token(target.token)
+        before = {k: v for k, v in self.state.overrides.items() if k in LISTENER_KEYS}
         await self._save()
         applied, kept = await self._apply_live(target)
+        if self._runner is not None and any(k in LISTENER_KEYS for k in kept):
+            # The address could not be taken (in use): kept, it would fail the next start.
+            for key in LISTENER_KEYS:
+                self.state.overrides.pop(key, None)
+            self.state.overrides.update(before)
+            kept = [k for k in kept if k not in LISTENER_KEYS]
+            await self._save()
         for key in SHARED_BACKUP_KEYS:
             if key in changed:
                 set_key(self.cfg, key, get_key(target, key))
