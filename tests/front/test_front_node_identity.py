@@ -595,3 +595,36 @@ async def test_a_certificate_renewal_reaches_new_handshakes_without_a_restart(
     assert kept.serial == certbot.serial(1)
     await kept.close()
     assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+async def test_standalone_a_token_reset_is_kept_in_the_state_directory(
+    daemon_process, panel, tmp_path, monkeypatch
+):
+    """No Wings: the push is wingsbak's alone; what it set lives in $STATE_DIRECTORY (systemd's
+    StateDirectory), owner-only, and the configuration file is never written."""
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    daemon: DaemonProcess = daemon_process(remote=panel.url)
+    await daemon.start()
+    own = (daemon.node.root / "cfg.yml").read_bytes()
+    old = panel.node_token
+    b = Beside(daemon.node, panel, WingsStandin(daemon.node.data), daemon, Path(), new_uuid())
+    assert await b.save_node(reset_token=True) == (200, {"applied": True})
+    new = panel.node_token
+    assert await b.status("/api/wingsbak", new) == 200
+    assert await b.status("/api/wingsbak", old) == 403
+    assert (daemon.node.root / "cfg.yml").read_bytes() == own
+    saved = state / "node-state.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert not (daemon.node.backups / ".wingsbak-node-state.json").exists()
+
+    assert await daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    await daemon.start()
+    assert await b.status("/api/wingsbak", new) == 200
+    assert await b.status("/api/wingsbak", old) == 403
+    backup = new_uuid()
+    server = daemon.node.server()
+    assert await b.post_backup(server, backup) == 202
+    report = await panel.wait_report(backup)
+    assert report.headers["Authorization"] == f"Bearer {panel.node_token_id}.{new}"
