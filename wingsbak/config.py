@@ -101,6 +101,9 @@ class ApiConfig:
     upstream: str = ""
     # PEM CA bundle that signs an https upstream's certificate; empty: the system's CAs.
     upstream_ca: str = ""
+    # Seconds between two looks at Wings' file (wings_config) and the certificate files: a
+    # change is applied within this plus a moment to see the file written whole.
+    watch_interval: float = 5.0
 
 
 @dataclass(slots=True)
@@ -199,6 +202,9 @@ class Config:
     remote: str = ""
     api: ApiConfig = field(default_factory=ApiConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
+    # Wings' key: the panel's configuration push (POST /api/update) is answered
+    # {"applied": false} and changes nothing. True in this file or in Wings' file counts.
+    ignore_panel_config_updates: bool = False
     # Set when the token was generated for an embedded default configuration.
     generated_token: bool = field(default=False, metadata={"internal": True})
 
@@ -352,6 +358,8 @@ def _validate(cfg: Config) -> None:
     for name in ("header_timeout", "body_timeout", "keepalive_timeout", "websocket_auth_timeout"):
         if not 0 < getattr(cfg.api, name) < math.inf:
             raise ConfigError(f"api.{name}: must be a positive number of seconds")
+    if not 0 < cfg.api.watch_interval < math.inf:
+        raise ConfigError("api.watch_interval: must be a positive number of seconds")
     if cfg.api.max_connections_per_address < 0:
         raise ConfigError("api.max_connections_per_address: must be 0 (no cap) or positive")
     for i, entry in enumerate(cfg.api.trusted_proxies):
@@ -432,7 +440,8 @@ def parse_config(raw: Any) -> Config:
 
 
 # What wingsbak reads from Wings' config.yml (``wings_config``): the node's identity and paths.
-# Everything else there is Wings' own (its listen address above all); wingsbak never writes it.
+# Everything else there is Wings' own (its listen address and TLS above all: wingsbak's are in
+# its own file); wingsbak never writes it.
 WINGS_KEYS = (
     ("uuid",),
     ("token_id",),
@@ -441,7 +450,6 @@ WINGS_KEYS = (
     ("system", "data"),
     ("system", "backup_directory"),
     ("system", "user"),
-    ("api", "ssl"),
 )
 
 # Keys a SIGHUP applies to the running daemon: those read afresh by every job or request.
@@ -459,6 +467,8 @@ RELOADABLE_KEYS = frozenset(
         "system.backups.console_settle",
         "system.backups.console_after",
         "api.metrics_public",
+        "api.watch_interval",
+        "ignore_panel_config_updates",
     }
 )
 

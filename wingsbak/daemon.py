@@ -14,7 +14,6 @@ from wingsbak import __version__
 from wingsbak.config import (
     Config,
     ConfigError,
-    apply_reload,
     default_config,
     load_config,
     prepare_directories,
@@ -22,6 +21,7 @@ from wingsbak.config import (
 from wingsbak.http.app import create_app
 from wingsbak.http.server import start_server
 from wingsbak.log import get_logger
+from wingsbak.node_identity import NodeIdentity
 
 if TYPE_CHECKING:
     from wingsbak.cli import Hangups
@@ -49,23 +49,6 @@ def config_source(path: str | None) -> str | None:
 def resolve_config(path: str | None) -> Config:
     chosen = config_source(path)
     return default_config() if chosen is None else load_config(chosen)
-
-
-async def reload_config(cfg: Config, path: str | None) -> None:
-    """SIGHUP: read the configuration (and Wings' file it names) again and apply the keys
-    that take effect at once; a file that does not load changes nothing."""
-    if path is None:
-        log.warning("config_reload_skipped", reason="running on the embedded default")
-        return
-    try:
-        fresh = await asyncio.to_thread(load_config, path)
-    except ConfigError as exc:
-        log.error("config_reload_refused", error=str(exc))
-        return
-    applied, restart = apply_reload(cfg, fresh)
-    log.info("config_reloaded", applied=applied)
-    if restart:
-        log.warning("config_changes_need_restart", keys=restart)
 
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
@@ -99,7 +82,10 @@ async def run(
     hangups: Hangups | None = None,
 ) -> None:
     open_files = raise_open_files_limit()
-    runner = await start_server(create_app(cfg), cfg.api, ssl_context=_ssl_context(cfg))
+    # Before the listener: what the panel pushed earlier (its port, its TLS) is laid over cfg.
+    identity = NodeIdentity(cfg, config_path=config_path)
+    app = create_app(cfg, identity)
+    runner = await start_server(app, cfg.api, ssl_context=identity.tls_context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,11 +93,13 @@ async def run(
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hangup() -> None:
-        task = asyncio.create_task(reload_config(cfg, config_path))  # the app holds cfg
+        # Both files again; the app holds cfg, the identity applies what it holds live.
+        task = asyncio.create_task(identity.reload("sighup"))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    await identity.start(runner)
     scheme = "https" if cfg.api.ssl.enabled else "http"
     log.info(
         "wingsbak_started",
@@ -122,6 +110,7 @@ async def run(
         backups=cfg.system.backup_directory,
         panel=cfg.remote or None,
         wings=cfg.upstream or None,
+        state=str(identity.state_file),
         pid=os.getpid(),
         open_files=open_files,
     )
@@ -134,6 +123,7 @@ async def run(
         ready.set()
     await stop.wait()
     log.info("wingsbak_stopping", grace=cfg.system.backups.shutdown_grace)
+    await identity.stop()
     # runner.cleanup stops the listening sockets first, then runs on_shutdown, which lets
     # running backups finish within the grace period and reports the rest as failed.
     await runner.cleanup()

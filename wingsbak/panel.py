@@ -61,6 +61,12 @@ class PanelClient:
     def configured(self) -> bool:
         return bool(self.base)
 
+    def set_identity(self, remote: str, token_id: str, token: str) -> None:
+        """A new panel address or node token (wingsbak.node_identity): every request from
+        now on, reports already in the outbox included, goes there with it."""
+        self.base = remote.rstrip("/") + "/api/remote" if remote else ""
+        self._auth = f"Bearer {token_id}.{token}"
+
     def _headers(self) -> dict[str, str]:
         return {
             "Authorization": self._auth,

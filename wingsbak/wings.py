@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -42,6 +42,10 @@ class WingsClient:
         self.ca_file = ca_file
         # How often a restore asks whether a stopping server is offline yet.
         self.poll_interval = 0.5
+        # Called when Wings refuses ``token`` (403): True when another token is in ``token``
+        # now and the call may be made again (wingsbak.node_identity: Wings restarted with
+        # the node's new token).
+        self.on_refused: Callable[[], Awaitable[bool]] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -73,6 +77,12 @@ class WingsClient:
             await self._session.close()
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        status, data = await self._call_once(method, path, body)
+        if status == 403 and self.on_refused is not None and await self.on_refused():
+            status, data = await self._call_once(method, path, body)
+        return status, data
+
+    async def _call_once(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         try:
             async with self.session.request(

@@ -244,7 +244,8 @@ class DaemonProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.config['api']['port']}"
+        tls = (self.config["api"].get("ssl") or {}).get("enabled")
+        return f"{'https' if tls else 'http'}://127.0.0.1:{self.config['api']['port']}"
 
     async def post_backup(self, server: str, backup: str, **body: Any) -> int:
         """Ask for a wings backup (``body`` overrides), the way the panel does (its record of
@@ -295,7 +296,7 @@ class DaemonProcess:
             if proc.poll() is not None:  # not a hang: the daemon failed
                 raise AssertionError(f"daemon exited {proc.returncode}: {self.logs()}")
             try:
-                async with s.get(self.url + "/healthz") as r:
+                async with s.get(self.url + "/healthz", ssl=False) as r:
                     return r.status == 200
             except aiohttp.ClientError:
                 return False

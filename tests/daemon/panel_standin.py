@@ -549,3 +549,75 @@ class Panel:
         if status != 200 or not isinstance(body, dict) or not all(k in body for k in keys):
             raise NodeConnectionError(f"{node_url}/api/system is not Pelican Wings !")
         return body
+
+    # -- the node's settings: what the panel pushes when they are saved --------------------------
+
+    def node_configuration(
+        self,
+        *,
+        node_uuid: str,
+        port: int,
+        data: str,
+        fqdn: str = "node.example.com",
+        scheme: str = "http",
+        behind_proxy: bool = False,
+        upload_size: int = 100,
+        sftp_port: int = 2022,
+    ) -> dict[str, Any]:
+        """``Node::getConfiguration`` (app/Models/Node.php, both panels): Wings' whole
+        configuration as the panel knows it. ``remote`` is ``route('index')`` (Pterodactyl) or
+        ``config('app.url')`` (Pelican): the panel's own URL."""
+        return {
+            "debug": False,
+            "uuid": node_uuid,
+            "token_id": self.node_token_id,
+            "token": self.node_token,
+            "api": {
+                "host": "0.0.0.0",
+                "port": port,
+                "ssl": {
+                    "enabled": not behind_proxy and scheme == "https",
+                    "cert": f"/etc/letsencrypt/live/{fqdn.lower()}/fullchain.pem",
+                    "key": f"/etc/letsencrypt/live/{fqdn.lower()}/privkey.pem",
+                },
+                "upload_limit": upload_size,
+            },
+            "system": {"data": data, "sftp": {"bind_port": sftp_port}},
+            "allowed_mounts": [],
+            "remote": self.url,
+        }
+
+    async def save_node(
+        self, node_url: str, *, reset_token: bool = False, ssl: Any = None, **settings: Any
+    ) -> tuple[int, Any]:
+        """An admin saves the node's settings: ``NodeUpdateService::handle`` (both panels;
+        Pterodactyl's NodesController calls it on every save, Pelican's EditNode when a field
+        that matters changed, and its "reset token" action with ``reset_token``). A reset makes
+        a new token and id (``Str::random(64)``, ``Str::random(16)``) and the panel keeps them
+        whatever the node answers; the node is called with the token it had (``setNode($node)``:
+        the model before the update), the body is the new :meth:`node_configuration` as PHP's
+        ``json_encode`` writes it (slashes escaped). Pelican checks the answer's token id against
+        the node's id before the reset (``enforceValidNodeToken``). Returns the status and the
+        decoded answer."""
+        bearer, token_id = self.node_token, self.node_token_id
+        if reset_token:
+            alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+            self.node_token = "".join(secrets.choice(alphabet) for _ in range(64))
+            self.node_token_id = "".join(secrets.choice(alphabet) for _ in range(16))
+        body = json.dumps(self.node_configuration(**settings)).replace("/", "\\/")
+        headers = {
+            "Authorization": f"Bearer {bearer}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(node_url + "/api/update", data=body, headers=headers, ssl=ssl) as r,
+        ):
+            if self.flavour == PELICAN:
+                header = r.headers.get("User-Agent", "")
+                m = re.fullmatch(r"Pelican Wings/v(?:\d+\.\d+\.\d+|develop) \(id:(\w*)\)", header)
+                if not header or (m is not None and m.group(1) != token_id):
+                    raise NodeConnectionError(f"{r.url} does not match node token_id !")
+            text = await r.text()
+            return r.status, json.loads(text) if text else None

@@ -24,6 +24,12 @@ does, for the routes wingsbak passes through or calls, recording what it receive
   binary frames and frames over 32 KiB and decodes with encoding/json (Unicode case folding).
   Both read a power body with gin's ``BindJSON`` (encoding/json, first value only).
 
+- With ``config_file`` (Wings' config.yml): read at every start, binding its ``api.host`` and
+  ``api.port`` and writing it back (cmd/root.go); ``restart()`` is ``systemctl restart wings``;
+  ``POST /api/update`` as router/router_system.go, per ``flavour``: Pterodactyl Wings takes the
+  pushed token at once, Pelican Wings writes it to the file but keeps the one it started with
+  and never takes ``remote`` (``json:"-"``, config/config.go).
+
 Go's JSON (``go_decode``) is implemented here on its own, not taken from wingsbak.gojson, so
 the tests set two readings against each other.
 """
@@ -31,6 +37,7 @@ the tests set two readings against each other.
 from __future__ import annotations
 
 import asyncio
+import copy
 import gzip
 import hashlib
 import json
@@ -42,9 +49,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jwt
+import yaml
 from aiohttp import WSMsgType, web
 from daemon_helpers import NODE_TOKEN, free_port
 
@@ -276,6 +284,13 @@ class WingsStandin:
     boot_time: float = field(default_factory=lambda: float(int(time.time())))
     denied_jti: dict[str, float] = field(default_factory=dict)  # DenyJTI: jti -> when
     denied_users: dict[str, float] = field(default_factory=dict)  # Pelican: "server:user" -> when
+    # Wings' config.yml (see "configuration" below): read at every start, as cmd/root.go
+    # does, and written by /api/update; None: the fields here configure it.
+    config_file: Path | None = None
+    host: str = "127.0.0.1"
+    token_id: str = ""
+    remote: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -318,6 +333,8 @@ class WingsStandin:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.config_file is not None:
+            self._boot_from_file()
         app = web.Application(middlewares=[self._record, self._auth], client_max_size=1 << 40)
         r = app.router
         r.add_get("/api/system", self._system)
@@ -330,13 +347,14 @@ class WingsStandin:
         r.add_get("/download/file", self._download_file)
         r.add_post("/upload/file", self._upload_file)
         r.add_route("*", "/echo/{tail:.*}", self._echo)
+        r.add_post("/api/update", self._update)
         # Go's net/http hands a handler the body as sent: no decoding of Content-Encoding.
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=1.0, auto_decompress=False
         )
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self.tls
+            self._runner, self.host, self.port, reuse_address=True, ssl_context=self.tls
         )
         await site.start()
 
@@ -773,3 +791,90 @@ class _Socket:
             await self.send("console output", ["".join(args)])
         elif event == "send stats":
             await self.send("stats", [json.dumps({"state": self.s.state})])
+
+    # -- configuration: Wings' file, /api/update, restarts --------------------------------------
+
+    # Keys a push never sets (``json:"-"`` in config/config.go): Pelican Wings keeps ``remote``
+    # and its paths; its in-memory token (``Token``, ``json:"-"``) stays too, see _update.
+    _NOT_PUSHED: ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {
+        PTERODACTYL: (("allowed_mounts",),),
+        PELICAN: (
+            ("allowed_mounts",),
+            ("remote",),
+            ("api", "disable_remote_download"),
+            *(
+                ("system", name)
+                for name in (
+                    "root_directory",
+                    "log_directory",
+                    "data",
+                    "archive_directory",
+                    "backup_directory",
+                    "tmp_directory",
+                )
+            ),
+        ),
+    }
+
+    def _boot_from_file(self) -> None:
+        """cmd/root.go: the configuration is read from the file, the API binds its
+        ``api.host:api.port``, and the file is written back (config.WriteToDisk) at every
+        start."""
+        assert self.config_file is not None
+        self.config = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+        api = self.config.get("api") or {}
+        self.host, self.port = str(api.get("host", "0.0.0.0")), int(api.get("port", 8080))
+        self.token = str(self.config["token"])
+        self.token_id = str(self.config.get("token_id", ""))
+        self.remote = str(self.config.get("remote", ""))
+        self._write_config(self.config)
+
+    def _write_config(self, config: dict[str, Any]) -> None:
+        # config.WriteToDisk: os.WriteFile, which truncates the file and writes it in place.
+        assert self.config_file is not None
+        with open(self.config_file, "w", encoding="utf-8") as f:
+            f.write(yaml.safe_dump(config))
+
+    async def restart(self) -> None:
+        """``systemctl restart wings``: a new process that reads its file (and binds what it
+        says: a port taken by another process fails the start, with OSError)."""
+        await self.stop()
+        await self.start()
+
+    async def _update(self, request: web.Request) -> web.Response:
+        """router/router_system.go postUpdateConfiguration."""
+        if self.config.get("ignore_panel_config_updates"):
+            return web.json_response({"applied": False})
+        body = await self._json(request)
+        if not isinstance(body, dict):
+            message = "The data passed in the request was not in a parsable format."
+            return web.json_response({"error": message}, status=400)
+        # c.BindJSON(&cfg) into a copy of the running configuration: what the body names is
+        # replaced (objects key by key), the rest stays.
+        skipped = self._NOT_PUSHED[self.flavour]
+        merged = copy.deepcopy(self.config)
+
+        def merge(into: dict[str, Any], over: dict[str, Any], at: tuple[str, ...]) -> None:
+            for key, value in over.items():
+                if (*at, key) in skipped:
+                    continue
+                if isinstance(value, dict) and isinstance(into.get(key), dict):
+                    merge(into[key], value, (*at, key))
+                else:
+                    into[key] = copy.deepcopy(value)
+
+        merge(merged, body, ())
+        # A key under /etc/letsencrypt/live/ keeps the certificate and key Wings has.
+        pushed = merged.setdefault("api", {}).setdefault("ssl", {})
+        if str(pushed.get("key", "")).startswith("/etc/letsencrypt/live/"):
+            current = (self.config.get("api") or {}).get("ssl") or {}
+            pushed["cert"], pushed["key"] = current.get("cert", ""), current.get("key", "")
+        self._write_config(merged)
+        # config.Set: Pterodactyl's bearer and JWT key are the new token from now on;
+        # Pelican's (Token.Token, json:"-") stays what it read at start.
+        self.config = merged
+        self.token_id = str(merged.get("token_id", ""))
+        if self.flavour == PTERODACTYL:
+            self.token = str(merged["token"])
+            self.remote = str(merged.get("remote", ""))
+        return web.json_response({"applied": True})

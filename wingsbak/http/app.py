@@ -8,19 +8,32 @@ from aiohttp import web
 
 from wingsbak.config import Config
 from wingsbak.events import EventBus
-from wingsbak.http import backups, download, front, relay, restore, sendfile, system, ws
+from wingsbak.http import (
+    backups,
+    download,
+    front,
+    node_update,
+    relay,
+    restore,
+    sendfile,
+    system,
+    ws,
+)
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware, make_identify
 from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS, WINGS
 from wingsbak.jobs import JobManager
+from wingsbak.node_identity import IDENTITY, NodeIdentity
 from wingsbak.panel import Outbox, PanelClient
 from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
 from wingsbak.wings import WingsClient
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Application:
+    """``identity``: the node's live identity, made by the daemon before it listens (it may
+    change ``config`` from wingsbak's state); one of its own otherwise."""
     app = web.Application(
-        middlewares=[errors_middleware, make_auth_middleware(config.token)],
+        middlewares=[errors_middleware, make_auth_middleware(lambda: config.token)],
         client_max_size=config.api.max_body_bytes,
         # In front of Wings, request bodies stream through in larger reads (see front.py) and
         # as sent: a gzip-encoded upload is Wings' to decode.
@@ -43,6 +56,9 @@ def create_app(config: Config) -> web.Application:
         if config.upstream
         else None
     )
+    identity = identity or NodeIdentity(config)
+    identity.attach(panel=panel, wings=wings)
+    app[IDENTITY] = identity
     app[CONFIG] = config
     app[STORAGE] = storage
     app[PANEL] = panel
@@ -54,6 +70,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(backups.routes)
     app.add_routes(download.routes)
     app.add_routes(restore.routes)
+    node_update.add_routes(app)
     if wings is None:
         app.add_routes(system.routes)
         app.add_routes(ws.routes)

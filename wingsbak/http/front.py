@@ -25,6 +25,7 @@ from wingsbak.errors import RequestTimeout
 from wingsbak.http.middleware import check_bearer, error_response
 from wingsbak.http.state import CONFIG, JOBS, WINGS
 from wingsbak.log import get_logger
+from wingsbak.node_identity import IDENTITY
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -105,26 +106,40 @@ async def forward(
     a handler has read it already (``rewritten``: JSON that wingsbak wrote in place of the
     client's); otherwise it streams from the client as it arrives."""
     wings = request.app[WINGS]
-    url = URL(wings.url(target(request)), encoded=True)
+    identity = request.app[IDENTITY]
     data = body if body is not None else (request.content if request.body_exists else None)
-    headers = forwarded_headers(request)
-    if rewritten:
-        for name in (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.CONTENT_TYPE):
-            headers.popall(name, None)
-        headers[hdrs.CONTENT_TYPE] = "application/json"
-    try:
-        upstream = await wings.session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
-        )
-    except (aiohttp.ClientError, TimeoutError, RequestTimeout) as exc:
-        _client_failed(request, data)
-        log.warning("wings_unreachable", method=request.method, path=request.path, error=repr(exc))
-        return error_response(502, UNREACHABLE)
+    for attempt in (1, 2):
+        # Credentials as Wings takes them while it still holds an earlier node token.
+        url = URL(wings.url(identity.path_for_wings(target(request))), encoded=True)
+        headers = forwarded_headers(request)
+        credentials_rewritten = identity.headers_for_wings(headers)
+        if rewritten:
+            for name in (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.CONTENT_TYPE):
+                headers.popall(name, None)
+            headers[hdrs.CONTENT_TYPE] = "application/json"
+        try:
+            upstream = await wings.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                skip_auto_headers=_NO_AUTO_HEADERS,
+            )
+        except (aiohttp.ClientError, TimeoutError, RequestTimeout) as exc:
+            _client_failed(request, data)
+            log.warning(
+                "wings_unreachable", method=request.method, path=request.path, error=repr(exc)
+            )
+            return error_response(502, UNREACHABLE)
+        # A 403 to the token Wings was believed to hold: Wings restarted with the node's new
+        # one. Asked again when no body was consumed.
+        replayable = data is None or isinstance(data, bytes)
+        if not (credentials_rewritten and upstream.status == 403 and attempt == 1 and replayable):
+            break
+        if not await identity.wings_refused():
+            break
+        upstream.release()
     async with upstream:
         response = _PassedResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(end_to_end(upstream.headers))

@@ -109,8 +109,10 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
 
 
 def make_auth_middleware(
-    token: str,
+    token: Callable[[], str],
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """``token`` is asked on every request: the node's token changes while it runs."""
+
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if (
@@ -118,7 +120,7 @@ def make_auth_middleware(
             and not _is_websocket(request)
             and not _wings_route(request)
         ):
-            check_bearer(request, token)
+            check_bearer(request, token())
         return await handler(request)
 
     return auth_middleware

@@ -15,6 +15,7 @@ it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -45,6 +46,7 @@ from wingsbak.http.ws import (
     verify_socket_token,
 )
 from wingsbak.log import get_logger
+from wingsbak.node_identity import IDENTITY
 from wingsbak.tokens import EXPIRED, decode_token
 
 log = get_logger(__name__)
@@ -122,6 +124,7 @@ async def _to_wings(
     auth: WingsAuth,
 ) -> None:
     jobs = request.app[JOBS]
+    identity = request.app[IDENTITY]
     server = auth.session.server
     async for msg in ws:
         if msg.type == WSMsgType.TEXT:
@@ -148,6 +151,10 @@ async def _to_wings(
         if is_auth:
             assert message is not None
             auth.sending(message.joined)
+        if is_auth and identity.pending:  # Wings still holds the earlier token: signed for it
+            assert message is not None
+            args = identity.auth_args_for_wings(message.args or [])
+            message = dataclasses.replace(message, args=args)
         if message is not None and (restoring or is_auth):
             frame = message.encode()  # what Wings reads is what was judged here
             if msg.type == WSMsgType.TEXT:

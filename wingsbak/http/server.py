@@ -502,6 +502,11 @@ class GuardedSite(web.BaseSite):
         scheme = "https" if self._ssl_context else "http"
         return f"{scheme}://{self._host}:{self._port}"
 
+    def use_ssl_context(self, ssl_context: ssl.SSLContext | None) -> None:
+        """Connections accepted from now on handshake with ``ssl_context`` (a renewed
+        certificate); open ones keep the one they have."""
+        self._ssl_context = ssl_context
+
     async def start(self) -> None:
         await super().start()
         sockets = await listening_sockets(self._host, self._port, self._backlog)
