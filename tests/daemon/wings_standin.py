@@ -658,6 +658,93 @@ class WingsStandin:
             granted = granted and "websocket" in (claims.get("scope") or "").split(" ")
         return granted and not self.denylisted(claims)
 
+    # -- configuration: Wings' file, /api/update, restarts --------------------------------------
+
+    # Keys a push never sets (``json:"-"`` in config/config.go): Pelican Wings keeps ``remote``
+    # and its paths; its in-memory token (``Token``, ``json:"-"``) stays too, see _update.
+    _NOT_PUSHED: ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {
+        PTERODACTYL: (("allowed_mounts",),),
+        PELICAN: (
+            ("allowed_mounts",),
+            ("remote",),
+            ("api", "disable_remote_download"),
+            *(
+                ("system", name)
+                for name in (
+                    "root_directory",
+                    "log_directory",
+                    "data",
+                    "archive_directory",
+                    "backup_directory",
+                    "tmp_directory",
+                )
+            ),
+        ),
+    }
+
+    def _boot_from_file(self) -> None:
+        """cmd/root.go: the configuration is read from the file, the API binds its
+        ``api.host:api.port``, and the file is written back (config.WriteToDisk) at every
+        start."""
+        assert self.config_file is not None
+        self.config = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+        api = self.config.get("api") or {}
+        self.host, self.port = str(api.get("host", "0.0.0.0")), int(api.get("port", 8080))
+        self.token = str(self.config["token"])
+        self.token_id = str(self.config.get("token_id", ""))
+        self.remote = str(self.config.get("remote", ""))
+        self._write_config(self.config)
+
+    def _write_config(self, config: dict[str, Any]) -> None:
+        # config.WriteToDisk: os.WriteFile, which truncates the file and writes it in place.
+        assert self.config_file is not None
+        with open(self.config_file, "w", encoding="utf-8") as f:
+            f.write(yaml.safe_dump(config))
+
+    async def restart(self) -> None:
+        """``systemctl restart wings``: a new process that reads its file (and binds what it
+        says: a port taken by another process fails the start, with OSError)."""
+        await self.stop()
+        await self.start()
+
+    async def _update(self, request: web.Request) -> web.Response:
+        """router/router_system.go postUpdateConfiguration."""
+        if self.config.get("ignore_panel_config_updates"):
+            return web.json_response({"applied": False})
+        body = await self._json(request)
+        if not isinstance(body, dict):
+            message = "The data passed in the request was not in a parsable format."
+            return web.json_response({"error": message}, status=400)
+        # c.BindJSON(&cfg) into a copy of the running configuration: what the body names is
+        # replaced (objects key by key), the rest stays.
+        skipped = self._NOT_PUSHED[self.flavour]
+        merged = copy.deepcopy(self.config)
+
+        def merge(into: dict[str, Any], over: dict[str, Any], at: tuple[str, ...]) -> None:
+            for key, value in over.items():
+                if (*at, key) in skipped:
+                    continue
+                if isinstance(value, dict) and isinstance(into.get(key), dict):
+                    merge(into[key], value, (*at, key))
+                else:
+                    into[key] = copy.deepcopy(value)
+
+        merge(merged, body, ())
+        # A key under /etc/letsencrypt/live/ keeps the certificate and key Wings has.
+        pushed = merged.setdefault("api", {}).setdefault("ssl", {})
+        if str(pushed.get("key", "")).startswith("/etc/letsencrypt/live/"):
+            current = (self.config.get("api") or {}).get("ssl") or {}
+            pushed["cert"], pushed["key"] = current.get("cert", ""), current.get("key", "")
+        self._write_config(merged)
+        # config.Set: Pterodactyl's bearer and JWT key are the new token from now on;
+        # Pelican's (Token.Token, json:"-") stays what it read at start.
+        self.config = merged
+        self.token_id = str(merged.get("token_id", ""))
+        if self.flavour == PTERODACTYL:
+            self.token = str(merged["token"])
+            self.remote = str(merged.get("remote", ""))
+        return web.json_response({"applied": True})
+
 
 SOCKET_SERVER = web.ResponseKey("server", str)
 EXPIRED = "jwt: exp claim is invalid"
@@ -791,90 +878,3 @@ class _Socket:
             await self.send("console output", ["".join(args)])
         elif event == "send stats":
             await self.send("stats", [json.dumps({"state": self.s.state})])
-
-    # -- configuration: Wings' file, /api/update, restarts --------------------------------------
-
-    # Keys a push never sets (``json:"-"`` in config/config.go): Pelican Wings keeps ``remote``
-    # and its paths; its in-memory token (``Token``, ``json:"-"``) stays too, see _update.
-    _NOT_PUSHED: ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {
-        PTERODACTYL: (("allowed_mounts",),),
-        PELICAN: (
-            ("allowed_mounts",),
-            ("remote",),
-            ("api", "disable_remote_download"),
-            *(
-                ("system", name)
-                for name in (
-                    "root_directory",
-                    "log_directory",
-                    "data",
-                    "archive_directory",
-                    "backup_directory",
-                    "tmp_directory",
-                )
-            ),
-        ),
-    }
-
-    def _boot_from_file(self) -> None:
-        """cmd/root.go: the configuration is read from the file, the API binds its
-        ``api.host:api.port``, and the file is written back (config.WriteToDisk) at every
-        start."""
-        assert self.config_file is not None
-        self.config = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
-        api = self.config.get("api") or {}
-        self.host, self.port = str(api.get("host", "0.0.0.0")), int(api.get("port", 8080))
-        self.token = str(self.config["token"])
-        self.token_id = str(self.config.get("token_id", ""))
-        self.remote = str(self.config.get("remote", ""))
-        self._write_config(self.config)
-
-    def _write_config(self, config: dict[str, Any]) -> None:
-        # config.WriteToDisk: os.WriteFile, which truncates the file and writes it in place.
-        assert self.config_file is not None
-        with open(self.config_file, "w", encoding="utf-8") as f:
-            f.write(yaml.safe_dump(config))
-
-    async def restart(self) -> None:
-        """``systemctl restart wings``: a new process that reads its file (and binds what it
-        says: a port taken by another process fails the start, with OSError)."""
-        await self.stop()
-        await self.start()
-
-    async def _update(self, request: web.Request) -> web.Response:
-        """router/router_system.go postUpdateConfiguration."""
-        if self.config.get("ignore_panel_config_updates"):
-            return web.json_response({"applied": False})
-        body = await self._json(request)
-        if not isinstance(body, dict):
-            message = "The data passed in the request was not in a parsable format."
-            return web.json_response({"error": message}, status=400)
-        # c.BindJSON(&cfg) into a copy of the running configuration: what the body names is
-        # replaced (objects key by key), the rest stays.
-        skipped = self._NOT_PUSHED[self.flavour]
-        merged = copy.deepcopy(self.config)
-
-        def merge(into: dict[str, Any], over: dict[str, Any], at: tuple[str, ...]) -> None:
-            for key, value in over.items():
-                if (*at, key) in skipped:
-                    continue
-                if isinstance(value, dict) and isinstance(into.get(key), dict):
-                    merge(into[key], value, (*at, key))
-                else:
-                    into[key] = copy.deepcopy(value)
-
-        merge(merged, body, ())
-        # A key under /etc/letsencrypt/live/ keeps the certificate and key Wings has.
-        pushed = merged.setdefault("api", {}).setdefault("ssl", {})
-        if str(pushed.get("key", "")).startswith("/etc/letsencrypt/live/"):
-            current = (self.config.get("api") or {}).get("ssl") or {}
-            pushed["cert"], pushed["key"] = current.get("cert", ""), current.get("key", "")
-        self._write_config(merged)
-        # config.Set: Pterodactyl's bearer and JWT key are the new token from now on;
-        # Pelican's (Token.Token, json:"-") stays what it read at start.
-        self.config = merged
-        self.token_id = str(merged.get("token_id", ""))
-        if self.flavour == PTERODACTYL:
-            self.token = str(merged["token"])
-            self.remote = str(merged.get("remote", ""))
-        return web.json_response({"applied": True})

@@ -256,9 +256,12 @@ async def test_a_token_reset_pushed_by_the_panel(beside, flavour):
     assert await download_status(b, resigned(link, old)) == 401
     assert await download_status(b, link) == 200
     # (The claims of tests/front's console tokens: the stand-in's own check is the relay's.)
-    console = sign(ws_claims(server), new)
+    # scope: Pelican's panel always sends it and Pelican Wings requires it (HasScope).
+    console = sign(ws_claims(server, scope="websocket"), new)
     assert await socket_answer(b, server, console) == "auth success"
-    assert await socket_answer(b, server, resigned(console, old)) == "jwt error"
+    # A signature Wings cannot verify is no JWT error to Wings (IsJwtError, websocket.go):
+    # it answers "daemon error".
+    assert await socket_answer(b, server, resigned(console, old)) == "daemon error"
 
     # Wings restarts (it reads its file): it takes its loopback address again, and the new
     # token; the node answers on its one URL, and Wings gets the new token from now on.
