@@ -15,7 +15,8 @@ In front of Wings, for a server Wings says is running:
    soon as the archiver has read the last file (a pre-signed upload goes on after that), or
    when the backup fails, whichever comes first.
 
-How long saving was paused is measured from the ``before`` commands to the ``after`` ones and
+How long saving was paused is measured from the game's line (without one: from the
+``before`` commands) to the ``after`` commands, that is the time the game waits on the backup, and
 printed (``saving paused for N s``) in the backup's log line and its ``backup completed``
 event, and observed in ``wingsbak_backup_saving_paused_seconds``. Wings unreachable costs the
 commands (a log line), never the backup.
@@ -220,6 +221,7 @@ class _Pause:
             pattern = compile_pattern(plan.wait_for)
             cancel = self.paused.source.cancel
             if watch is not None and await watch.wait_for(pattern, plan.wait_timeout, cancel):
+                self.since = time.monotonic()  # the game has saved: from here it waits on us
                 log.info(
                     "console_line_seen",
                     server=self.server,

@@ -14,6 +14,9 @@ does, for the routes wingsbak passes through or calls, recording what it receive
 - ``/api/servers/{s}/ws``: ``auth`` -> ``auth success`` then ``status``; ``send command`` ->
   ``console output`` with the command; ``set state`` runs the power action; a binary frame is
   echoed; what arrives (frames, close codes) is recorded.
+- At the end, in a section of its own: the console as Wings publishes it to authenticated
+  sockets, Wings' ``Origin`` check, the server's image and invocation, and a test game that
+  saves as Minecraft does (``start_game``).
 """
 
 from __future__ import annotations
