@@ -140,11 +140,14 @@ class Quiesce:
         """Pause the server's saving (when a plan says how) and yield what to archive;
         saving is resumed, and a clone removed, however the backup ends."""
         paused = Paused(source, notes)
-        if self.wings is None:
+        b = self.config.system.backups
+        if self.wings is None or not (
+            b.quiesce or b.console_before or b.console_after or b.console_settle
+        ):
             yield paused
             return
         details = await self._details(source.server)
-        plan = choose_plan(self.config.system.backups, details)
+        plan = choose_plan(b, details)
         if not (plan.before or plan.after or plan.settle):
             yield paused
             return
