@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import subprocess
 import tarfile
@@ -24,6 +23,7 @@ from daemon_helpers import (
     Node,
     Panel,
     auth,
+    mounted_xfs,
     new_uuid,
     sign,
     wait_until,
@@ -316,31 +316,6 @@ async def test_after_commands_go_when_the_daemon_stops_during_the_wait(
 
 
 # -- the clone, on a file system that clones ----------------------------------------------
-
-
-@contextlib.contextmanager
-def mounted_xfs(image: Path, mountpoint: Path) -> Iterator[Path]:
-    """A sparse XFS image with reflink, loop-mounted on ``mountpoint`` (skipped where
-    mkfs.xfs is missing or mounting is not permitted)."""
-    if shutil.which("mkfs.xfs") is None:
-        pytest.skip("mkfs.xfs is not installed (Debian: xfsprogs)")
-    with open(image, "wb") as f:
-        f.truncate(512 * 1024 * 1024)  # XFS' smallest size is 300 MB
-    made = subprocess.run(
-        ["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], capture_output=True, text=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"mkfs.xfs failed: {made.stderr.strip()}")
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot loop-mount here ({mounted.stderr.strip() or mounted.returncode})")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 @pytest.fixture
