@@ -569,7 +569,7 @@ class JobManager:
         """Clean up after an earlier run that died mid-job and tell the panel how they ended:
         backups failed unless committed, restores failed unless their swap was committed."""
         leftovers = await asyncio.to_thread(self.journal.load)
-        await self.quiesce.remove_clones()
+        await self.quiesce.recover(leftovers)  # clones removed, saving turned back on
         died: dict[str, set[str]] = {}  # server -> restores the journal says died there
         for key, entry in leftovers.items():
             if entry.get("kind") == "restore" and entry.get("server"):

@@ -119,6 +119,7 @@ class Quiesce:
     ) -> None:
         self.config = config
         self.wings = wings
+        self._recovery: asyncio.Task[None] | None = None
         r = metrics.registry
         self.maybe_inconsistent = Counter(
             "wingsbak_backups_maybe_inconsistent",
@@ -162,11 +163,26 @@ class Quiesce:
             # Shielded: a cancelled backup (a shutdown) must still turn saving back on.
             await asyncio.shield(asyncio.ensure_future(pause.finish()))
 
-    async def remove_clones(self) -> None:
-        """At start: the clones a killed run left (no backup is running yet)."""
+    async def recover(self, journal: dict[str, dict[str, Any]]) -> None:
+        """At start, after a run that died (no backup is running yet): its clones are removed,
+        and the servers of the backups it was making get their after commands (in the
+        background: Wings may still be starting), since their saving may still be paused."""
         removed = await asyncio.to_thread(remove_clones, self.config.data_dir)
         if removed:
             log.warning("interrupted_backup_clones_removed", clones=removed)
+        backups = [e for e in journal.values() if e.get("kind") == "backup"]
+        servers = {str(e.get("server") or "") for e in backups} - {""}
+        if self.wings is not None and servers:
+            self._recovery = asyncio.create_task(self._resume_saving(sorted(servers)))
+
+    async def _resume_saving(self, servers: list[str]) -> None:
+        assert self.wings is not None
+        for server in servers:
+            details = await self._details(server)
+            plan = choose_plan(self.config.system.backups, details)
+            running = details is not None and details.get("state") == RUNNING
+            if plan.after and running:
+                await _send(self.wings, server, plan.after, "console_after")
 
     async def _details(self, server: str) -> dict[str, Any] | None:
         assert self.wings is not None
@@ -335,13 +351,7 @@ class _Pause:
                 log.error("clone_not_removed", path=str(self.clone), error=str(exc))
 
     async def _send(self, commands: list[str], key: str) -> bool:
-        try:
-            await self.wings.send_commands(self.server, commands)
-        except WingsError as exc:
-            log.warning("console_commands_not_sent", server=self.server, key=key, error=str(exc))
-            return False
-        log.info("console_commands_sent", server=self.server, key=key, commands=len(commands))
-        return True
+        return await _send(self.wings, self.server, commands, key)
 
     async def _send_if_running(self, commands: list[str]) -> None:
         try:
@@ -353,3 +363,13 @@ class _Pause:
             )
             return
         await self._send(commands, "console_after")
+
+
+async def _send(wings: WingsClient, server: str, commands: list[str], key: str) -> bool:
+    try:
+        await wings.send_commands(server, commands)
+    except WingsError as exc:
+        log.warning("console_commands_not_sent", server=server, key=key, error=str(exc))
+        return False
+    log.info("console_commands_sent", server=server, key=key, commands=len(commands))
+    return True

@@ -315,6 +315,25 @@ async def test_after_commands_go_when_the_daemon_stops_during_the_wait(
     assert (await panel.wait_report(backup)).json["successful"] is False
 
 
+async def test_saving_is_turned_back_on_after_a_kill_9_during_the_pause(
+    front_process, node: Node, panel: Panel, wings: WingsStandin
+):
+    """Killed while the game's saving is paused: at the next start the server of the
+    interrupted backup gets its after commands (and the panel hears the backup failed)."""
+    proc = await front_process(**SAVE, console_wait_timeout=60)
+    server = node.server()
+    start_game(wings, server, prints=False)
+    backup = new_uuid()
+    assert await proc.post_backup(server, backup) == 202
+    await wait_until(lambda: "save-all flush" in wings.servers[server].commands, "the before")
+    await proc.stop(signal.SIGKILL)
+    assert wings.servers[server].commands == ["save-off", "save-all flush"]
+    await proc.start()
+    assert (await panel.wait_report(backup, timeout=30)).json["successful"] is False
+    await wait_until(lambda: "save-on" in wings.servers[server].commands, "save-on at start")
+    assert wings.servers[server].commands == ["save-off", "save-all flush", "save-on"]
+
+
 # -- the clone, on a file system that clones ----------------------------------------------
 
 
