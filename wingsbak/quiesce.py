@@ -203,7 +203,7 @@ class _Pause:
         self.paused = paused
         self.server = paused.source.server
         self.backup = paused.source.backup
-        self.since: float | None = None  # when the before commands went
+        self.since: float | None = None  # saving paused: the game's line, else the before
         self.clone: Path | None = None
         self.resume: asyncio.Task[None] | None = None
 
