@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from wingsbak.patterns import compile_pattern
+
 COMPRESSION_LEVELS = ("none", "best_speed", "best_compression")
 CHECKSUM_TYPES = ("sha1", "sha256")
 MIN_S3_PART_SIZE = 5 * 1024 * 1024
@@ -140,6 +142,22 @@ class ResticConfig:
 
 
 @dataclass(slots=True)
+class QuiesceRule:
+    """One game's way to pause saving. ``image`` and ``invocation`` are RE2 patterns searched
+    in the server's container image and startup command (Wings' server details); a rule
+    matches when every pattern it gives matches. ``wait_timeout`` 0: console_wait_timeout."""
+
+    name: str = ""
+    image: str = ""
+    invocation: str = ""
+    before: list[str] = field(default_factory=list)
+    wait_for: str = ""
+    wait_timeout: float = 0.0
+    settle: float = 0.0
+    after: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class BackupsConfig:
     # MiB/s written by the archiver (and by restores); 0 = unlimited.
     write_limit: int = 0
@@ -169,6 +187,20 @@ class BackupsConfig:
     console_before: list[str] = field(default_factory=list)
     console_settle: float = 0.0
     console_after: list[str] = field(default_factory=list)
+    # A regular expression (RE2) the game prints once its files are saved, read from Wings'
+    # console websocket after console_before, and how long to wait for it (then the backup
+    # goes on, said to be maybe inconsistent); empty: no wait, only console_settle.
+    console_wait_for: str = ""
+    console_wait_timeout: float = 60.0
+    # Per-game rules, the first matching the server's image or startup invocation wins;
+    # the console_* keys above apply to servers no rule matches (see QuiesceRule).
+    quiesce: list[QuiesceRule] = field(default_factory=list)
+    # Clone the server's files (FICLONE, on XFS or btrfs) while saving is paused and archive
+    # the clone, so that saving resumes within a second; false: read the live files.
+    clone_files: bool = True
+    # Free space a local backup (or the pre-signed flow's temporary file) must leave on its
+    # file system, after its estimated size: bytes, or a percentage of the file system.
+    min_free_space: str = "5%"
     # Where backups of the panel's ``wings`` adapter go (its ``s3`` adapter is always the
     # panel's pre-signed flow): local .tar.gz, the node's bucket (s3) or a restic repository.
     store: str = "local"
@@ -289,6 +321,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         typ = hints[f.name]
         if isinstance(typ, type) and dataclasses.is_dataclass(typ):
             values[f.name] = _build(typ, raw[f.name], key)
+        elif typing.get_origin(typ) is list and dataclasses.is_dataclass(typing.get_args(typ)[0]):
+            items = raw[f.name] if raw[f.name] is not None else []
+            if not isinstance(items, list):
+                raise ConfigError(f"{key}: expected a list, got {_kind(items)}")
+            item = typing.get_args(typ)[0]
+            values[f.name] = [_build(item, v, f"{key}[{i}]") for i, v in enumerate(items)]
         elif isinstance(typ, types.UnionType):  # pragma: no cover - no optional keys yet
             values[f.name] = raw[f.name]
         else:
@@ -395,14 +433,59 @@ def _validate_front(cfg: Config) -> None:
         raise ConfigError(f"api.upstream_ca: {cfg.api.upstream_ca!r} is not a readable file")
     if b.restore_stop_timeout <= 0:
         raise ConfigError("system.backups.restore_stop_timeout: must be positive")
+    _validate_console("system.backups.console_", b.console_before, b.console_after)
     if b.console_settle < 0:
         raise ConfigError("system.backups.console_settle: must not be negative")
-    for key in ("console_before", "console_after"):
-        for i, command in enumerate(getattr(b, key)):
+    if not 0 < b.console_wait_timeout < math.inf:
+        raise ConfigError("system.backups.console_wait_timeout: must be a positive number")
+    check_pattern("system.backups.console_wait_for", b.console_wait_for)
+    for i, rule in enumerate(b.quiesce):
+        key = f"system.backups.quiesce[{i}]"
+        if not (rule.image or rule.invocation):
+            raise ConfigError(f"{key}: needs image or invocation (a pattern to match)")
+        for name in ("image", "invocation", "wait_for"):
+            check_pattern(f"{key}.{name}", getattr(rule, name))
+        if rule.settle < 0 or not 0 <= rule.wait_timeout < math.inf:
+            raise ConfigError(f"{key}: settle and wait_timeout must not be negative")
+        _validate_console(f"{key}.", rule.before, rule.after)
+    parse_min_free_space(b.min_free_space)
+
+
+def _validate_console(prefix: str, before: list[str], after: list[str]) -> None:
+    for key, commands in (("before", before), ("after", after)):
+        for i, command in enumerate(commands):
             if not command.strip() or "\n" in command or "\r" in command:
                 raise ConfigError(
-                    f"system.backups.{key}[{i}]: {command!r} is not one console command line"
+                    f"{prefix}{key}[{i}]: {command!r} is not one console command line"
                 )
+
+
+def check_pattern(key: str, pattern: str) -> None:
+    """Refuse a pattern the console matcher (RE2, linear time) cannot compile."""
+    if not pattern:
+        return
+    try:
+        compile_pattern(pattern)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {pattern!r} is not a regular expression: {exc}") from None
+
+
+def parse_min_free_space(text: str) -> tuple[int, float]:
+    """``system.backups.min_free_space`` as (bytes, fraction of the file system); one is 0."""
+    value = text.strip().replace(" ", "")
+    try:
+        if value.endswith("%"):
+            fraction = float(value[:-1]) / 100
+            if 0 <= fraction < 1:
+                return 0, fraction
+        elif value.isdigit():
+            return int(value), 0.0
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"system.backups.min_free_space: {text!r} is not a number of bytes or a percentage "
+        "below 100 (e.g. 5%)"
+    )
 
 
 def _validate_store(b: BackupsConfig) -> None:
@@ -466,6 +549,11 @@ RELOADABLE_KEYS = frozenset(
         "system.backups.console_before",
         "system.backups.console_settle",
         "system.backups.console_after",
+        "system.backups.console_wait_for",
+        "system.backups.console_wait_timeout",
+        "system.backups.quiesce",
+        "system.backups.clone_files",
+        "system.backups.min_free_space",
         "api.metrics_public",
         "api.watch_interval",
         "ignore_panel_config_updates",

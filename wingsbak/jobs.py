@@ -36,10 +36,12 @@ from wingsbak.events import (
     BACKUP_RESTORE_COMPLETED,
     EventBus,
 )
+from wingsbak.freespace import FreeSpace
 from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox, PanelError
+from wingsbak.quiesce import Quiesce
 from wingsbak.storage.base import BackupSource, BackupStore, Outcome
 from wingsbak.storage.local import LocalStorage, LocalStore
 from wingsbak.storage.presigned import PresignedStore, PresignedUploadError
@@ -55,7 +57,7 @@ from wingsbak.urlguard import (
     UnsafeURL,
     open_restore_stream,
 )
-from wingsbak.wings import WingsClient, WingsError, console_around_backup
+from wingsbak.wings import WingsClient, WingsError
 
 log = get_logger(__name__)
 
@@ -99,6 +101,7 @@ class BackupJob:
     task: asyncio.Task[None] | None = None
     created: float = field(default_factory=time.time)
     progress: ArchiveProgress | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # quiesce and free space: log, event
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -174,6 +177,8 @@ class JobManager:
         self.restic: ResticStore | None = None
         self.restic_check: threading.Thread | None = None  # see check_stores_in_background
         self.stores = self._make_stores()
+        self.quiesce = Quiesce(config, wings, self.metrics)  # pauses a running game's saving
+        self.space = FreeSpace(config, storage, self.metrics)  # refuses what would fill the disk
 
     def _make_stores(self) -> Stores:
         b = self.config.system.backups
@@ -270,6 +275,7 @@ class JobManager:
             job.uuid, kind="backup", server=job.server, adapter=job.adapter, store=job.store
         )
         try:
+            await self.space.check(job.server, job.uuid, job.ignore, job.store, job.notes)
             async with self._server_lock(job.server), self._slots:
                 if job.cancel.is_set():
                     raise Cancelled("cancelled before it started")
@@ -288,9 +294,8 @@ class JobManager:
                     self._executor,
                     note=functools.partial(self.journal.record, job.uuid),
                 )
-                settings = self.config.system.backups
-                async with console_around_backup(self.wings, job.server, settings):
-                    outcome = await store.create(source)
+                async with self.quiesce.around(source, store.name, job.notes) as paused:
+                    outcome = await store.create(paused.source)
                 self.metrics.archive_duration.observe(time.monotonic() - started)
                 self.metrics.archived_bytes.inc(outcome.size)
                 self.metrics.skipped_entries.inc(outcome.skipped)
@@ -302,6 +307,7 @@ class JobManager:
                     checksum=outcome.checksum,
                     skipped=outcome.skipped,
                     seconds=round(time.monotonic() - started, 3),
+                    **job.notes,
                 )
         except (asyncio.CancelledError, Exception) as exc:
             _log_unfinished("backup", job, exc)
@@ -326,6 +332,7 @@ class JobManager:
             "checksum": outcome.checksum,
             "checksum_type": outcome.checksum_type,
             "file_size": outcome.size,
+            **job.notes,  # wingsbak's: saving paused, may be inconsistent, refused for space
         }
         if outcome.skipped:  # only with allow_skipped: wingsbak's addition to Wings' payload
             completed["skipped"] = outcome.skipped
@@ -571,6 +578,7 @@ class JobManager:
         """Clean up after an earlier run that died mid-job and tell the panel how they ended:
         backups failed unless committed, restores failed unless their swap was committed."""
         leftovers = await asyncio.to_thread(self.journal.load)
+        await self.quiesce.recover(leftovers)  # clones removed, saving turned back on
         died: dict[str, set[str]] = {}  # server -> restores the journal says died there
         for key, entry in leftovers.items():
             if entry.get("kind") == "restore" and entry.get("server"):

@@ -1,6 +1,6 @@
-"""The client of Wings' own API on this node (bearer: the node token): a server's state, power
-actions and console commands, and the two things jobs do with them: stop a live server before
-a restore, and send console commands around a backup.
+"""The client of Wings' own API on this node (bearer: the node token): a server's state and
+details, power actions and console commands, and what restores do with them: stop a live
+server first (backups pause its saving with them: :mod:`wingsbak.quiesce`).
 
 Routes and answers are pterodactyl/wings ``router/router.go``: ``GET /api/servers/{s}`` ->
 ``{"state": ..., "is_suspended": ...}``, ``POST .../power`` -> 202, ``POST .../commands`` ->
@@ -10,15 +10,13 @@ Routes and answers are pterodactyl/wings ``router/router.go``: ``GET /api/server
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
-from wingsbak.config import BackupsConfig
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)
@@ -93,6 +91,14 @@ class WingsClient:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise WingsError(f"Wings could not be reached at {self.base_url}: {exc!r}") from exc
 
+    async def server_details(self, server: str) -> dict[str, Any]:
+        """``GET /api/servers/{s}`` whole (server/server.go, ``APIResponse``): ``state``,
+        ``utilization``, ``configuration`` (``invocation``, ``container.image``, ...)."""
+        status, data = await self._call("GET", f"/api/servers/{server}")
+        if status != 200 or not isinstance(data, dict):
+            raise WingsError(f"Wings answered {status} for the details of server {server}")
+        return data
+
     async def server_state(self, server: str) -> str:
         status, data = await self._call("GET", f"/api/servers/{server}")
         state = data.get("state") if isinstance(data, dict) else None
@@ -136,36 +142,3 @@ class WingsClient:
                     f"server {server} is still {state} after {timeout:g} s "
                     "(system.backups.restore_stop_timeout); nothing restored"
                 )
-
-
-@contextlib.asynccontextmanager
-async def console_around_backup(
-    wings: WingsClient | None, server: str, settings: BackupsConfig
-) -> AsyncIterator[None]:
-    """``console_before`` (then ``console_settle`` seconds) before the archive is read and
-    ``console_after`` once it is read, whatever the outcome; both only while the server runs.
-    A console that cannot be reached costs a log line, never the backup."""
-    before, after = list(settings.console_before), list(settings.console_after)
-    if wings is None or not (before or after):
-        yield
-        return
-    if before and await _send_if_running(wings, server, before, "console_before"):
-        await asyncio.sleep(settings.console_settle)
-    try:
-        yield
-    finally:
-        if after:
-            # Shielded: a cancelled backup (a shutdown) must still turn saving back on.
-            await asyncio.shield(_send_if_running(wings, server, after, "console_after"))
-
-
-async def _send_if_running(wings: WingsClient, server: str, commands: list[str], key: str) -> bool:
-    try:
-        if await wings.server_state(server) != RUNNING:
-            return False
-        await wings.send_commands(server, commands)
-    except WingsError as exc:
-        log.warning("console_commands_not_sent", server=server, key=key, error=str(exc))
-        return False
-    log.info("console_commands_sent", server=server, key=key, commands=len(commands))
-    return True

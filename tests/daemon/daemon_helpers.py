@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,6 +180,32 @@ def mounted_tmpfs(path: Path, size: str, extra: str = "") -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def mounted_xfs(image: Path, mountpoint: Path) -> Iterator[Path]:
+    """A sparse 512 MiB XFS image with reflink (so FICLONE works), loop-mounted on
+    ``mountpoint``, unmounted afterwards; skipped where mkfs.xfs (xfsprogs) is missing or
+    mounting is not permitted."""
+    if shutil.which("mkfs.xfs") is None:
+        pytest.skip("mkfs.xfs is not installed (Debian: xfsprogs)")
+    with open(image, "wb") as f:
+        f.truncate(512 * 1024 * 1024)  # XFS' smallest size is 300 MB
+    made = subprocess.run(
+        ["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"mkfs.xfs failed: {made.stderr.strip()}")
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount here ({mounted.stderr.strip() or mounted.returncode})")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 # -- the daemon, in-process ------------------------------------------------------------------

@@ -30,6 +30,10 @@ does, for the routes wingsbak passes through or calls, recording what it receive
   pushed token at once, Pelican Wings writes it to the file but keeps the one it started with
   and never takes ``remote`` (``json:"-"``, config/config.go).
 
+- At the end, in a section of its own: the console as Wings publishes it to authenticated
+  sockets, Wings' ``Origin`` check, the server's image and invocation, and a test game that
+  saves as Minecraft does (``start_game``).
+
 Go's JSON (``go_decode``) is implemented here on its own, not taken from wingsbak.gojson, so
 the tests set two readings against each other.
 """
@@ -37,6 +41,7 @@ the tests set two readings against each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import gzip
 import hashlib
@@ -265,6 +270,8 @@ class ServerState:
     stop_delay: float | None = 0.2  # seconds from "stopping" to "offline"; None: never
     commands: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)  # power actions run, from either route
+    image: str = ""  # Wings' configuration.container.image (the console section below)
+    invocation: str = ""  # and configuration.invocation
 
 
 @dataclass
@@ -278,6 +285,7 @@ class WingsStandin:
     ws_closes: list[int | None] = field(default_factory=list)
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
     tls: ssl.SSLContext | None = None  # https, as Wings with api.ssl.enabled
+    console: ConsoleHub = field(default_factory=lambda: ConsoleHub())  # the section below
     flavour: str = DEFAULT_FLAVOUR
     # Tokens issued before Wings booted are refused (router/tokens/websocket.go,
     # wingsBootTime). Whole seconds here: the tests sign tokens in the stand-in's first second.
@@ -335,7 +343,8 @@ class WingsStandin:
     async def start(self) -> None:
         if self.config_file is not None:
             self._boot_from_file()
-        app = web.Application(middlewares=[self._record, self._auth], client_max_size=1 << 40)
+        middlewares = [self._record, self._auth, console_origin(self)]
+        app = web.Application(middlewares=middlewares, client_max_size=1 << 40)
         r = app.router
         r.add_get("/api/system", self._system)
         r.add_get("/api/servers/{server}", self._get_server)
@@ -435,7 +444,11 @@ class WingsStandin:
                 "state": s.state,
                 "is_suspended": False,
                 "utilization": {"memory_bytes": 0, "cpu_absolute": 0, "state": s.state},
-                "configuration": {"uuid": request.match_info["server"]},
+                "configuration": {
+                    "uuid": request.match_info["server"],
+                    "invocation": s.invocation,
+                    "container": {"image": s.image},
+                },
             }
         )
 
@@ -492,6 +505,7 @@ class WingsStandin:
         if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
             return web.json_response({"error": "Failed to parse the request body."}, status=400)
         s.commands.extend(commands)
+        self.console.commands(request.match_info["server"], commands)  # the section below
         return web.Response(status=204)
 
     # -- files -------------------------------------------------------------------------------
@@ -856,6 +870,7 @@ class _Socket:
             self.claims = claims
             await self.unsafe_send("auth success")
             if first:
+                self.wings.console.listen(self.server, self.ws, claims)  # the section below
                 await self.send("status", [self.s.state])
         elif event == "set state":
             action = "".join(args)
@@ -878,3 +893,191 @@ class _Socket:
             await self.send("console output", ["".join(args)])
         elif event == "send stats":
             await self.send("stats", [json.dumps({"state": self.s.state})])
+
+
+# == The console as Wings publishes it, its Origin check, and a test game =====================
+#
+# Kept apart from the rest of the stand-in (hooked in by one line each in ``start``,
+# ``_websocket``, ``_commands`` and ``_get_server``). ``WingsStandin.console`` holds it.
+#
+# - Origin (router/websocket/websocket.go, ``GetHandler``'s ``CheckOrigin``): with ``remote``
+#   set, an upgrade of ``/api/servers/{s}/ws`` whose ``Origin`` is neither the panel's URL
+#   (Wings' ``remote``) nor in ``allowed_origins`` (``"*"``: any) is refused with 403, as
+#   gorilla/websocket's ``Upgrader`` answers a failed ``CheckOrigin``. ``remote`` None: not
+#   checked (the relay's tests).
+# - Console output (router/websocket/listeners.go, ``listenForServerEvents``): once a socket
+#   is authenticated, every line the server's process prints reaches it as ``{"event":
+#   "console output", "args": [line]}``; a token without ``websocket.connect`` (``*`` counts)
+#   or without ``iat`` gets none (tokens/websocket.go, ``HasPermission``, ``Denylisted``).
+# - Wings' server details (server/server.go, ``APIResponse``; server/configuration.go):
+#   ``configuration.invocation`` and ``configuration.container.image``, from ``ServerState``.
+# - ``TestGame``: a process that saves as Minecraft Java does (its console commands and the
+#   lines it prints are Minecraft's): it rewrites its region files in place, chunk by chunk,
+#   all the time while saving is on; ``save-off`` stops the autosave but not a save in
+#   progress; ``save-all flush`` writes every region file once more, slowly, then prints
+#   ``Saved the game`` and writes nothing until ``save-on``. ``saved`` holds the files as
+#   they were when it printed that line: a consistent backup holds exactly these.
+
+GAME_LINE = "[12:00:00 INFO]: {}"
+
+
+@dataclass
+class TestGame:
+    __test__ = False  # not a pytest class
+
+    root: Path
+    publish: Callable[[str], Awaitable[None]]
+    files: int = 6
+    size: int = 128 * 1024
+    chunk: int = 8 * 1024
+    chunk_pause: float = 0.002
+    flush_pause: float = 0.02  # between the chunks of save-all flush: it takes a while
+    prints: bool = True  # False: a game that prints nothing (a wait for its line runs out)
+    writing: bool = True
+    generation: int = 0
+    saved: dict[str, bytes] | None = None
+    printed: list[str] = field(default_factory=list)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _resume: asyncio.Event = field(default_factory=asyncio.Event)
+    _inbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+
+    def names(self) -> list[str]:
+        return [f"world/region/r.{i}.0.mca" for i in range(self.files)]
+
+    def content(self, index: int, generation: int) -> bytes:
+        head = f"region {index} generation {generation}\n".encode()
+        body = bytes([(index * 31 + generation) % 251]) * (self.size - len(head))
+        return head + body
+
+    def files_now(self) -> dict[str, bytes]:
+        return {name: (self.root / name).read_bytes() for name in self.names()}
+
+    async def run(self) -> None:
+        """The game's two halves: its autosave writer and its console."""
+        (self.root / "world" / "region").mkdir(parents=True, exist_ok=True)
+        for i, name in enumerate(self.names()):
+            (self.root / name).write_bytes(self.content(i, 0))
+        await asyncio.gather(self._autosave(), self._console())
+
+    async def _autosave(self) -> None:
+        while True:
+            if not self.writing:
+                self._resume.clear()
+                await self._resume.wait()
+                continue
+            self.generation += 1
+            for i in range(self.files):
+                async with self._lock:
+                    if self.writing:
+                        await self._write(i, self.generation, self.chunk_pause)
+
+    async def _write(self, index: int, generation: int, pause: float) -> None:
+        data = self.content(index, generation)
+        with open(self.root / self.names()[index], "r+b") as f:
+            for offset in range(0, len(data), self.chunk):
+                f.seek(offset)
+                f.write(data[offset : offset + self.chunk])
+                f.flush()
+                await asyncio.sleep(pause)
+
+    async def _print(self, text: str) -> None:
+        line = GAME_LINE.format(text)
+        self.printed.append(line)
+        if self.prints:
+            await self.publish(line)
+
+    def command(self, line: str) -> None:
+        self._inbox.put_nowait(line)
+
+    async def _console(self) -> None:
+        while True:
+            command = (await self._inbox.get()).strip()
+            if command == "save-off":
+                await self._print("Automatic saving is now disabled")
+            elif command == "save-all flush":
+                await self._print("Saving the game (this may take a moment!)")
+                async with self._lock:
+                    self.generation += 1
+                    for i in range(self.files):
+                        await self._write(i, self.generation, self.flush_pause)
+                    self.writing = False
+                    self.saved = self.files_now()
+                await self._print("Saved the game")
+            elif command == "save-on":
+                self.writing = True
+                self._resume.set()
+                await self._print("Automatic saving is now enabled")
+
+
+@dataclass
+class ConsoleHub:
+    remote: str | None = None
+    allowed_origins: list[str] = field(default_factory=list)
+    origins: list[str | None] = field(default_factory=list)  # of every upgrade request
+    refused: list[str | None] = field(default_factory=list)  # Origins refused
+    claims: list[dict[str, Any]] = field(default_factory=list)  # of listening sockets
+    listeners: dict[str, list[web.WebSocketResponse]] = field(default_factory=dict)
+    games: dict[str, TestGame] = field(default_factory=dict)
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        if self.remote is None:
+            return True
+        if origin == self.remote:
+            return True
+        return any(o == "*" or o == origin for o in self.allowed_origins)
+
+    def listen(self, server: str, ws: web.WebSocketResponse, claims: dict[str, Any]) -> None:
+        permissions = claims.get("permissions") or []
+        if "iat" not in claims or not (
+            "websocket.connect" in permissions or "*" in permissions
+        ):
+            return
+        self.claims.append(claims)
+        self.listeners.setdefault(server, []).append(ws)
+
+    async def publish(self, server: str, line: str) -> None:
+        for ws in list(self.listeners.get(server, [])):
+            if ws.closed:
+                self.listeners[server].remove(ws)
+                continue
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_json({"event": "console output", "args": [line]})
+
+    def commands(self, server: str, commands: list[str]) -> None:
+        game = self.games.get(server)
+        if game is not None:
+            for command in commands:
+                game.command(command)
+
+
+def start_game(
+    wings: WingsStandin, uuid: str, image: str = "", invocation: str = "", **kw: Any
+) -> TestGame:
+    """A running server (with this image and startup invocation) whose process is a
+    :class:`TestGame` playing in ``root/uuid``; it stops with the stand-in."""
+    wings.server(uuid, state="running", image=image, invocation=invocation)
+
+    async def publish(line: str) -> None:
+        await wings.console.publish(uuid, line)
+
+    game = wings.console.games[uuid] = TestGame(wings.root / uuid, publish, **kw)
+    task = asyncio.create_task(game.run())
+    wings._tasks.add(task)
+    task.add_done_callback(wings._tasks.discard)
+    return game
+
+
+def console_origin(wings: WingsStandin) -> Any:
+    """The middleware that runs ``CheckOrigin`` on the console's upgrade (see above)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/api/servers/") and request.path.endswith("/ws"):
+            origin = request.headers.get("Origin")
+            wings.console.origins.append(origin)
+            if not wings.console.origin_allowed(origin):
+                wings.console.refused.append(origin)
+                return web.Response(status=403, text="Forbidden\n")
+        return await handler(request)
+
+    return check

@@ -157,8 +157,11 @@ async def test_disk_full_at_every_step_of_the_commit(
     """The file system is left with room for everything a backup writes but one page, two
     pages... (the journal, the archive, its sidecar, the outbox): at every fill level the
     report is either successful with the archive and sidecar in place, or failed with no
-    archive under the final name and no temporary file; and it arrives exactly once."""
-    d: Daemon = await start_daemon(remote=panel.url, config_hook=on_small_fs(small_fs))
+    archive under the final name and no temporary file; and it arrives exactly once.
+    (min_free_space 0: the backups fill the disk to its last page.)"""
+    d: Daemon = await start_daemon(
+        remote=panel.url, config_hook=on_small_fs(small_fs), min_free_space="0"
+    )
     server = node.random_server(200 * 1024, files=2)
     # A first backup tells how many pages a successful one takes, all files included.
     st = os.statvfs(small_fs)

@@ -289,6 +289,7 @@ def write_archive(
     threads: int | None = None,
     clock: Clock = time.monotonic,
     allow_unreadable: bool = False,
+    on_read_end: Callable[[], None] | None = None,
 ) -> ArchiveResult:
     """Stream a ``.tar.gz`` of ``root`` into ``sink`` and say what was written.
 
@@ -299,6 +300,8 @@ def write_archive(
     ``write_limit`` is in MiB/s (0: unlimited). ``progress`` is called from this thread at most
     every 0.25 s of ``clock``, and once at the end; when given, the total is counted by a
     second walk alongside (:class:`TreeTotal`, stopped and joined before this returns).
+    ``on_read_end`` is called once every file has been read, before the last of the archive
+    is compressed and written (a game may save again from then on).
     Raises :class:`Cancelled` when ``cancel`` is set, or the sink's own error.
     """
     limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
@@ -323,6 +326,8 @@ def write_archive(
             for entry in entries:
                 archiver.check()
                 archiver.add_batched(entry)
+        if on_read_end is not None:
+            on_read_end()
         archiver.flush()
         tarstream.write_end(gz)
         ok = True
