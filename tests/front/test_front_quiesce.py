@@ -207,7 +207,7 @@ async def _events(proc: DaemonProcess, server: str) -> AsyncIterator[Callable[..
             while True:
                 msg = await ws.receive_json(timeout=30)
                 if msg["event"] == name:
-                    payload: dict[str, Any] = json.loads(msg["args"][0]) if msg["args"] else {}
+                    payload: dict[str, Any] = json.loads(msg["args"][0]) if msg.get("args") else {}
                     return payload
 
         await next_event("auth success")
