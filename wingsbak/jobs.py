@@ -53,6 +53,7 @@ from wingsbak.urlguard import (
     UnsafeURL,
     open_restore_stream,
 )
+from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
 from wingsbak.wings import WingsClient, WingsError, console_around_backup
 
 log = get_logger(__name__)
@@ -169,6 +170,7 @@ class JobManager:
         self.restic: ResticStore | None = None
         self.restic_check: threading.Thread | None = None  # see check_stores_in_background
         self.stores = self._make_stores()
+        self.on_job_end: JobEndHook = ignore_job_end  # the daemon's: metrics, notifications
 
     def _make_stores(self) -> Stores:
         b = self.config.system.backups
@@ -255,6 +257,7 @@ class JobManager:
 
     async def _run_backup(self, job: BackupJob) -> None:
         outcome = Outcome(successful=False, checksum_type=self.config.system.backups.checksum)
+        error = ""
         # Journaled as soon as it is accepted (after the 202 is on its way, so that the answer
         # never waits for an fsync): a job still queued when the daemon dies is reported too.
         await self._journal_accepted(
@@ -295,6 +298,7 @@ class JobManager:
                 )
         except (asyncio.CancelledError, Exception) as exc:
             _log_unfinished("backup", job, exc)
+            error = _describe(exc)
         finally:
             self.backups.pop(job.uuid, None)
             if outcome.successful:
@@ -305,6 +309,8 @@ class JobManager:
                 self.metrics.backups_failed.labels(job.adapter).inc()
                 outcome = Outcome(successful=False, checksum_type=outcome.checksum_type)
             await self._report_backup(job, outcome)
+            end = JobEnd("backup", job.server, job.uuid, outcome.successful, error, job.store)
+            await self.on_job_end(end)
             # Only once the report is safe in the outbox: a crash in between must leave a
             # trace that recovery turns into a report.
             await asyncio.to_thread(self.journal.forget, job.uuid)
@@ -424,6 +430,7 @@ class JobManager:
 
     async def _run_restore(self, job: RestoreJob) -> None:
         ok = False
+        error = ""
         loop = asyncio.get_running_loop()
         await self._journal_accepted(job.uuid, kind="restore", server=job.server)  # see backups
         try:
@@ -450,6 +457,7 @@ class JobManager:
                 )
         except (asyncio.CancelledError, Exception) as exc:
             _log_unfinished("restore", job, exc)
+            error = _describe(exc)
         finally:
             if job.source is not None:  # not read (cancelled before it started): let it go
                 await asyncio.to_thread(job.source.close)
@@ -459,6 +467,7 @@ class JobManager:
                 job.server, BACKUP_RESTORE_COMPLETED, {"uuid": job.uuid, "is_successful": ok}
             )
             await self.outbox.send("POST", f"/backups/{job.uuid}/restore", {"successful": ok})
+            await self.on_job_end(JobEnd("restore", job.server, job.uuid, ok, error))
             await asyncio.to_thread(self.journal.forget, job.uuid)
 
     def check_s3_in_background(self) -> None:
@@ -563,6 +572,7 @@ class JobManager:
                     },
                 )
                 log.info("interrupted_backup_found_complete", backup=key, size=done.size)
+                await self.on_job_end(JobEnd("backup", server, key, True))
             elif kind == "backup":
                 await self.outbox.send(
                     "POST",
@@ -576,6 +586,7 @@ class JobManager:
                     },
                 )
                 log.info("interrupted_backup_reported", backup=key)
+                await self.on_job_end(JobEnd("backup", server, key, False, INTERRUPTED))
             elif kind == "restore":
                 # The staging of a restore that died: its old entries go back, the rest goes.
                 removed = 0
@@ -587,6 +598,7 @@ class JobManager:
                     log.error("interrupted_restore_not_undone", backup=key, error=_describe(exc))
                 await self.outbox.send("POST", f"/backups/{key}/restore", {"successful": False})
                 log.info("interrupted_restore_reported", backup=key, leftovers_removed=removed)
+                await self.on_job_end(JobEnd("restore", server, key, False, INTERRUPTED))
             await asyncio.to_thread(self.journal.forget, key)
 
     def _recover_backup(self, server: str, entry: dict[str, Any], backup: str) -> Outcome | None:
