@@ -71,6 +71,7 @@ class Watch:
         self._times = loaded
         for server, times in loaded.items():
             self._show(server, times)
+        await self._refresh_logged()  # before the first scrape can come
         self._task = asyncio.create_task(self._refresh_forever(), name="wingsbak-watch")
 
     async def stop(self) -> None:
@@ -150,11 +151,14 @@ class Watch:
 
     async def _refresh_forever(self) -> None:
         while True:
-            try:
-                await self._refresh()
-            except Exception as exc:
-                log.warning("watch_refresh_failed", error=str(exc))
             await asyncio.sleep(REFRESH_SECONDS)
+            await self._refresh_logged()
+
+    async def _refresh_logged(self) -> None:
+        try:
+            await self._refresh()
+        except Exception as exc:
+            log.warning("watch_refresh_failed", error=str(exc))
 
     async def _refresh(self) -> None:
         data = self.config.data_dir

@@ -93,7 +93,7 @@ async def test_the_schedule_finds_damaged_archives_and_keeps_them(
     assert m["wingsbak_backups_corrupt"] == 3
     assert m['wingsbak_backup_verified_total{store="local"}'] >= 4
     await proc.stop()
-    await receiver.stop()
+    await receiver.shutdown()
 
 
 async def _until(predicate: Callable[[], bool]) -> None:

@@ -4,16 +4,16 @@ Discord and Slack take."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from daemon_helpers import NODE_TOKEN, auth, free_port, wait_until
+from daemon_helpers import NODE_TOKEN, auth, wait_until
 
 # -- the daemon's log ---------------------------------------------------------------------------
 
@@ -109,20 +109,35 @@ class WebhookReceiver:
     https://discord.com/developers/docs/resources/webhook#execute-webhook); "slack" answers
     200 ``ok`` and refuses a body without a ``text`` string, as an incoming webhook does
     (https://api.slack.com/messaging/webhooks). Both want a JSON body. Refusals are kept in
-    ``refused`` (and answered 400); ``stop()``/``start()`` keep the port."""
+    ``refused`` (and answered 400). While stopped its port stays bound without listening
+    (connections are refused, and no other process on a busy machine can take it)."""
 
     flavour: str = "discord"
-    port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    port: int = field(init=False, default=0)
     _runner: web.AppRunner | None = None
-    _event: asyncio.Event = field(default_factory=asyncio.Event)
+    _reserved: socket.socket | None = None
+
+    def __post_init__(self) -> None:
+        self._reserve()
+        assert self._reserved is not None
+        self.port = int(self._reserved.getsockname()[1])
+
+    def _reserve(self, port: int = 0) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        self._reserved = s
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/webhooks/1234/s3cr3t-token"
 
     async def start(self) -> None:
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
         app = web.Application()
         app.router.add_post("/api/webhooks/1234/s3cr3t-token", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -133,6 +148,15 @@ class WebhookReceiver:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._reserved is None:
+            self._reserve(self.port)
+
+    async def shutdown(self) -> None:
+        """Stopped for good: the port is let go."""
+        await self.stop()
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         content_type = request.headers.get("Content-Type", "")
@@ -155,7 +179,6 @@ class WebhookReceiver:
                 return self._refuse("no_text")
             answer = web.Response(text="ok")
         self.received.append(Received(body, content_type))
-        self._event.set()
         return answer
 
     def _refuse(self, why: str) -> web.Response:

@@ -58,12 +58,10 @@ def is_uuid(text: str) -> bool:
 class StoredBackup:
     """One archive to check: a local file or an object in the node's bucket."""
 
-    store: str  # "local" or "s3"
+    store: str  # "local" or "s3" ("restic" for a restic check's finding)
     server: str  # "" for Pterodactyl Wings' layout, which does not say
     backup: str
     location: str  # the path, or the object key
-    checksum_key: str = ""  # s3: the object holding the recorded checksum, if any
-    checksum_type: str = ""
 
     @property
     def key(self) -> str:
@@ -113,7 +111,7 @@ def check_local(
 
 
 def s3_backups(storage: S3Storage) -> list[StoredBackup]:
-    """Every backup object under the configured prefix, with its checksum object if any."""
+    """Every backup object under the configured prefix."""
     prefix = storage.cfg.prefix
     pattern = re.compile(f"^{re.escape(prefix)}({_UUID})/({_UUID})\\.tar\\.gz$")
     keys: set[str] = set()
@@ -134,13 +132,8 @@ def s3_backups(storage: S3Storage) -> list[StoredBackup]:
             break
     found = []
     for key in sorted(keys):
-        m = pattern.match(key)
-        if m is None:
-            continue
-        kind = next((k for k in CHECKSUM_TYPES if f"{key}.{k}" in keys), "")
-        found.append(
-            StoredBackup("s3", m.group(1), m.group(2), key, f"{key}.{kind}" if kind else "", kind)
-        )
+        if m := pattern.match(key):
+            found.append(StoredBackup("s3", m.group(1), m.group(2), key))
     return found
 
 
@@ -151,7 +144,8 @@ def check_s3(
     read_limit: float = 0,
     cancel: threading.Event | None = None,
 ) -> VerifyResult:
-    expected = _s3_recorded_checksum(storage, item) if item.checksum_key else None
+    recorded = _s3_recorded_checksum(storage, item)
+    kind, expected = recorded if recorded is not None else ("sha1", None)
     try:
         body = storage.open_stream(item.server, item.backup)
     except S3NotFound as exc:
@@ -161,7 +155,7 @@ def check_s3(
     try:
         return verify_stream(
             body,
-            checksum_type=item.checksum_type or "sha1",
+            checksum_type=kind,
             expected=expected,
             read_limit=read_limit,
             cancel=cancel,
@@ -170,19 +164,25 @@ def check_s3(
         body.close()
 
 
-def _s3_recorded_checksum(storage: S3Storage, item: StoredBackup) -> str | None:
-    try:
-        answer = call_with_retries(
-            lambda: storage.client.get_object(Bucket=storage.bucket, Key=item.checksum_key),
-            what="GetObject",
-        )
-        text = answer["Body"].read(4096).decode("ascii", "replace")
-    except Exception as exc:
-        error = describe(exc, storage.bucket, "reading the checksum")
-        if isinstance(error, S3NotFound):
-            return None  # deleted between the listing and now
-        raise SourceError(str(error)) from exc
-    return parse_checksum_line(text, item.checksum_type)
+def _s3_recorded_checksum(storage: S3Storage, item: StoredBackup) -> tuple[str, str] | None:
+    """(type, digest) from the checksum object beside the backup's; None when there is none
+    (a backup from before they were kept). Read when the check starts, not when the bucket
+    was listed: a backup that was being written then has its checksum by now."""
+    for kind in CHECKSUM_TYPES:
+        key = f"{item.location}.{kind}"
+        try:
+            answer = call_with_retries(
+                lambda k=key: storage.client.get_object(Bucket=storage.bucket, Key=k),
+                what="GetObject",
+            )
+            text = answer["Body"].read(4096).decode("ascii", "replace")
+        except Exception as exc:
+            error = describe(exc, storage.bucket, "reading the checksum")
+            if isinstance(error, S3NotFound):
+                continue
+            raise SourceError(str(error)) from exc
+        return kind, parse_checksum_line(text, kind)
+    return None
 
 
 # -- restic -----------------------------------------------------------------------------------
