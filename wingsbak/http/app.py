@@ -78,7 +78,7 @@ def create_app(config: Config) -> web.Application:
         await watch.start()
         await app[JOBS].recover()
         app[JOBS].check_stores_in_background()
-        verifier.start()
+        await verifier.start()
 
     async def shutdown(app: web.Application) -> None:
         sendfile.stop_pumps()

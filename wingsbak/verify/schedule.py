@@ -165,11 +165,14 @@ class Verifier:
         self._restic = ResticChecker(jobs.restic) if jobs.restic is not None else None
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """The state of the last run (before the first scrape can come), then the schedule."""
         interval = self.config.system.backups.verify_interval
         if interval <= 0:
             log.info("verify_disabled", reason="system.backups.verify_interval is 0")
             return
+        await asyncio.to_thread(self.state.load)
+        self.metrics.corrupt_now.set(self.state.corrupt_count())
         self._task = asyncio.create_task(self._run(), name="wingsbak-verify")
 
     async def stop(self) -> None:
@@ -187,8 +190,6 @@ class Verifier:
             )
 
     async def _run(self) -> None:
-        await asyncio.to_thread(self.state.load)
-        self.metrics.corrupt_now.set(self.state.corrupt_count())
         while not self._cancel.is_set():
             interval = self.config.system.backups.verify_interval
             try:
