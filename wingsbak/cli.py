@@ -10,9 +10,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wingsbak import __version__
 from wingsbak.archive.gzip import LEVELS
+
+if TYPE_CHECKING:
+    from wingsbak.config import Config
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -138,12 +142,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from wingsbak.daemon import resolve_config
     from wingsbak.verify.command import run_verify
 
-    return run_verify(
-        args.backup, config=lambda: resolve_config(args.config), read_limit=args.read_limit
-    )
+    def config() -> Config:
+        from wingsbak.daemon import resolve_config  # only when the stores are needed
+
+        return resolve_config(args.config)
+
+    return run_verify(args.backup, config=config, read_limit=args.read_limit)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

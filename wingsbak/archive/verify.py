@@ -314,8 +314,11 @@ def verify_file(
     read_limit: float = 0,
     cancel: threading.Event | None = None,
     hold: Callable[[], None] | None = None,
+    drop_cache: bool = False,
 ) -> VerifyResult:
-    """:func:`verify_stream` of a local archive, against its sidecar when it has one."""
+    """:func:`verify_stream` of a local archive, against its sidecar when it has one. With
+    ``drop_cache`` the pages read are dropped from the page cache behind the reader (the
+    daemon's schedule: its reads must not evict the game servers' files)."""
     recorded = read_recorded_checksum(path) if use_sidecar else None
     kind, expected = recorded if recorded is not None else ("sha1", None)
     try:
@@ -335,7 +338,8 @@ def verify_file(
                 read_limit=read_limit,
                 cancel=cancel,
                 hold=hold,
-                fd=fd,
+                fd=fd if drop_cache else None,
             )
         finally:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if drop_cache:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

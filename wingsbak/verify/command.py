@@ -11,27 +11,22 @@ none was found corrupt.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wingsbak.archive.verify import ArchiveCorrupt, SourceError, VerifyResult, verify_file
-from wingsbak.config import Config, ConfigError
-from wingsbak.storage.restic import ResticError, ResticStore
-from wingsbak.storage.s3 import S3Error, S3Storage
-from wingsbak.verify.stored import (
-    ResticChecker,
-    StoredBackup,
-    check_local,
-    check_restic_snapshot,
-    check_s3,
-    is_uuid,
-    local_backups,
-    restic_backups,
-    s3_backups,
-)
+from wingsbak.archive.verify import ArchiveCorrupt, VerifyResult, verify_file
+
+# Checking one file needs none of the stores (nor boto3's import time).
+if TYPE_CHECKING:
+    from wingsbak.config import Config
+    from wingsbak.storage.restic import ResticStore
+    from wingsbak.storage.s3 import S3Storage
+    from wingsbak.verify.stored import StoredBackup
 
 EXIT_OK = 0
 EXIT_CORRUPT = 1
@@ -39,6 +34,7 @@ EXIT_USAGE = 2
 EXIT_UNCHECKED = 3
 
 Print = Callable[[str], None]
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(slots=True)
@@ -56,7 +52,7 @@ class Tally:
         except ArchiveCorrupt as exc:
             self.corrupt += 1
             self.out(f"CORRUPT    {store:<6} {name}: {exc}")
-        except (SourceError, S3Error, ResticError, OSError) as exc:
+        except Exception as exc:  # unreadable, unreachable, locked: nothing known
             self.unchecked += 1
             self.out(f"UNCHECKED  {store:<6} {name}: {exc}")
         else:
@@ -91,13 +87,15 @@ def run_verify(
 ) -> int:
     """``config`` is only called when the stores are needed (not for a path)."""
     tally = Tally(out)
-    if target is not None and (Path(target).is_file() or not is_uuid(target)):
+    if target is not None and (Path(target).is_file() or not _UUID.match(target)):
         path = Path(target)
         if not path.is_file():
             print(f"wingsbak: {target} is neither a file nor a backup uuid", file=sys.stderr)
             return EXIT_USAGE
         tally.run("file", str(path), lambda: describe(verify_file(path, read_limit=read_limit)))
         return tally.exit_status()
+    from wingsbak.config import ConfigError
+
     try:
         cfg = config()
     except ConfigError as exc:
@@ -112,6 +110,10 @@ def run_verify(
 
 def _check_node(cfg: Config, backup: str | None, tally: Tally, read_limit: float) -> int:
     """Check ``backup`` (every backup when None) wherever it is; returns how many found."""
+    from wingsbak.storage.restic import ResticStore
+    from wingsbak.storage.s3 import S3Error, S3Storage
+    from wingsbak.verify.stored import local_backups, s3_backups
+
     found = 0
     local = [i for i in local_backups(cfg.backup_dir) if backup in (None, i.backup)]
     for item in local:
@@ -142,14 +144,21 @@ def _label(item: StoredBackup) -> str:
 
 
 def _local_check(item: StoredBackup, read_limit: float) -> Callable[[], str]:
+    from wingsbak.verify.stored import check_local
+
     return lambda: describe(check_local(item, read_limit=read_limit))
 
 
 def _s3_check(s3: S3Storage, item: StoredBackup, read_limit: float) -> Callable[[], str]:
+    from wingsbak.verify.stored import check_s3
+
     return lambda: describe(check_s3(s3, item, read_limit=read_limit))
 
 
 def _check_restic(store: ResticStore, backup: str | None, tally: Tally) -> int:
+    from wingsbak.storage.restic import ResticError
+    from wingsbak.verify.stored import ResticChecker, check_restic_snapshot, restic_backups
+
     if backup is not None:
         try:
             snapshots = list(restic_backups(store, backup))

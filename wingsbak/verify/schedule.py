@@ -262,7 +262,9 @@ class Verifier:
         if item.store == "s3":
             assert self.jobs.s3 is not None
             return check_s3(self.jobs.s3, item, read_limit=limit, cancel=self._cancel)
-        return check_local(item, read_limit=limit, cancel=self._cancel, hold=self._hold)
+        return check_local(
+            item, read_limit=limit, cancel=self._cancel, hold=self._hold, drop_cache=True
+        )
 
     async def _check_archive(self, item: StoredBackup) -> None:
         while not self._idle():

@@ -103,8 +103,11 @@ def check_local(
     read_limit: float = 0,
     cancel: threading.Event | None = None,
     hold: Callable[[], None] | None = None,
+    drop_cache: bool = False,
 ) -> VerifyResult:
-    return verify_file(item.location, read_limit=read_limit, cancel=cancel, hold=hold)
+    return verify_file(
+        item.location, read_limit=read_limit, cancel=cancel, hold=hold, drop_cache=drop_cache
+    )
 
 
 # -- the node's bucket ------------------------------------------------------------------------
