@@ -188,8 +188,9 @@ class Outbox:
         return path in self._loaded_paths
 
     async def load(self) -> None:
-        """Read the file left by an earlier run and start delivering what it holds (an item
-        whose target is not configured now stays in the file, undelivered)."""
+        """Read the file left by an earlier run and start delivering what it holds (a report
+        for a panel no longer configured stays in the file, undelivered; a notification for
+        a notify URL no longer configured is dropped)."""
         raw = await asyncio.to_thread(self._read_file)
         for item in raw:
             try:
@@ -197,6 +198,9 @@ class Outbox:
                 report.target = str(item.get("target", PANEL))
             except (KeyError, TypeError, AttributeError):
                 log.error("outbox_entry_unreadable", entry=str(item)[:200])
+                continue
+            if report.target != PANEL and not self._configured(report.target):
+                log.warning("notify_dropped", reason="no notify_url configured")
                 continue
             self._pending[report.id] = report
             if report.target == PANEL:

@@ -13,6 +13,9 @@ import pytest
 from daemon_helpers import DaemonProcess, Node, Panel, new_uuid
 from trust_helpers import WebhookReceiver, flip_byte, log_events, wait_event
 
+from wingsbak.config import ConfigError, parse_config
+from wingsbak.notify import message
+
 MIB = 1024 * 1024
 
 
@@ -105,3 +108,37 @@ async def test_notifications_wait_out_a_receiver_outage_across_a_restart_with_th
     assert "s3cr3t-token" not in proc.log_path.read_text()
     assert not [e for e in log_events(proc.log_path, "notify_refused")]
     await receiver.shutdown()
+
+
+def test_the_keys_are_checked_and_a_refused_url_is_not_repeated(node: Node) -> None:
+    def backups(**keys: object) -> dict[str, object]:
+        return node.config_dict(**keys)
+
+    cfg = parse_config(backups())
+    assert cfg.system.backups.verify_interval == 86400
+    assert cfg.system.backups.verify_read_limit == 50
+    assert cfg.system.backups.notify_url == ""
+    for bad, key in (
+        ({"verify_interval": -1}, "verify_interval"),
+        ({"verify_interval": float("nan")}, "verify_interval"),
+        ({"verify_read_limit": -5}, "verify_read_limit"),
+        ({"notify_url": "ftp://hooks.example/s3cr3t"}, "notify_url"),
+        ({"notify_url": "https:///s3cr3t"}, "notify_url"),
+        ({"notify_url": "http://[::1/s3cr3t"}, "notify_url"),
+    ):
+        with pytest.raises(ConfigError, match=key) as err:
+            parse_config(backups(**bad))
+        assert "s3cr3t" not in str(err.value)
+    assert parse_config(backups(verify_interval=0)).system.backups.verify_interval == 0
+
+
+def test_a_long_or_hostile_error_still_makes_a_valid_message() -> None:
+    body = message(
+        "backup_failed", server="s", backup="b", error="<@everyone> " + "x" * 5000, when=0
+    )
+    assert body["content"] == body["text"]
+    assert len(body["content"]) <= 2000 and body["content"].endswith("\u2026")
+    assert "<" not in body["content"] and ">" not in body["content"]
+    assert body["error"].startswith("<@everyone>")  # the field keeps the text as it was
+    assert body["allowed_mentions"] == {"parse": []}
+    assert body["time"] == "1970-01-01T00:00:00Z"

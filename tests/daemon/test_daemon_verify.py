@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,6 +24,8 @@ from trust_helpers import (
     truncate,
     wait_event,
 )
+
+MIB = 1024 * 1024
 
 
 async def backed_up(proc: DaemonProcess, node: Node, panel: Panel) -> tuple[str, str, Path]:
@@ -201,4 +205,47 @@ async def test_wingsbak_verify_by_uuid_and_by_path(
     assert rc == 2 and "no backup" in err
     rc, _, err = await wingsbak_verify(str(tmp_path / "missing.tar.gz"))
     assert rc == 2 and "neither a file nor a backup uuid" in err
+    await proc.stop()
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+    except OSError:
+        return False
+
+
+async def test_kill_9_in_the_middle_of_a_check_changes_nothing(
+    daemon_process, node: Node, panel: Panel
+) -> None:
+    proc: DaemonProcess = daemon_process(remote=panel.url, verify_interval=0)
+    await proc.start()
+    server = node.random_server(8 * MIB, files=2)
+    backup = new_uuid()
+    assert await proc.post_backup(server, backup) == 202
+    assert (await panel.wait_report(backup)).json["successful"] is True
+    archive = node.archive(server, backup)
+    await proc.stop()
+    before = archive.read_bytes()
+
+    # 1 MiB/s: the check of the 8 MiB archive is under way for seconds.
+    proc.config["system"]["backups"].update(verify_interval=3600, verify_read_limit=1)
+    await proc.start()
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    await wait_until(lambda: holds_open(pid, archive), "the check to read the archive")
+    assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert archive.read_bytes() == before
+    done = subprocess.run(["sha1sum", "-c", archive.name + ".sha1"], cwd=archive.parent)
+    assert done.returncode == 0
+    state = node.backups / ".wingsbak-verify.json"
+    if state.exists():  # written whole or not at all
+        json.loads(state.read_text())
+    assert not list(node.backups.glob("*.tmp"))
+
+    # After the restart the check that was cut short is done.
+    proc.config["system"]["backups"]["verify_read_limit"] = 0
+    await proc.start()
+    await wait_event(proc.log_path, "backup_verified", backup=backup)
     await proc.stop()
