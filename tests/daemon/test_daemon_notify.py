@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid
+from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from trust_helpers import WebhookReceiver, flip_byte, log_events, wait_event
 
 from wingsbak.config import ConfigError, parse_config
@@ -103,8 +103,22 @@ async def test_notifications_wait_out_a_receiver_outage_across_a_restart_with_th
     assert panel_down.reports(backup) == []
     await panel_down.start()
     assert (await panel_down.wait_report(backup)).json["successful"] is False
+
+    # And the other way round: a webhook that is down holds up no report to the panel.
+    await receiver.stop()
+    retries = len(log_events(proc.log_path, "notify_retry"))
+    second = new_uuid()
+    assert await proc.post_backup(server, second) == 202
+    assert (await panel_down.wait_report(second)).json["successful"] is False
+    await wait_until(
+        lambda: len(log_events(proc.log_path, "notify_retry")) > retries, "a notify retry"
+    )
+    assert len(receiver.received) == 1
+    await receiver.start()
+    await receiver.wait(2)
+    assert receiver.received[1].body["backup"] == second
     await proc.stop()
-    assert len(receiver.received) == 1  # once, not once per attempt or per start
+    assert len(receiver.received) == 2  # each once, not once per attempt or per start
     assert "s3cr3t-token" not in proc.log_path.read_text()
     assert not [e for e in log_events(proc.log_path, "notify_refused")]
     await receiver.shutdown()
