@@ -87,7 +87,8 @@ async def test_the_scheduled_check_finds_a_damaged_pack_and_names_its_backup(
         proc.log_path, "backup_corrupt", timeout=120, store="restic", backup=second[1]
     )
     assert line["server"] == second[0]
-    assert "restic check" in line["reason"]
+    assert line["location"] == str(tmp_path / "repo")
+    assert line["reason"].startswith("restic check: ") and "Fatal" not in line["reason"]
     named = {e["backup"] for e in log_events(proc.log_path, "backup_corrupt")}
     assert first[1] not in named
     m = await metrics(proc.url)

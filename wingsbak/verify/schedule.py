@@ -316,8 +316,8 @@ class Verifier:
         self.metrics.corrupt_now.set(self.state.corrupt_count())
         await asyncio.to_thread(self.state.save)
 
-    async def _corrupt(self, item: StoredBackup, reason: str) -> None:
-        entry = self.state.archives.setdefault(item.key, {})
+    async def _corrupt(self, item: StoredBackup, reason: str, key: str = "") -> None:
+        entry = self.state.archives.setdefault(key or item.key, {})
         first = not entry.get("corrupt")
         entry["corrupt"] = reason
         log.error(
@@ -375,11 +375,12 @@ class Verifier:
         if finding.corrupt:
             repository = checker.store.repository
             for server, backup in finding.backups or [("", "")]:
-                item = StoredBackup("restic", server, backup, backup or repository)
-                self.state.archives.setdefault(item.key, {})["restic_slice"] = subset
-                if item.key in stale:
-                    stale.remove(item.key)
-                await self._corrupt(item, finding.reason)
+                item = StoredBackup("restic", server, backup, repository)
+                key = f"restic:{backup or 'repository'}"
+                self.state.archives.setdefault(key, {})["restic_slice"] = subset
+                if key in stale:
+                    stale.remove(key)
+                await self._corrupt(item, finding.reason, key)
         else:
             self.metrics.verified.labels("restic").inc()
             log.info("restic_verified", subset=subset, repository=checker.store.repository)

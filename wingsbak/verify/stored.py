@@ -47,6 +47,7 @@ _PACK_IDS = re.compile(r"(?:want|packs?)\s+((?:[0-9a-f]{64}\s*)+)", re.IGNORECAS
 # The lines that say what is damaged (0.14: "Pack ID does not match, ...", "error for tree";
 # later: "pack <id> contains 2 errors: ..."), not restic's advice around them.
 _DETAIL = re.compile(r"[0-9a-f]{64}|error", re.IGNORECASE)
+_ADVICE = ("restic ", "Fatal:")
 # How many damaged packs are traced back to the backups that use them.
 MAX_TRACED_PACKS = 16
 # restic dump's words when the data it loads is damaged (not merely unreachable).
@@ -238,7 +239,7 @@ class ResticChecker:
         if not any(_CORRUPT_MARK in line for line in lines):
             raise p.error(rc)
         packs = _pack_ids(lines)
-        detail = [ln[:300] for ln in lines if _DETAIL.search(ln) and not ln.startswith("restic ")]
+        detail = [ln[:300] for ln in lines if _DETAIL.search(ln) and not ln.startswith(_ADVICE)]
         reason = "restic check: " + ("; ".join(detail[:2]) or "the repository contains errors")
         return ResticFinding(True, reason, self._trace(packs))
 
