@@ -30,7 +30,7 @@ class WebhookClient:
     """The outbox's client for notifications: one POST of the item's body to the URL."""
 
     def __init__(self, url: str, *, timeout: float = 30.0) -> None:
-        self.url = url
+        self.url = url.strip()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
