@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from daemon_helpers import DaemonProcess, Node, Panel, auth, new_uuid, wait_until
 from s3_helpers import s3_config
 from trust_helpers import log_events, metrics, wait_event
+
+from wingsbak.archive import archive_to_file
 
 MIB = 1024 * 1024
 
@@ -102,3 +108,70 @@ async def verify_command(*args: str) -> tuple[int, str]:
     out, _ = await p.communicate()
     assert p.returncode is not None
     return p.returncode, out.decode()
+
+
+def trickling_bucket(key: str, body: bytes, reading: asyncio.Event) -> web.Application:
+    """A bucket holding one backup object that it sends at a byte a second after its first
+    half: ListObjectsV2 answered in S3's shape (as moto's moto/s3/responses.py
+    ``_bucket_response_get`` builds it), GetObject of anything else a 404 NoSuchKey."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":
+            return web.Response()
+        if request.query.get("list-type") == "2":
+            xml = (
+                '<?xml version="1.0" encoding="UTF-8"?>'
+                '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                "<Name>backups</Name><Prefix></Prefix><KeyCount>1</KeyCount>"
+                "<MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>"
+                f"<Contents><Key>{key}</Key><LastModified>2026-12-06T00:00:00.000Z"
+                f'</LastModified><ETag>"0"</ETag><Size>{len(body)}</Size>'
+                "<StorageClass>STANDARD</StorageClass></Contents></ListBucketResult>"
+            )
+            return web.Response(text=xml, content_type="application/xml")
+        if request.path != f"/backups/{key}":
+            xml = "<Error><Code>NoSuchKey</Code><Message>none</Message></Error>"
+            return web.Response(status=404, text=xml, content_type="application/xml")
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-gzip"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        reading.set()
+        for at in range(len(body) // 2, len(body)):
+            await asyncio.sleep(1)
+            await resp.write(body[at : at + 1])
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handle)
+    return app
+
+
+async def test_a_stop_does_not_wait_for_an_object_read_at_a_byte_a_second(
+    daemon_process, node: Node, panel: Panel, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "world.mca").write_bytes(os.urandom(2 * MIB))
+    archive_to_file(src, tmp_path / "a.tar.gz")
+    key = f"{new_uuid()}/{new_uuid()}.tar.gz"
+    reading = asyncio.Event()
+    runner = web.AppRunner(trickling_bucket(key, (tmp_path / "a.tar.gz").read_bytes(), reading))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    endpoint = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    s3 = {"bucket": "backups", "endpoint": endpoint, "path_style": True}
+    s3 |= {"access_key_id": "testing", "secret_access_key": "testing"}
+    proc: DaemonProcess = daemon_process(
+        remote=panel.url, s3=s3, verify_interval=3600, verify_read_limit=0
+    )
+    try:
+        await proc.start()
+        await asyncio.wait_for(reading.wait(), 30)
+        await asyncio.sleep(0.5)  # the check is now waiting inside a read
+        assert await proc.stop(signal.SIGTERM, timeout=30) == 0
+        # A read cut short by the stop is neither corruption nor a failed check.
+        assert log_events(proc.log_path, "backup_corrupt") == []
+        assert log_events(proc.log_path, "backup_not_verified") == []
+    finally:
+        await runner.cleanup()

@@ -26,9 +26,10 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from wingsbak.archive.sink import Cancelled
 from wingsbak.archive.verify import ArchiveCorrupt, ArchiveGone, SourceError, VerifyResult
@@ -50,6 +51,7 @@ from wingsbak.verify.stored import (
 from wingsbak.watch import Watch
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 STATE_NAME = ".wingsbak-verify.json"
 WEEK = 7 * 86400.0
@@ -85,6 +87,33 @@ def lower_priority() -> None:
 def slices(interval: float) -> int:
     """How many restic slices a week of intervals needs (1 to 256)."""
     return max(1, min(MAX_SLICES, math.ceil(WEEK / interval)))
+
+
+async def _on_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a thread of its own that never holds up the daemon's exit: a bucket
+    that answers a listing at a byte a second must not keep a stopping daemon alive (the
+    listing is no read that can be cut from outside)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="wingsbak-verify-list", daemon=True).start()
+    return await done
 
 
 class VerifyState:
@@ -164,6 +193,7 @@ class Verifier:
         )
         self._restic = ResticChecker(jobs.restic) if jobs.restic is not None else None
         self._task: asyncio.Task[None] | None = None
+        self._abort: Callable[[], None] | None = None  # ends the read of an object
 
     async def start(self) -> None:
         """The state of the last run (before the first scrape can come), then the schedule."""
@@ -178,6 +208,10 @@ class Verifier:
     async def stop(self) -> None:
         self._cancel.set()
         self._quiet.set()
+        abort = self._abort
+        if abort is not None:
+            with contextlib.suppress(OSError):
+                abort()
         if self._restic is not None:
             await asyncio.to_thread(self._restic.stop)
         if self._task is not None:
@@ -201,7 +235,7 @@ class Verifier:
 
     async def _pass(self, interval: float) -> float:
         """Check what is due; returns when the next check falls due."""
-        items, listed = await asyncio.to_thread(self._inventory)
+        items, listed = await self._inventory()
         self.state.keep_only(listed, {i.key for i in items})
         self.metrics.corrupt_now.set(self.state.corrupt_count())
         now = time.time()
@@ -226,13 +260,13 @@ class Verifier:
             wake.append(self.state.restic_due_at(interval))
         return min(wake)
 
-    def _inventory(self) -> tuple[list[StoredBackup], set[str]]:
+    async def _inventory(self) -> tuple[list[StoredBackup], set[str]]:
         """The archives to check, and the stores that could list theirs."""
-        items = local_backups(self.config.backup_dir)
+        items = await asyncio.to_thread(local_backups, self.config.backup_dir)
         listed = {"local"}
         if self.jobs.s3 is not None:
             try:
-                items += s3_backups(self.jobs.s3)
+                items += await _on_daemon_thread(s3_backups, self.jobs.s3, self._cancel)
                 listed.add("s3")
             except S3Error as exc:
                 log.warning("verify_listing_failed", store="s3", error=str(exc))
@@ -251,6 +285,11 @@ class Verifier:
                 self._quiet.clear()
             await asyncio.sleep(QUIET_POLL)
 
+    def _opened(self, abort: Callable[[], None]) -> None:
+        self._abort = abort
+        if self._cancel.is_set():  # stop() came while the object was being opened
+            abort()
+
     def _hold(self) -> None:
         """Worker thread: wait while a backup or restore runs."""
         while not self._quiet.wait(QUIET_POLL):
@@ -261,7 +300,12 @@ class Verifier:
         limit = self.config.system.backups.verify_read_limit
         if item.store == "s3":
             assert self.jobs.s3 is not None
-            return check_s3(self.jobs.s3, item, read_limit=limit, cancel=self._cancel)
+            try:
+                return check_s3(
+                    self.jobs.s3, item, read_limit=limit, cancel=self._cancel, on_open=self._opened
+                )
+            finally:
+                self._abort = None
         return check_local(
             item, read_limit=limit, cancel=self._cancel, hold=self._hold, drop_cache=True
         )
@@ -282,6 +326,8 @@ class Verifier:
         except ArchiveGone:  # deleted since the listing
             self.state.archives.pop(item.key, None)
         except SourceError as exc:
+            if self._cancel.is_set():  # the daemon stopping cut the read short
+                return
             entry["failed"] = time.time()
             log.warning(
                 "backup_not_verified",

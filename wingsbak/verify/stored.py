@@ -31,7 +31,8 @@ from wingsbak.archive.verify import (
 )
 from wingsbak.log import get_logger
 from wingsbak.storage.restic import ResticError, ResticStore, _Process
-from wingsbak.storage.s3 import S3Error, S3NotFound, S3Storage, call_with_retries, describe
+from wingsbak.storage.s3 import S3NotFound, S3Storage, call_with_retries, describe
+from wingsbak.urlguard import shutdown_socket_under
 
 log = get_logger(__name__)
 
@@ -117,8 +118,8 @@ def check_local(
 # -- the node's bucket ------------------------------------------------------------------------
 
 
-def s3_backups(storage: S3Storage) -> list[StoredBackup]:
-    """Every backup object under the configured prefix."""
+def s3_backups(storage: S3Storage, stop: threading.Event | None = None) -> list[StoredBackup]:
+    """Every backup object under the configured prefix (``stop`` ends the retries)."""
     prefix = storage.cfg.prefix
     pattern = re.compile(f"^{re.escape(prefix)}({_UUID})/({_UUID})\\.tar\\.gz$")
     keys: set[str] = set()
@@ -129,7 +130,9 @@ def s3_backups(storage: S3Storage) -> list[StoredBackup]:
             args["ContinuationToken"] = token
         try:
             page = call_with_retries(
-                lambda a=args: storage.client.list_objects_v2(**a), what="ListObjectsV2"
+                lambda a=args: storage.client.list_objects_v2(**a),
+                what="ListObjectsV2",
+                stop=stop,
             )
         except Exception as exc:
             raise describe(exc, storage.bucket, "listing the backups") from exc
@@ -150,15 +153,26 @@ def check_s3(
     *,
     read_limit: float = 0,
     cancel: threading.Event | None = None,
+    on_open: Callable[[Callable[[], None]], None] | None = None,
 ) -> VerifyResult:
-    recorded = _s3_recorded_checksum(storage, item)
+    """``on_open(abort)`` is given what ends a read in progress (a stopping daemon must not
+    wait for a slow store); ``cancel`` ends the retries and the reading."""
+    recorded = _s3_recorded_checksum(storage, item, cancel, on_open)
     kind, expected = recorded if recorded is not None else ("sha1", None)
     try:
-        body = storage.open_stream(item.server, item.backup)
-    except S3NotFound as exc:
-        raise ArchiveGone("the object is gone") from exc
-    except S3Error as exc:
-        raise SourceError(str(exc)) from exc
+        answer = call_with_retries(
+            lambda: storage.client.get_object(Bucket=storage.bucket, Key=item.location),
+            what="GetObject",
+            stop=cancel,
+        )
+    except Exception as exc:
+        error = describe(exc, storage.bucket, "reading the backup")
+        if isinstance(error, S3NotFound):
+            raise ArchiveGone("the object is gone") from exc
+        raise SourceError(str(error)) from exc
+    body = answer["Body"]
+    if on_open is not None:
+        on_open(lambda: shutdown_socket_under(body))
     try:
         return verify_stream(
             body,
@@ -171,7 +185,12 @@ def check_s3(
         body.close()
 
 
-def _s3_recorded_checksum(storage: S3Storage, item: StoredBackup) -> tuple[str, str] | None:
+def _s3_recorded_checksum(
+    storage: S3Storage,
+    item: StoredBackup,
+    stop: threading.Event | None,
+    on_open: Callable[[Callable[[], None]], None] | None,
+) -> tuple[str, str] | None:
     """(type, digest) from the checksum object beside the backup's; None when there is none
     (a backup from before they were kept). Read when the check starts, not when the bucket
     was listed: a backup that was being written then has its checksum by now."""
@@ -181,7 +200,10 @@ def _s3_recorded_checksum(storage: S3Storage, item: StoredBackup) -> tuple[str, 
             answer = call_with_retries(
                 lambda k=key: storage.client.get_object(Bucket=storage.bucket, Key=k),
                 what="GetObject",
+                stop=stop,
             )
+            if on_open is not None:
+                on_open(lambda b=answer["Body"]: shutdown_socket_under(b))
             text = answer["Body"].read(4096).decode("ascii", "replace")
         except Exception as exc:
             error = describe(exc, storage.bucket, "reading the checksum")
