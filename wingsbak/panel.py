@@ -203,7 +203,7 @@ class Outbox:
                 log.warning("notify_dropped", reason="no notify_url configured")
                 continue
             self._pending[report.id] = report
-            if report.target == PANEL:
+            if report.target == PANEL and self.client.configured:
                 self._loaded_paths.add(report.path)
         if self._pending:
             log.info("outbox_loaded", reports=len(self._pending))
