@@ -44,6 +44,9 @@ def test_example_config_loads_and_documents_every_key() -> None:
         "max_connections_per_address",
         "trusted_proxies",
         "websocket_auth_timeout",
+        "verify_interval",
+        "verify_read_limit",
+        "notify_url",
     ):
         assert f"{key}:" in text, key
 

@@ -1,4 +1,5 @@
-"""Command line: ``wingsbak serve``, ``wingsbak archive`` and ``wingsbak restore``."""
+"""Command line: ``wingsbak serve``, ``wingsbak archive``, ``wingsbak restore`` and
+``wingsbak verify``."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Nothing heavy is imported before main() runs: a SIGHUP (``systemctl reload``) arriving while
 # the interpreter still imports would end the daemon (see Hangups).
 from wingsbak import __version__
+
+if TYPE_CHECKING:
+    from wingsbak.config import Config
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -178,6 +182,17 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from wingsbak.verify.command import run_verify
+
+    def config() -> Config:
+        from wingsbak.daemon import resolve_config  # only when the stores are needed
+
+        return resolve_config(args.config)
+
+    return run_verify(args.backup, config=config, read_limit=args.read_limit)
+
+
 def _cmd_serve(args: argparse.Namespace, hangups: Hangups) -> int:
     from wingsbak.daemon import serve
 
@@ -227,6 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace DEST's contents (swapped in only once the whole archive is verified)",
     )
     rest.set_defaults(func=_cmd_restore)
+
+    ver = sub.add_parser(
+        "verify",
+        help="check stored backups whole: gzip CRCs, tar structure, recorded checksum",
+        description="Exit status: 0 all sound, 1 a corrupt backup, 2 bad arguments or no "
+        "such backup, 3 some could not be checked.",
+    )
+    ver.add_argument(
+        "backup",
+        nargs="?",
+        help="a backup uuid (looked up in the configured stores) or the path of a .tar.gz; "
+        "none: every backup of the node",
+    )
+    ver.add_argument("--config", default=None, help="as for serve")
+    ver.add_argument("--read-limit", type=float, default=0, metavar="MIBPS")
+    ver.set_defaults(func=_cmd_verify)
     return parser
 
 

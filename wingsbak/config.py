@@ -207,6 +207,14 @@ class BackupsConfig:
     # The node's own bucket: the s3 store, and where its earlier backups are found.
     s3: S3Config = field(default_factory=S3Config)
     restic: ResticConfig = field(default_factory=ResticConfig)
+    # Seconds between two checks of every stored backup (local and node-bucket archives read
+    # whole, restic repositories a slice at a time); 0: never.
+    verify_interval: float = 86400.0
+    # MiB/s those checks read from an archive; 0: unlimited.
+    verify_read_limit: float = 50.0
+    # A JSON POST (Discord and Slack webhooks take it as is) for every failed backup or
+    # restore and every backup that fails its check; empty: none.
+    notify_url: str = ""
 
 
 @dataclass(slots=True)
@@ -391,6 +399,7 @@ def _validate(cfg: Config) -> None:
             + ", ".join(PAYLOAD_SIGNING)
         )
     _validate_store(b)
+    _validate_checks(b)
     if not 0 < cfg.api.port < 65536:
         raise ConfigError(f"api.port: {cfg.api.port} is not a TCP port")
     for name in ("header_timeout", "body_timeout", "keepalive_timeout", "websocket_auth_timeout"):
@@ -513,6 +522,23 @@ def _validate_store(b: BackupsConfig) -> None:
         raise ConfigError("system.backups.restic.retry_timeout: must be positive (seconds)")
     if not r.binary:
         raise ConfigError("system.backups.restic.binary: must name the restic program")
+
+
+def _validate_checks(b: BackupsConfig) -> None:
+    if not 0 <= b.verify_interval < math.inf:
+        raise ConfigError("system.backups.verify_interval: must be 0 (never) or seconds")
+    if not 0 <= b.verify_read_limit < math.inf:
+        raise ConfigError("system.backups.verify_read_limit: must be 0 (unlimited) or MiB/s")
+    url = b.notify_url.strip()
+    if url:
+        try:
+            parts = urlsplit(url)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            usable = False
+        if not usable:
+            # The URL may hold a webhook's token: the refusal does not repeat it.
+            raise ConfigError("system.backups.notify_url: not an http(s) URL")
 
 
 def parse_config(raw: Any) -> Config:

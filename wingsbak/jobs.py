@@ -57,6 +57,7 @@ from wingsbak.urlguard import (
     UnsafeURL,
     open_restore_stream,
 )
+from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
 from wingsbak.wings import WingsClient, WingsError
 
 log = get_logger(__name__)
@@ -179,6 +180,7 @@ class JobManager:
         self.stores = self._make_stores()
         self.quiesce = Quiesce(config, wings, self.metrics)  # pauses a running game's saving
         self.space = FreeSpace(config, storage, self.metrics)  # refuses what would fill the disk
+        self.on_job_end: JobEndHook = ignore_job_end  # the daemon's: metrics, notifications
 
     def _make_stores(self) -> Stores:
         b = self.config.system.backups
@@ -269,6 +271,7 @@ class JobManager:
 
     async def _run_backup(self, job: BackupJob) -> None:
         outcome = Outcome(successful=False, checksum_type=self.config.system.backups.checksum)
+        error = ""
         # Journaled as soon as it is accepted (after the 202 is on its way, so that the answer
         # never waits for an fsync): a job still queued when the daemon dies is reported too.
         await self._journal_accepted(
@@ -311,6 +314,7 @@ class JobManager:
                 )
         except (asyncio.CancelledError, Exception) as exc:
             _log_unfinished("backup", job, exc)
+            error = _describe(exc)
         finally:
             self.backups.pop(job.uuid, None)
             if outcome.successful:
@@ -321,6 +325,8 @@ class JobManager:
                 self.metrics.backups_failed.labels(job.adapter).inc()
                 outcome = Outcome(successful=False, checksum_type=outcome.checksum_type)
             await self._report_backup(job, outcome)
+            end = JobEnd("backup", job.server, job.uuid, outcome.successful, error, job.store)
+            await self.on_job_end(end)
             # Only once the report is safe in the outbox: a crash in between must leave a
             # trace that recovery turns into a report.
             await asyncio.to_thread(self.journal.forget, job.uuid)
@@ -441,6 +447,7 @@ class JobManager:
 
     async def _run_restore(self, job: RestoreJob) -> None:
         ok = False
+        error = ""
         loop = asyncio.get_running_loop()
         await self._journal_accepted(job.uuid, kind="restore", server=job.server)  # see backups
         try:
@@ -467,6 +474,7 @@ class JobManager:
                 )
         except (asyncio.CancelledError, Exception) as exc:
             _log_unfinished("restore", job, exc)
+            error = _describe(exc)
         finally:
             # Cut off at shutdown while its thread deletes the old files: it succeeded.
             ok = ok or job.committed
@@ -478,6 +486,7 @@ class JobManager:
                 job.server, BACKUP_RESTORE_COMPLETED, {"uuid": job.uuid, "is_successful": ok}
             )
             await self.outbox.send("POST", f"/backups/{job.uuid}/restore", {"successful": ok})
+            await self.on_job_end(JobEnd("restore", job.server, job.uuid, ok, error))
             root = self.server_root(job.server)
             if await asyncio.to_thread(staging_left, root, job.uuid):
                 # Its staging could not be finished (it holds the old entries, or the old
@@ -614,6 +623,7 @@ class JobManager:
                     },
                 )
                 log.info("interrupted_backup_found_complete", backup=key, size=done.size)
+                await self.on_job_end(JobEnd("backup", server, key, True))
             elif kind == "backup":
                 await self.outbox.send(
                     "POST",
@@ -627,6 +637,7 @@ class JobManager:
                     },
                 )
                 log.info("interrupted_backup_reported", backup=key)
+                await self.on_job_end(JobEnd("backup", server, key, False, INTERRUPTED))
             await asyncio.to_thread(self.journal.forget, key)
         for (server, label), found in stagings.items():
             _log_staging("orphan_restore_staging", server, label, found)
@@ -646,6 +657,8 @@ class JobManager:
         else:
             await self.outbox.send("POST", path, {"successful": committed})
             log.info("interrupted_restore_reported", backup=key, successful=committed)
+            error = "" if committed else INTERRUPTED
+            await self.on_job_end(JobEnd("restore", server, key, committed, error))
         if found is not None and found.error:
             await self._journal_accepted(key, reported=True)
             return False

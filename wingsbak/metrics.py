@@ -54,6 +54,47 @@ class Metrics:
             "wingsbak_report_outbox_size", "Panel reports not yet delivered", registry=r
         )
         self.downloads = Counter("wingsbak_downloads", "Backup downloads served", registry=r)
+        # Per server, kept across restarts (wingsbak.watch): an alert on "no success for a
+        # day" must neither fire nor go quiet because the daemon restarted.
+        self.last_success = Gauge(
+            "wingsbak_backup_last_success_timestamp_seconds",
+            "When the server's last successful backup ended (Unix time)",
+            ["server"],
+            registry=r,
+        )
+        self.last_failure = Gauge(
+            "wingsbak_backup_last_failure_timestamp_seconds",
+            "When the server's last failed backup ended (Unix time)",
+            ["server"],
+            registry=r,
+        )
+        self.corrupt_found = Counter(
+            "wingsbak_backup_corrupt",
+            "Stored backups found corrupt by their check (each finding counted once)",
+            ["store"],
+            registry=r,
+        )
+        self.corrupt_now = Gauge(
+            "wingsbak_backups_corrupt",
+            "Stored backups whose last check found them corrupt",
+            registry=r,
+        )
+        self.verified = Counter(
+            "wingsbak_backup_verified",
+            "Stored backups (restic: repository slices) checked and found sound",
+            ["store"],
+            registry=r,
+        )
+        self.backup_dir_free = Gauge(
+            "wingsbak_backup_directory_free_bytes",
+            "Bytes available to wingsbak on the file system of system.backup_directory",
+            registry=r,
+        )
+        self.backup_dir_size = Gauge(
+            "wingsbak_backup_directory_size_bytes",
+            "Size of the file system of system.backup_directory",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

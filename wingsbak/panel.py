@@ -5,6 +5,10 @@ the backup directory, then delivered with retries: 5xx, 429 and connection error
 exponentially with jitter and try again, forever; a 4xx other than 429 is final (the panel
 refuses it, e.g. a backup already marked complete) and is logged loudly, never retried. A
 report still in the outbox when the daemon stops is delivered after it starts again.
+
+The same outbox carries the operator's notifications (:mod:`wingsbak.notify`): an item's
+``target`` says which client delivers it, and each item is delivered on its own, so a panel
+that is down holds up no notification and a notify URL that is down no report.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import random
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -28,6 +32,17 @@ log = get_logger(__name__)
 
 ACCEPT = "application/vnd.pterodactyl.v1+json"
 OUTBOX_NAME = ".wingsbak-outbox.json"
+PANEL = "panel"
+NOTIFY = "notify"
+# Log event prefixes per target (the panel's names are the ones operators already know).
+_EVENTS = {PANEL: ("panel_report", "panel_refused_report"), NOTIFY: ("notify", "notify_refused")}
+
+
+class Client(Protocol):
+    @property
+    def configured(self) -> bool: ...
+
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any: ...
 
 
 class PanelError(Exception):
@@ -41,6 +56,7 @@ class Report:
     body: dict[str, Any]
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempts: int = 0
+    target: str = PANEL
 
 
 class PanelClient:
@@ -153,8 +169,12 @@ class Outbox:
         *,
         retry_initial: float = 1.0,
         retry_max: float = 60.0,
+        notify: Client | None = None,
     ) -> None:
         self.client = client
+        self.clients: dict[str, Client] = {PANEL: client}
+        if notify is not None:
+            self.clients[NOTIFY] = notify
         self.path = Path(directory) / OUTBOX_NAME
         self.retry_initial = retry_initial
         self.retry_max = retry_max
@@ -174,22 +194,32 @@ class Outbox:
         return path in self._loaded_paths
 
     async def load(self) -> None:
-        """Read the file left by an earlier run and start delivering what it holds."""
-        if not self.client.configured:
-            return
+        """Read the file left by an earlier run and start delivering what it holds (a report
+        for a panel no longer configured stays in the file, undelivered; a notification for
+        a notify URL no longer configured is dropped)."""
         raw = await asyncio.to_thread(self._read_file)
         for item in raw:
             try:
                 report = Report(item["method"], item["path"], item["body"], item["id"])
-            except (KeyError, TypeError):
+                report.target = str(item.get("target", PANEL))
+            except (KeyError, TypeError, AttributeError):
                 log.error("outbox_entry_unreadable", entry=str(item)[:200])
                 continue
+            if report.target != PANEL and not self._configured(report.target):
+                log.warning("notify_dropped", reason="no notify_url configured")
+                continue
             self._pending[report.id] = report
-            self._loaded_paths.add(report.path)
+            if report.target == PANEL and self.client.configured:
+                self._loaded_paths.add(report.path)
         if self._pending:
             log.info("outbox_loaded", reports=len(self._pending))
         for report in list(self._pending.values()):
-            self._start(report)
+            if self._configured(report.target):
+                self._start(report)
+
+    def _configured(self, target: str) -> bool:
+        client = self.clients.get(target)
+        return client is not None and client.configured
 
     def _read_file(self) -> list[Any]:
         try:
@@ -209,6 +239,7 @@ class Outbox:
         still delivered from memory, only their survival of a restart is lost meanwhile."""
         items = [
             {"id": r.id, "method": r.method, "path": r.path, "body": r.body}
+            | ({"target": r.target} if r.target != PANEL else {})
             for r in self._pending.values()
         ]
         async with self._lock:
@@ -222,12 +253,18 @@ class Outbox:
                     pending=len(items),
                 )
 
-    async def send(self, method: str, path: str, body: dict[str, Any]) -> None:
-        """Queue a report durably and start delivering it."""
-        if not self.client.configured:
-            log.info("panel_report_not_sent", reason="no panel configured", path=path, body=body)
+    async def send(
+        self, method: str, path: str, body: dict[str, Any], target: str = PANEL
+    ) -> None:
+        """Queue a report (with ``target`` NOTIFY: a notification) durably and start
+        delivering it."""
+        if not self._configured(target):
+            if target == PANEL:
+                log.info(
+                    "panel_report_not_sent", reason="no panel configured", path=path, body=body
+                )
             return
-        report = Report(method, path, body)
+        report = Report(method, path, body, target=target)
         self._pending[report.id] = report
         await self._persist()
         self._start(report)
@@ -239,15 +276,17 @@ class Outbox:
 
     async def _deliver(self, report: Report) -> None:
         delay = self.retry_initial
+        client = self.clients[report.target]
+        event, refused = _EVENTS.get(report.target, _EVENTS[PANEL])
         while True:
             report.attempts += 1
             try:
-                await self.client.request(report.method, report.path, report.body)
+                await client.request(report.method, report.path, report.body)
             except PanelStatus as exc:
                 if not exc.retryable:
                     self.refused += 1
                     log.error(
-                        "panel_refused_report",
+                        refused,
                         path=report.path,
                         status=exc.status,
                         answer=exc.body,
@@ -255,7 +294,7 @@ class Outbox:
                     )
                     break
                 log.warning(
-                    "panel_report_retry",
+                    f"{event}_retry",
                     path=report.path,
                     status=exc.status,
                     attempt=report.attempts,
@@ -263,7 +302,7 @@ class Outbox:
                 )
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 log.warning(
-                    "panel_report_retry",
+                    f"{event}_retry",
                     path=report.path,
                     error=str(exc) or type(exc).__name__,
                     attempt=report.attempts,
@@ -271,7 +310,7 @@ class Outbox:
                 )
             else:
                 self.delivered += 1
-                log.info("panel_report_delivered", path=report.path, attempts=report.attempts)
+                log.info(f"{event}_delivered", path=report.path, attempts=report.attempts)
                 break
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(self.retry_max, delay * 2)

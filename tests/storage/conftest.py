@@ -4,7 +4,7 @@ pytest's ``pythonpath``)."""
 
 from __future__ import annotations
 
-from daemon_fixtures import daemon_process, node, panel, start_daemon  # noqa: F401
+from daemon_fixtures import daemon_process, node, panel, start_daemon  # noqa: F401 - registers them
 from s3_fixtures import (  # noqa: F401 - imported to register the fixtures
     _proxy_server,
     big_tree,

@@ -23,9 +23,12 @@ from wingsbak.http.middleware import errors_middleware, make_auth_middleware, ma
 from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS, WINGS
 from wingsbak.jobs import JobManager
 from wingsbak.node_identity import IDENTITY, NodeIdentity
+from wingsbak.notify import WebhookClient
 from wingsbak.panel import Outbox, PanelClient
 from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
+from wingsbak.verify.schedule import Verifier
+from wingsbak.watch import Watch
 from wingsbak.wings import WingsClient
 
 
@@ -43,11 +46,13 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     )
     storage = LocalStorage(config.backup_dir)
     panel = PanelClient(config.remote, config.token_id, config.token)
+    notify = WebhookClient(config.system.backups.notify_url)
     outbox = Outbox(
         panel,
         config.backup_dir,
         retry_initial=config.system.backups.report_retry_initial,
         retry_max=config.system.backups.report_retry_max,
+        notify=notify,
     )
     events = EventBus()
     # In front of Wings (api.upstream): Wings' API for the pass-through and for the jobs.
@@ -66,6 +71,9 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     app[EVENTS] = events
     app[USED_TOKENS] = UsedTokens(config.backup_dir)
     app[JOBS] = JobManager(config, storage=storage, outbox=outbox, events=events, wings=wings)
+    watch = Watch(config, app[JOBS].metrics, outbox)
+    app[JOBS].on_job_end = watch.job_end
+    verifier = Verifier(config, app[JOBS], watch)
     app.on_response_prepare.append(make_identify(lambda: app[CONFIG].token_id))
     app.add_routes(backups.routes)
     app.add_routes(download.routes)
@@ -84,15 +92,20 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     async def startup(app: web.Application) -> None:
         await asyncio.to_thread(app[USED_TOKENS].load)
         await outbox.load()
+        await watch.start()
         await app[JOBS].recover()
         app[JOBS].check_stores_in_background()
+        await verifier.start()
 
     async def shutdown(app: web.Application) -> None:
         sendfile.stop_pumps()
+        await verifier.stop()
         await app[JOBS].shutdown()
+        await watch.stop()
         await outbox.drain(timeout=2.0)
         await outbox.close()
         await panel.close()
+        await notify.close()
         if wings is not None:
             await wings.close()
 

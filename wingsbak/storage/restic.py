@@ -306,6 +306,7 @@ class ResticStore(BackupStore):
         self._prune_due: float | None = None
         self._last_prune = float("-inf")
         self._worker: threading.Thread | None = None
+        self._exclusive_tasks: list[Callable[[], None]] = []  # see run_exclusive
         self.usable: bool | None = None  # set by start()
         self.checked = threading.Event()  # start() has run: a new repository exists
         self.prunes = 0
@@ -404,7 +405,10 @@ class ResticStore(BackupStore):
                 self._exclusive = True
                 forget = sorted(self._pending)
                 prune = self._prune_due is not None and self._prune_due <= time.monotonic()
+                tasks, self._exclusive_tasks = self._exclusive_tasks, []
             try:
+                for task in tasks:
+                    task()
                 if forget:
                     self._forget(forget)
                 if prune:
@@ -420,7 +424,15 @@ class ResticStore(BackupStore):
         if self._users:
             return False
         due = self._prune_due is not None and self._prune_due <= time.monotonic()
-        return bool(self._pending) or due
+        return bool(self._pending) or due or bool(self._exclusive_tasks)
+
+    def run_exclusive(self, task: Callable[[], None]) -> None:
+        """Run ``task`` on the maintenance thread as forgets and prunes run: once nothing
+        else uses the repository, with new users waiting until it returns (e.g. ``restic
+        check``, which locks the repository exclusively). It must not raise."""
+        with self._cond:
+            self._exclusive_tasks.append(task)
+            self._cond.notify_all()
 
     def _unlock_stale(self) -> None:
         """Remove the locks restic calls stale (of a restic killed on this node, or older than

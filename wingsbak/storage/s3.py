@@ -559,6 +559,26 @@ class S3Storage:
         check_uuid(backup_uuid, "backup uuid")
         return f"{self.cfg.prefix}{server_uuid}/{backup_uuid}.tar.gz"
 
+    def checksum_key(self, server_uuid: str, backup_uuid: str, checksum_type: str) -> str:
+        """``<key>.sha1``: the checksum the panel was given, beside the object, in the format
+        ``sha1sum -c`` reads (a multipart object's ETag is not a checksum of its bytes)."""
+        return f"{self.key(server_uuid, backup_uuid)}.{checksum_type}"
+
+    def _put_checksum(self, server_uuid: str, backup_uuid: str, result: ArchiveResult) -> None:
+        """Saved after the object; a failure costs only the verification's comparison with
+        it (the gzip and tar checks remain), so it does not fail the backup."""
+        key = self.checksum_key(server_uuid, backup_uuid, result.checksum_type)
+        body = f"{result.checksum}  {backup_uuid}.tar.gz\n".encode()
+        try:
+            self._call(
+                "saving the checksum",
+                lambda: self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType="text/plain"
+                ),
+            )
+        except S3Error as exc:
+            log.warning("s3_checksum_not_saved", key=key, error=str(exc))
+
     def _call(self, action: str, fn: Callable[[], T]) -> T:
         try:
             return call_with_retries(fn, what=action, attempts=self.attempts, backoff=self.backoff)
@@ -612,6 +632,7 @@ class S3Storage:
                 committing(result, sink.upload_id)
             sink.complete()
         self.cleanup.kick()  # S3 answers: what an outage left pending can go now
+        self._put_checksum(server_uuid, backup_uuid, result)
         return result
 
     def presigned_download_url(
@@ -656,6 +677,15 @@ class S3Storage:
         self._call(
             "deleting the backup", lambda: self.client.delete_object(Bucket=self.bucket, Key=key)
         )
+        for kind in ("sha1", "sha256"):
+            extra = self.checksum_key(server_uuid, backup_uuid, kind)
+            try:
+                self._call(
+                    "deleting the checksum",
+                    lambda k=extra: self.client.delete_object(Bucket=self.bucket, Key=k),
+                )
+            except S3Error as exc:  # a few bytes left behind; the backup itself is gone
+                log.warning("s3_checksum_not_deleted", key=extra, error=str(exc))
         return True
 
     def open_stream(self, server_uuid: str, backup_uuid: str) -> BinaryIO:

@@ -1,0 +1,345 @@
+"""Verification of a stored ``.tar.gz`` without unpacking it: read whole, checked against
+its gzip CRCs and lengths (every member: an archive may be many independent gzip members),
+its tar structure (every header's checksum, entry sizes that add up, the end-of-archive
+marker) and the checksum recorded when it was written (the ``.sha1``/``.sha256`` sidecar of
+a local archive, the checksum object of one in the node's bucket).
+
+Plain synchronous code for a worker thread, reusing the restore's gzip reader and its feed
+of the decompressed stream, so a backup that verifies is one the restore can read.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from wingsbak.archive.extract import (
+    BLOCK,
+    MAX_EXTENDED_HEADER,
+    MAX_EXTENDED_HEADERS_TOTAL,
+    RestoreError,
+    _Feed,
+    _number,
+    _open_gunzip,
+    _parse_pax,
+    _pax_size,
+    _Truncated,
+)
+from wingsbak.archive.sink import MIB, Cancelled, TokenBucket, sidecar_path
+
+__all__ = [
+    "CHECKSUM_TYPES",
+    "ArchiveCorrupt",
+    "ArchiveGone",
+    "SourceError",
+    "VerifyResult",
+    "parse_checksum_line",
+    "read_recorded_checksum",
+    "verify_file",
+    "verify_stream",
+]
+
+CHECKSUM_TYPES = ("sha1", "sha256")
+_HEX_LENGTH = {"sha1": 40, "sha256": 64}
+_HEX = re.compile(r"^[0-9a-f]+$")
+_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = ord("x"), ord("g"), ord("L"), ord("K")
+_GNU_SPARSE = ord("S")
+# Entry types whose data is never stored, whatever their size field says (as the restore).
+_NO_DATA = frozenset(b"123456")
+_PAX_GLOBAL_KEYS = frozenset({b"size"})
+# Pages already verified are dropped from the page cache this often, so a day's verification
+# does not push the game servers' own files out of memory.
+_DROP_CACHE_EVERY = 8 * MIB
+# Errors reading a local archive that mean the disk cannot give it back: the backup is lost.
+_MEDIA_ERRORS = frozenset({errno.EIO, errno.EBADMSG, errno.EUCLEAN})
+
+
+class ArchiveCorrupt(Exception):
+    """The archive fails its check; ``str()`` is the reason, one line."""
+
+
+class SourceError(Exception):
+    """The archive could not be read to the end (a vanished file, an unreachable bucket):
+    nothing is known about it, it is checked again later."""
+
+
+class ArchiveGone(SourceError):
+    """The archive is no longer there (deleted since it was listed)."""
+
+
+@dataclass(slots=True, frozen=True)
+class VerifyResult:
+    size: int  # compressed bytes read
+    unpacked: int  # tar bytes
+    entries: int  # tar entries (extended headers not counted)
+    checksum: str  # hex digest of the compressed bytes
+    checksum_type: str
+    # True when a recorded checksum was compared; False when none was recorded (an archive
+    # from Wings itself, or from before checksum objects were kept).
+    checksum_checked: bool
+
+
+class _Source(io.RawIOBase):
+    """The compressed bytes on their way to the gzip reader (on its thread): hashed, held to
+    a rate, paused while ``hold`` says so, and their own read errors kept apart from the
+    archive's."""
+
+    def __init__(
+        self,
+        raw: io.RawIOBase | io.BufferedIOBase,
+        checksum_type: str,
+        limiter: TokenBucket | None,
+        hold: Callable[[], None] | None,
+        cancel: threading.Event | None,
+        fd: int | None,
+    ) -> None:
+        self.raw = raw
+        self.hasher = hashlib.new(checksum_type)
+        self.limiter = limiter
+        self.hold = hold
+        self.cancel = cancel
+        self.fd = fd
+        self.count = 0
+        self.dropped = 0
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("verification cancelled")
+        if self.hold is not None:
+            self.hold()
+        view = memoryview(b).cast("B")
+        try:
+            readinto = getattr(self.raw, "readinto", None)
+            if readinto is not None:
+                n = readinto(view) or 0
+            else:
+                data = self.raw.read(len(view))
+                n = len(data)
+                view[:n] = data
+        except BaseException as exc:
+            self.error = exc
+            raise
+        if n:
+            self.hasher.update(view[:n])
+            self.count += n
+            if self.limiter is not None:
+                self.limiter.consume(n)
+            if self.fd is not None and self.count - self.dropped >= _DROP_CACHE_EVERY:
+                os.posix_fadvise(self.fd, 0, self.count, os.POSIX_FADV_DONTNEED)
+                self.dropped = self.count
+        return n
+
+
+def verify_stream(
+    raw: io.RawIOBase | io.BufferedIOBase,
+    *,
+    checksum_type: str = "sha1",
+    expected: str | None = None,
+    read_limit: float = 0,
+    cancel: threading.Event | None = None,
+    hold: Callable[[], None] | None = None,
+    fd: int | None = None,
+) -> VerifyResult:
+    """Read the ``.tar.gz`` in ``raw`` to its end and check it. ``expected``: the hex digest
+    of type ``checksum_type`` recorded for it. ``read_limit`` caps the compressed bytes read,
+    in MiB/s (0: unlimited); ``hold()`` is called before each read and may block (pausing
+    the check); ``fd``: the local file, whose verified pages are dropped from the cache.
+
+    Raises :class:`ArchiveCorrupt`, :class:`SourceError` or :class:`Cancelled`."""
+    limiter = TokenBucket(read_limit * MIB, cancel) if read_limit > 0 else None
+    source = _Source(raw, checksum_type, limiter, hold, cancel, fd)
+    try:
+        gz = _open_gunzip(source)  # type: ignore[arg-type]
+        try:
+            feed = _Feed(gz)
+            entries = _walk_tar(feed)
+            feed.drain()  # the gzip CRC and length of the last member
+            unpacked = feed.tell
+        finally:
+            gz.close()
+    except RestoreError as exc:
+        _raise_source_error(source)
+        raise ArchiveCorrupt(_reason(str(exc))) from exc
+    except (Cancelled, ArchiveCorrupt):
+        raise
+    except Exception as exc:  # the gzip layer's own errors, raised through close()
+        _raise_source_error(source)
+        raise ArchiveCorrupt(f"the archive is corrupt: {exc}") from exc
+    digest = source.hasher.hexdigest()
+    if expected is not None and digest != expected:
+        raise ArchiveCorrupt(
+            f"the archive does not match its recorded {checksum_type} checksum "
+            f"(recorded {expected}, read {digest})"
+        )
+    checked = expected is not None
+    return VerifyResult(source.count, unpacked, entries, digest, checksum_type, checked)
+
+
+def _raise_source_error(source: _Source) -> None:
+    error = source.error
+    if error is None:
+        return
+    if isinstance(error, Cancelled):
+        raise error
+    if isinstance(error, OSError) and error.errno in _MEDIA_ERRORS:
+        raise ArchiveCorrupt(
+            f"the disk cannot read the archive: {error.strerror or error}"
+        ) from error
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    raise SourceError(f"cannot read the archive: {text}") from error
+
+
+def _reason(text: str) -> str:
+    """The feed's words for a gzip error are a restore's ("cannot read"): here the bytes
+    were read, and they are wrong."""
+    prefix = "cannot read the archive: "
+    if text.startswith(prefix):
+        return "the archive is corrupt: " + text[len(prefix) :]
+    return text
+
+
+def _walk_tar(feed: _Feed) -> int:
+    """Every header checked and every entry's data skipped, up to the end-of-archive marker;
+    returns the number of entries."""
+    entries = 0
+    extended = 0
+    pax: dict[bytes, bytes] = {}
+    pax_global: dict[bytes, bytes] = {}
+    while True:
+        at = feed.tell
+        header = _take(feed, BLOCK, "it ends without the end-of-archive marker")
+        if header.count(0) == BLOCK:
+            second = _take(feed, BLOCK, "it ends after a single zero block")
+            if second.count(0) != BLOCK:
+                raise ArchiveCorrupt(
+                    f"the archive is corrupt: a lone zero block at byte {at} inside the archive"
+                )
+            return entries
+        try:
+            if sum(header[:148]) + 256 + sum(header[156:]) != _number(header[148:156]):
+                raise ValueError("bad checksum")
+            kind = header[156]
+            size = _number(header[124:136])
+            if size < 0:
+                raise ValueError("negative size")
+            if kind in (_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
+                extended += size
+                if size > MAX_EXTENDED_HEADER or extended > MAX_EXTENDED_HEADERS_TOTAL:
+                    raise ArchiveCorrupt(
+                        f"the archive is corrupt: an extended header of {size} bytes at byte {at}"
+                    )
+                data = _take(feed, size + (-size % BLOCK), "inside an extended header")[:size]
+                if kind == _PAX:
+                    pax = _parse_pax(data)
+                elif kind == _PAX_GLOBAL:
+                    records = _parse_pax(data).items()
+                    pax_global.update((k, v) for k, v in records if k in _PAX_GLOBAL_KEYS)
+                continue
+            if kind == _GNU_SPARSE:
+                _skip_sparse_extensions(feed, header)
+            meta = {**pax_global, **pax}
+            if b"size" in meta:
+                size = _pax_size(meta[b"size"])
+        except (ValueError, RestoreError):
+            raise ArchiveCorrupt(f"the archive is corrupt: bad tar header at byte {at}") from None
+        pax = {}
+        extended = 0
+        entries += 1
+        if kind not in _NO_DATA:
+            try:
+                feed.skip(size + (-size % BLOCK))
+            except _Truncated:
+                raise ArchiveCorrupt(
+                    f"the archive is truncated inside the entry at byte {at}"
+                ) from None
+
+
+def _skip_sparse_extensions(feed: _Feed, header: bytes) -> None:
+    """An old GNU sparse entry's map continues in blocks between its header and its data."""
+    more = header[482]
+    while more:
+        block = _take(feed, BLOCK, "inside a sparse map")
+        more = block[504]
+
+
+def _take(feed: _Feed, n: int, where: str) -> bytes:
+    try:
+        return feed.take(n)
+    except _Truncated:
+        raise ArchiveCorrupt(f"the archive is truncated: {where}") from None
+
+
+def parse_checksum_line(text: str, checksum_type: str) -> str:
+    """The digest of a ``sha1sum``-style line (``<hex>  <name>``); :class:`ArchiveCorrupt`
+    when it holds none of the right shape."""
+    fields = text.split()
+    digest = fields[0].lower() if fields else ""
+    if len(digest) != _HEX_LENGTH[checksum_type] or not _HEX.match(digest):
+        raise ArchiveCorrupt(f"its {checksum_type} checksum record is damaged")
+    return digest
+
+
+def read_recorded_checksum(archive: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(type, digest) from a local archive's sidecar; None when it has none (Wings' own
+    archives); :class:`ArchiveCorrupt` when the sidecar is there but unreadable."""
+    for kind in CHECKSUM_TYPES:
+        path = sidecar_path(archive, kind)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ArchiveCorrupt(
+                f"its {kind} sidecar cannot be read: {exc.strerror or exc}"
+            ) from exc
+        return kind, parse_checksum_line(raw.decode("ascii", "replace"), kind)
+    return None
+
+
+def verify_file(
+    path: str | os.PathLike[str],
+    *,
+    use_sidecar: bool = True,
+    read_limit: float = 0,
+    cancel: threading.Event | None = None,
+    hold: Callable[[], None] | None = None,
+    drop_cache: bool = False,
+) -> VerifyResult:
+    """:func:`verify_stream` of a local archive, against its sidecar when it has one. With
+    ``drop_cache`` the pages read are dropped from the page cache behind the reader (the
+    daemon's schedule: its reads must not evict the game servers' files)."""
+    recorded = read_recorded_checksum(path) if use_sidecar else None
+    kind, expected = recorded if recorded is not None else ("sha1", None)
+    try:
+        f = open(Path(path), "rb", buffering=0)  # noqa: SIM115 - closed below
+    except FileNotFoundError as exc:
+        raise ArchiveGone(f"the archive is gone: {os.fspath(path)}") from exc
+    except OSError as exc:
+        raise SourceError(f"cannot open {os.fspath(path)}: {exc.strerror or exc}") from exc
+    with f:
+        fd = f.fileno()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        try:
+            return verify_stream(
+                f,
+                checksum_type=kind,
+                expected=expected,
+                read_limit=read_limit,
+                cancel=cancel,
+                hold=hold,
+                fd=fd if drop_cache else None,
+            )
+        finally:
+            if drop_cache:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -1,0 +1,1 @@
+"""Verified backups: every stored backup checked on a schedule and on demand."""
