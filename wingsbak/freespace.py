@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,17 @@ from wingsbak.archive.rules import IgnoreRules, PteroignoreTooLarge
 from wingsbak.config import Config, parse_min_free_space
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
-from wingsbak.notices import BACKUP_REFUSED_NO_SPACE, Notice, notify
 from wingsbak.storage.local import LocalStorage
 
 log = get_logger(__name__)
 
 # The stores whose backups are written (whole) into system.backup_directory.
 ON_NODE_DISK = frozenset({"local", "presigned"})
+
+
+# The refusal's log line. It fails the backup, which is notified as every failed backup is
+# (wingsbak.watch, system.backups.notify_url), with this sentence as its error.
+BACKUP_REFUSED_NO_SPACE = "backup_refused_no_space"
 
 
 class NotEnoughSpace(OSError):
@@ -41,11 +44,9 @@ class FreeSpace:
         config: Config,
         storage: LocalStorage,
         metrics: Metrics,
-        on_notice: Callable[[Notice], None] = notify,
     ) -> None:
         self.config = config
         self.storage = storage
-        self.on_notice = on_notice
         self.refused = Counter(
             "wingsbak_backups_refused_no_space",
             "Backups refused before they started: they would have left less than "
@@ -67,7 +68,6 @@ class FreeSpace:
         log.error(BACKUP_REFUSED_NO_SPACE, server=server, backup=backup, **fields)
         self.refused.inc()
         notes["refused"] = sentence
-        self.on_notice(Notice(BACKUP_REFUSED_NO_SPACE, server, backup, sentence))
         raise NotEnoughSpace(errno.ENOSPC, sentence)
 
     def _shortfall(self, server: str, ignore: str, store: str) -> tuple[str, dict[str, Any]] | None:

@@ -48,12 +48,15 @@ from wingsbak.console import (
 )
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
-from wingsbak.notices import BACKUP_MAYBE_INCONSISTENT, Notice, notify
 from wingsbak.patterns import compile_pattern, matches
 from wingsbak.storage.base import BackupSource
 from wingsbak.wings import RUNNING, WingsClient, WingsError
 
 log = get_logger(__name__)
+
+# A backup made although the game never said it had saved: its log line, its event's
+# "consistent": false and a metric say so (it did not fail, so it is not notified).
+BACKUP_MAYBE_INCONSISTENT = "backup_maybe_inconsistent"
 
 # restic reads the files itself, and would take a clone's new inodes for changed files.
 CLONING_STORES = frozenset({"local", "s3", "presigned"})
@@ -266,12 +269,10 @@ class _Pause:
         return open_console(self.wings.session, url, self.server, token=token, origin=cfg.remote)
 
     def _maybe_inconsistent(self, why: str) -> None:
-        sentence = f"may be inconsistent: {why}"
         self.notes["consistent"] = False
         self.notes["inconsistent_reason"] = why
         log.warning(BACKUP_MAYBE_INCONSISTENT, server=self.server, backup=self.backup, reason=why)
         self.owner.maybe_inconsistent.labels(self.server).inc()
-        notify(Notice(BACKUP_MAYBE_INCONSISTENT, self.server, self.backup, sentence))
 
     async def snapshot(self, store: str) -> None:
         """Clone the tree while saving is paused, then resume; else resume when read."""
