@@ -170,6 +170,7 @@ class JobManager:
         self._server_locks: dict[str, asyncio.Lock] = {}
         self.backups: dict[str, BackupJob] = {}
         self.restores: dict[str, RestoreJob] = {}  # by server
+        self.finishing: set[str] = set()  # backups ended, their report and records being made
         self.accepting = True
         self.completed = 0
         self.failed = 0
@@ -220,6 +221,7 @@ class JobManager:
             "running": [j.summary() for j in self.running()],
             "queued": [j.summary() for j in self.queued()],
             "restoring": [j.summary() for j in self.restores.values()],
+            "finishing": sorted(self.finishing),
             "completed": self.completed,
             "failed": self.failed,
             "outbox": len(self.outbox),
@@ -317,6 +319,7 @@ class JobManager:
             error = _describe(exc)
         finally:
             self.backups.pop(job.uuid, None)
+            self.finishing.add(job.uuid)  # reported and recorded below: not idle yet
             if outcome.successful:
                 self.completed += 1
                 self.metrics.backups_succeeded.labels(job.adapter).inc()
@@ -330,6 +333,7 @@ class JobManager:
             # Only once the report is safe in the outbox: a crash in between must leave a
             # trace that recovery turns into a report.
             await asyncio.to_thread(self.journal.forget, job.uuid)
+            self.finishing.discard(job.uuid)
 
     async def _report_backup(self, job: BackupJob, outcome: Outcome) -> None:
         completed = {

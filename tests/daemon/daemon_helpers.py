@@ -249,7 +249,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while True:
             jobs = (await self.system())["jobs"]
-            if not jobs["running"] and not jobs["queued"]:
+            if not jobs["running"] and not jobs["queued"] and not jobs.get("finishing"):
                 return
             if time.monotonic() >= deadline:  # a hang, reported as such
                 raise TimeoutError(f"jobs still busy: {jobs}")
