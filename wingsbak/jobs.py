@@ -322,12 +322,11 @@ class JobManager:
         }
         if outcome.skipped:  # only with allow_skipped: wingsbak's addition to Wings' payload
             completed["skipped"] = outcome.skipped
-        # Wings publishes "backup completed:<uuid>", but its event bus (events.Bus.Publish)
-        # strips the ":<uuid>", so the stock panel's clients receive the bare name (and read
-        # the uuid from the payload). Both are sent: the bare one as Wings delivers it, the
-        # per-uuid one for clients written against the name Wings publishes.
+        # Wings publishes "backup completed:<uuid>", but its event bus (events/events.go
+        # Publish) strips the ":<uuid>": clients only ever receive the bare name. The stock
+        # Pterodactyl frontend reads the per-uuid name as a success whatever its payload says
+        # (BackupRow.tsx, `is_successful || true`), so it is never sent.
         self.events.publish(job.server, BACKUP_COMPLETED, completed)
-        self.events.publish(job.server, f"{BACKUP_COMPLETED}:{job.uuid}", completed)
         await self.outbox.send(
             "POST",
             f"/backups/{job.uuid}",
