@@ -135,7 +135,11 @@ async def test_restore_sends_restore_completed(
 
     assert (await daemon.post_restore(server, backup))[0] == 202
     events = await client.until("backup restore completed")
-    assert [e["event"] for e in events] == ["backup restore completed"]
+    # The console's lines as Wings prints them (server/backup.go, router_server_backup.go).
+    lines = [e["args"] for e in events[:-1] if e["event"] == "daemon message"]
+    assert len(lines) == len(events) - 1, events
+    assert sorted(lines[:-1]) == [["(restoring): eula.txt"], ["(restoring): world/level.dat"]]
+    assert lines[-1] == ["Completed server restoration from local backup."]
     assert payload(events[-1]) == {"uuid": backup, "is_successful": True}
     assert (node.data / server / "eula.txt").read_bytes() == b"eula=true\n"
     assert (await panel.wait_report(backup, restore=True)).json == {"successful": True}
