@@ -23,6 +23,7 @@ from yarl import URL
 from wingsbak import gojson
 from wingsbak.errors import RequestTimeout
 from wingsbak.http.middleware import check_bearer, error_response
+from wingsbak.http.server import client_address
 from wingsbak.http.state import CONFIG, JOBS, WINGS
 from wingsbak.log import get_logger
 
@@ -80,7 +81,9 @@ def end_to_end(headers: CIMultiDict[str] | hdrs.CIMultiDictProxy[str]) -> CIMult
 
 def forwarded_headers(request: web.Request) -> CIMultiDict[str]:
     headers = end_to_end(request.headers)
-    client = request.remote or ""
+    # An IPv4 client of a dual-stack listener is ::ffff:a.b.c.d to it; Go's listener under
+    # Wings gives a.b.c.d, and so does this header.
+    client = (client_address((request.remote,)) or "") if request.remote else ""
     previous = ", ".join(request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
     headers.popall(hdrs.X_FORWARDED_FOR, None)
     headers[hdrs.X_FORWARDED_FOR] = f"{previous}, {client}" if previous else client
