@@ -223,3 +223,38 @@ async def test_expect_100_continue_is_left_to_wings(front, wings, route):
         assert received[-1].body["size"] == len(body)
     else:
         assert received[-1].body == {"action": "stop", "wait_seconds": 0}
+
+
+async def test_a_client_waiting_for_wings_100_is_not_a_stalled_body(start_daemon, panel):
+    """api.body_timeout counts a body's silence; a client holding its body back until Wings'
+    100 is not silent. A Wings that takes longer than that to ask for the body (here a raw
+    server that waits, then reads as Go does) still gets it."""
+    asked = asyncio.Event()
+
+    async def slow_wings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+        assert b"100-continue" in head.lower()
+        await asyncio.sleep(2.5)  # past the 1 s body deadline
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        asked.set()
+        body = await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow_wings, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+
+        def hook(raw: dict) -> None:
+            raw["api"].update(upstream=f"http://127.0.0.1:{port}", body_timeout=1.0)
+
+        front = await start_daemon(remote=panel.url, config_hook=hook)
+        body = b"the body"
+        first, final = await exchange(front, request("POST", "/echo/x", body, "t"), body)
+        assert asked.is_set()
+        assert first.startswith(b"HTTP/1.1 100 "), first
+        assert final.startswith(b"HTTP/1.1 200 "), final
+    finally:
+        server.close()

@@ -138,7 +138,10 @@ async def forward(
     except (aiohttp.ClientError, TimeoutError, RequestTimeout) as exc:
         _client_failed(request, request.content if continued is not None else data)
         log.warning("wings_unreachable", method=request.method, path=request.path, error=repr(exc))
-        return error_response(502, UNREACHABLE)
+        failed = error_response(502, UNREACHABLE)
+        if continued is not None and continued.owed:
+            failed.force_close()  # the client still holds its body back
+        return failed
     async with upstream:
         response = _PassedResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(end_to_end(upstream.headers))
