@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 BACKUP_COMPLETED = "backup completed"
 BACKUP_RESTORE_COMPLETED = "backup restore completed"
 BACKUP_PROGRESS = "backup progress"
+DAEMON_MESSAGE = "daemon message"
+# A restore's console lines: Wings prints one per file (server/backup.go RestoreBackup); a
+# console shows at most this many a second of a server, and a count of the others.
+RESTORING_LINES_PER_SECOND = 10
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,3 +64,39 @@ class EventBus:
                 except asyncio.QueueEmpty:  # pragma: no cover - single-threaded loop
                     pass
             q.put_nowait(event)
+
+
+class RestoringLines:
+    """The ``(restoring): <file>`` console lines of one restore, as Wings prints them
+    (server/backup.go), at most ``limit`` a second: files beyond are counted, and the count
+    comes as one more line when the second is over (or the restore is). Not thread-safe: one
+    restore's thread feeds it."""
+
+    def __init__(
+        self, limit: int = RESTORING_LINES_PER_SECOND, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.clock = clock
+        self._second_ends: float | None = None
+        self._shown = 0  # lines of names in the current second
+        self._unnamed = 0  # files restored and not shown since the last count line
+
+    def take(self, names: Sequence[str], files: int) -> list[str]:
+        """The lines for ``files`` more files restored, of which ``names`` are named."""
+        now = self.clock()
+        lines: list[str] = []
+        if self._second_ends is None or now >= self._second_ends:
+            lines += self.flush()
+            self._second_ends, self._shown = now + 1.0, 0
+        shown = list(names[: max(0, self.limit - self._shown)])
+        self._shown += len(shown)
+        self._unnamed += max(0, files - len(shown))
+        lines += [f"(restoring): {name}" for name in shown]
+        return lines
+
+    def flush(self) -> list[str]:
+        """The count line of the files not shown, if any."""
+        if not self._unnamed:
+            return []
+        count, self._unnamed = self._unnamed, 0
+        return [f"(restoring): {count} more file{'' if count == 1 else 's'}"]

@@ -22,6 +22,7 @@ from wingsbak.archive import ArchiveProgress, Cancelled, UnreadableEntry
 from wingsbak.archive.extract import (
     Recovered,
     RestoreError,
+    RestoreProgress,
     RestoreResult,
     extract_archive,
     recover_stagings,
@@ -34,7 +35,9 @@ from wingsbak.events import (
     BACKUP_COMPLETED,
     BACKUP_PROGRESS,
     BACKUP_RESTORE_COMPLETED,
+    DAEMON_MESSAGE,
     EventBus,
+    RestoringLines,
 )
 from wingsbak.freespace import FreeSpace
 from wingsbak.journal import Journal
@@ -131,6 +134,7 @@ class RestoreJob:
     task: asyncio.Task[None] | None = None
     started: bool = False  # has a slot and may be writing into the server's files
     committed: bool = False  # its swap is committed: the server's files are the backup's
+    console: RestoringLines = field(default_factory=RestoringLines)  # fed by its thread
 
     def summary(self) -> dict[str, Any]:
         return {"server": self.server, "uuid": self.uuid, "adapter": self.adapter}
@@ -346,12 +350,11 @@ class JobManager:
         }
         if outcome.skipped:  # only with allow_skipped: wingsbak's addition to Wings' payload
             completed["skipped"] = outcome.skipped
-        # Wings publishes "backup completed:<uuid>", but its event bus (events.Bus.Publish)
-        # strips the ":<uuid>", so the stock panel's clients receive the bare name (and read
-        # the uuid from the payload). Both are sent: the bare one as Wings delivers it, the
-        # per-uuid one for clients written against the name Wings publishes.
+        # Wings publishes "backup completed:<uuid>", but its event bus (events/events.go
+        # Publish) strips the ":<uuid>": clients only ever receive the bare name. The stock
+        # Pterodactyl frontend reads the per-uuid name as a success whatever its payload says
+        # (BackupRow.tsx, `is_successful || true`), so it is never sent.
         self.events.publish(job.server, BACKUP_COMPLETED, completed)
-        self.events.publish(job.server, f"{BACKUP_COMPLETED}:{job.uuid}", completed)
         await self.outbox.send(
             "POST",
             f"/backups/{job.uuid}",
@@ -486,6 +489,8 @@ class JobManager:
                 await asyncio.to_thread(job.source.close)
             self.restores.pop(job.server, None)
             self.metrics.restores.labels("true" if ok else "false").inc()
+            # Its thread is done with the console lines (or never started).
+            self._console(job.server, [*job.console.flush(), _restore_ended(job, ok)])
             self.events.publish(
                 job.server, BACKUP_RESTORE_COMPLETED, {"uuid": job.uuid, "is_successful": ok}
             )
@@ -554,6 +559,7 @@ class JobManager:
             "owner": (user.uid, user.gid) if os.geteuid() == 0 else None,
             "label": job.uuid,  # names the staging directory that recovery looks for
             "on_commit": functools.partial(self._restore_committed, job),
+            "progress": functools.partial(self._restore_progress, job, loop, [0]),
         }
         # A cancel or the deadline ends a read in progress, however slowly the source sends.
         guarded = functools.partial(GuardedStream, cancel=job.cancel, deadline=b.restore_deadline)
@@ -575,6 +581,25 @@ class JobManager:
                 options["bytes_total"] = archive.size
             with contextlib.closing(guarded(archive.stream, archive.abort)) as stream:
                 return extract_archive(stream, dest, **options)
+
+    def _restore_progress(
+        self,
+        job: RestoreJob,
+        loop: asyncio.AbstractEventLoop,
+        reported: list[int],
+        p: RestoreProgress,
+    ) -> None:
+        """Worker thread: the files restored since the last report, as console lines handed
+        to the event loop in one batch (``reported``: the files counted so far)."""
+        lines = job.console.take(p.names, p.files_written - reported[0])
+        reported[0] = p.files_written
+        if lines:
+            with contextlib.suppress(RuntimeError):  # loop closed while stopping
+                loop.call_soon_threadsafe(self._console, job.server, lines)
+
+    def _console(self, server: str, lines: list[str]) -> None:
+        for line in lines:
+            self.events.publish(server, DAEMON_MESSAGE, line)
 
     def _restore_committed(self, job: RestoreJob) -> None:
         """Worker thread: the restored tree is in place. A crash from here on is a restore
@@ -755,6 +780,15 @@ def _log_staging(event: str, server: str, label: str, found: Recovered) -> None:
     else:
         how = "rolled_forward" if found.committed else "undone"
         log.warning(f"{event}_finished", server=server, label=label, staging=found.name, how=how)
+
+
+def _restore_ended(job: RestoreJob, ok: bool) -> str:
+    """The console's last line of a restore: Wings' text (router/router_server_backup.go),
+    which it prints whatever the outcome; a failure is said as one here."""
+    source = "S3" if job.adapter == "s3" else "local"
+    if ok:
+        return f"Completed server restoration from {source} backup."
+    return f"Server restoration from {source} backup failed."
 
 
 def _background() -> None:

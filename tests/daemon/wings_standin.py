@@ -36,6 +36,22 @@ does, for the routes wingsbak passes through or calls, recording what it receive
 
 Go's JSON (``go_decode``) is implemented here on its own, not taken from wingsbak.gojson, so
 the tests set two readings against each other.
+
+Issue 19.9 (the section "Wings' rules, issue 19.9" below, each naming its Wings file):
+- file tokens (``/download/file``, ``/upload/file``) are checked as Wings' ParseToken checks
+  them (HS256 and ``exp``; ``aud`` and ``nbf`` as the panels send them), one use each, and on
+  Pelican the denylist and the scope; a refused one is Wings' 500;
+- ``Expect: 100-continue`` is answered as Go's server answers it: a 100 when a handler first
+  reads the body, none for a request refused unread (its connection closes after the answer);
+- ``/api/*`` routes need the bearer token except the websocket and ``/api/transfers``;
+- power actions go through Wings' power lock, ``start`` passes through ``starting``, a start
+  of a server not offline fails, and every state change is a ``status`` to the server's
+  authenticated sockets; socket events are filtered by permission as SendJson filters them;
+- ``POST /api/transfers`` takes an incoming transfer's multipart stream as Wings does;
+- ``/upload/file`` reads the whole multipart body before anything else (ParseMultipartForm)
+  and refuses files over ``upload_limit``;
+- the client address of each request (``Received.client_ip``) is gin's ClientIP: the
+  ``X-Forwarded-For`` chain is read only from ``trusted_proxies``.
 """
 
 from __future__ import annotations
@@ -45,10 +61,14 @@ import contextlib
 import copy
 import gzip
 import hashlib
+import ipaddress
 import json
+import mmap
 import os
 import re
 import ssl
+import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -58,7 +78,7 @@ from typing import Any, ClassVar
 
 import jwt
 import yaml
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 from daemon_helpers import NODE_TOKEN, free_port
 
 CHUNK = 256 * 1024
@@ -259,6 +279,7 @@ class Received:
     query: str
     headers: dict[str, str]
     body: Any = None  # parsed JSON, or {"sha256": ..., "size": ...} for a streamed body
+    client_ip: str = ""  # gin's ClientIP (issue 19.9)
 
 
 RECORD = web.RequestKey("record", Received)
@@ -272,6 +293,12 @@ class ServerState:
     actions: list[str] = field(default_factory=list)  # power actions run, from either route
     image: str = ""  # Wings' configuration.container.image (the console section below)
     invocation: str = ""  # and configuration.invocation
+    # Issue 19.9: the container's start holds the power lock this long (Environment.Start);
+    # the game is up ("running") after start_delay (None: it stays "starting").
+    start_lock: float = 0.05
+    start_delay: float | None = 0.1
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # server/power.go powerLock
+    restoring: bool = False  # Wings restores a backup of its own (server/backup.go)
 
 
 @dataclass
@@ -299,6 +326,16 @@ class WingsStandin:
     token_id: str = ""
     remote: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    # Issue 19.9: api.trusted_proxies (none by default, as in Wings' config), api.upload_limit
+    # in MB, system.backup_directory (default: "backups" beside root), the incoming
+    # transfers as (server, successful), the unique_ids of file tokens used.
+    trusted_proxies: list[str] = field(default_factory=list)
+    upload_limit: int = 100
+    backup_dir: Path | None = None
+    transfers: list[tuple[str, bool]] = field(default_factory=list)
+    used_ids: set[str] = field(default_factory=set)
+    handlers: list[_Socket] = field(default_factory=list)  # sockets listening for events
+    errors: list[str] = field(default_factory=list)  # what Wings only logs (power actions)
     _runner: web.AppRunner | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -357,6 +394,10 @@ class WingsStandin:
         r.add_post("/upload/file", self._upload_file)
         r.add_route("*", "/echo/{tail:.*}", self._echo)
         r.add_post("/api/update", self._update)
+        r.add_post("/api/transfers", self._transfers)  # issue 19.9
+        for route in r.routes():
+            # Go answers Expect itself, when a handler reads the body (issue 19.9).
+            route._expect_handler = go_expect  # type: ignore[attr-defined]
         # Go's net/http hands a handler the body as sent: no decoding of Content-Encoding.
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=1.0, auto_decompress=False
@@ -385,18 +426,30 @@ class WingsStandin:
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         rec = Received(request.method, request.path, request.query_string, dict(request.headers))
+        rec.client_ip = self.client_ip(request)
         self.requests.append(rec)
         request[RECORD] = rec
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        if request.get(CONTINUE_OWED) and not response.prepared:
+            # net/http: a 100-continue never sent, the body left unread: Go closes the
+            # connection after the answer (closeAfterReply).
+            response.force_close()
+        return response
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/api/") and not request.path.endswith("/ws"):
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme != "Bearer" or not token:
+        # router/router.go: /api/transfers authenticates with the panel's JWT (issue 19.9).
+        public = request.path.endswith("/ws") or (
+            request.method == "POST" and request.path == "/api/transfers"
+        )
+        if request.path.startswith("/api/") and not public:
+            # middleware.go RequireAuthorization: strings.SplitN(header, " ", 2).
+            scheme, space, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme != "Bearer" or not space:
                 return web.json_response(
                     {"error": "The required authorization heads were not present in the request."},
                     status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
                 )
             if token != self.token:
                 return web.json_response(
@@ -452,26 +505,9 @@ class WingsStandin:
             }
         )
 
-    def power_action(self, s: ServerState, action: str) -> None:
-        s.actions.append(action)
-        if action in ("start", "restart"):
-            s.state = "running"
-        elif action == "kill":
-            s.state = "offline"
-        elif action == "stop" and s.state != "offline":
-            s.state = "stopping"
-            if s.stop_delay is not None:
-                task = asyncio.create_task(self._offline_after(s, s.stop_delay))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    async def _offline_after(self, s: ServerState, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if s.state == "stopping":
-            s.state = "offline"
-
     async def _power(self, request: web.Request) -> web.Response:
         s = self._known(request)
+        await go_continue(request)
         # router/router_server.go postServerPower: gin's c.BindJSON, i.e. encoding/json's
         # Decoder (the first value only); any error is a 400 and nothing runs.
         try:
@@ -491,7 +527,10 @@ class WingsStandin:
                 },
                 status=422,
             )
-        self.power_action(s, action)
+        # The action runs after the answer, waiting for the power lock up to wait_seconds
+        # (out of 0..300: 30); its errors are only logged there (issue 19.9).
+        wait = body["wait_seconds"] if 0 <= body["wait_seconds"] <= 300 else 30
+        self._background(self.power_action(s, action, wait), quiet=True)
         return web.Response(status=202)
 
     async def _commands(self, request: web.Request) -> web.Response:
@@ -500,6 +539,7 @@ class WingsStandin:
             return web.json_response(
                 {"error": "Cannot send commands to a stopped server instance."}, status=502
             )
+        await go_continue(request)
         body = await self._json(request)
         commands = body.get("commands") if isinstance(body, dict) else None
         if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
@@ -551,34 +591,18 @@ class WingsStandin:
     async def _file_write(self, request: web.Request) -> web.Response:
         self._known(request)
         path = self._file(request.match_info["server"], request.query["file"])
+        await go_continue(request)
         await self._sink(request, request.content.read, path)
         return web.Response(status=204)
 
-    def _claims(self, request: web.Request) -> dict[str, Any]:
-        try:
-            return jwt.decode(request.query.get("token", ""), self.token, algorithms=["HS256"])
-        except jwt.InvalidTokenError:
-            raise web.HTTPUnauthorized(
-                text=json.dumps({"error": "The provided JWT is not valid."}),
-                content_type="application/json",
-            ) from None
-
     async def _download_file(self, request: web.Request) -> web.StreamResponse:
-        claims = self._claims(request)
+        claims = self.file_token(request.query.get("token", ""), "file-download")
         path = self._file(claims["server_uuid"], claims["file_path"])
         return await self._send_file(request, path)
 
-    async def _upload_file(self, request: web.Request) -> web.Response:
-        claims = self._claims(request)
-        reader = await request.multipart()
-        async for part in reader:
-            if part.name == "files":
-                name = request.query.get("directory", "/") + "/" + (part.filename or "upload")
-                await self._sink(request, part.read_chunk, self._file(claims["server_uuid"], name))
-        return web.Response(status=200)
-
     async def _echo(self, request: web.Request) -> web.Response:
         """What the request looked like on arrival (for header and query assertions)."""
+        await go_continue(request)
         body = await request.read()
         if request.headers.get("X-Echo-Gzip"):
             # An answer compressed as Wings' gzip middleware sends it, body as the client asked.
@@ -599,6 +623,278 @@ class WingsStandin:
                 "X-Drop": "1",
             },
         )
+
+
+    # -- Wings' rules, issue 19.9 ------------------------------------------------------------
+
+    def client_ip(self, request: web.Request) -> str:
+        """gin's Context.ClientIP as Wings configures it (router/router.go SetTrustedProxies
+        with api.trusted_proxies; gin's defaults: X-Forwarded-For, then X-Real-IP, each read
+        as its first header line): only a trusted peer's headers are read, from the right,
+        up to the first address that is not trusted."""
+        peer = request.remote or ""
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return ""
+        if not self._trusted(address):
+            return str(address)
+        for name in ("X-Forwarded-For", "X-Real-IP"):
+            items = (request.headers.get(name) or "").split(",")
+            if items == [""]:
+                continue
+            for i in range(len(items) - 1, -1, -1):
+                text = items[i].strip()
+                try:
+                    hop = ipaddress.ip_address(text)
+                except ValueError:
+                    break  # gin: the header is not valid, the next one is read
+                if i == 0 or not self._trusted(hop):
+                    return text
+        return str(address)
+
+    def _trusted(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        for entry in self.trusted_proxies:
+            cidr = entry if "/" in entry else f"{entry}/{address.max_prefixlen}"
+            network = ipaddress.ip_network(cidr, strict=False)
+            if address.version == network.version and address in network:
+                return True
+        return False
+
+    def file_token(self, token: str, scope: str) -> dict[str, Any]:
+        """The claims of a file link's JWT (router/router_download.go getDownloadFile,
+        router/router_server_files.go postServerUploadFiles): tokens.ParseToken (the HS256
+        signature, ``exp``; ``aud``, ``nbf``, ``iat`` are not looked at), then a server Wings
+        knows and a unique_id not used before (token_store.go); Pelican also the denylist and
+        the scope. A token ParseToken refuses is Wings' 500 (CaptureAndAbort)."""
+        try:
+            claims = jwt.decode(token, self.token, algorithms=["HS256"], options=_SIGNATURE_ONLY)
+        except jwt.InvalidTokenError:
+            raise _wings_500() from None
+        exp = claims.get("exp")
+        if not _go_claims(claims, self.flavour) or type(exp) is not int or int(time.time()) > exp:
+            raise _wings_500()
+        unique = str(claims.get("unique_id") or "")
+        scoped = scope in str(claims.get("scope") or "").split(" ")
+        refused = (
+            claims.get("server_uuid") not in self.servers
+            or (self.flavour == PELICAN and (self.denylisted(claims) or not scoped))
+            or unique in self.used_ids
+        )
+        if refused:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "The requested resource was not found on this server."}),
+                content_type="application/json",
+            )
+        self.used_ids.add(unique)
+        return claims
+
+    async def _upload_file(self, request: web.Request) -> web.Response:
+        """router/router_server_files.go postServerUploadFiles: gin's c.MultipartForm, i.e.
+        ParseMultipartForm(32 MiB), reads the whole body (parts beyond the memory limit to
+        temporary files) before a file is looked at; a file over api.upload_limit is a 400
+        then, and the files are written only after that."""
+        claims = self.file_token(request.query.get("token", ""), "file-upload")
+        boundary = _multipart_boundary(request.headers.get("Content-Type", ""))
+        if boundary is None:
+            return web.json_response(
+                {"error": "Failed to get multipart form data from request."}, status=400
+            )
+        await go_continue(request)
+        with _BufferedBody(MULTIPART_MEMORY) as body:
+            while chunk := await request.content.read(CHUNK):
+                body.write(chunk)
+            try:
+                parts = await asyncio.to_thread(body.parts, boundary)
+            except ValueError:
+                return web.json_response(
+                    {"error": "Failed to get multipart form data from request."}, status=400
+                )
+            files = [p for p in parts if p.name == "files" and p.filename is not None]
+            if not files:
+                return web.json_response(
+                    {"error": "No files were found on the request body."}, status=400
+                )
+            for part in files:
+                if part.size > self.upload_limit * 1024 * 1024:
+                    return web.json_response(
+                        {
+                            "error": f"File {part.filename} is larger than the maximum file "
+                            f"upload size of {self.upload_limit} MB."
+                        },
+                        status=400,
+                    )
+            directory = request.query.get("directory", "")
+            for part in files:
+                name = os.path.join(directory, part.filename or "")
+                target = self._file(claims["server_uuid"], name)
+                request[RECORD].body = await asyncio.to_thread(body.save, part, target)
+        return web.Response(status=200)
+
+    async def _transfers(self, request: web.Request) -> web.Response:
+        """router/router_transfer.go postTransfers: the panel's JWT as bearer (ParseToken;
+        Pelican: the ``transfer`` scope), its subject the server; the multipart stream read
+        part by part: ``archive`` (a .tar.gz extracted into the server's directory, hashed on
+        the way), then Pterodactyl's ``checksum`` / Pelican's ``checksum_archive`` (hex
+        sha256); Pelican also ``backup_<name>`` (written to <backup_directory>/<server>/
+        <name>) each with ``checksum_backup_<name>``, and ``install_logs``. Success: 200 and
+        the panel told (``transfers``); any failure: Wings' 500, the server forgotten."""
+        scheme, space, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not space:
+            return web.json_response(
+                {"error": "The required authorization heads were not present in the request."},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            claims = jwt.decode(token, self.token, algorithms=["HS256"], options=_SIGNATURE_ONLY)
+        except jwt.InvalidTokenError:
+            return web.json_response(_captured(), status=500)
+        exp = claims.get("exp")
+        if not _go_claims(claims, self.flavour) or type(exp) is not int or int(time.time()) > exp:
+            return web.json_response(_captured(), status=500)
+        if self.flavour == PELICAN and "transfer" not in str(claims.get("scope") or "").split(" "):
+            return web.json_response({"error": "Forbidden."}, status=403)
+        try:
+            server = str(uuid.UUID(str(claims.get("sub") or "")))
+        except ValueError:
+            return web.json_response(_captured(), status=500)
+        self.servers.setdefault(server, ServerState())
+        ok = False
+        try:
+            ok = await self._receive_transfer(request, server)
+        finally:
+            self.transfers.append((server, ok))
+            if not ok:
+                self.servers.pop(server, None)
+        return web.Response(status=200) if ok else web.json_response(_captured(), status=500)
+
+    async def _receive_transfer(self, request: web.Request, server: str) -> bool:
+        if not request.content_type.startswith("multipart/"):
+            return False
+        await go_continue(request)
+        reader = await request.multipart()
+        archive_sum: str | None = None
+        archive_expected: str | None = None
+        backups: dict[str, str] = {}
+        backups_expected: dict[str, str] = {}
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue
+            name = part.name or ""
+            if name == "archive":
+                with tempfile.TemporaryFile() as spool:
+                    digest = await _spool(part, spool)
+                    spool.seek(0)
+                    await asyncio.to_thread(_extract, spool, self.root / server)
+                archive_sum = digest
+            elif name == "checksum" and self.flavour != PELICAN:
+                if archive_sum is None:
+                    return False  # "archive must be sent before the checksum"
+                archive_expected = (await part.read()).decode().strip()
+            elif name.startswith("checksum_archive") and self.flavour == PELICAN:
+                archive_expected = (await part.read()).decode()
+            elif name.startswith("backup_") and self.flavour == PELICAN:
+                backup = os.path.basename(name.removeprefix("backup_"))
+                folder = (self.backup_dir or self.root.parent / "backups") / server
+                folder.mkdir(parents=True, exist_ok=True)
+                with (folder / backup).open("wb") as f:
+                    backups[backup] = await _spool(part, f)
+            elif name.startswith("checksum_backup_") and self.flavour == PELICAN:
+                backups_expected[name.removeprefix("checksum_backup_")] = (
+                    await part.read()
+                ).decode()
+            else:
+                await part.release()
+        if archive_sum is None or archive_expected is None:
+            return False
+        if self.flavour == PELICAN:  # the hex strings compared
+            return archive_expected == archive_sum and all(
+                backups_expected.get(b) == h for b, h in backups.items()
+            )
+        try:  # hex.Decode, then the bytes compared
+            return bytes.fromhex(archive_expected) == bytes.fromhex(archive_sum)
+        except ValueError:
+            return False
+
+    async def power_action(self, s: ServerState, action: str, wait: float = 0) -> None:
+        """server/power.go HandlePowerAction: every action but kill takes the power lock
+        (waiting up to ``wait`` seconds, else failing at once with PowerLocked); kill takes it
+        only when free. start: PowerError unless offline, then ``starting`` (the lock held
+        while the container starts) and later ``running``; stop and restart wait until the
+        server is offline (environment WaitForStop), restart then starts it."""
+        if s.restoring:
+            raise PowerError("server is currently being restored")  # server/errors.go
+        held = False
+        if action != "kill":
+            if s.lock.locked() and wait <= 0:
+                raise PowerLocked()
+            try:
+                await asyncio.wait_for(s.lock.acquire(), wait if wait > 0 else None)
+            except TimeoutError:
+                text = f"could not acquire lock on power action after {wait:g} seconds"
+                raise PowerError(text) from None
+            held = True
+        elif not s.lock.locked():
+            await s.lock.acquire()
+            held = True
+        try:
+            s.actions.append(action)
+            if action == "start":
+                if s.state != "offline":
+                    raise PowerError("server is running")
+                await self._start(s)
+            elif action in ("stop", "restart"):
+                await self._wait_for_stop(s)
+                if action == "restart":
+                    await self._start(s)
+            else:
+                self.set_state(s, "offline")
+        finally:
+            if held:
+                s.lock.release()
+
+    async def _start(self, s: ServerState) -> None:
+        self.set_state(s, "starting")
+        if s.start_delay is not None:
+            self._background(self._running_after(s, s.start_delay))
+        await asyncio.sleep(s.start_lock)
+
+    async def _running_after(self, s: ServerState, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if s.state == "starting":
+            self.set_state(s, "running")
+
+    async def _wait_for_stop(self, s: ServerState) -> None:
+        if s.state == "offline":
+            return
+        self.set_state(s, "stopping")
+        if s.stop_delay is not None:
+            await asyncio.sleep(s.stop_delay)
+            if s.state == "stopping":
+                self.set_state(s, "offline")
+        while s.state != "offline":  # a test (the game) says when
+            await asyncio.sleep(0.02)
+
+    def set_state(self, s: ServerState, state: str) -> None:
+        """Environment SetState: the state, published as ``status`` to the server's sockets
+        (router/websocket/listeners.go)."""
+        s.state = state
+        for handler in [h for h in self.handlers if h.s is s]:
+            self._background(handler.send("status", [state]), quiet=True)
+
+    def _background(self, work: Awaitable[None], quiet: bool = False) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except (PowerError, ConnectionError) as exc:
+                if not quiet:
+                    raise
+                self.errors.append(repr(exc))
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- the websocket -----------------------------------------------------------------------
 
@@ -628,6 +924,8 @@ class WingsStandin:
                 await socket.inbound(message["event"], message["args"] or [])
         finally:
             self.sockets.remove(ws)
+            if socket in self.handlers:
+                self.handlers.remove(socket)
             self.ws_closes.append(ws.close_code)
         return ws
 
@@ -838,19 +1136,28 @@ class _Socket:
         return None
 
     async def send(self, event: str, args: list[str] | None = None) -> None:
-        """SendJson: nothing but a jwt error goes to a socket whose token is not valid."""
+        """SendJson: nothing but a jwt error goes to a socket whose token is not valid, and
+        some events only with a permission (issue 19.9)."""
         error = self.token_error()
         if error is not None:
             await self.unsafe_send("jwt error", [error])
-        else:
+            return
+        assert self.claims is not None
+        needs = _EVENT_PERMISSIONS.get(event)
+        if event.startswith("backup completed"):
+            needs = "backup.read"
+        if needs is None or self.wings.may(self.claims, needs):
             await self.unsafe_send(event, args)
 
-    async def send_error(self, refused: _Refused) -> None:
-        """SendErrorJson: a JWT error's text, or a generic daemon error."""
+    async def send_error(self, refused: _Refused, detail: str = "") -> None:
+        """SendErrorJson: a JWT error's text, or a daemon error: generic, or ``detail`` (the
+        error's text) for a token with admin.websocket.errors."""
         if refused.text is not None:
             await self.unsafe_send("jwt error", [refused.text])
             return
         text = "an unexpected error was encountered while handling this request"
+        if detail and self.claims is not None and self.wings.may(self.claims, _ERRORS):
+            text = detail
         await self.unsafe_send("daemon error", [f"Error Event [{uuid.uuid4()}]: {text}"])
 
     async def inbound(self, event: str, args: list[str]) -> None:
@@ -871,6 +1178,7 @@ class _Socket:
             await self.unsafe_send("auth success")
             if first:
                 self.wings.console.listen(self.server, self.ws, claims)  # the section below
+                self.wings.handlers.append(self)  # registerListenerEvents (issue 19.9)
                 await self.send("status", [self.s.state])
         elif event == "set state":
             action = "".join(args)
@@ -882,8 +1190,9 @@ class _Socket:
             if action not in POWER_ACTIONS:
                 await self.send_error(_Refused(None))  # HandlePowerAction fails
                 return
-            self.wings.power_action(self.s, action)
-            await self.send("status", [self.s.state])
+            # Issue 19.9: HandlePowerAction without a wait, in this message's goroutine (the
+            # socket reads on); its state changes reach every socket as "status".
+            self.wings._background(self._power(action))
         elif event == "send command":
             assert self.claims is not None
             if not self.wings.may(self.claims, "control.console"):
@@ -893,6 +1202,221 @@ class _Socket:
             await self.send("console output", ["".join(args)])
         elif event == "send stats":
             await self.send("stats", [json.dumps({"state": self.s.state})])
+
+    async def _power(self, action: str) -> None:
+        try:
+            await self.wings.power_action(self.s, action)
+        except PowerLocked:
+            text = (
+                "another power action is currently being processed for this server, "
+                "please try again later"
+            )
+            await self.send("daemon error", [f"Error Event [{uuid.uuid4()}]: {text}"])
+        except PowerError as exc:
+            await self.send_error(_Refused(None), str(exc))
+
+
+# -- Wings' rules, issue 19.9 ------------------------------------------------------------------
+
+# router/websocket/websocket.go SendJson: events only some tokens receive.
+_EVENT_PERMISSIONS = {
+    "install output": "admin.websocket.install",
+    "transfer logs": "admin.websocket.transfer",
+}
+_ERRORS = "admin.websocket.errors"
+MULTIPART_MEMORY = 32 << 20  # gin's defaultMultipartMemory (Engine.MaxMultipartMemory)
+CONTINUE_OWED = web.RequestKey("continue_owed", bool)
+
+
+class PowerError(Exception):
+    """HandlePowerAction failed (server/errors.go, server/power.go)."""
+
+
+class PowerLocked(PowerError):
+    """system.ErrLockerLocked: another power action holds the lock."""
+
+
+def _captured() -> dict[str, str]:
+    """router/middleware/request_error.go Abort: the body of an error Wings captured (500)."""
+    return {
+        "error": "An unexpected error was encountered while processing this request",
+        "request_id": str(uuid.uuid4()),
+    }
+
+
+def _wings_500() -> web.HTTPInternalServerError:
+    return web.HTTPInternalServerError(
+        text=json.dumps(_captured()), content_type="application/json"
+    )
+
+
+def panel_file_token(server: str, scope: str, **claims: Any) -> str:
+    """A file link's JWT as the panels sign it (Pterodactyl NodeJWTService: iss, ``aud`` a
+    list, jti, iat, nbf 5 minutes back, exp, user_uuid, unique_id; Pelican also ``scope``):
+    ``scope`` is ``file-download`` or ``file-upload``; a claim given as None is left out."""
+    now = int(time.time())
+    payload = {
+        "iss": "https://panel.example.com",
+        "aud": ["https://node.example.com:8080"],
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now - 300,
+        "exp": now + 900,
+        "server_uuid": server,
+        "user_uuid": str(uuid.uuid4()),
+        "unique_id": uuid.uuid4().hex[:16],
+        "scope": scope,
+        **claims,
+    }
+    return jwt.encode(
+        {k: v for k, v in payload.items() if v is not None}, NODE_TOKEN, algorithm="HS256"
+    )
+
+
+async def go_expect(request: web.Request) -> web.StreamResponse | None:
+    """net/http (server.go readRequest): ``Expect: 100-continue`` from an HTTP/1.1 client with
+    a body owes a 100, sent when the handler first reads the body (expectContinueReader);
+    any other expectation is a 417 before the handler."""
+    expect = request.headers.get("Expect", "").strip().lower()
+    if expect == "100-continue":
+        if request.version >= (1, 1) and request.body_exists:
+            request[CONTINUE_OWED] = True
+        return None
+    if expect:
+        return web.Response(status=417, text="417 Expectation Failed")
+    return None
+
+
+async def go_continue(request: web.Request) -> None:
+    """The handler reads the body: the owed 100 goes out first."""
+    if request.get(CONTINUE_OWED):
+        request[CONTINUE_OWED] = False
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+
+def _multipart_boundary(content_type: str) -> bytes | None:
+    """mime.ParseMediaType, as far as multipart/form-data's boundary goes."""
+    kind, _, params = content_type.partition(";")
+    if kind.strip().lower() != "multipart/form-data":
+        return None
+    for param in params.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary" and value:
+            return value.strip('"').encode()
+    return None
+
+
+@dataclass
+class _Part:
+    name: str
+    filename: str | None
+    start: int  # offsets of its content in the body
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+class _BufferedBody:
+    """A request body read whole, as Go's ParseMultipartForm reads it: in memory up to
+    ``memory`` bytes, the rest in a temporary file."""
+
+    def __init__(self, memory: int) -> None:
+        self.memory = memory
+        self.buffer = bytearray()
+        self.file: Any = None
+
+    def __enter__(self) -> _BufferedBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def write(self, chunk: bytes) -> None:
+        if self.file is None and len(self.buffer) + len(chunk) > self.memory:
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+            self.file.write(self.buffer)
+            self.buffer = bytearray()
+        if self.file is not None:
+            self.file.write(chunk)
+        else:
+            self.buffer += chunk
+
+    def _view(self) -> Any:
+        if self.file is None:
+            return memoryview(self.buffer)
+        self.file.flush()
+        return mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def parts(self, boundary: bytes) -> list[_Part]:
+        """The parts of a multipart body (mime/multipart), or ValueError."""
+        data = self._view()
+        raw = bytes(data) if isinstance(data, memoryview) else data
+        delimiter = b"--" + boundary
+        first = raw.find(delimiter)
+        if first < 0:
+            raise ValueError("no boundary")
+        found: list[_Part] = []
+        at = first + len(delimiter)
+        while True:
+            if raw[at : at + 2] == b"--":
+                return found
+            if raw[at : at + 2] != b"\r\n":
+                raise ValueError("bad delimiter line")
+            head_end = raw.find(b"\r\n\r\n", at + 2)
+            if head_end < 0:
+                raise ValueError("no part header")
+            head = bytes(raw[at + 2 : head_end]).decode("utf-8", "replace")
+            start = head_end + 4
+            end = raw.find(b"\r\n" + delimiter, start)
+            if end < 0:
+                raise ValueError("no closing boundary")
+            name, filename = _disposition(head)
+            found.append(_Part(name, filename, start, end))
+            at = end + 2 + len(delimiter)
+
+    def save(self, part: _Part, target: Path) -> dict[str, Any]:
+        """Filesystem().Write of the part's content."""
+        data = self._view()
+        content = data[part.start : part.end]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        return {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+
+
+def _disposition(head: str) -> tuple[str, str | None]:
+    name, filename = "", None
+    for line in head.split("\r\n"):
+        key, _, value = line.partition(":")
+        if key.strip().lower() != "content-disposition":
+            continue
+        for param in value.split(";")[1:]:
+            k, _, v = param.strip().partition("=")
+            if k == "name":
+                name = v.strip('"')
+            elif k == "filename":
+                filename = os.path.basename(v.strip('"'))
+    return name, filename
+
+
+async def _spool(part: BodyPartReader, f: Any) -> str:
+    """The part's bytes into ``f``; their sha256 (hex)."""
+    digest = hashlib.sha256()
+    while chunk := await part.read_chunk(CHUNK):
+        digest.update(chunk)
+        await asyncio.to_thread(f.write, chunk)
+    return digest.hexdigest()
+
+
+def _extract(f: Any, dest: Path) -> None:
+    """filesystem.ExtractStreamUnsafe of a transfer's .tar.gz into the server's directory."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=f, mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
+
 
 
 # == The console as Wings publishes it, its Origin check, and a test game =====================

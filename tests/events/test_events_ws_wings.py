@@ -63,7 +63,7 @@ async def test_an_expired_token_keeps_the_socket_and_gets_the_jwt_error_the_fron
     assert (await daemon.post_backup(server, backup))[0] == 202
     await panel.wait_report(backup)
     instead = await drain(client, quiet=1.0)
-    assert len(instead) >= 2  # "backup completed" and "backup completed:<uuid>"
+    assert len(instead) >= 1  # "backup completed" (Wings' bus strips the ":<uuid>")
     assert {(e["event"], tuple(e["args"])) for e in instead} == {("jwt error", (EXPIRED,))}
     # The frontend's answer: a fresh token on the same socket, and events flow again.
     await client.send_auth(ws_token(server))
@@ -110,9 +110,10 @@ async def test_restore_completed_reaches_a_subuser_without_backup_read(
     assert (await daemon.post_backup(server, backup))[0] == 202
     await panel.wait_report(backup)
     assert (await daemon.post_restore(server, backup))[0] == 202
-    got = await subuser.next()
-    assert got["event"] == "backup restore completed", got  # nothing of the backup before it
-    assert payload(got) == {"uuid": backup, "is_successful": True}
+    events = await subuser.until("backup restore completed")
+    # Nothing of the backup before it; the console's restore lines go to every socket.
+    assert {e["event"] for e in events[:-1]} == {"daemon message"}, events
+    assert payload(events[-1]) == {"uuid": backup, "is_successful": True}
 
 
 @pytest.mark.parametrize("flavour", [PTERODACTYL, PELICAN])

@@ -479,7 +479,9 @@ async def test_a_websocket_without_a_successful_auth_is_closed(daemon_process, n
         while True:
             msg = await authed.receive(HANG)
             assert msg.type == aiohttp.WSMsgType.TEXT, msg
-            if json.loads(msg.data)["event"] == f"backup completed:{backup}":
+            event = json.loads(msg.data)
+            if event["event"] == "backup completed":
+                assert json.loads(event["args"][0])["uuid"] == backup
                 break
         await authed.close()
     assert "websocket_auth_timeout" in log_of(proc)

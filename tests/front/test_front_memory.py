@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from daemon_helpers import NODE_TOKEN, new_uuid, sign
+from daemon_helpers import NODE_TOKEN, new_uuid
+from wings_standin import panel_file_token
 
 MIB = 1024 * 1024
 SIZE = 192 * MIB
@@ -48,7 +49,6 @@ async def test_large_upload_and_download_through_a_daemon_process_keep_memory_fl
             expected.update(block)
             yield block
 
-    token = sign({"server_uuid": server, "user_uuid": new_uuid(), "unique_id": "u"}, NODE_TOKEN)
     path = f"/api/servers/{server}/files/write?file=big.bin"
     async with client.post(
         daemon.url + path, data=body(), headers=bearer
@@ -59,7 +59,7 @@ async def test_large_upload_and_download_through_a_daemon_process_keep_memory_fl
         "size": SIZE,
     }
 
-    token = sign({"server_uuid": server, "file_path": "big.bin", "unique_id": "d"}, NODE_TOKEN)
+    token = panel_file_token(server, "file-download", file_path="big.bin")
     got = hashlib.sha256()
     size = 0
     async with client.get(daemon.url + f"/download/file?token={token}") as r:

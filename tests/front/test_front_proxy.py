@@ -9,8 +9,8 @@ import os
 import ssl
 
 import aiohttp
-from daemon_helpers import NODE_TOKEN, auth, new_uuid, sign, wait_until
-from wings_standin import WingsStandin
+from daemon_helpers import auth, new_uuid, wait_until
+from wings_standin import WingsStandin, panel_file_token
 
 from bench.tlscert import self_signed_certificate
 from wingsbak.http.state import JOBS
@@ -131,16 +131,18 @@ async def test_wings_file_links_with_their_own_jwt_pass_through(front, wings, no
     data = os.urandom(3 * MIB)
     form = aiohttp.FormData()
     form.add_field("files", data, filename="up.bin", content_type="application/octet-stream")
-    token = sign({"server_uuid": server, "user_uuid": new_uuid(), "unique_id": "u1"}, NODE_TOKEN)
+    token = panel_file_token(server, "file-upload")
     async with front.request("POST", f"/upload/file?token={token}&directory=/in", data=form) as r:
         assert r.status == 200, await r.text()
     assert (node.data / server / "in" / "up.bin").read_bytes() == data
-    token = sign({"server_uuid": server, "file_path": "/in/up.bin", "unique_id": "u2"}, NODE_TOKEN)
+    token = panel_file_token(server, "file-download", file_path="/in/up.bin")
     async with front.request("GET", f"/download/file?token={token}") as r:
         assert r.status == 200
         assert await r.read() == data
+    async with front.request("GET", f"/download/file?token={token}") as r:
+        assert r.status == 404  # used once already: Wings' answer, not wingsbak's
     async with front.request("GET", "/download/file?token=forged") as r:
-        assert r.status == 401  # Wings' answer, not wingsbak's
+        assert r.status == 500  # Wings' (a token its ParseToken refuses), not wingsbak's
 
 
 async def test_an_https_upstream_is_verified(start_daemon, panel, node, tmp_path):

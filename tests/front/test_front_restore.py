@@ -57,7 +57,8 @@ async def test_a_running_server_is_stopped_and_waited_for_and_power_on_is_held(
     await wait_until(lambda: server not in front.app[JOBS].restores, "the restore to end")
     assert await power(front, server, "start") == (202, None)
     assert wings.power_actions(server) == ["stop", "start"]
-    assert wings.servers[server].state == "running"
+    # Wings' start: "starting" while the game boots, then "running" (server/power.go).
+    await wait_until(lambda: wings.servers[server].state == "running", "the server to run")
 
 
 async def test_an_offline_server_is_restored_without_a_power_action(

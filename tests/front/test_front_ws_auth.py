@@ -11,7 +11,7 @@ import json
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
 from daemon_helpers import new_uuid, sign, wait_until, ws_claims
-from test_front_ws import CONSOLE, Client
+from test_front_ws import CONSOLE, Client, payload_uuid
 from wings_standin import PELICAN
 
 import wingsbak.http.relay
@@ -39,22 +39,22 @@ async def backup_seen_by(front, panel, server: str, witness: Client) -> str:
     """A backup of ``server``, once ``witness`` (a socket that gets the events) saw it end."""
     backup = new_uuid()
     assert (await front.post_backup(server, backup))[0] == 202
-    await witness.until(f"backup completed:{backup}")
+    await witness.completed(backup)
     await panel.wait_report(backup)
     return backup
 
 
-async def backup_events(client: Client) -> list[str]:
-    """Backup events that reached ``client`` up to an answer of Wings' to a fresh message (so
-    after every event published before it)."""
+async def backup_events(client: Client) -> list[tuple[str, str]]:
+    """Backup events (name, the backup's uuid) that reached ``client`` up to an answer of
+    Wings' to a fresh message (so after every event published before it)."""
     await client.send("send stats")
-    got: list[str] = []
+    got: list[tuple[str, str]] = []
     while True:
-        event = (await client.next())["event"]
-        if event in ("stats", "jwt error"):
+        event = await client.next()
+        if event["event"] in ("stats", "jwt error"):
             return got
-        if event.startswith("backup"):
-            got.append(event)
+        if event["event"].startswith("backup"):
+            got.append((event["event"], payload_uuid(event)))
 
 
 @pytest.mark.parametrize(
@@ -95,7 +95,7 @@ async def test_events_stop_when_wings_refuses_the_token_in_force_and_come_back(
     witness = await authed(front, server)
     client = await authed(front, server)
     first = await backup_seen_by(front, panel, server, witness)
-    assert f"backup completed:{first}" in await backup_events(client)
+    assert ("backup completed", first) in await backup_events(client)
 
     # The panel revokes the user's tokens: Wings refuses the one in force at the next message.
     user = new_uuid()
@@ -118,7 +118,7 @@ async def test_events_stop_when_wings_refuses_the_token_in_force_and_come_back(
     await client.send("auth", token(server))
     await client.until("auth success")
     last = await backup_seen_by(front, panel, server, witness)
-    assert f"backup completed:{last}" in await backup_events(client)
+    assert ("backup completed", last) in await backup_events(client)
 
 
 async def test_two_auths_at_once_leave_the_events_to_the_token_wings_holds(
@@ -175,4 +175,4 @@ async def test_an_auth_wings_never_answers_holds_the_next_frames_only_for_a_whil
     await client.send("auth", token(server))
     await client.until("auth success")
     backup = await backup_seen_by(front, panel, server, witness)
-    assert f"backup completed:{backup}" in await backup_events(client)
+    assert ("backup completed", backup) in await backup_events(client)

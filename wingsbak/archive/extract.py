@@ -98,6 +98,8 @@ _STAGING_PREFIX_B = STAGING_PREFIX.encode()
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 # What os.utime takes (a 64-bit time_t): a wilder archive time is clamped to it.
 _MAX_TIME_NS = (2**63 - 1) * 1_000_000_000
+# File names a progress report carries at most: a console shows a few a second, not all.
+NAMES_PER_REPORT = 10
 # Types whose header says nothing about data following it: tarfile and GNU tar skip none.
 _NO_DATA = frozenset({_HARDLINK, _SYMLINK, _DIRECTORY, *_DEVICES})
 
@@ -113,6 +115,10 @@ class RestoreProgress:
     bytes_total: int  # compressed size when known (file size, Content-Length), else 0
     files: int  # entries restored so far
     bytes_written: int  # file data written into the destination
+    files_written: int = 0  # regular files restored so far
+    # Names of the first regular files restored since the previous report (at most
+    # NAMES_PER_REPORT of them): what a console shows of a restore.
+    names: tuple[str, ...] = ()
 
     @property
     def percent(self) -> float:
@@ -533,6 +539,7 @@ class _Extractor:
         self.skipped = 0
         self.bytes_written = 0
         self.pending = 0
+        self.names: list[list[bytes]] = []  # since the last report, at most NAMES_PER_REPORT
 
     # -- the tar stream ---------------------------------------------------------------
 
@@ -808,6 +815,8 @@ class _Extractor:
                 except OSError:
                     pass
         self.files += 1
+        if len(self.names) < NAMES_PER_REPORT:
+            self.names.append(parts)
         self._tick()
 
     def _create_temp(self, parent: int) -> tuple[int, bytes, int]:
@@ -938,9 +947,16 @@ class _Extractor:
 
     def _report(self) -> None:
         if self.progress is not None:
+            names = tuple(_show(b"/".join(parts)) for parts in self.names)
+            self.names = []
             self.progress(
                 RestoreProgress(
-                    self.counter.count, self.bytes_total, self.entries, self.bytes_written
+                    self.counter.count,
+                    self.bytes_total,
+                    self.entries,
+                    self.bytes_written,
+                    self.files,
+                    names,
                 )
             )
 

@@ -7,13 +7,17 @@ runs, a power request for its server reaches Wings as wingsbak read it with Wing
 Hop-by-hop headers (RFC 9110 7.6.1, and those the ``Connection`` header names) stop here;
 ``X-Forwarded-For``/``-Proto``/``-Host`` are added so that Wings, trusting this address
 (``api.trusted_proxies``), logs the user's address. The client's ``Host`` goes through as is.
+
+``Expect: 100-continue`` is Wings' to answer: Go's server sends the ``100 Continue`` when the
+handler first reads the body, so a request Wings refuses unread (a bad token, an unknown
+server) gets its refusal and never a 100. The client's 100 leaves here when Wings' arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -23,6 +27,7 @@ from yarl import URL
 from wingsbak import gojson
 from wingsbak.errors import RequestTimeout
 from wingsbak.http.middleware import check_bearer, error_response
+from wingsbak.http.server import client_address
 from wingsbak.http.state import CONFIG, JOBS, WINGS
 from wingsbak.log import get_logger
 from wingsbak.node_identity import IDENTITY
@@ -42,10 +47,12 @@ HOP_BY_HOP = frozenset(
         "Trailers",
         hdrs.TRANSFER_ENCODING,
         hdrs.UPGRADE,
-        # Answered by this server already (aiohttp sends the 100 Continue itself).
-        hdrs.EXPECT,
     )
 )
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Set on a request whose ``100 Continue`` is still owed to the client (by Wings, or by a
+# handler of wingsbak's that reads the body once it has judged the request).
+CONTINUE_OWED = web.RequestKey("continue_owed", bool)
 # Power actions that run a server: held while a restore writes into its files.
 HELD_ACTIONS = frozenset({"start", "restart", "kill"})
 UNREACHABLE = "The node's Wings daemon could not be reached."
@@ -81,7 +88,9 @@ def end_to_end(headers: CIMultiDict[str] | hdrs.CIMultiDictProxy[str]) -> CIMult
 
 def forwarded_headers(request: web.Request) -> CIMultiDict[str]:
     headers = end_to_end(request.headers)
-    client = request.remote or ""
+    # An IPv4 client of a dual-stack listener is ::ffff:a.b.c.d to it; Go's listener under
+    # Wings gives a.b.c.d, and so does this header.
+    client = (client_address((request.remote,)) or "") if request.remote else ""
     previous = ", ".join(request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
     headers.popall(hdrs.X_FORWARDED_FOR, None)
     headers[hdrs.X_FORWARDED_FOR] = f"{previous}, {client}" if previous else client
@@ -107,11 +116,18 @@ async def forward(
     client's); otherwise it streams from the client as it arrives."""
     wings = request.app[WINGS]
     identity = request.app[IDENTITY]
-    data = body if body is not None else (request.content if request.body_exists else None)
+    data: Any = body if body is not None else (request.content if request.body_exists else None)
+    continued = _ExpectedContinue(request) if data is request.content else None
+    owed = continued is not None and continued.owed
+    if owed:
+        assert continued is not None
+        data = continued.body()
     for attempt in (1, 2):
         # Credentials as Wings takes them while it still holds an earlier node token.
         url = URL(wings.url(identity.path_for_wings(target(request))), encoded=True)
         headers = forwarded_headers(request)
+        if not owed:
+            headers.popall(hdrs.EXPECT, None)  # answered here already, or nothing to wait for
         credentials_rewritten = identity.headers_for_wings(headers)
         if rewritten:
             for name in (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.CONTENT_TYPE):
@@ -127,11 +143,14 @@ async def forward(
                 skip_auto_headers=_NO_AUTO_HEADERS,
             )
         except (aiohttp.ClientError, TimeoutError, RequestTimeout) as exc:
-            _client_failed(request, data)
+            _client_failed(request, request.content if continued is not None else data)
             log.warning(
                 "wings_unreachable", method=request.method, path=request.path, error=repr(exc)
             )
-            return error_response(502, UNREACHABLE)
+            failed = error_response(502, UNREACHABLE)
+            if continued is not None and continued.owed:
+                failed.force_close()  # the client still holds its body back
+            return failed
         # A 403 to the token Wings was believed to hold: Wings restarted with the node's new
         # one. Asked again when no body was consumed.
         replayable = data is None or isinstance(data, bytes)
@@ -143,6 +162,10 @@ async def forward(
     async with upstream:
         response = _PassedResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(end_to_end(upstream.headers))
+        if continued is not None and continued.owed:
+            # Wings answered without reading the body, which the client still holds back:
+            # Go closes such a connection after its answer (net/http, closeAfterReply).
+            response.force_close()
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
@@ -156,6 +179,60 @@ async def forward(
             raise ConnectionResetError("Wings' answer was cut off") from None
         await response.write_eof()
     return response
+
+
+class _ExpectedContinue:
+    """A request body that waits for ``Expect: 100-continue``: the client's ``100 Continue``
+    is sent when the body is first asked for, which Wings' own 100 is what lets happen (the
+    client library sends a body only after the 100)."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        expect = request.headers.get(hdrs.EXPECT, "").strip().lower()
+        # Go sends no 100 to an HTTP/1.0 client; aiohttp's default handler has sent it already
+        # on a route that is not Wings' alone.
+        self.owed = (
+            request.get(CONTINUE_OWED, False)
+            and expect == "100-continue"
+            and request.version >= aiohttp.HttpVersion11
+        )
+
+    async def body(self) -> AsyncIterator[bytes]:
+        await send_continue(self.request)
+        self.owed = False
+        async for chunk in self.request.content.iter_any():
+            yield chunk
+
+
+async def send_continue(request: web.Request) -> None:
+    """Send the ``100 Continue`` the client waits for, if it is still owed."""
+    if not request.get(CONTINUE_OWED, False):
+        return
+    request[CONTINUE_OWED] = False
+    await request.writer.write(CONTINUE)
+    request.writer.output_size = 0  # the answer's own bytes are counted from here
+    protocol = request.protocol
+    if isinstance(protocol, ContinueAware):
+        protocol.continue_sent()
+
+
+async def owe_continue(request: web.Request) -> None:
+    """The expect handler of Wings' routes: no ``100 Continue`` before the body is asked for
+    (an unknown expectation is Wings' to refuse too)."""
+    if request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue":
+        request[CONTINUE_OWED] = True
+        protocol = request.protocol
+        if isinstance(protocol, ContinueAware):
+            protocol.continue_owed()
+
+
+@runtime_checkable
+class ContinueAware(Protocol):
+    """A connection whose body deadline does not run while the client waits for a 100."""
+
+    def continue_owed(self) -> None: ...
+
+    def continue_sent(self) -> None: ...
 
 
 def _client_failed(request: web.Request, data: object) -> None:
@@ -183,8 +260,16 @@ async def power(request: web.Request) -> web.StreamResponse:
     409, and anything else goes to Wings as read here, so that what Wings acts on is what was
     judged. A body Wings' decoder fails on is held too. A request without the node token is
     Wings' to refuse."""
-    body = await request.read()  # a few bytes of JSON (client_max_size bounds it)
     server = request.match_info["server"]
+    if request.get(CONTINUE_OWED, False):
+        try:
+            check_bearer(request, request.app[CONFIG].token)
+        except Exception:
+            return await forward(request)  # Wings refuses it unread: its answer, and no 100
+        # Wings reads the body of a request it lets through: the 100 is sent here, as the
+        # body must be judged before Wings sees it (whatever starts meanwhile, a restore).
+        await send_continue(request)
+    body = await request.read()  # a few bytes of JSON (client_max_size bounds it)
     if server not in request.app[JOBS].restores:
         return await forward(request, body)
     try:
@@ -212,5 +297,9 @@ async def decoded(read: Callable[[bytes], T], data: bytes) -> T:
 def add_routes(app: web.Application) -> None:
     """Wings' routes, after wingsbak's own (a path wingsbak owns for other methods falls
     through to the catch-all, so e.g. Wings answers a GET on a backup path)."""
-    app.router.add_post("/api/servers/{server}/power", power, name="wings-power")
-    app.router.add_route("*", "/{tail:.*}", pass_through, name="wings")
+    app.router.add_post(
+        "/api/servers/{server}/power", power, name="wings-power", expect_handler=owe_continue
+    )
+    app.router.add_route(
+        "*", "/{tail:.*}", pass_through, name="wings", expect_handler=owe_continue
+    )

@@ -7,9 +7,9 @@ that has no ``auth success`` from Wings within ``api.websocket_auth_timeout`` is
 
 What the client sends is read as Wings reads it (:mod:`wingsbak.gojson`). An ``auth`` goes on
 to Wings as read here, so the token Wings judges is the one wingsbak judged. While the server
-is being restored every frame does: a ``set state`` that would start it is answered with a
-``daemon error`` instead, and a frame Wings' decoder could not read is dropped (as Wings drops
-it).
+is being restored every frame does: a ``set state`` that would start it never reaches Wings
+(it is answered as Wings answers a power action it refuses, :meth:`WingsAuth.held_answer`),
+and a frame Wings' decoder could not read is dropped (as Wings drops it).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import asyncio
 import dataclasses
 import json
 import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -40,6 +43,7 @@ from wingsbak.http.ws import (
     DENYLISTED,
     NO_CONNECT,
     NO_JWT,
+    UUID_MISMATCH,
     EventSession,
     grants,
     joined_events,
@@ -60,6 +64,16 @@ _SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, *range(3000, 
 AUTH_ANSWER_SECONDS = 5.0
 # Wings' answers to an auth are short; longer messages (console output) are not looked into.
 ANSWER_BYTES = 4096
+# The permission each power action needs on the socket (router/websocket/websocket.go
+# HandleInbound: kill is control.stop).
+POWER_PERMISSIONS = {
+    "start": "control.start",
+    "stop": "control.stop",
+    "restart": "control.restart",
+    "kill": "control.stop",
+}
+# What Wings' SendErrorJson tells a token without admin.websocket.errors of any error.
+UNEXPECTED = "an unexpected error was encountered while handling this request"
 
 
 def _close_code(code: int | None) -> int:
@@ -145,7 +159,9 @@ async def _to_wings(
             if message.event == "set state" and message.joined in HELD_ACTIONS:
                 # debug: anyone who can open the socket can send these, token or not
                 log.debug("power_held", server=server, action=message.joined, via="websocket")
-                await auth.session.send("daemon error", HELD)
+                answer = auth.held_answer(message.joined)
+                if answer is not None:
+                    await auth.session.send(*answer)
                 continue
         is_auth = message is not None and message.event == "auth"
         if is_auth:
@@ -209,6 +225,20 @@ def refusals(token: str, key: str) -> tuple[bool, set[Answer]]:
     return False, possible
 
 
+@dataclass(frozen=True, slots=True)
+class InForce:
+    """What wingsbak can tell of the token Wings holds on a socket: ``claims`` of a token
+    Wings accepted (not checked against the server: Wings looks at that later), or the JWT
+    error Wings gave for it since (``refused``); neither when it cannot tell which token
+    Wings holds."""
+
+    claims: dict[str, Any] | None = None
+    refused: str | None = None
+
+
+_UNKNOWN = InForce()
+
+
 class WingsAuth:
     """What Wings' answers tell of the token in force on one relayed socket. Backup events
     flow under a token Wings answered ``auth success`` to and wingsbak's own check accepts
@@ -230,6 +260,7 @@ class WingsAuth:
         self._answered = asyncio.Event()
         self._unproven: list[float] = []  # when such auths ended (monotonic)
         self._wings_gone = False
+        self.in_force = _UNKNOWN  # meaningful once the session is authenticated
 
     def sending(self, token: str) -> None:
         """The client's ``auth`` is about to go to Wings. Set before it is sent: Wings may
@@ -280,12 +311,17 @@ class WingsAuth:
         token = self._token
         if token is not None and not self._certain and not self._unproven:
             try:
+                self.in_force = InForce(claims=decode_token(token, session.key, []))
+            except TokenRejected:
+                self.in_force = _UNKNOWN  # signed with a key wingsbak does not hold
+            try:
                 session.claims = verify_socket_token(token, session.key, session.server)
             except TokenRejected:
                 session.claims = None  # Wings holds a token wingsbak does not accept
             self._end()
             return
         session.claims = None  # whose success this is cannot be told
+        self.in_force = _UNKNOWN
         if self._unproven:
             self._unproven.pop(0)  # one of those that might still answer did, or...
         if token is not None:
@@ -294,14 +330,47 @@ class WingsAuth:
     def _refused(self, event: str, text: str) -> None:
         # "no jwt present" answers a message Wings handled before any auth: never about a
         # token in force (Wings never drops one it accepted).
-        if event == "token expired" or (event == "jwt error" and text != NO_JWT):
+        about_token = event == "token expired" or (event == "jwt error" and text != NO_JWT)
+        if about_token:
             self.session.claims = None
+            # Wings' TokenValid fails for good once it fails (expiry and the denylist only
+            # grow): every later message gets this error, until an auth succeeds. With an
+            # auth in flight the error could be its answer instead, unless Wings surely
+            # refuses that token with it (the token in force stays then).
+            sure = (event, text) in self._refusals and self._certain
+            if self._token is None:
+                self.in_force = InForce(refused=EXPIRED if event == "token expired" else text)
+            elif not sure:
+                self.in_force = _UNKNOWN
         if self._token is None:
             return
         if event == "throttled" and text == "auth":  # Pelican dropped the auth
             self._end()
         elif (event, text) in self._refusals or (event, None) in self._refusals:
             self._end(unproven=not self._certain)
+
+    def held_answer(self, action: str) -> tuple[str, str] | None:
+        """What Wings answers a ``set state`` with ``action`` that it refuses to run, as far
+        as wingsbak can tell the token it holds (router/websocket/websocket.go HandleInbound:
+        ``TokenValid``, then the action's permission, then the error in SendErrorJson's
+        shape, its text only for ``admin.websocket.errors``); None: Wings says nothing."""
+        if not self.session.authenticated:
+            return "jwt error", NO_JWT
+        if self.in_force.refused is not None:
+            return "jwt error", self.in_force.refused
+        claims = self.in_force.claims
+        text = UNEXPECTED
+        if claims is not None:
+            exp = claims.get("exp")
+            if not isinstance(exp, int) or int(time.time()) > exp:  # as decode_token
+                return "jwt error", EXPIRED
+            if claims.get("server_uuid") != self.session.server:
+                return "jwt error", UUID_MISMATCH
+            if not grants(claims, POWER_PERMISSIONS[action]):
+                return None
+            if grants(claims, "admin.websocket.errors"):
+                text = HELD
+        return "daemon error", f"Error Event [{uuid.uuid4()}]: {text}"
 
     def _end(self, unproven: bool = False) -> None:
         if unproven:

@@ -180,6 +180,7 @@ class GuardedConnection(web.RequestHandler):
         self._header_begun = False
         self._body: StreamReader | None = None  # a body being received
         self._body_progress = 0.0  # when a byte of it last came (or the node last stopped)
+        self._awaiting_continue = False  # the client holds its body back until a 100
 
     # -- the connection --------------------------------------------------------------------
 
@@ -287,8 +288,18 @@ class GuardedConnection(web.RequestHandler):
             self._between_requests = True
             self._header_begun = False
             self._body = None
+            self._awaiting_continue = False
             self._disarm()
         return result
+
+    def continue_owed(self) -> None:
+        """The client waits for a ``100 Continue`` before it sends the body (wingsbak.http.
+        front.ContinueAware): its silence meanwhile is no stall."""
+        self._awaiting_continue = True
+
+    def continue_sent(self) -> None:
+        self._awaiting_continue = False
+        self._body_progress = self._loop.time()
 
     # -- deadlines -------------------------------------------------------------------------
 
@@ -332,7 +343,7 @@ class GuardedConnection(web.RequestHandler):
             self._body = None
             return
         now = self._loop.time()
-        if self._reading_paused or self._buffer_paused:
+        if self._reading_paused or self._buffer_paused or self._awaiting_continue:
             self._body_progress = now  # the node is not reading: no silence of the client's
         due = self._body_progress + self._api.body_timeout
         if now < due:  # bytes came meanwhile: look again when this silence would end
