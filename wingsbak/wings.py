@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -42,6 +42,9 @@ class WingsClient:
         self.ca_file = ca_file
         # How often a restore asks whether a stopping server is offline yet.
         self.poll_interval = 0.5
+        # Told of every answer of Wings, passed through or to wingsbak's own calls (method,
+        # path, headers): how wingsbak learns which Wings this is (wingsbak.flavour).
+        self.on_answer: Callable[[str, str, Mapping[str, str]], None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -72,12 +75,23 @@ class WingsClient:
         if self._session is not None:
             await self._session.close()
 
+    def note_answer(self, method: str, path: str, headers: Mapping[str, str]) -> None:
+        if self.on_answer is not None:
+            self.on_answer(method, path, headers)
+
+    async def ping(self) -> int:
+        """``GET /api/system`` with the bearer: Wings' status (any answer, 401 and 403
+        included, tells which Wings answered)."""
+        status, _ = await self._call("GET", "/api/system")
+        return status
+
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         try:
             async with self.session.request(
                 method, self.url(path), json=body, headers=headers, timeout=CALL_TIMEOUT
             ) as r:
+                self.note_answer(method, path, r.headers)
                 data = await r.json(content_type=None) if r.status != 204 else None
                 return r.status, data
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -89,6 +103,13 @@ class WingsClient:
         if status != 200 or not isinstance(state, str):
             raise WingsError(f"Wings answered {status} for the state of server {server}")
         return state
+
+    async def knows_server(self, server: str) -> bool:
+        """Whether Wings has this server (200) or not (404); WingsError for anything else."""
+        status, _ = await self._call("GET", f"/api/servers/{server}")
+        if status not in (200, 404):
+            raise WingsError(f"Wings answered {status} for server {server}")
+        return status == 200
 
     async def power(self, server: str, action: str) -> None:
         status, _ = await self._call(

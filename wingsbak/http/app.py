@@ -6,8 +6,10 @@ import asyncio
 
 from aiohttp import web
 
+from wingsbak import server_lifecycle
 from wingsbak.config import Config
 from wingsbak.events import EventBus
+from wingsbak.flavour import WingsFlavour
 from wingsbak.http import backups, download, front, relay, restore, sendfile, system, ws
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware, make_identify
 from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS, WINGS
@@ -28,7 +30,13 @@ def create_app(config: Config) -> web.Application:
         if config.upstream
         else None,
     )
-    storage = LocalStorage(config.backup_dir)
+    # Which Wings is in front of: local backups are named as it names its own.
+    flavour = WingsFlavour(
+        forced=config.api.upstream_flavour,
+        fronting=bool(config.upstream),
+        state_dir=config.backup_dir,
+    )
+    storage = LocalStorage(config.backup_dir, flavour)
     panel = PanelClient(config.remote, config.token_id, config.token)
     outbox = Outbox(
         panel,
@@ -43,6 +51,7 @@ def create_app(config: Config) -> web.Application:
         if config.upstream
         else None
     )
+    lifecycle: server_lifecycle.ServerLifecycle | None = None
     app[CONFIG] = config
     app[STORAGE] = storage
     app[PANEL] = panel
@@ -62,16 +71,24 @@ def create_app(config: Config) -> web.Application:
         # GET /api/system is Wings' (the panel's node page reads Wings' fields from it).
         app.add_routes([r for r in system.routes if getattr(r, "path", "") != "/api/system"])
         relay.add_routes(app)
+        flavour.attach(wings)
+        lifecycle = server_lifecycle.ServerLifecycle(config, app[JOBS], wings, flavour)
+        server_lifecycle.add_routes(app, lifecycle)
         front.add_routes(app)
 
     async def startup(app: web.Application) -> None:
         await asyncio.to_thread(app[USED_TOKENS].load)
+        await asyncio.to_thread(flavour.load)
+        if lifecycle is not None:
+            await lifecycle.start()
         await outbox.load()
         await app[JOBS].recover()
         app[JOBS].check_stores_in_background()
 
     async def shutdown(app: web.Application) -> None:
         sendfile.stop_pumps()
+        if lifecycle is not None:
+            await lifecycle.stop()
         await app[JOBS].shutdown()
         await outbox.drain(timeout=2.0)
         await outbox.close()

@@ -126,6 +126,7 @@ async def forward(
         log.warning("wings_unreachable", method=request.method, path=request.path, error=repr(exc))
         return error_response(502, UNREACHABLE)
     async with upstream:
+        wings.note_answer(request.method, request.path, upstream.headers)
         response = _PassedResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(end_to_end(upstream.headers))
         await response.prepare(request)
