@@ -186,21 +186,23 @@ class ServerLifecycle:
 
     async def _deleted(self, server: str, transferred: bool) -> None:
         """Wings deleted the server (its answer, just observed, also says which Wings)."""
-        changed = False
+        if server in self.removals and self.flavour.known == PELICAN and not transferred:
+            self.removals[server] = CONFIRMED
+            await self._save()
+            log.info("server_deleted", server=server, stored_backups="removing")
+            failpoint.hit("server-delete-confirmed")
+            self._settle_later(server)
+            return
         if transferred:
+            reason = "the server was transferred to another node"
+        elif not self._has_stores():
+            reason = "no node bucket or restic repository"
+        else:
+            reason = "Wings keeps the server's backups"
+        log.info("server_deleted", server=server, stored_backups="kept", reason=reason)
+        if transferred or server in self.removals:
             self.transferred.pop(server, None)
-            log.info("server_deleted_after_transfer", server=server, stored_backups="kept")
-            changed = True
-        if server in self.removals:
-            if self.flavour.known == PELICAN and not transferred:
-                self.removals[server] = CONFIRMED
-                await self._save()
-                failpoint.hit("server-delete-confirmed")
-                self._settle_later(server)
-                return
-            del self.removals[server]
-            changed = True
-        if changed:
+            self.removals.pop(server, None)
             await self._save()
 
     async def transfer_out(self, request: web.Request) -> web.StreamResponse:

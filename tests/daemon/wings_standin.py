@@ -47,6 +47,7 @@ from typing import Any
 import jwt
 from aiohttp import WSMsgType, web
 from daemon_helpers import NODE_TOKEN, free_port
+from wings_lifecycle import WingsLifecycle, add_lifecycle_routes
 
 CHUNK = 256 * 1024
 POWER_ACTIONS = ("start", "stop", "restart", "kill")
@@ -276,6 +277,8 @@ class WingsStandin:
     boot_time: float = field(default_factory=lambda: float(int(time.time())))
     denied_jti: dict[str, float] = field(default_factory=dict)  # DenyJTI: jti -> when
     denied_users: dict[str, float] = field(default_factory=dict)  # Pelican: "server:user" -> when
+    # Server deletion, transfers and Pelican's User-Agent: tests/daemon/wings_lifecycle.py.
+    lifecycle: WingsLifecycle = field(default_factory=WingsLifecycle)
     _runner: web.AppRunner | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -330,6 +333,7 @@ class WingsStandin:
         r.add_get("/download/file", self._download_file)
         r.add_post("/upload/file", self._upload_file)
         r.add_route("*", "/echo/{tail:.*}", self._echo)
+        add_lifecycle_routes(self, app)
         # Go's net/http hands a handler the body as sent: no decoding of Content-Encoding.
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=1.0, auto_decompress=False
@@ -364,7 +368,9 @@ class WingsStandin:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/api/") and not request.path.endswith("/ws"):
+        # POST /api/transfers carries the panel's JWT, checked by its handler (router.go).
+        transfer = request.path == "/api/transfers" and request.method == "POST"
+        if request.path.startswith("/api/") and not request.path.endswith("/ws") and not transfer:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             if scheme != "Bearer" or not token:
                 return web.json_response(
