@@ -109,7 +109,15 @@ class ServerLifecycle:
             }
 
     async def _save(self) -> None:
-        """On disk when it returns (raises OSError when it cannot be)."""
+        """On disk when it returns. One that cannot be written (a full disk) is logged and
+        kept in memory: a deletion or a transfer is never held up for it, and the next
+        change writes it whole."""
+        try:
+            await self._write()
+        except OSError as exc:
+            log.error("server_state_not_saved", path=str(self.path), error=str(exc))
+
+    async def _write(self) -> None:
         async with self._save_lock:
             data = {"transferred_out": dict(self.transferred), "removals": dict(self.removals)}
             if not self.transferred and not self.removals:
@@ -166,7 +174,8 @@ class ServerLifecycle:
             response = await forward(request)
         except BaseException:
             if server in self.removals:
-                self._settle_later(server)  # whether Wings deleted it is Wings' to say
+                # Whether Wings deleted it is Wings' to say, once it is done with the request.
+                self._settle_later(server, wait=self.retry_first)
             raise
         answered = isinstance(response, _PassedResponse)
         if answered and 200 <= response.status < 300:
@@ -181,7 +190,7 @@ class ServerLifecycle:
                 del self.removals[server]
                 await self._save()
             else:
-                self._settle_later(server)
+                self._settle_later(server, wait=self.retry_first)
         return response
 
     async def _deleted(self, server: str, transferred: bool) -> None:
@@ -247,10 +256,7 @@ class ServerLifecycle:
         accepted here): an outgoing transfer noted earlier did not move it away."""
         if self.transferred.pop(server, None) is not None:
             log.info("server_transfer_forgotten", server=server)
-            try:
-                await self._save()
-            except OSError as exc:  # noted again at the next change; costs nothing now
-                log.error("server_state_not_saved", error=str(exc))
+            await self._save()
 
     # -- removal -------------------------------------------------------------------------------
 
@@ -277,16 +283,17 @@ class ServerLifecycle:
             return False
         return value
 
-    def _settle_later(self, server: str) -> None:
+    def _settle_later(self, server: str, wait: float = 0.0) -> None:
         if self._stopping or server in self._settling:
             return
-        task = asyncio.create_task(self._settle(server), name=f"server-removal-{server}")
+        task = asyncio.create_task(self._settle(server, wait), name=f"server-removal-{server}")
         self._settling[server] = task
         task.add_done_callback(lambda _t: self._settling.pop(server, None))
 
-    async def _settle(self, server: str) -> None:
+    async def _settle(self, server: str, wait: float) -> None:
         """Carry out (or drop) the server's noted removal, trying again at growing intervals
         while Wings or a store does not answer."""
+        await asyncio.sleep(wait)
         delay = self.retry_first
         while server in self.removals:
             try:
@@ -297,7 +304,7 @@ class ServerLifecycle:
                     del self.removals[server]
                     await self._save()
                 return
-            except (WingsError, S3Error, ResticError, OSError) as exc:
+            except (WingsError, S3Error, ResticError) as exc:
                 log.warning(
                     "server_backups_removal_retry", server=server, error=str(exc), retry_in=delay
                 )
