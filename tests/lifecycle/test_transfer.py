@@ -6,11 +6,15 @@ the new node's wingsbak serves them; the old node's deletion then removes its fo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from daemon_helpers import PELICAN, DaemonProcess, Node, Panel, free_port, new_uuid, wait_until
 from lifecycle_helpers import (
@@ -111,3 +115,52 @@ async def test_a_pelican_transfer_carries_the_backups_to_the_new_node(
     assert not log_events(proc, "server_backups_removed")
     for backup, content in expected.items():
         assert await download(target, server, backup) == (200, content)
+
+
+@pytest.mark.parametrize("step", ["rename-sidecar-written", "rename-archive-renamed"])
+async def test_a_kill_while_earlier_archives_get_wings_name_loses_nothing(
+    daemon_process: Callable[..., DaemonProcess],
+    node: Node,
+    wings: WingsStandin,
+    panel: Panel,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    """kill -9 inside the renaming a transfer starts with: the archive stays found with its
+    checksum, and the next transfer finishes the renaming (``sha1sum -c`` passes, no stale
+    sidecar)."""
+    server = node.server(FILES)
+    wings.server(server)
+    backup = new_uuid()
+    data = archive_of({"kept.txt": b"whole"})
+    old = node.backups / server / f"backup-{backup}.tar.gz"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(data)
+    old.with_name(f"{old.name}.sha1").write_text(f"{hashlib.sha1(data).hexdigest()}  {old.name}\n")
+    monkeypatch.setenv("WINGSBAK_FAILPOINT", f"{step}:kill")
+    proc = in_front(daemon_process, node, wings, panel, PELICAN)
+    await proc.start()
+    monkeypatch.delenv("WINGSBAK_FAILPOINT")
+    body = {
+        "url": "http://127.0.0.1:9/api/transfers",
+        "token": f"Bearer {transfer_token(server)}",
+        "backups": [backup],
+        "server": {"uuid": server},
+    }
+    with contextlib.suppress(aiohttp.ClientError):
+        await call(proc, "POST", f"/api/servers/{server}/transfer", body)
+    await wait_until(lambda: proc.proc is not None and proc.proc.poll() is not None, "the kill")
+    assert proc.proc is not None and proc.proc.returncode == -signal.SIGKILL
+    assert server not in wings.lifecycle.pushes  # Wings never heard of it
+
+    await proc.start()
+    assert await download(proc, server, backup) == (200, data)
+    assert (await call(proc, "POST", f"/api/servers/{server}/transfer", body))[0] == 202
+    await wait_until(lambda: server in wings.lifecycle.pushes, "the transfer to end")
+    names = sorted(p.name for p in (node.backups / server).iterdir())
+    assert names == [f"{backup}.tar.gz", f"{backup}.tar.gz.sha1"]
+    subprocess.run(
+        ["sha1sum", "-c", f"{backup}.tar.gz.sha1"], cwd=node.backups / server, check=True,
+        capture_output=True,
+    )
+    assert await download(proc, server, backup) == (200, data)

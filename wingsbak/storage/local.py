@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from wingsbak import failpoint
 from wingsbak.archive.archiver import archive_to_file
 from wingsbak.archive.extract import RestoreError
 from wingsbak.archive.rules import IgnoreRules
@@ -230,6 +231,13 @@ class LocalStorage:
         except FileNotFoundError:
             return 0
         for name in names:
+            stem, dot, kind = name.rpartition(".")
+            if name.startswith("backup-") and dot and kind in CHECKSUM_TYPES:
+                # The sidecar of an archive renamed by a run that died before removing it.
+                backup = stem.removeprefix("backup-").removesuffix(".tar.gz")
+                if not (folder / stem).exists() and (folder / wings_name(backup)).is_file():
+                    (folder / name).unlink(missing_ok=True)
+                continue
             if not (name.startswith("backup-") and name.endswith(".tar.gz")):
                 continue
             backup = name.removeprefix("backup-").removesuffix(".tar.gz")
@@ -239,8 +247,10 @@ class LocalStorage:
             sidecar = read_sidecar(old)
             if sidecar is not None:
                 write_sidecar(new, sidecar[1], sidecar[0])
+            failpoint.hit("rename-sidecar-written")
             os.replace(old, new)
             _fsync_dir(folder)
+            failpoint.hit("rename-archive-renamed")
             for kind in CHECKSUM_TYPES:
                 sidecar_path(old, kind).unlink(missing_ok=True)
             renamed += 1
