@@ -64,6 +64,7 @@ class WingsFlavour:
         self.remembered: str | None = None
         self.wings: WingsClient | None = None
         self._saves: set[asyncio.Task[None]] = set()
+        self._save_lock = asyncio.Lock()
 
     def attach(self, wings: WingsClient) -> None:
         """Learn from every answer of this Wings, and ask it when nothing is known."""
@@ -118,10 +119,11 @@ class WingsFlavour:
         path = self.state_file
 
         async def save() -> None:
-            try:
-                await asyncio.to_thread(write_json_atomic, path, {"flavour": flavour})
-            except OSError as exc:  # costs only the guess at a start while Wings is down
-                log.warning("wings_flavour_state_not_saved", error=str(exc))
+            async with self._save_lock:  # the latest flavour is written last
+                try:
+                    await asyncio.to_thread(write_json_atomic, path, {"flavour": self.remembered})
+                except OSError as exc:  # costs only the guess at a start while Wings is down
+                    log.warning("wings_flavour_state_not_saved", error=str(exc))
 
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to keep it on
             task = asyncio.get_running_loop().create_task(save())
