@@ -79,11 +79,11 @@ def create_app(config: Config) -> web.Application:
     async def startup(app: web.Application) -> None:
         await asyncio.to_thread(app[USED_TOKENS].load)
         await asyncio.to_thread(flavour.load)
-        if lifecycle is not None:
-            await lifecycle.start()
         await outbox.load()
         await app[JOBS].recover()
         app[JOBS].check_stores_in_background()
+        if lifecycle is not None:
+            await lifecycle.start()  # removals an earlier run left go on
 
     async def shutdown(app: web.Application) -> None:
         sendfile.stop_pumps()
