@@ -30,6 +30,7 @@ MAX_S3_PART_SIZE = 5 * 1024 * 1024 * 1024
 PAYLOAD_SIGNING = ("auto", "always", "never")
 STORES = ("local", "s3", "restic")
 RESTIC_COMPRESSION = ("auto", "max", "off")
+UPSTREAM_FLAVOURS = ("auto", "pelican", "pterodactyl")
 
 
 class ConfigError(ValueError):
@@ -106,6 +107,9 @@ class ApiConfig:
     # Seconds between two looks at Wings' file (wings_config) and the certificate files: a
     # change is applied within this plus a moment to see the file written whole.
     watch_interval: float = 5.0
+    # Which Wings the upstream is (auto: learnt from its answers; pelican; pterodactyl): local
+    # backups are named, and a server's deletion cleans up, as that Wings does.
+    upstream_flavour: str = "auto"
 
 
 @dataclass(slots=True)
@@ -438,6 +442,11 @@ def _validate_front(cfg: Config) -> None:
             )
         if parts.path.strip("/"):
             raise ConfigError(f"api.upstream: {cfg.api.upstream!r} must not have a path")
+    if cfg.api.upstream_flavour not in UPSTREAM_FLAVOURS:
+        raise ConfigError(
+            f"api.upstream_flavour: {cfg.api.upstream_flavour!r} is not one of "
+            + ", ".join(UPSTREAM_FLAVOURS)
+        )
     if cfg.api.upstream_ca and not os.access(cfg.api.upstream_ca, os.R_OK):
         raise ConfigError(f"api.upstream_ca: {cfg.api.upstream_ca!r} is not a readable file")
     if b.restore_stop_timeout <= 0:

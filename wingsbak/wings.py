@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -44,6 +44,9 @@ class WingsClient:
         # now and the call may be made again (wingsbak.node_identity: Wings restarted with
         # the node's new token).
         self.on_refused: Callable[[], Awaitable[bool]] | None = None
+        # Told of every answer of Wings, passed through or to wingsbak's own calls (method,
+        # path, headers): how wingsbak learns which Wings this is (wingsbak.flavour).
+        self.on_answer: Callable[[str, str, Mapping[str, str]], None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -74,6 +77,16 @@ class WingsClient:
         if self._session is not None:
             await self._session.close()
 
+    def note_answer(self, method: str, path: str, headers: Mapping[str, str]) -> None:
+        if self.on_answer is not None:
+            self.on_answer(method, path, headers)
+
+    async def ping(self) -> int:
+        """``GET /api/system`` with the bearer: Wings' status (any answer, 401 and 403
+        included, tells which Wings answered)."""
+        status, _ = await self._call("GET", "/api/system")
+        return status
+
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         status, data = await self._call_once(method, path, body)
         if status == 403 and self.on_refused is not None and await self.on_refused():
@@ -86,6 +99,7 @@ class WingsClient:
             async with self.session.request(
                 method, self.url(path), json=body, headers=headers, timeout=CALL_TIMEOUT
             ) as r:
+                self.note_answer(method, path, r.headers)
                 data = await r.json(content_type=None) if r.status != 204 else None
                 return r.status, data
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -105,6 +119,13 @@ class WingsClient:
         if status != 200 or not isinstance(state, str):
             raise WingsError(f"Wings answered {status} for the state of server {server}")
         return state
+
+    async def knows_server(self, server: str) -> bool:
+        """Whether Wings has this server (200) or not (404); WingsError for anything else."""
+        status, _ = await self._call("GET", f"/api/servers/{server}")
+        if status not in (200, 404):
+            raise WingsError(f"Wings answered {status} for server {server}")
+        return status == 200
 
     async def power(self, server: str, action: str) -> None:
         status, _ = await self._call(

@@ -102,7 +102,13 @@ class Node:
         return self.server({f"world/region-{i}.mca": os.urandom(per) for i in range(files)})
 
     def archive(self, server: str, backup: str) -> Path:
-        return self.backups / server / f"backup-{backup}.tar.gz"
+        """The backup's archive where it is: the layout of Pelican Wings (and standalone
+        wingsbak), Pterodactyl Wings' flat one, or wingsbak's earlier name; when none holds
+        it, where a standalone daemon writes it."""
+        pelican = self.backups / server / f"{backup}.tar.gz"
+        flat = self.backups / f"{backup}.tar.gz"
+        earlier = self.backups / server / f"backup-{backup}.tar.gz"
+        return next((p for p in (pelican, flat, earlier) if p.exists()), pelican)
 
     async def outbox_settled(self) -> None:
         """Wait until the outbox file holds no report: a second daemon started on this node's

@@ -97,7 +97,7 @@ async def test_failed_backup_reported_without_leftovers(start_daemon, node: Node
     await panel.wait_report(first, timeout=30)
     await d.wait_idle()
     assert not node.temporaries()
-    assert not node.archive(server, second).with_name(f"backup-{second}.tar.gz.sha1").exists()
+    assert not node.archive(server, second).with_name(f"{second}.tar.gz.sha1").exists()
 
 
 async def test_no_panel_configured(start_daemon, node: Node):

@@ -80,6 +80,7 @@ import jwt
 import yaml
 from aiohttp import BodyPartReader, WSMsgType, web
 from daemon_helpers import NODE_TOKEN, free_port
+from wings_lifecycle import WingsLifecycle, add_lifecycle_routes
 
 CHUNK = 256 * 1024
 POWER_ACTIONS = ("start", "stop", "restart", "kill")
@@ -327,15 +328,16 @@ class WingsStandin:
     remote: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     # Issue 19.9: api.trusted_proxies (none by default, as in Wings' config), api.upload_limit
-    # in MB, system.backup_directory (default: "backups" beside root), the incoming
+    # in MB, the incoming
     # transfers as (server, successful), the unique_ids of file tokens used.
     trusted_proxies: list[str] = field(default_factory=list)
     upload_limit: int = 100
-    backup_dir: Path | None = None
     transfers: list[tuple[str, bool]] = field(default_factory=list)
     used_ids: set[str] = field(default_factory=set)
     handlers: list[_Socket] = field(default_factory=list)  # sockets listening for events
     errors: list[str] = field(default_factory=list)  # what Wings only logs (power actions)
+    # Server deletion, transfers and Pelican's User-Agent: tests/daemon/wings_lifecycle.py.
+    lifecycle: WingsLifecycle = field(default_factory=WingsLifecycle)
     _runner: web.AppRunner | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -394,6 +396,7 @@ class WingsStandin:
         r.add_post("/upload/file", self._upload_file)
         r.add_route("*", "/echo/{tail:.*}", self._echo)
         r.add_post("/api/update", self._update)
+        add_lifecycle_routes(self, app)
         r.add_post("/api/transfers", self._transfers)  # issue 19.9
         for route in r.routes():
             # Go answers Expect itself, when a handler reads the body (issue 19.9).
@@ -796,7 +799,7 @@ class WingsStandin:
                 archive_expected = (await part.read()).decode()
             elif name.startswith("backup_") and self.flavour == PELICAN:
                 backup = os.path.basename(name.removeprefix("backup_"))
-                folder = (self.backup_dir or self.root.parent / "backups") / server
+                folder = (self.lifecycle.backup_dir or self.root.parent / "backups") / server
                 folder.mkdir(parents=True, exist_ok=True)
                 with (folder / backup).open("wb") as f:
                     backups[backup] = await _spool(part, f)

@@ -120,7 +120,7 @@ async def test_disk_full_during_backup(start_daemon, node: Node, panel: Panel, s
     report = await panel.wait_report(backup, timeout=30)
     assert report.json["successful"] is False
     assert report.json["checksum"] == "" and report.json["size"] == 0
-    assert not (small_fs / big / f"backup-{backup}.tar.gz").exists()
+    assert not (small_fs / big / f"{backup}.tar.gz").exists()
     assert list(small_fs.rglob("*.part")) == []
     await d.wait_idle()
 
@@ -132,7 +132,7 @@ async def test_disk_full_during_backup(start_daemon, node: Node, panel: Panel, s
     assert (await d.post_backup(small, second))[0] == 202
     ok = await panel.wait_report(second)
     assert ok.json["successful"] is True
-    archive = small_fs / small / f"backup-{second}.tar.gz"
+    archive = small_fs / small / f"{second}.tar.gz"
     assert hashlib.sha1(archive.read_bytes()).hexdigest() == ok.json["checksum"]
     assert (await d.system())["jobs"]["failed"] == 1
     assert len(panel.reports(backup)) == 1
@@ -182,7 +182,7 @@ async def test_disk_full_at_every_step_of_the_commit(
         assert (await d.post_backup(server, backup))[0] == 202
         report = await panel.wait_report(backup, timeout=30)
         await d.wait_idle()
-        archive = small_fs / server / f"backup-{backup}.tar.gz"
+        archive = small_fs / server / f"{backup}.tar.gz"
         sidecar = Path(f"{archive}.sha1")
         assert list(small_fs.rglob("*.part")) == [], (free, leftovers(small_fs))
         outcomes[free] = report.json["successful"]

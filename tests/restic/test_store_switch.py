@@ -135,7 +135,7 @@ async def test_old_backups_stay_reachable_after_switching_stores(
         assert s3_admin.head_object(Bucket=bucket, Key=f"{made['panel']['uuid']}.tar.gz")
 
         assert made["local"]["checksum_type"] == "sha1"
-        assert (node.backups / server / f"backup-{made['local']['uuid']}.tar.gz").is_file()
+        assert (node.backups / server / f"{made['local']['uuid']}.tar.gz").is_file()
         assert made["s3"]["parts"] is None  # a local-style report: the node completed it
         key = f"{server}/{made['s3']['uuid']}.tar.gz"
         assert s3_admin.head_object(Bucket=node_bucket, Key=key)["ContentLength"] > MIB

@@ -6,8 +6,10 @@ import asyncio
 
 from aiohttp import web
 
+from wingsbak import server_lifecycle
 from wingsbak.config import Config
 from wingsbak.events import EventBus
+from wingsbak.flavour import WingsFlavour
 from wingsbak.http import (
     backups,
     download,
@@ -44,7 +46,13 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
         if config.upstream
         else None,
     )
-    storage = LocalStorage(config.backup_dir)
+    # Which Wings is in front of: local backups are named as it names its own.
+    flavour = WingsFlavour(
+        forced=config.api.upstream_flavour,
+        fronting=bool(config.upstream),
+        state_dir=config.backup_dir,
+    )
+    storage = LocalStorage(config.backup_dir, flavour)
     panel = PanelClient(config.remote, config.token_id, config.token)
     notify = WebhookClient(config.system.backups.notify_url)
     outbox = Outbox(
@@ -64,6 +72,7 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     identity = identity or NodeIdentity(config)
     identity.attach(panel=panel, wings=wings)
     app[IDENTITY] = identity
+    lifecycle: server_lifecycle.ServerLifecycle | None = None
     app[CONFIG] = config
     app[STORAGE] = storage
     app[PANEL] = panel
@@ -87,19 +96,27 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
         # GET /api/system is Wings' (the panel's node page reads Wings' fields from it).
         app.add_routes([r for r in system.routes if getattr(r, "path", "") != "/api/system"])
         relay.add_routes(app)
+        flavour.attach(wings)
+        lifecycle = server_lifecycle.ServerLifecycle(config, app[JOBS], wings, flavour)
+        server_lifecycle.add_routes(app, lifecycle)
         front.add_routes(app)
 
     async def startup(app: web.Application) -> None:
         await asyncio.to_thread(app[USED_TOKENS].load)
+        await asyncio.to_thread(flavour.load)
         await outbox.load()
         await watch.start()
         await app[JOBS].recover()
         app[JOBS].check_stores_in_background()
         await verifier.start()
+        if lifecycle is not None:
+            await lifecycle.start()  # removals an earlier run left go on
 
     async def shutdown(app: web.Application) -> None:
         sendfile.stop_pumps()
         await verifier.stop()
+        if lifecycle is not None:
+            await lifecycle.stop()
         await app[JOBS].shutdown()
         await watch.stop()
         await outbox.drain(timeout=2.0)

@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from wingsbak import server_lifecycle
 from wingsbak.errors import BadRequest, Conflict, NotFound
 from wingsbak.http.state import JOBS
 from wingsbak.http.validation import (
@@ -33,6 +34,8 @@ async def create_backup(request: web.Request) -> web.Response:
     ignore = optional_str(body, "ignore")
     await server_root_or_404(request, server)
     await request.app[JOBS].submit_backup(server, backup, adapter, ignore)
+    # The panel takes no backup while a server is being transferred: it is still here.
+    await server_lifecycle.server_here(request.app, server)
     return web.json_response({}, status=202)
 
 

@@ -160,6 +160,7 @@ async def forward(
             break
         upstream.release()
     async with upstream:
+        wings.note_answer(request.method, request.path, upstream.headers)
         response = _PassedResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(end_to_end(upstream.headers))
         if continued is not None and continued.owed:

@@ -1,25 +1,39 @@
-"""Local (``wings`` adapter) backups: ``<backup_directory>/<server>/backup-<uuid>.tar.gz``.
+"""Local (``wings`` adapter) backups, named and placed as the fronted Wings names its own:
+Pelican Wings' ``<backup_directory>/<server>/<uuid>.tar.gz`` (pelican-dev/wings 090841d
+``server/backup/backup.go`` ``Path``), Pterodactyl Wings' ``<backup_directory>/<uuid>.tar.gz``
+(pterodactyl/wings ``server/backup/backup.go``); standalone, Pelican's. Wings' transfers and
+server deletion then treat them as Wings' own (Pelican streams ``<server>/<uuid>.tar.gz`` to
+the new node and removes ``<server>/`` with the server), and without wingsbak Wings serves them.
+The checksum sidecar (``<archive>.sha1``) and the temporary name (``.<archive>.<random>.part``)
+sit beside the archive.
 
-One folder per server (as Pelican does) so a backup can only be found through the server it
-belongs to. Archives laid out the way Pterodactyl Wings does (``<backup_directory>/<uuid>.tar.gz``)
-and the way Pelican Wings does (``<backup_directory>/<server>/<uuid>.tar.gz``, pelican-dev/wings
-090841d ``server/backup/backup.go``, ``Path``) are found too, so wingsbak can take over a node
-that already has backups: download, restore, delete and the duplicate check see all three.
+Pterodactyl's flat name holds no server, so the server of each archive wingsbak writes there
+is recorded (:class:`ServerRecord`) before the archive takes its name, and a flat archive
+recorded for another server is never found for this one. A flat archive with no record (one
+Pterodactyl Wings wrote itself) is found by its uuid alone, as Pterodactyl Wings finds it.
+Archives wingsbak wrote before (``<server>/backup-<uuid>.tar.gz``) and those of either Wings
+stay found for download, restore, delete and the duplicate check.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from wingsbak import failpoint
 from wingsbak.archive.archiver import archive_to_file
 from wingsbak.archive.extract import RestoreError
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.archive.sink import file_checksum, read_sidecar, sidecar_path
+from wingsbak.archive.sink import file_checksum, read_sidecar, sidecar_path, write_sidecar
+from wingsbak.flavour import PTERODACTYL, WingsFlavour
 from wingsbak.log import get_logger
+from wingsbak.statefile import write_json_atomic
 from wingsbak.storage.base import (
     ArchiveStream,
     BackupSource,
@@ -32,47 +46,121 @@ from wingsbak.storage.base import (
 log = get_logger(__name__)
 
 CHECKSUM_TYPES = ("sha1", "sha256")
+RECORD_NAME = ".wingsbak-backup-servers.json"
 
 
 def archive_name(backup_uuid: str) -> str:
+    """wingsbak's earlier name (``<server>/backup-<uuid>.tar.gz``), and a download's file name."""
     return f"backup-{backup_uuid}.tar.gz"
 
 
+def wings_name(backup_uuid: str) -> str:
+    """Both Wings' name of a backup's archive."""
+    return f"{backup_uuid}.tar.gz"
+
+
+class ServerRecord:
+    """Which server each archive in Pterodactyl's flat layout belongs to: one JSON file
+    (backup uuid -> server uuid), rewritten atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._servers: dict[str, str] | None = None
+
+    def _loaded(self) -> dict[str, str]:
+        if self._servers is None:
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                data = {}
+            except (OSError, ValueError) as exc:
+                # Not guessed: an unreadable record must not let a flat archive be found for
+                # any server. It fails the request; the file is the operator's to mend.
+                problem = f"the record of backups' servers {self.path} is unreadable: {exc}"
+                raise OSError(problem) from exc
+            self._servers = {
+                str(k): str(v) for k, v in (data.items() if isinstance(data, dict) else ())
+            }
+        return self._servers
+
+    def server_of(self, backup: str) -> str | None:
+        with self._lock:
+            return self._loaded().get(backup)
+
+    def note(self, backup: str, server: str) -> None:
+        """On disk when it returns."""
+        with self._lock:
+            servers = self._loaded()
+            if servers.get(backup) == server:
+                return
+            write_json_atomic(self.path, {**servers, backup: server})
+            servers[backup] = server
+
+    def forget(self, backup: str) -> None:
+        with self._lock:
+            servers = self._loaded()
+            if backup not in servers:
+                return
+            rest = {k: v for k, v in servers.items() if k != backup}
+            write_json_atomic(self.path, rest)
+            self._servers = rest
+
+
 class LocalStorage:
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], flavour: WingsFlavour | None = None
+    ) -> None:
         self.root = Path(directory)
+        self.flavour = flavour if flavour is not None else WingsFlavour(fronting=False)
+        self.servers = ServerRecord(self.root / RECORD_NAME)
 
     def server_dir(self, server_uuid: str) -> Path:
         return self.root / server_uuid
 
-    def path_for(self, server_uuid: str, backup_uuid: str) -> Path:
-        """Where a new archive of this backup is written (identifiers already validated)."""
-        return self.server_dir(server_uuid) / archive_name(backup_uuid)
+    def path_for(self, server_uuid: str, backup_uuid: str, layout: str | None = None) -> Path:
+        """Where a new archive of this backup is written (identifiers already validated):
+        the fronted Wings' own place for it."""
+        if (layout or self.flavour.layout()) == PTERODACTYL:
+            return self.flat_path(backup_uuid)
+        return self.pelican_path(server_uuid, backup_uuid)
 
-    def legacy_path(self, backup_uuid: str) -> Path:
+    def flat_path(self, backup_uuid: str) -> Path:
         """Pterodactyl Wings' layout."""
-        return self.root / f"{backup_uuid}.tar.gz"
+        return self.root / wings_name(backup_uuid)
 
     def pelican_path(self, server_uuid: str, backup_uuid: str) -> Path:
-        """Pelican Wings' layout."""
-        return self.server_dir(server_uuid) / f"{backup_uuid}.tar.gz"
+        """Pelican Wings' layout (and standalone wingsbak's)."""
+        return self.server_dir(server_uuid) / wings_name(backup_uuid)
+
+    def old_path(self, server_uuid: str, backup_uuid: str) -> Path:
+        """wingsbak's own earlier layout."""
+        return self.server_dir(server_uuid) / archive_name(backup_uuid)
 
     def find(self, server_uuid: str, backup_uuid: str) -> Path | None:
         """The archive of this backup of this server, if it is on this node."""
         for path in (
-            self.path_for(server_uuid, backup_uuid),
             self.pelican_path(server_uuid, backup_uuid),
-            self.legacy_path(backup_uuid),
+            self.old_path(server_uuid, backup_uuid),
         ):
             if path.is_file():
                 return path
-        return None
+        flat = self.flat_path(backup_uuid)
+        if not flat.is_file():
+            return None
+        owner = self.servers.server_of(backup_uuid)
+        if owner is not None and owner != server_uuid:
+            log.warning(
+                "backup_of_another_server", server=server_uuid, backup=backup_uuid, owner=owner
+            )
+            return None
+        return flat
 
     def exists_anywhere(self, backup_uuid: str) -> bool:
         """Whether any server on this node already has an archive with this backup uuid."""
-        if self.legacy_path(backup_uuid).is_file():
+        if self.flat_path(backup_uuid).is_file():
             return True
-        names = (archive_name(backup_uuid), f"{backup_uuid}.tar.gz")
+        names = (wings_name(backup_uuid), archive_name(backup_uuid))
         try:
             with os.scandir(self.root) as it:
                 for entry in it:
@@ -87,6 +175,16 @@ class LocalStorage:
     def ensure_server_dir(self, server_uuid: str) -> None:
         self.server_dir(server_uuid).mkdir(mode=0o700, parents=True, exist_ok=True)
 
+    def prepare(self, server_uuid: str, backup_uuid: str, layout: str) -> Path:
+        """Where this backup's archive goes, its folder made. In the flat layout its server
+        is recorded first: an archive under its final name always names its server."""
+        path = self.path_for(server_uuid, backup_uuid, layout)
+        if path.parent == self.root:
+            self.servers.note(backup_uuid, server_uuid)
+        else:
+            self.ensure_server_dir(server_uuid)
+        return path
+
     def delete(self, server_uuid: str, backup_uuid: str) -> bool:
         """Remove the archive and its checksum sidecar; False when there was none."""
         path = self.find(server_uuid, backup_uuid)
@@ -95,22 +193,68 @@ class LocalStorage:
         path.unlink(missing_ok=True)
         for kind in CHECKSUM_TYPES:
             sidecar_path(path, kind).unlink(missing_ok=True)
+        if path.parent == self.root:
+            self.servers.forget(backup_uuid)
         return True
 
+    def forget_unwritten(self, server_uuid: str, backup_uuid: str) -> None:
+        """A flat backup that never got its archive: its record goes too."""
+        if not self.flat_path(backup_uuid).exists() and (
+            self.servers.server_of(backup_uuid) == server_uuid
+        ):
+            self.servers.forget(backup_uuid)
+
     def remove_temporaries(self, server_uuid: str, backup_uuid: str) -> int:
-        """Delete temporary files a crashed write of this backup left behind."""
-        prefix = f".{archive_name(backup_uuid)}."
+        """Delete temporary files a crashed write of this backup left behind, in any layout."""
+        names = (archive_name(backup_uuid), wings_name(backup_uuid))
+        prefixes = tuple(f".{name}." for name in names)
         removed = 0
+        for folder in (self.server_dir(server_uuid), self.root):
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        if entry.name.startswith(prefixes) and entry.name.endswith(".part"):
+                            os.unlink(entry.path)
+                            removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def rename_to_wings_names(self, server_uuid: str) -> int:
+        """Give the server's archives in wingsbak's earlier layout (``backup-<uuid>.tar.gz``)
+        Wings' name, so that Pelican's transfer carries them. Their sidecar is written under
+        the new name first: a crash at any step leaves each archive whole and found."""
+        renamed = 0
         folder = self.server_dir(server_uuid)
         try:
-            with os.scandir(folder) as it:
-                for entry in it:
-                    if entry.name.startswith(prefix) and entry.name.endswith(".part"):
-                        os.unlink(entry.path)
-                        removed += 1
+            names = sorted(os.listdir(folder))
         except FileNotFoundError:
-            pass
-        return removed
+            return 0
+        for name in names:
+            stem, dot, kind = name.rpartition(".")
+            if name.startswith("backup-") and dot and kind in CHECKSUM_TYPES:
+                # The sidecar of an archive renamed by a run that died before removing it.
+                backup = stem.removeprefix("backup-").removesuffix(".tar.gz")
+                if not (folder / stem).exists() and (folder / wings_name(backup)).is_file():
+                    (folder / name).unlink(missing_ok=True)
+                continue
+            if not (name.startswith("backup-") and name.endswith(".tar.gz")):
+                continue
+            backup = name.removeprefix("backup-").removesuffix(".tar.gz")
+            old, new = folder / name, folder / wings_name(backup)
+            if not old.is_file() or new.exists():
+                continue
+            sidecar = read_sidecar(old)
+            if sidecar is not None:
+                write_sidecar(new, sidecar[1], sidecar[0])
+            failpoint.hit("rename-sidecar-written")
+            os.replace(old, new)
+            _fsync_dir(folder)
+            failpoint.hit("rename-archive-renamed")
+            for kind in CHECKSUM_TYPES:
+                sidecar_path(old, kind).unlink(missing_ok=True)
+            renamed += 1
+        return renamed
 
 
 class LocalStore(BackupStore):
@@ -122,17 +266,18 @@ class LocalStore(BackupStore):
         self.storage = storage
 
     async def create(self, source: BackupSource) -> Outcome:
-        return await source.in_job_thread(self._create)
+        layout = await self.storage.flavour.for_new_backup()
+        return await source.in_job_thread(functools.partial(self._create, layout=layout))
 
-    def _create(self, source: BackupSource) -> Outcome:
+    def _create(self, source: BackupSource, layout: str) -> Outcome:
         rules = IgnoreRules.for_server(source.root, source.ignore)
-        self.storage.ensure_server_dir(source.server)
-        result = archive_to_file(
-            source.root,
-            self.storage.path_for(source.server, source.backup),
-            rules,
-            **source.options,
-        )
+        path = self.storage.prepare(source.server, source.backup, layout)
+        try:
+            result = archive_to_file(source.root, path, rules, **source.options)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.storage.forget_unwritten(source.server, source.backup)
+            raise
         return Outcome(
             True, result.checksum, result.checksum_type, result.size, skipped=result.unreadable
         )
@@ -172,7 +317,17 @@ class LocalStore(BackupStore):
         removed = self.storage.remove_temporaries(server, backup) if server else 0
         if removed:
             log.info("interrupted_backup_temporaries_removed", backup=backup, removed=removed)
+        if server:
+            self.storage.forget_unwritten(server, backup)
         return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -949,6 +949,15 @@ class ResticStore(BackupStore):
             self._set_latest(server, None)  # the next backup asks the repository
         return True
 
+    def forget_server(self, server: str) -> int:
+        """Forget every snapshot of this server (its ``server:`` tag; pruned later, as a
+        delete's are). Returns how many."""
+        found = self.snapshots(server_tag(server))
+        if found:
+            self._queue_forget([s.id for s in found])
+        self._set_latest(server, None)
+        return len(found)
+
     def recover(
         self, server: str, backup: str, entry: Mapping[str, Any] | None = None
     ) -> Outcome | None:

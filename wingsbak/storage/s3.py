@@ -688,6 +688,40 @@ class S3Storage:
                 log.warning("s3_checksum_not_deleted", key=extra, error=str(exc))
         return True
 
+    def delete_server(self, server_uuid: str) -> int:
+        """Remove every backup object of this server (``<prefix><server>/<uuid>.tar.gz``) and
+        abort its unfinished uploads (no start-up sweep looks for a deleted server's); other
+        keys under its folder are left. Returns how many objects went."""
+        check_uuid(server_uuid, "server uuid")
+        folder = f"{self.cfg.prefix}{server_uuid}/"
+        layout = re.compile(re.escape(folder) + _UUID.pattern.strip("^$") + r"\.tar\.gz")
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(
+            "listing the server's backups",
+            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=folder)),
+        )
+        keys: list[str] = []
+        for page in pages:
+            keys += [str(o["Key"]) for o in page.get("Contents", []) if layout.fullmatch(o["Key"])]
+        for key in keys:
+            self._call(
+                "deleting the server's backups",
+                lambda k=key: self.client.delete_object(Bucket=self.bucket, Key=k),
+            )
+        uploads = self._call(
+            "listing the server's unfinished uploads",
+            lambda: self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=folder),
+        )
+        for upload in uploads.get("Uploads", []):
+            if layout.fullmatch(str(upload.get("Key", ""))):
+                self._call(
+                    "aborting the server's unfinished uploads",
+                    lambda u=upload: self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"]
+                    ),
+                )
+        return len(keys)
+
     def open_stream(self, server_uuid: str, backup_uuid: str) -> BinaryIO:
         """The archive's bytes as a readable stream (close it when done), for a restore."""
         key = self.key(server_uuid, backup_uuid)
