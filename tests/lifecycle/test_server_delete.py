@@ -55,7 +55,9 @@ class Servers:
             self.backups[server].append(await backed_up(proc, panel, server))
 
     def keys(self, server: str) -> list[str]:
-        return sorted(f"{server}/{b}.tar.gz" for b in self.backups[server])
+        """The server's objects: each archive and its checksum beside it (``<key>.sha1``)."""
+        archives = [f"{server}/{b}.tar.gz" for b in self.backups[server]]
+        return sorted([*archives, *(f"{key}.sha1" for key in archives)])
 
 
 CASES = [

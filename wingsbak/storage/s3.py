@@ -689,21 +689,29 @@ class S3Storage:
         return True
 
     def delete_server(self, server_uuid: str) -> int:
-        """Remove every backup object of this server (``<prefix><server>/<uuid>.tar.gz``) and
-        abort its unfinished uploads (no start-up sweep looks for a deleted server's); other
-        keys under its folder are left. Returns how many objects went."""
+        """Remove every backup object of this server (``<prefix><server>/<uuid>.tar.gz``, with
+        its checksum object ``.sha1``/``.sha256``) and abort its unfinished uploads (no start-up
+        sweep looks for a deleted server's); other keys under its folder are left. Returns how
+        many backups went."""
         check_uuid(server_uuid, "server uuid")
         folder = f"{self.cfg.prefix}{server_uuid}/"
         layout = re.compile(re.escape(folder) + _UUID.pattern.strip("^$") + r"\.tar\.gz")
+        sums = re.compile(layout.pattern + r"\.(?:sha1|sha256)")
         paginator = self.client.get_paginator("list_objects_v2")
         pages = self._call(
             "listing the server's backups",
             lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=folder)),
         )
         keys: list[str] = []
+        checksums: list[str] = []
         for page in pages:
-            keys += [str(o["Key"]) for o in page.get("Contents", []) if layout.fullmatch(o["Key"])]
-        for key in keys:
+            for o in page.get("Contents", []):
+                key = str(o["Key"])
+                if layout.fullmatch(key):
+                    keys.append(key)
+                elif sums.fullmatch(key):
+                    checksums.append(key)
+        for key in [*keys, *checksums]:
             self._call(
                 "deleting the server's backups",
                 lambda k=key: self.client.delete_object(Bucket=self.bucket, Key=k),
