@@ -119,6 +119,6 @@ async def test_a_disk_that_fills_during_the_backup_leaves_the_other_backups_alon
     after = {p: (small_fs / p).read_bytes() for p in left if p.endswith(archives)}
     assert after == before
     for backup, checksum in kept.items():
-        [archive] = [small_fs / p for p in left if p.endswith(f"backup-{backup}.tar.gz")]
+        [archive] = [small_fs / p for p in left if p.endswith(f"{backup}.tar.gz")]
         assert hashlib.sha1(archive.read_bytes()).hexdigest() == checksum
         assert Path(f"{archive}.sha1").read_text().split()[0] == checksum
