@@ -12,12 +12,8 @@ from pathlib import Path
 import pytest
 from restore_helpers import restore_leftovers, snapshot
 
-from wingsbak.archive.extract import (
-    MAX_EXTENDED_HEADER,
-    MAX_EXTENDED_HEADERS_TOTAL,
-    RestoreError,
-    extract_archive,
-)
+from wingsbak.archive.extract import RestoreError, extract_archive
+from wingsbak.archive.tarread import MAX_EXTENDED_HEADER, MAX_EXTENDED_HEADERS_TOTAL
 
 KIB = 1024
 

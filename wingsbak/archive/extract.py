@@ -1,7 +1,8 @@
 """Safe, streaming restore of a ``.tar.gz`` into a server directory.
 
-gzip (ISA-L on its own thread, zlib as fallback) -> a small tar reader -> files written with
-``os.write`` straight from the decompressed buffer. Plain synchronous code for a worker thread.
+gzip (ISA-L on its own thread, zlib as fallback) -> the tar reader (archive/tarread.py) ->
+files written with ``os.write`` straight from the decompressed buffer. Plain synchronous code
+for a worker thread.
 
 The guard: every path is opened one component at a time relative to an open directory with
 ``O_NOFOLLOW``, so no symlink, whether already in the directory or created earlier by the same
@@ -28,7 +29,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -42,6 +43,21 @@ from wingsbak.archive.staging import (
     Staging,
     recover_stagings,
     staging_label,
+)
+from wingsbak.archive.tarread import (
+    DEVICES,
+    DIRECTORY,
+    GNU_DUMPDIR,
+    GNU_SPARSE,
+    HARDLINK,
+    READ_CHUNK,
+    REGULAR,
+    SYMLINK,
+    BadEntry,
+    TarEntry,
+    TarError,
+    TarReader,
+    iter_entries,
 )
 from wingsbak.log import get_logger
 
@@ -64,44 +80,16 @@ __all__ = [
     "restore_archive_file",
 ]
 
-BLOCK = 512
-READ_CHUNK = 1024 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # setuid, setgid and sticky never come back from an archive: a restore must not hand out
 # privileges, whatever the archive says.
 _MODE_MASK = 0o777
 _NAME_MAX = 255
-
-_REGULAR = frozenset(b"07\x00")  # '0', contiguous '7', and old-style NUL
-_HARDLINK, _SYMLINK, _DIRECTORY = ord("1"), ord("2"), ord("5")
-_DEVICES = {ord("3"): "character device", ord("4"): "block device", ord("6"): "FIFO"}
-_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = ord("x"), ord("g"), ord("L"), ord("K")
-# GNU: 'S' an old-format sparse file (its map in the header and in extension blocks that
-# follow it, its data the map's regions back to back), 'D' an incremental dump's directory
-# (its data the list of names, not needed to restore it).
-_GNU_SPARSE, _GNU_DUMPDIR = ord("S"), ord("D")
-# The old GNU sparse map: 4 (offset, length) pairs of 12-byte numbers at 386, the
-# "extended" flag at 482, the real size at 483; each extension block holds 21 more pairs and
-# its own flag at 504.
-_SPARSE_MAP_AT, _SPARSE_IN_HEADER, _SPARSE_IN_EXT = 386, 4, 21
-_MAX_SPARSE_EXT = 16 * 1024 * 1024 // BLOCK  # a sparse map of 16 MiB at most
-# Extended headers (pax, GNU long names and links): one may hold 1 MiB, and all those before
-# one entry (global ones included) 4 MiB, as libarchive bounds them; a bigger one is a
-# corrupt archive rather than a reason to hold it in memory. No real path comes near it.
-MAX_EXTENDED_HEADER = 1 * MIB
-MAX_EXTENDED_HEADERS_TOTAL = 4 * MIB
-# Of the global pax records only these change how an entry is restored; keeping only them
-# bounds what global headers can accumulate, whatever they hold.
-_PAX_GLOBAL_KEYS = frozenset({b"path", b"linkpath", b"size", b"mtime"})
 _STAGING_PREFIX_B = STAGING_PREFIX.encode()
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-# What os.utime takes (a 64-bit time_t): a wilder archive time is clamped to it.
-_MAX_TIME_NS = (2**63 - 1) * 1_000_000_000
 # File names a progress report carries at most: a console shows a few a second, not all.
 NAMES_PER_REPORT = 10
-# Types whose header says nothing about data following it: tarfile and GNU tar skip none.
-_NO_DATA = frozenset({_HARDLINK, _SYMLINK, _DIRECTORY, *_DEVICES})
 
 
 class RestoreError(Exception):
@@ -153,10 +141,6 @@ class _Skip(Exception):
     """This entry is not restored; the message says why (logged, never raised out)."""
 
 
-class _Truncated(Exception):
-    pass
-
-
 class _CountingReader(io.RawIOBase):
     """Counts the compressed bytes pulled from the source, for progress."""
 
@@ -188,119 +172,9 @@ def _open_gunzip(raw: _CountingReader) -> BinaryIO:
     return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type,return-value]
 
 
-class _Feed:
-    """The decompressed stream, served from large chunks without copying file data."""
-
-    def __init__(self, src: BinaryIO) -> None:
-        self.src = src
-        self.view = memoryview(b"")
-        self.pos = 0
-        self.offset = 0  # absolute offset of ``view[0]`` in the tar stream
-
-    def _refill(self) -> bool:
-        try:
-            data = self.src.read(READ_CHUNK)
-        except (RestoreError, Cancelled):
-            raise
-        except EOFError as exc:
-            raise RestoreError(f"the archive is truncated ({exc})") from exc
-        except Exception as exc:
-            raise RestoreError(f"cannot read the archive: {_describe(exc)}") from exc
-        self.offset += len(self.view)
-        self.view = memoryview(data)
-        self.pos = 0
-        return bool(data)
-
-    @property
-    def tell(self) -> int:
-        return self.offset + self.pos
-
-    def take(self, n: int) -> bytes:
-        """Exactly ``n`` bytes (a header or pax record), or ``_Truncated``."""
-        end = self.pos + n
-        if end <= len(self.view):
-            data = self.view[self.pos : end].tobytes()
-            self.pos = end
-            return data
-        parts = [self.view[self.pos :].tobytes()]
-        need = n - len(parts[0])
-        while need:
-            if not self._refill():
-                raise _Truncated
-            piece = self.view[: min(need, len(self.view))]
-            parts.append(piece.tobytes())
-            self.pos = len(piece)
-            need -= len(piece)
-        return b"".join(parts)
-
-    def chunk(self, limit: int) -> memoryview:
-        """Between 1 and ``limit`` bytes, as a view into the current chunk."""
-        if self.pos >= len(self.view) and not self._refill():
-            raise _Truncated
-        end = min(len(self.view), self.pos + limit)
-        piece = self.view[self.pos : end]
-        self.pos = end
-        return piece
-
-    def skip(self, n: int) -> None:
-        while n:
-            n -= len(self.chunk(n))
-
-    def check_start(self) -> None:
-        """Read the first chunk and check that it starts with a tar header block (or the
-        zero block of an empty archive); raise :class:`RestoreError` otherwise."""
-        if not self._refill() or len(self.view) < BLOCK:
-            raise RestoreError("the archive is empty or truncated")
-        block = self.view[:BLOCK].tobytes()
-        if block == bytes(BLOCK):
-            return
-        stored = block[148:156].split(b"\0", 1)[0].strip()
-        computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
-        try:
-            valid = bool(stored) and int(stored, 8) == computed
-        except ValueError:
-            valid = False
-        if not valid:
-            raise RestoreError("the archive does not start with a tar header")
-
-    def drain(self) -> None:
-        """Read to the end so the gzip layer checks its CRC and length trailer."""
-        while self._refill():
-            pass
-
-
 def _describe(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _number(field: bytes) -> int:
-    if field and field[0] & 0x80:  # GNU base-256 for values too large for octal
-        value = int.from_bytes(field[1:], "big")
-        return -((1 << (8 * len(field) - 8)) - value) if field[0] & 0x40 else value
-    text = field.split(b"\x00", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def _cstr(field: bytes) -> bytes:
-    return field.split(b"\x00", 1)[0]
-
-
-def _parse_pax(data: bytes) -> dict[bytes, bytes]:
-    records: dict[bytes, bytes] = {}
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.find(b" ", pos)
-        if space < 0:
-            raise RestoreError("the archive has a malformed pax header")
-        length = int(data[pos:space])
-        record = data[space + 1 : pos + length - 1]  # without the trailing newline
-        key, _, value = record.partition(b"=")
-        records[key] = value
-        if length <= 0:
-            raise RestoreError("the archive has a malformed pax header")
-        pos += length
-    return records
 
 
 def _show(name: bytes) -> str:
@@ -474,42 +348,10 @@ def _check_space(staging: Staging, needed: int) -> None:
         )
 
 
-@dataclass(slots=True)
-class _Entry:
-    name: bytes
-    type: int
-    mode: int
-    size: int
-    mtime: int  # nanoseconds
-    linkname: bytes
-    sparse: _SparseMap | None = None
-
-
-@dataclass(slots=True)
-class _SparseMap:
-    # (offset, length) in the restored file, data in order; None: at the start of the data
-    regions: list[tuple[int, int]] | None
-    real_size: int
-
-    def check(self, stored: int) -> None:
-        """``_Skip`` unless the regions are in order, inside the file, and add up to the
-        data stored in the archive (then the entry's data is skipped whole, in sync)."""
-        end = 0
-        assert self.regions is not None
-        for offset, length in self.regions:
-            if offset < end or length < 0:
-                raise _Skip("sparse map with overlapping or unordered regions")
-            end = offset + length
-        if end > self.real_size:
-            raise _Skip("sparse map beyond the file's size")
-        if sum(length for _, length in self.regions) != stored:
-            raise _Skip("sparse map that does not match the data stored")
-
-
 class _Extractor:
     def __init__(
         self,
-        feed: _Feed,
+        reader: TarReader,
         root_fd: int,
         *,
         limiter: TokenBucket | None,
@@ -521,7 +363,7 @@ class _Extractor:
         staging: Staging,
         clock: Clock = time.monotonic,
     ) -> None:
-        self.feed = feed
+        self.reader = reader
         self.staging = staging
         self.root_fd = root_fd
         self.limiter = limiter
@@ -538,7 +380,6 @@ class _Extractor:
         self.files = self.directories = self.symlinks = self.hardlinks = 0
         self.skipped = 0
         self.bytes_written = 0
-        self.pending = 0
         self.names: list[list[bytes]] = []  # since the last report, at most NAMES_PER_REPORT
 
     # -- the tar stream ---------------------------------------------------------------
@@ -546,8 +387,12 @@ class _Extractor:
     def run(self) -> None:
         """Every entry, then the rest of the stream (the gzip CRC and length)."""
         try:
-            self._entries()
-            self.feed.drain()
+            while True:
+                self._check()
+                entry = next(self.reader, None)
+                if entry is None:
+                    return
+                self._restore(entry)
         finally:
             self.dirs.close()
 
@@ -562,200 +407,44 @@ class _Extractor:
             self.dirs.close()
         self._report()
 
-    def _entries(self) -> None:
-        feed = self.feed
-        pax_global: dict[bytes, bytes] = {}
-        pax: dict[bytes, bytes] = {}
-        long_name = long_link = None
-        extended = 0  # bytes of extended headers read since the last entry
-        while True:
-            self._check()
-            at = feed.tell
-            try:
-                header = feed.take(BLOCK)
-            except _Truncated:
-                raise RestoreError(
-                    "the archive is truncated: it ends without the end-of-archive marker"
-                ) from None
-            if header.count(0) == BLOCK:
-                self._end_of_archive(at)
-                return
-            try:
-                if sum(header[:148]) + 256 + sum(header[156:]) != _number(header[148:156]):
-                    raise RestoreError(f"the archive is corrupt: bad tar header at byte {at}")
-                kind = header[156]
-                size = _number(header[124:136])
-                if size < 0:
-                    raise ValueError("negative size")
-                if kind in (_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
-                    extended += size
-                    if size > MAX_EXTENDED_HEADER or extended > MAX_EXTENDED_HEADERS_TOTAL:
-                        raise RestoreError(
-                            f"the archive is corrupt: an extended header of {size} bytes at "
-                            f"byte {at} (at most {MAX_EXTENDED_HEADER} each and "
-                            f"{MAX_EXTENDED_HEADERS_TOTAL} before one entry)"
-                        )
-                    data = self._take(size + (-size % BLOCK))[:size]
-                    if kind == _PAX:
-                        pax = _parse_pax(data)
-                    elif kind == _PAX_GLOBAL:
-                        records = _parse_pax(data).items()
-                        pax_global.update((k, v) for k, v in records if k in _PAX_GLOBAL_KEYS)
-                    elif kind == _GNU_LONGNAME:
-                        long_name = _cstr(data)
-                    else:
-                        long_link = _cstr(data)
-                    continue
-                name = _cstr(header[0:100])
-                # Only POSIX ustar ("ustar\0") has a name prefix there; GNU headers
-                # ("ustar  \0") keep atime, ctime and the sparse map in those bytes.
-                if header[257:263] == b"ustar\x00" and header[345] != 0:
-                    name = _cstr(header[345:500]) + b"/" + name
-                meta = {**pax_global, **pax} if pax_global else pax
-                mtime = _number(header[136:148]) * 1_000_000_000
-                sparse_map = self._old_sparse_map(header, at) if kind == _GNU_SPARSE else None
-                if meta.get(b"GNU.sparse.major") == b"1" and meta.get(b"GNU.sparse.minor") == b"0":
-                    # pax sparse 1.0 (GNU tar's posix -S): the real name and size in the pax
-                    # header, the map in decimal lines at the start of the data.
-                    sparse_map = _SparseMap(None, int(meta[b"GNU.sparse.realsize"]))
-                    name = meta.get(b"GNU.sparse.name") or name
-                    meta = {k: v for k, v in meta.items() if k != b"path"}
-                entry = _Entry(
-                    name=meta.get(b"path") or long_name or name,
-                    type=kind,
-                    mode=_number(header[100:108]),
-                    size=_pax_size(meta[b"size"]) if b"size" in meta else size,
-                    mtime=_clamp_time(_pax_time(meta[b"mtime"]) if b"mtime" in meta else mtime),
-                    linkname=meta.get(b"linkpath") or long_link or _cstr(header[157:257]),
-                    sparse=sparse_map,
-                )
-            except ValueError:
-                raise RestoreError(f"the archive is corrupt: bad tar header at byte {at}") from None
-            pax = {}
-            long_name = long_link = None
-            extended = 0
-            # Older pax sparse formats (0.0, 0.1): their data is skipped whole, in sync.
-            sparse = sparse_map is None and any(k.startswith(b"GNU.sparse") for k in meta)
-            # File data not yet consumed; _copy lowers it as it writes, whatever happens next.
-            self.pending = 0 if kind in _NO_DATA else entry.size
-            try:
-                if sparse:
-                    raise _Skip("sparse files are not supported")
-                self._entry(entry)
-            except _Skip as why:
-                self.skipped += 1
-                log.warning("restore_entry_skipped", path=_show(entry.name), reason=str(why))
-            except _Truncated:
-                raise RestoreError(
-                    f"the archive is truncated inside {_show(entry.name)!r}"
-                ) from None
-            except OSError as exc:
-                if exc.errno in _NO_SPACE:
-                    raise NoSpace(
-                        f"the disk filled up while restoring {_show(entry.name)!r} "
-                        f"({_describe(exc)})"
-                    ) from exc
-                raise RestoreError(
-                    f"cannot restore {_show(entry.name)!r}: {_describe(exc)}"
+    def _restore(self, entry: TarEntry) -> None:
+        """Restore one entry; what it leaves of its data the reader skips."""
+        try:
+            if entry.unsupported:
+                raise _Skip(entry.unsupported)
+            self._entry(entry)
+        except (_Skip, BadEntry) as why:
+            self.skipped += 1
+            log.warning("restore_entry_skipped", path=_show(entry.name), reason=str(why))
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise NoSpace(
+                    f"the disk filled up while restoring {_show(entry.name)!r} "
+                    f"({_describe(exc)})"
                 ) from exc
-            try:
-                feed.skip(self.pending + (-entry.size % BLOCK if kind not in _NO_DATA else 0))
-            except _Truncated:
-                raise RestoreError(
-                    f"the archive is truncated inside {_show(entry.name)!r}"
-                ) from None
+            raise RestoreError(f"cannot restore {_show(entry.name)!r}: {_describe(exc)}") from exc
 
-    def _end_of_archive(self, at: int) -> None:
-        """A zero block was read: the end of the archive is two of them. Anything else after
-        the first one is a corrupt archive, never a silent stop that would drop the rest."""
-        try:
-            second = self.feed.take(BLOCK)
-        except _Truncated:
-            raise RestoreError(
-                "the archive is truncated: it ends after a single zero block"
-            ) from None
-        if second.count(0) != BLOCK:
-            raise RestoreError(
-                f"the archive is corrupt: a lone zero block at byte {at} inside the archive"
-            )
-
-    def _old_sparse_map(self, header: bytes, at: int) -> _SparseMap:
-        """The map of an old GNU sparse entry ('S'), reading its extension blocks."""
-        regions: list[tuple[int, int]] = []
-        ended = False
-
-        def add(block: bytes, start: int, count: int) -> None:
-            nonlocal ended
-            for i in range(count):
-                pair = block[start + 24 * i : start + 24 * i + 24]
-                if ended or pair[12] == 0:  # GNU tar: an empty length ends the map
-                    ended = True
-                    return
-                regions.append((_number(pair[:12]), _number(pair[12:])))
-
-        add(header, _SPARSE_MAP_AT, _SPARSE_IN_HEADER)
-        extended = header[482]
-        blocks = 0
-        while extended:
-            blocks += 1
-            if blocks > _MAX_SPARSE_EXT:
-                raise RestoreError(f"the archive has an oversized sparse map at byte {at}")
-            try:
-                block = self.feed.take(BLOCK)
-            except _Truncated:
-                raise RestoreError("the archive is truncated inside a sparse map") from None
-            add(block, 0, _SPARSE_IN_EXT)
-            extended = block[504]
-        return _SparseMap(regions, _number(header[483:495]))
-
-    def _pax_sparse_map(self) -> list[tuple[int, int]]:
-        """The map at the start of a pax sparse 1.0 entry's data: decimal lines, the number
-        of regions then offset and length of each, padded to a block."""
-        numbers: list[int] = []
-        partial = b""
-        while not numbers or len(numbers) < 1 + 2 * numbers[0]:
-            if self.pending < BLOCK or len(numbers) > 4 * MIB or len(partial) > 40:
-                raise _Skip("malformed sparse map")
-            lines = (partial + self.feed.take(BLOCK)).split(b"\n")
-            self.pending -= BLOCK
-            partial = lines.pop()  # the rest of the last block is padding
-            try:
-                numbers.extend(int(line) for line in lines)
-            except ValueError:
-                raise _Skip("malformed sparse map") from None
-        return [(numbers[1 + 2 * i], numbers[2 + 2 * i]) for i in range(numbers[0])]
-
-    def _take(self, n: int) -> bytes:
-        try:
-            return self.feed.take(n)
-        except _Truncated:
-            raise RestoreError("the archive is truncated inside an extended header") from None
-
-    def _entry(self, e: _Entry) -> None:
-        """Restore one entry (its data, if unused, is skipped by the caller)."""
+    def _entry(self, e: TarEntry) -> None:
+        """Restore one entry (its data, if unused, is skipped by the reader)."""
         parts = _split_name(e.name)
         if not parts:
             return  # the root itself ("./"): its mode and owner stay as they are
         if self._is_staging(parts[0]):
             raise _Skip("the name is a restore's staging in the server directory")
         kind = e.type
-        if kind in _REGULAR and e.name.endswith(b"/"):
-            # A "file" whose name ends in '/' is a directory (old V7 archives have no
-            # directory type); GNU tar and tarfile read it so. Its data, if any, is skipped.
-            kind = _DIRECTORY
-        if kind in _REGULAR or kind == _GNU_SPARSE:
+        if kind in REGULAR or kind == GNU_SPARSE:
             self._file(parts, e)
             return
-        if kind in (_DIRECTORY, _GNU_DUMPDIR):
+        if kind in (DIRECTORY, GNU_DUMPDIR):
             self.dirs.open(parts, replace_last=True)
             self.dir_meta[tuple(parts)] = (e.mode & _MODE_MASK, e.mtime)
             self.directories += 1
-        elif kind == _SYMLINK:
+        elif kind == SYMLINK:
             self._symlink(parts, e)
-        elif kind == _HARDLINK:
+        elif kind == HARDLINK:
             self._hardlink(parts, e)
-        elif kind in _DEVICES:
-            raise _Skip(f"{_DEVICES[kind]} entries are never restored")
+        elif kind in DEVICES:
+            raise _Skip(f"{DEVICES[kind]} entries are never restored")
         else:
             raise _Skip(f"unsupported entry type {chr(kind)!r}")
         self._tick()
@@ -779,24 +468,21 @@ class _Extractor:
         self.dirs.forget(parts)
         return self.dirs.open(parts[:-1])
 
-    def _file(self, parts: list[bytes], e: _Entry) -> None:
-        if e.sparse is not None:
-            if e.sparse.regions is None:
-                e.sparse.regions = self._pax_sparse_map()
-            e.sparse.check(self.pending)
+    def _file(self, parts: list[bytes], e: TarEntry) -> None:
+        regions = e.sparse_regions() if e.sparse is not None else None
         parent = self._parent(parts)
         tmp_dir, tmp, fd = self._create_temp(parent)
         ok = False
         try:
-            if e.sparse is None:
-                self._copy(fd, e.size)
+            if regions is None:
+                self._copy(fd, e, e.size)
             else:
                 # Each region's data at its offset; the gaps stay holes, and the file gets
                 # its real size even when it ends in a hole.
-                for offset, length in e.sparse.regions:
+                for offset, length in regions:
                     os.lseek(fd, offset, os.SEEK_SET)
-                    self._copy(fd, length)
-                os.ftruncate(fd, e.sparse.real_size)
+                    self._copy(fd, e, length)
+                os.ftruncate(fd, e.real_size)
             os.fchmod(fd, e.mode & _MODE_MASK)
             if self.owner is not None:
                 os.fchown(fd, *self.owner)
@@ -843,23 +529,22 @@ class _Extractor:
             _clear_way(parent, name)
             os.rename(tmp, name, src_dir_fd=tmp_dir, dst_dir_fd=parent)
 
-    def _copy(self, fd: int, size: int) -> None:
-        feed, limiter, write = self.feed, self.limiter, os.write
+    def _copy(self, fd: int, entry: TarEntry, size: int) -> None:
+        limiter, write = self.limiter, os.write
         remaining = size
         while remaining:
-            view = feed.chunk(remaining)
+            view = entry.chunk(remaining)
             n = len(view)
             if limiter is not None:
                 limiter.consume(n)
             while view:
                 view = view[write(fd, view) :]
             remaining -= n
-            self.pending -= n
             self.bytes_written += n
             if n >= READ_CHUNK // 2:
                 self._check()
 
-    def _symlink(self, parts: list[bytes], e: _Entry) -> None:
+    def _symlink(self, parts: list[bytes], e: TarEntry) -> None:
         _check_symlink_target(parts, e.linkname)
         parent = self._parent(parts)
         name = parts[-1]
@@ -873,7 +558,7 @@ class _Extractor:
         os.utime(name, ns=(e.mtime, e.mtime), dir_fd=parent, follow_symlinks=False)
         self.symlinks += 1
 
-    def _hardlink(self, parts: list[bytes], e: _Entry) -> None:
+    def _hardlink(self, parts: list[bytes], e: TarEntry) -> None:
         target = _split_name(e.linkname)
         if not target:
             raise _Skip("hard link to the directory itself")
@@ -976,29 +661,6 @@ class _Extractor:
         )
 
 
-def _pax_size(value: bytes) -> int:
-    size = int(value)
-    if size < 0:
-        raise ValueError("negative size")
-    return size
-
-
-def _clamp_time(ns: int) -> int:
-    """An archive time within what the file system calls take (a time beyond year
-    292 billion is an archive's fancy, not a date to fail the restore over)."""
-    return max(-_MAX_TIME_NS, min(_MAX_TIME_NS, ns))
-
-
-def _pax_time(value: bytes) -> int:
-    """A pax time ("1700000000.123456789") in nanoseconds, without float rounding."""
-    whole, _, frac = value.partition(b".")
-    ns = int(whole) * 1_000_000_000
-    if frac:
-        digits = (frac + b"000000000")[:9]
-        ns += -int(digits) if whole.startswith(b"-") else int(digits)
-    return ns
-
-
 def extract_archive(
     fileobj: _Readable,
     dest: str | os.PathLike[str],
@@ -1044,24 +706,25 @@ def extract_archive(
             limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
             gz = _open_gunzip(counter)
             try:
-                feed = _Feed(gz)
-                # Not even the staging is filled before the source proved to be a tar.gz.
-                feed.check_start()
-                if truncate:
-                    _check_space(staging, expected_size)
-                extractor = _Extractor(
-                    feed,
-                    staging.tree() if truncate else root_fd,
-                    limiter=limiter,
-                    progress=progress,
-                    cancel=cancel,
-                    owner=owner,
-                    counter=counter,
-                    bytes_total=bytes_total,
-                    staging=staging,
-                    clock=clock,
-                )
-                extractor.run()
+                reader = iter_entries(gz, passthrough=(RestoreError,))
+                with _as_restore_error():
+                    # Not even the staging is filled before the source proved to be a tar.
+                    reader.check_start()
+                    if truncate:
+                        _check_space(staging, expected_size)
+                    extractor = _Extractor(
+                        reader,
+                        staging.tree() if truncate else root_fd,
+                        limiter=limiter,
+                        progress=progress,
+                        cancel=cancel,
+                        owner=owner,
+                        counter=counter,
+                        bytes_total=bytes_total,
+                        staging=staging,
+                        clock=clock,
+                    )
+                    extractor.run()
             finally:
                 gz.close()
             if truncate:
@@ -1096,6 +759,15 @@ def extract_archive(
     finally:
         os.close(root_fd)
     return extractor.result()
+
+
+@contextlib.contextmanager
+def _as_restore_error() -> Iterator[None]:
+    """The reader's refusal of a corrupt or truncated archive, as a failed restore."""
+    try:
+        yield
+    except TarError as exc:
+        raise RestoreError(str(exc)) from exc
 
 
 def _close_staging(staging: Staging, dest: str | os.PathLike[str], event: str) -> None:

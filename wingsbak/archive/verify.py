@@ -4,8 +4,8 @@ its tar structure (every header's checksum, entry sizes that add up, the end-of-
 marker) and the checksum recorded when it was written (the ``.sha1``/``.sha256`` sidecar of
 a local archive, the checksum object of one in the node's bucket).
 
-Plain synchronous code for a worker thread, reusing the restore's gzip reader and its feed
-of the decompressed stream, so a backup that verifies is one the restore can read.
+Plain synchronous code for a worker thread, reading with the restore's gzip reader and tar
+reader (archive/tarread.py), so a backup that verifies is one the restore can read.
 """
 
 from __future__ import annotations
@@ -20,19 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wingsbak.archive.extract import (
-    BLOCK,
-    MAX_EXTENDED_HEADER,
-    MAX_EXTENDED_HEADERS_TOTAL,
-    RestoreError,
-    _Feed,
-    _number,
-    _open_gunzip,
-    _parse_pax,
-    _pax_size,
-    _Truncated,
-)
+from wingsbak.archive.extract import _open_gunzip
 from wingsbak.archive.sink import MIB, Cancelled, TokenBucket, sidecar_path
+from wingsbak.archive.tarread import TarError, iter_entries
 
 __all__ = [
     "CHECKSUM_TYPES",
@@ -44,16 +34,12 @@ __all__ = [
     "read_recorded_checksum",
     "verify_file",
     "verify_stream",
+    "walk_tar",
 ]
 
 CHECKSUM_TYPES = ("sha1", "sha256")
 _HEX_LENGTH = {"sha1": 40, "sha256": 64}
 _HEX = re.compile(r"^[0-9a-f]+$")
-_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = ord("x"), ord("g"), ord("L"), ord("K")
-_GNU_SPARSE = ord("S")
-# Entry types whose data is never stored, whatever their size field says (as the restore).
-_NO_DATA = frozenset(b"123456")
-_PAX_GLOBAL_KEYS = frozenset({b"size"})
 # Pages already verified are dropped from the page cache this often, so a day's verification
 # does not push the game servers' own files out of memory.
 _DROP_CACHE_EVERY = 8 * MIB
@@ -162,13 +148,12 @@ def verify_stream(
     try:
         gz = _open_gunzip(source)  # type: ignore[arg-type]
         try:
-            feed = _Feed(gz)
-            entries = _walk_tar(feed)
-            feed.drain()  # the gzip CRC and length of the last member
-            unpacked = feed.tell
+            reader = iter_entries(gz)
+            entries = sum(1 for _ in reader)  # to the end: the last member's CRC too
+            unpacked = reader.tell
         finally:
             gz.close()
-    except RestoreError as exc:
+    except TarError as exc:
         _raise_source_error(source)
         raise ArchiveCorrupt(_reason(str(exc))) from exc
     except (Cancelled, ArchiveCorrupt):
@@ -209,75 +194,14 @@ def _reason(text: str) -> str:
     return text
 
 
-def _walk_tar(feed: _Feed) -> int:
-    """Every header checked and every entry's data skipped, up to the end-of-archive marker;
-    returns the number of entries."""
-    entries = 0
-    extended = 0
-    pax: dict[bytes, bytes] = {}
-    pax_global: dict[bytes, bytes] = {}
-    while True:
-        at = feed.tell
-        header = _take(feed, BLOCK, "it ends without the end-of-archive marker")
-        if header.count(0) == BLOCK:
-            second = _take(feed, BLOCK, "it ends after a single zero block")
-            if second.count(0) != BLOCK:
-                raise ArchiveCorrupt(
-                    f"the archive is corrupt: a lone zero block at byte {at} inside the archive"
-                )
-            return entries
-        try:
-            if sum(header[:148]) + 256 + sum(header[156:]) != _number(header[148:156]):
-                raise ValueError("bad checksum")
-            kind = header[156]
-            size = _number(header[124:136])
-            if size < 0:
-                raise ValueError("negative size")
-            if kind in (_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
-                extended += size
-                if size > MAX_EXTENDED_HEADER or extended > MAX_EXTENDED_HEADERS_TOTAL:
-                    raise ArchiveCorrupt(
-                        f"the archive is corrupt: an extended header of {size} bytes at byte {at}"
-                    )
-                data = _take(feed, size + (-size % BLOCK), "inside an extended header")[:size]
-                if kind == _PAX:
-                    pax = _parse_pax(data)
-                elif kind == _PAX_GLOBAL:
-                    records = _parse_pax(data).items()
-                    pax_global.update((k, v) for k, v in records if k in _PAX_GLOBAL_KEYS)
-                continue
-            if kind == _GNU_SPARSE:
-                _skip_sparse_extensions(feed, header)
-            meta = {**pax_global, **pax}
-            if b"size" in meta:
-                size = _pax_size(meta[b"size"])
-        except (ValueError, RestoreError):
-            raise ArchiveCorrupt(f"the archive is corrupt: bad tar header at byte {at}") from None
-        pax = {}
-        extended = 0
-        entries += 1
-        if kind not in _NO_DATA:
-            try:
-                feed.skip(size + (-size % BLOCK))
-            except _Truncated:
-                raise ArchiveCorrupt(
-                    f"the archive is truncated inside the entry at byte {at}"
-                ) from None
-
-
-def _skip_sparse_extensions(feed: _Feed, header: bytes) -> None:
-    """An old GNU sparse entry's map continues in blocks between its header and its data."""
-    more = header[482]
-    while more:
-        block = _take(feed, BLOCK, "inside a sparse map")
-        more = block[504]
-
-
-def _take(feed: _Feed, n: int, where: str) -> bytes:
+def walk_tar(stream: io.RawIOBase | io.BufferedIOBase) -> int:
+    """Every header of the (uncompressed) tar in ``stream`` checked and every entry's data
+    skipped, to the end of the stream; returns the number of entries (extended headers not
+    counted). Raises :class:`ArchiveCorrupt`."""
     try:
-        return feed.take(n)
-    except _Truncated:
-        raise ArchiveCorrupt(f"the archive is truncated: {where}") from None
+        return sum(1 for _ in iter_entries(stream))
+    except TarError as exc:
+        raise ArchiveCorrupt(_reason(str(exc))) from exc
 
 
 def parse_checksum_line(text: str, checksum_type: str) -> str:

@@ -17,17 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wingsbak.archive.extract import _Feed
 from wingsbak.archive.verify import (
     CHECKSUM_TYPES,
     ArchiveCorrupt,
     ArchiveGone,
     SourceError,
     VerifyResult,
-    _walk_tar,
     parse_checksum_line,
     verify_file,
     verify_stream,
+    walk_tar,
 )
 from wingsbak.log import get_logger
 from wingsbak.storage.restic import ResticError, ResticStore, _Process
@@ -312,7 +311,7 @@ def check_restic_snapshot(store: ResticStore, server: str, backup: str) -> int:
         p = store.spawn("dump", "--archive", "tar", snapshot.id, "/")
         try:
             try:
-                entries = _walk_tar(_Feed(p.stdout))  # type: ignore[arg-type]
+                entries = walk_tar(p.stdout)  # type: ignore[arg-type]
             except ArchiveCorrupt:
                 rc = p.wait()
                 if rc != 0:  # restic stopped mid-stream: its reason, not a cut tar
