@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     snapshot = store.snapshots(f"server:{SERVER}")[-1].id
     sink = _Null()
     started = time.perf_counter()
-    store.dump_targz(snapshot, sink)  # type: ignore[arg-type]
+    store.dump(snapshot, sink)  # type: ignore[arg-type]
     ours = time.perf_counter() - started
     store_env = restic_env(WORK / "repo", password, WORK / "cache")
     started = time.perf_counter()

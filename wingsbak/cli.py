@@ -200,7 +200,8 @@ def _cmd_serve(args: argparse.Namespace, hangups: Hangups) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wingsbak.archive.gzip import LEVELS
+    from wingsbak.archive.codecs import GZIP
+    from wingsbak.formats import BEST_SPEED, CHECKSUM_TYPES, COMPRESSION_LEVELS
 
     parser = argparse.ArgumentParser(
         prog="wingsbak", description="Backup engine for game-server nodes (Wings-compatible)."
@@ -218,14 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_cmd_serve)
 
-    arch = sub.add_parser("archive", help="write a .tar.gz of a directory, as a backup does")
+    arch = sub.add_parser("archive", help=f"write a {GZIP.suffix} of a directory, as a backup does")
     arch.add_argument("src", help="directory to archive (its .pteroignore applies)")
-    arch.add_argument("-o", "--output", required=True, help="archive to write (OUT.tar.gz)")
+    arch.add_argument("-o", "--output", required=True, help=f"archive to write (OUT{GZIP.suffix})")
     arch.add_argument("--ignore", action="append", metavar="PATTERN", help="an ignore line")
     arch.add_argument("--ignore-file", metavar="FILE", help="a file of ignore lines")
-    arch.add_argument("--level", choices=LEVELS, default="best_speed")
+    arch.add_argument("--level", choices=COMPRESSION_LEVELS, default=BEST_SPEED)
     arch.add_argument("--write-limit", type=float, default=0, metavar="MIBPS")
-    arch.add_argument("--checksum", choices=("sha1", "sha256"), default="sha1")
+    arch.add_argument("--checksum", choices=CHECKSUM_TYPES, default="sha1")
     arch.add_argument(
         "--allow-skipped",
         action="store_true",
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument(
         "backup",
         nargs="?",
-        help="a backup uuid (looked up in the configured stores) or the path of a .tar.gz; "
+        help=f"a backup uuid (looked up in the configured stores) or the path of a {GZIP.suffix}; "
         "none: every backup of the node",
     )
     ver.add_argument("--config", default=None, help="as for serve")

@@ -21,10 +21,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from wingsbak.formats import CHECKSUM_TYPES, COMPRESSION_LEVELS
 from wingsbak.patterns import compile_pattern
 
-COMPRESSION_LEVELS = ("none", "best_speed", "best_compression")
-CHECKSUM_TYPES = ("sha1", "sha256")
 MIN_S3_PART_SIZE = 5 * 1024 * 1024
 MAX_S3_PART_SIZE = 5 * 1024 * 1024 * 1024
 PAYLOAD_SIGNING = ("auto", "always", "never")
@@ -381,7 +380,7 @@ def _validate(cfg: Config) -> None:
     if b.s3.prefix.startswith("/"):
         raise ConfigError(
             f"system.backups.s3.prefix: {b.s3.prefix!r} must not start with '/' "
-            "(keys are <prefix><server>/<backup>.tar.gz)"
+            "(a backup's key is <prefix><server>/<archive name>)"
         )
     if b.report_retry_initial <= 0 or b.report_retry_max < b.report_retry_initial:
         raise ConfigError(

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from wingsbak.archive.archiver import measure_tree
+from wingsbak.archive.codecs import GZIP
 from wingsbak.archive.rules import IgnoreRules, PteroignoreTooLarge
 from wingsbak.config import Config, parse_min_free_space
 from wingsbak.log import get_logger
@@ -106,7 +107,7 @@ class FreeSpace:
         try:
             with os.scandir(folder) as it:
                 for entry in it:
-                    if entry.name.startswith(".") or not entry.name.endswith(".tar.gz"):
+                    if entry.name.startswith(".") or not entry.name.endswith(GZIP.suffix):
                         continue
                     st = entry.stat(follow_symlinks=False)
                     if entry.is_file(follow_symlinks=False) and (

@@ -580,7 +580,7 @@ class JobManager:
             if archive.size:
                 options["bytes_total"] = archive.size
             with contextlib.closing(guarded(archive.stream, archive.abort)) as stream:
-                return extract_archive(stream, dest, **options)
+                return extract_archive(stream, dest, codec=archive.codec, **options)
 
     def _restore_progress(
         self,

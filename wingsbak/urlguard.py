@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from wingsbak.archive.codecs import GZIP
 from wingsbak.archive.extract import RestoreError
 from wingsbak.archive.sink import Cancelled
 
@@ -53,7 +54,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-GZIP_MAGIC = b"\x1f\x8b"
 # Answers that are certainly an error page, not an archive, whatever their first bytes.
 _NOT_ARCHIVE_TYPES = ("text/", "application/json", "application/xml", "application/xhtml")
 READ_TIMEOUT = 60.0
@@ -324,15 +324,17 @@ class HTTPArchiveStream:
     def _check_gzip(self) -> None:
         ctype = (self._response.getheader("Content-Type") or "").lower()
         if ctype.startswith(_NOT_ARCHIVE_TYPES):
-            raise DownloadError(f"the download is not a gzip archive (Content-Type {ctype})")
+            raise DownloadError(
+                f"the download is not a {GZIP.name} archive (Content-Type {ctype})"
+            )
         head = b""
-        while len(head) < 2:
-            piece = self._raw_read(2 - len(head))
+        while len(head) < len(GZIP.magic):
+            piece = self._raw_read(len(GZIP.magic) - len(head))
             if not piece:
                 break
             head += piece
-        if head != GZIP_MAGIC:
-            raise DownloadError("the download is not a gzip archive (wrong first bytes)")
+        if head != GZIP.magic:
+            raise DownloadError(f"the download is not a {GZIP.name} archive (wrong first bytes)")
         self._head = head
 
     def _raw_read(self, n: int) -> bytes:

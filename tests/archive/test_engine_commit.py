@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import MemorySink, archive_bytes, gzip_test
 
-import wingsbak.archive.gzip as wgzip
+import wingsbak.archive.codecs as wgzip
 import wingsbak.archive.progress as progress_mod
 from wingsbak.archive import ArchiveProgress, AtomicFile, Cancelled, archive_to_file, write_archive
 

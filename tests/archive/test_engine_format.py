@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import archive_file, gnu_extract, gnu_tar_names, gzip_test, snapshot
 
-import wingsbak.archive.gzip as wgzip
+import wingsbak.archive.codecs as wgzip
 from wingsbak.archive import IgnoreRules
 from wingsbak.archive.archiver import READ_CHUNK
 
@@ -141,7 +141,7 @@ def test_every_level_writes_valid_gzip(
     compressible_tree(root)
     source = snapshot(root)
     sizes: dict[str, int] = {}
-    for level in wgzip.LEVELS:
+    for level in wgzip.COMPRESSION_LEVELS:
         out = tmp_path / f"{level}.tar.gz"
         result = archive_file(root, out, level=level, threads=threads)
         gzip_test(out)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import archive_file
 
-import wingsbak.archive.extract as extract
+import wingsbak.archive.codecs as codecs
 from wingsbak.archive.sink import Cancelled
 from wingsbak.archive.verify import (
     ArchiveCorrupt,
@@ -211,7 +211,7 @@ def test_a_sha256_sidecar_is_used(tree: Path, tmp_path: Path) -> None:
 def test_the_zlib_fallback_finds_the_same(
     monkeypatch: pytest.MonkeyPatch, wingsbak_archive: Path, tmp_path: Path, tree: Path
 ) -> None:
-    monkeypatch.setattr(extract, "HAVE_ISAL", False)
+    monkeypatch.setattr(codecs, "HAVE_ISAL", False)
     assert verify_file(wingsbak_archive).checksum_checked
     plain = _tar_of(tree)
     members = tmp_path / "m.tar.gz"

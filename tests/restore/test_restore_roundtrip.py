@@ -173,7 +173,7 @@ def test_restore_without_isal_uses_zlib(tmp_path: Path, archive: tuple[Path, Pat
     dest = tmp_path / "dest"
     code = (
         "import sys; sys.modules['isal'] = None\n"  # makes 'import isal' fail, as when absent
-        "from wingsbak.archive import gzip as g, extract as e\n"
+        "from wingsbak.archive import codecs as g, extract as e\n"
         "assert not g.HAVE_ISAL\n"
         f"e.restore_archive_file({str(out)!r}, {str(dest)!r})\n"
     )

@@ -1,4 +1,4 @@
-"""Write one ``.tar.gz`` of a server root into a sink, as a single stream.
+"""Write one backup archive (a gzip tar) of a server root into a sink, as a single stream.
 
 files -> tar -> gzip (worker threads) -> checksum, byte count, rate limit -> sink.
 Plain synchronous code for a worker thread; it never reads the archive back.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from wingsbak.archive import holes, tarstream
-from wingsbak.archive.gzip import BEST_SPEED, BLOCK_SIZE, open_gzip_writer
+from wingsbak.archive.codecs import BLOCK_SIZE, GZIP
 from wingsbak.archive.measure import TreeTotal
 from wingsbak.archive.progress import Clock, ProgressThrottle
 from wingsbak.archive.rules import IgnoreRules
@@ -31,6 +31,7 @@ from wingsbak.archive.sink import (
     write_sidecar,
 )
 from wingsbak.archive.walk import Kind, WalkEntry, raise_if_out_of_resources, walk
+from wingsbak.formats import BEST_SPEED
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)
@@ -291,7 +292,7 @@ def write_archive(
     allow_unreadable: bool = False,
     on_read_end: Callable[[], None] | None = None,
 ) -> ArchiveResult:
-    """Stream a ``.tar.gz`` of ``root`` into ``sink`` and say what was written.
+    """Stream a gzip tar archive of ``root`` into ``sink`` and say what was written.
 
     An entry that cannot be read (no access, an I/O error) raises :class:`UnreadableEntry`,
     unless ``allow_unreadable``: then it is left out, logged and counted in ``unreadable``.
@@ -309,7 +310,7 @@ def write_archive(
     bytes_total = [0]
     rules = rules or IgnoreRules()
     measure = TreeTotal(root, rules, bytes_total, cancel) if progress is not None else None
-    gz = open_gzip_writer(metered, level, threads)  # type: ignore[arg-type]
+    gz = GZIP.open_writer(metered, level, threads)  # type: ignore[arg-type]
     archiver = _Archiver(gz, cancel, progress, bytes_total, clock, allow_unreadable)
     ok = False
     try:

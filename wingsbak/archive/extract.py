@@ -1,8 +1,8 @@
-"""Safe, streaming restore of a ``.tar.gz`` into a server directory.
+"""Safe, streaming restore of a backup archive into a server directory.
 
-gzip (ISA-L on its own thread, zlib as fallback) -> the tar reader (archive/tarread.py) ->
-files written with ``os.write`` straight from the decompressed buffer. Plain synchronous code
-for a worker thread.
+Its codec's reader (archive/codecs.py: gzip on a thread of its own) -> the tar reader
+(archive/tarread.py) -> files written with ``os.write`` straight from the decompressed
+buffer. Plain synchronous code for a worker thread.
 
 The guard: every path is opened one component at a time relative to an open directory with
 ``O_NOFOLLOW``, so no symlink, whether already in the directory or created earlier by the same
@@ -13,11 +13,11 @@ its final name once complete, so a failed restore never leaves a half-written fi
 real name (the previous version, if any, stays until the new one is whole).
 
 A truncating restore never deletes anything before the whole archive has been read and
-verified (tar end marker, gzip CRC and length): it is extracted into a hidden staging directory
-at the server root (same file system, so everything after is renames), and only then are the
-old entries moved out and the new ones in (archive/staging.py). Until the swap is committed
-any failure, a cancel, or a crash (then by :func:`recover_stagings`) puts the old entries
-back; once it is, only the old entries are deleted, whatever happens.
+verified (tar end marker, gzip CRC and length): it is extracted into a hidden staging
+directory at the server root (same file system, so everything after is renames), and only
+then are the old entries moved out and the new ones in (archive/staging.py). Until the swap
+is committed any failure, a cancel, or a crash (then by :func:`recover_stagings`) puts the
+old entries back; once it is, only the old entries are deleted, whatever happens.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from wingsbak import failpoint
-from wingsbak.archive.gzip import HAVE_ISAL
+from wingsbak.archive.codecs import GZIP, Codec
 from wingsbak.archive.progress import Clock, ProgressThrottle
 from wingsbak.archive.sink import MIB, Cancelled, TokenBucket
 from wingsbak.archive.staging import (
@@ -60,9 +60,6 @@ from wingsbak.archive.tarread import (
     iter_entries,
 )
 from wingsbak.log import get_logger
-
-if HAVE_ISAL:
-    from isal import igzip_threaded
 
 log = get_logger(__name__)
 
@@ -161,15 +158,6 @@ class _CountingReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
-
-
-def _open_gunzip(raw: _CountingReader) -> BinaryIO:
-    if HAVE_ISAL:
-        # One thread decompresses ahead while this one writes files: two cores busy.
-        return igzip_threaded.open(raw, "rb", threads=1, block_size=READ_CHUNK)  # type: ignore[return-value]
-    import gzip
-
-    return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type,return-value]
 
 
 def _describe(exc: BaseException) -> str:
@@ -385,7 +373,7 @@ class _Extractor:
     # -- the tar stream ---------------------------------------------------------------
 
     def run(self) -> None:
-        """Every entry, then the rest of the stream (the gzip CRC and length)."""
+        """Every entry, then the rest of the stream (a gzip CRC and length)."""
         try:
             while True:
                 self._check()
@@ -675,8 +663,10 @@ def extract_archive(
     label: str = "",
     clock: Clock = time.monotonic,
     on_commit: Callable[[], None] | None = None,
+    codec: Codec = GZIP,
 ) -> RestoreResult:
-    """Restore the ``.tar.gz`` read from ``fileobj`` into the directory ``dest``.
+    """Restore the archive read from ``fileobj`` (compressed with ``codec``) into the
+    directory ``dest``.
 
     ``dest`` is created when missing and refused when it is a symlink. With ``truncate`` its
     contents are replaced, and only once the whole archive has been read and verified: the
@@ -704,9 +694,9 @@ def extract_archive(
         try:
             counter = _CountingReader(fileobj)
             limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
-            gz = _open_gunzip(counter)
+            unpacked = codec.open_reader(counter)
             try:
-                reader = iter_entries(gz, passthrough=(RestoreError,))
+                reader = iter_entries(unpacked, passthrough=(RestoreError,))
                 with _as_restore_error():
                     # Not even the staging is filled before the source proved to be a tar.
                     reader.check_start()
@@ -726,7 +716,7 @@ def extract_archive(
                     )
                     extractor.run()
             finally:
-                gz.close()
+                unpacked.close()
             if truncate:
                 # The archive is whole and verified: only now does the server lose files.
                 if cancel is not None and cancel.is_set():
@@ -782,30 +772,20 @@ def _close_staging(staging: Staging, dest: str | os.PathLike[str], event: str) -
         )
 
 
-def gzip_unpacked_size(f: BinaryIO) -> int:
-    """The unpacked size of a single-member gzip file, from its trailer (which holds it
-    modulo 4 GiB; the smallest value not below the packed size is taken), or 0."""
-    packed = os.fstat(f.fileno()).st_size
-    if packed < 18:
-        return 0
-    trailer = os.pread(f.fileno(), 4, packed - 4)
-    modulo = int.from_bytes(trailer, "little")
-    wraps = max(0, -(-(packed - modulo) // 2**32))
-    return modulo + wraps * 2**32
-
-
 def restore_archive_file(
     path: str | os.PathLike[str],
     dest: str | os.PathLike[str],
     **options: object,
 ) -> RestoreResult:
     """:func:`extract_archive` of a local archive file (``bytes_total`` is its size,
-    ``expected_size`` what its gzip trailer says)."""
+    ``expected_size`` what its codec says of it: the gzip trailer)."""
     try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, after the gzip reader
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, after the codec's reader
     except OSError as exc:
         raise RestoreError(f"cannot open {os.fspath(path)}: {_describe(exc)}") from exc
     with f:
         options.setdefault("bytes_total", os.fstat(f.fileno()).st_size)
-        options.setdefault("expected_size", gzip_unpacked_size(f))
+        codec = options.get("codec", GZIP)
+        assert isinstance(codec, Codec)
+        options.setdefault("expected_size", codec.unpacked_size(f))
         return extract_archive(f, dest, **options)  # type: ignore[arg-type]

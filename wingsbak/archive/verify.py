@@ -1,8 +1,9 @@
-"""Verification of a stored ``.tar.gz`` without unpacking it: read whole, checked against
-its gzip CRCs and lengths (every member: an archive may be many independent gzip members),
-its tar structure (every header's checksum, entry sizes that add up, the end-of-archive
-marker) and the checksum recorded when it was written (the ``.sha1``/``.sha256`` sidecar of
-a local archive, the checksum object of one in the node's bucket).
+"""Verification of a stored backup's archive without unpacking it: read whole, checked
+against its gzip CRCs and lengths (every member: an archive may be many independent gzip
+members), its tar structure (every header's checksum, entry sizes that add up, the
+end-of-archive marker) and the checksum recorded when it was written (the
+``.sha1``/``.sha256`` sidecar of a local archive, the checksum object of one in the node's
+bucket).
 
 Plain synchronous code for a worker thread, reading with the restore's gzip reader and tar
 reader (archive/tarread.py), so a backup that verifies is one the restore can read.
@@ -20,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wingsbak.archive.extract import _open_gunzip
+from wingsbak.archive.codecs import GZIP
 from wingsbak.archive.sink import MIB, Cancelled, TokenBucket, sidecar_path
 from wingsbak.archive.tarread import TarError, iter_entries
+from wingsbak.formats import CHECKSUM_TYPES
 
 __all__ = [
-    "CHECKSUM_TYPES",
     "ArchiveCorrupt",
     "ArchiveGone",
     "SourceError",
@@ -37,7 +38,6 @@ __all__ = [
     "walk_tar",
 ]
 
-CHECKSUM_TYPES = ("sha1", "sha256")
 _HEX_LENGTH = {"sha1": 40, "sha256": 64}
 _HEX = re.compile(r"^[0-9a-f]+$")
 # Pages already verified are dropped from the page cache this often, so a day's verification
@@ -137,7 +137,7 @@ def verify_stream(
     hold: Callable[[], None] | None = None,
     fd: int | None = None,
 ) -> VerifyResult:
-    """Read the ``.tar.gz`` in ``raw`` to its end and check it. ``expected``: the hex digest
+    """Read the gzip tar archive in ``raw`` to its end and check it. ``expected``: the hex digest
     of type ``checksum_type`` recorded for it. ``read_limit`` caps the compressed bytes read,
     in MiB/s (0: unlimited); ``hold()`` is called before each read and may block (pausing
     the check); ``fd``: the local file, whose verified pages are dropped from the cache.
@@ -146,7 +146,7 @@ def verify_stream(
     limiter = TokenBucket(read_limit * MIB, cancel) if read_limit > 0 else None
     source = _Source(raw, checksum_type, limiter, hold, cancel, fd)
     try:
-        gz = _open_gunzip(source)  # type: ignore[arg-type]
+        gz = GZIP.open_reader(source)
         try:
             reader = iter_entries(gz)
             entries = sum(1 for _ in reader)  # to the end: the last member's CRC too

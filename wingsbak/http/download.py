@@ -6,7 +6,7 @@ Only an answer that hands the archive out spends the link: a 200 or a 206 (a res
 archive is opened before the link is spent and served from that descriptor: a DELETE racing
 the download either comes too late to matter or leaves a JSON 404 and an unspent link.
 
-A backup in a restic repository is a ``.tar.gz`` made while it is sent: no length, no range
+A backup in a restic repository is an archive made while it is sent: no length, no range
 (a Range header is answered with the whole archive), no validators.
 """
 
@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from aiohttp import hdrs, web
 
+from wingsbak.archive.codecs import download_filename
 from wingsbak.archive.sink import Cancelled
 from wingsbak.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, TokenRejected
 from wingsbak.http.sendfile import ArchiveResponse, Reply, reply_for, set_validators
@@ -28,7 +29,7 @@ from wingsbak.http.state import CONFIG, JOBS, STORAGE, USED_TOKENS
 from wingsbak.http.validation import is_uuid
 from wingsbak.log import get_logger
 from wingsbak.storage.base import Redirect, StreamedArchive
-from wingsbak.storage.local import LocalStorage, LocalStore, archive_name
+from wingsbak.storage.local import LocalStorage, LocalStore
 from wingsbak.tokens import decode_token
 
 log = get_logger(__name__)
@@ -123,8 +124,8 @@ def _without_archive(reply: Reply, st: os.stat_result) -> web.StreamResponse:
 
 async def _from_store(request: web.Request, claims: dict[str, Any]) -> web.StreamResponse:
     """A backup that is not on the node's disk. In the node's bucket: a redirect to a
-    pre-signed link valid for 15 minutes. In a restic repository: the snapshot as a
-    ``.tar.gz`` made on the fly. A HEAD gets the headers only: the link is what a token buys,
+    pre-signed link valid for 15 minutes. In a restic repository: the snapshot as an
+    archive made on the fly. A HEAD gets the headers only: the link is what a token buys,
     and a HEAD must not spend it. A store failure becomes a 502 in the middleware."""
     server, backup = claims["server_uuid"], claims["backup_uuid"]
     for store in request.app[JOBS].stores.all:
@@ -218,7 +219,7 @@ async def _stream(
 def _headers(backup: str) -> dict[str, str]:
     return {
         hdrs.CONTENT_TYPE: "application/octet-stream",
-        hdrs.CONTENT_DISPOSITION: f'attachment; filename="{archive_name(backup)}"',
+        hdrs.CONTENT_DISPOSITION: f'attachment; filename="{download_filename(backup)}"',
     }
 
 

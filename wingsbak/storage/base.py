@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol
 
+from wingsbak.archive.codecs import GZIP, Codec
+
 
 class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
@@ -67,12 +69,13 @@ class BackupSource:
 
 @dataclass(slots=True)
 class ArchiveStream:
-    """A ``.tar.gz`` to restore from, and its size when known (for progress)."""
+    """An archive to restore from, its size when known (for progress), and its codec."""
 
     stream: Readable
     size: int = 0
     # Ends a read that is blocked (e.g. shuts the socket under it), for a cancel or deadline.
     abort: Callable[[], None] = lambda: None
+    codec: Codec = GZIP
 
 
 # What a download link serves: one of these three.
@@ -93,7 +96,7 @@ class Redirect:
 
 @dataclass(slots=True, frozen=True)
 class StreamedArchive:
-    """A ``.tar.gz`` made on the fly: ``write(out, cancel)`` writes it into a writable file
+    """An archive made on the fly: ``write(out, cancel)`` writes it into a writable file
     object, in a worker thread. No length is known in advance and no range can be served."""
 
     write: Callable[[IO[bytes], threading.Event], None]
@@ -128,7 +131,7 @@ class BackupStore(ABC):
     def open_restore(
         self, server: str, backup: str
     ) -> AbstractContextManager[ArchiveStream] | None:
-        """The backup as a ``.tar.gz`` stream; None when this store has no such backup."""
+        """The backup as an archive stream; None when this store has no such backup."""
 
     @abstractmethod
     def delete(self, server: str, backup: str) -> bool:

@@ -1,18 +1,19 @@
-"""Local (``wings`` adapter) backups, named and placed as the fronted Wings names its own:
-Pelican Wings' ``<backup_directory>/<server>/<uuid>.tar.gz`` (pelican-dev/wings 090841d
-``server/backup/backup.go`` ``Path``), Pterodactyl Wings' ``<backup_directory>/<uuid>.tar.gz``
-(pterodactyl/wings ``server/backup/backup.go``); standalone, Pelican's. Wings' transfers and
-server deletion then treat them as Wings' own (Pelican streams ``<server>/<uuid>.tar.gz`` to
-the new node and removes ``<server>/`` with the server), and without wingsbak Wings serves them.
-The checksum sidecar (``<archive>.sha1``) and the temporary name (``.<archive>.<random>.part``)
-sit beside the archive.
+"""Local (``wings`` adapter) backups, named and placed as the fronted Wings names its own
+(``<archive>``: Wings' name of a backup's archive, ``<earlier>``: wingsbak's earlier one, both
+built by :mod:`wingsbak.archive.codecs`): Pelican Wings' ``<backup_directory>/<server>/<archive>``
+(pelican-dev/wings 090841d ``server/backup/backup.go`` ``Path``), Pterodactyl Wings'
+``<backup_directory>/<archive>`` (pterodactyl/wings ``server/backup/backup.go``); standalone,
+Pelican's. Wings' transfers and server deletion then treat them as Wings' own (Pelican streams
+``<server>/<archive>`` to the new node and removes ``<server>/`` with the server), and without
+wingsbak Wings serves them. The checksum sidecar (``<archive>.sha1``) and the temporary name
+(``.<archive>.<random>.part``) sit beside the archive.
 
 Pterodactyl's flat name holds no server, so the server of each archive wingsbak writes there
 is recorded (:class:`ServerRecord`) before the archive takes its name, and a flat archive
 recorded for another server is never found for this one. A flat archive with no record (one
 Pterodactyl Wings wrote itself) is found by its uuid alone, as Pterodactyl Wings finds it.
-Archives wingsbak wrote before (``<server>/backup-<uuid>.tar.gz``) and those of either Wings
-stay found for download, restore, delete and the duplicate check.
+Archives wingsbak wrote before (``<server>/<earlier>``) and those of either Wings stay found
+for download, restore, delete and the duplicate check.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from typing import Any
 
 from wingsbak import failpoint
 from wingsbak.archive.archiver import archive_to_file
+from wingsbak.archive.codecs import EARLIER_PREFIX, GZIP, archive_name, earlier_archive_name
 from wingsbak.archive.extract import RestoreError
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.sink import file_checksum, read_sidecar, sidecar_path, write_sidecar
 from wingsbak.flavour import PTERODACTYL, WingsFlavour
+from wingsbak.formats import CHECKSUM_TYPES
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 from wingsbak.storage.base import (
@@ -45,18 +48,7 @@ from wingsbak.storage.base import (
 
 log = get_logger(__name__)
 
-CHECKSUM_TYPES = ("sha1", "sha256")
 RECORD_NAME = ".wingsbak-backup-servers.json"
-
-
-def archive_name(backup_uuid: str) -> str:
-    """wingsbak's earlier name (``<server>/backup-<uuid>.tar.gz``), and a download's file name."""
-    return f"backup-{backup_uuid}.tar.gz"
-
-
-def wings_name(backup_uuid: str) -> str:
-    """Both Wings' name of a backup's archive."""
-    return f"{backup_uuid}.tar.gz"
 
 
 class ServerRecord:
@@ -127,15 +119,15 @@ class LocalStorage:
 
     def flat_path(self, backup_uuid: str) -> Path:
         """Pterodactyl Wings' layout."""
-        return self.root / wings_name(backup_uuid)
+        return self.root / archive_name(backup_uuid)
 
     def pelican_path(self, server_uuid: str, backup_uuid: str) -> Path:
         """Pelican Wings' layout (and standalone wingsbak's)."""
-        return self.server_dir(server_uuid) / wings_name(backup_uuid)
+        return self.server_dir(server_uuid) / archive_name(backup_uuid)
 
     def old_path(self, server_uuid: str, backup_uuid: str) -> Path:
         """wingsbak's own earlier layout."""
-        return self.server_dir(server_uuid) / archive_name(backup_uuid)
+        return self.server_dir(server_uuid) / earlier_archive_name(backup_uuid)
 
     def find(self, server_uuid: str, backup_uuid: str) -> Path | None:
         """The archive of this backup of this server, if it is on this node."""
@@ -160,7 +152,7 @@ class LocalStorage:
         """Whether any server on this node already has an archive with this backup uuid."""
         if self.flat_path(backup_uuid).is_file():
             return True
-        names = (wings_name(backup_uuid), archive_name(backup_uuid))
+        names = (archive_name(backup_uuid), earlier_archive_name(backup_uuid))
         try:
             with os.scandir(self.root) as it:
                 for entry in it:
@@ -206,7 +198,7 @@ class LocalStorage:
 
     def remove_temporaries(self, server_uuid: str, backup_uuid: str) -> int:
         """Delete temporary files a crashed write of this backup left behind, in any layout."""
-        names = (archive_name(backup_uuid), wings_name(backup_uuid))
+        names = (earlier_archive_name(backup_uuid), archive_name(backup_uuid))
         prefixes = tuple(f".{name}." for name in names)
         removed = 0
         for folder in (self.server_dir(server_uuid), self.root):
@@ -221,8 +213,8 @@ class LocalStorage:
         return removed
 
     def rename_to_wings_names(self, server_uuid: str) -> int:
-        """Give the server's archives in wingsbak's earlier layout (``backup-<uuid>.tar.gz``)
-        Wings' name, so that Pelican's transfer carries them. Their sidecar is written under
+        """Give the server's archives in wingsbak's earlier layout (their earlier name) Wings'
+        name, so that Pelican's transfer carries them. Their sidecar is written under
         the new name first: a crash at any step leaves each archive whole and found."""
         renamed = 0
         folder = self.server_dir(server_uuid)
@@ -232,16 +224,16 @@ class LocalStorage:
             return 0
         for name in names:
             stem, dot, kind = name.rpartition(".")
-            if name.startswith("backup-") and dot and kind in CHECKSUM_TYPES:
+            if name.startswith(EARLIER_PREFIX) and dot and kind in CHECKSUM_TYPES:
                 # The sidecar of an archive renamed by a run that died before removing it.
-                backup = stem.removeprefix("backup-").removesuffix(".tar.gz")
-                if not (folder / stem).exists() and (folder / wings_name(backup)).is_file():
+                backup = stem.removeprefix(EARLIER_PREFIX).removesuffix(GZIP.suffix)
+                if not (folder / stem).exists() and (folder / archive_name(backup)).is_file():
                     (folder / name).unlink(missing_ok=True)
                 continue
-            if not (name.startswith("backup-") and name.endswith(".tar.gz")):
+            if not (name.startswith(EARLIER_PREFIX) and name.endswith(GZIP.suffix)):
                 continue
-            backup = name.removeprefix("backup-").removesuffix(".tar.gz")
-            old, new = folder / name, folder / wings_name(backup)
+            backup = name.removeprefix(EARLIER_PREFIX).removesuffix(GZIP.suffix)
+            old, new = folder / name, folder / archive_name(backup)
             if not old.is_file() or new.exists():
                 continue
             sidecar = read_sidecar(old)
@@ -258,7 +250,7 @@ class LocalStorage:
 
 
 class LocalStore(BackupStore):
-    """``.tar.gz`` archives with their checksum sidecars on the node's disk."""
+    """Backup archives with their checksum sidecars on the node's disk."""
 
     name = "local"
 

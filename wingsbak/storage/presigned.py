@@ -28,6 +28,7 @@ import aiohttp
 from yarl import URL
 
 from wingsbak.archive.archiver import ArchiveResult, write_archive
+from wingsbak.archive.codecs import earlier_archive_name
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.sink import AtomicFile
 from wingsbak.log import get_logger
@@ -89,7 +90,7 @@ async def upload_via_panel(
     (``Cancelled``...). The temporary file is gone when this returns or raises, also when the
     task is cancelled.
     """
-    temp = await asyncio.to_thread(AtomicFile, Path(temp_dir) / f"backup-{backup_uuid}.tar.gz")
+    temp = await asyncio.to_thread(AtomicFile, Path(temp_dir) / earlier_archive_name(backup_uuid))
     try:
         result = await _archive_in_thread(root, temp, rules, archive_options)
         urls, part_size = await _call_get_part_urls(get_part_urls, result.size)

@@ -11,8 +11,8 @@ slow key derivation), so a backup is one command: the parent comes from a small 
 server's latest snapshot kept beside the forget list, and the report names the snapshot as
 restic's summary does. The files are chosen by wingsbak's own walker and ignore rules and
 handed to restic as a NUL-separated list of paths relative to the server root (restic runs
-in it), so a snapshot's paths are the server's paths and a dump is a ``.tar.gz`` of the same
-names as a ``.tar.gz`` backup.
+in it), so a snapshot's paths are the server's paths and a dump is a tar of the same names
+as an archive backup.
 
 restic takes an exclusive repository lock to forget and to prune, which would fail a backup
 running meanwhile. So forgets and prunes run on one maintenance thread, only while no backup,
@@ -39,12 +39,13 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from wingsbak.archive.archiver import ArchiveProgress, UnreadableEntry
-from wingsbak.archive.gzip import NONE, open_gzip_writer
+from wingsbak.archive.codecs import GZIP, TAR, Codec
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.sink import Cancelled
 from wingsbak.archive.staging import STAGING_PREFIX, staging_label
 from wingsbak.archive.walk import Kind, walk
 from wingsbak.config import ResticConfig
+from wingsbak.formats import BEST_SPEED
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 from wingsbak.storage.base import (
@@ -856,31 +857,32 @@ class ResticStore(BackupStore):
         snapshot = self.find(server, backup)
         if snapshot is None:
             return None
-        return StreamedArchive(lambda sink, cancel: self.dump_targz(snapshot.id, sink, cancel))
+        return StreamedArchive(lambda sink, cancel: self.dump(snapshot.id, sink, cancel))
 
-    def dump_targz(
+    def dump(
         self,
         snapshot: str,
         sink: IO[bytes],
         cancel: threading.Event | None = None,
-        level: str = "best_speed",
+        codec: Codec = GZIP,
+        level: str = BEST_SPEED,
     ) -> None:
-        """Blocking: the snapshot as a ``.tar.gz`` into ``sink``, a writable file object
-        (``restic dump`` through the archiver's gzip writer)."""
+        """Blocking: the snapshot as an archive in ``codec`` into ``sink``, a writable file
+        object (``restic dump``'s tar through the codec's writer)."""
         with self.use(cancel):
             p = self.spawn("dump", "--archive", "tar", snapshot, "/")
             try:
-                gz = open_gzip_writer(sink, level)  # type: ignore[arg-type]
+                out = codec.open_writer(sink, level)  # type: ignore[arg-type]
                 try:
                     while chunk := p.stdout.read(READ_CHUNK):
                         if cancel is not None and cancel.is_set():
                             raise Cancelled("download cancelled")
-                        gz.write(chunk)
+                        out.write(chunk)
                     rc = p.wait()
                     if rc != 0:
                         raise p.error(rc)
                 finally:
-                    gz.close()
+                    out.close()
             finally:
                 p.close()
 
@@ -892,8 +894,8 @@ class ResticStore(BackupStore):
 
     @contextlib.contextmanager
     def _restore_stream(self, snapshot: str) -> Iterator[ArchiveStream]:
-        """The snapshot's tar stream, wrapped in a stored (level 0) gzip for the extractor,
-        through a pipe: a thread writes, the extractor reads."""
+        """The snapshot's tar stream, as restic gives it, through a pipe: a thread writes, the
+        extractor reads."""
         read_fd, write_fd = os.pipe()
         stop = threading.Event()
         failure: list[BaseException] = []
@@ -901,7 +903,7 @@ class ResticStore(BackupStore):
 
         def pump() -> None:
             try:
-                self.dump_targz(snapshot, writer, stop, NONE)
+                self.dump(snapshot, writer, stop, TAR)
             except BrokenPipeError:
                 pass  # the extractor stopped reading: it raised, and says why
             except BaseException as exc:
@@ -914,7 +916,7 @@ class ResticStore(BackupStore):
         thread.start()
         reader = os.fdopen(read_fd, "rb", buffering=0)
         try:
-            yield ArchiveStream(reader)
+            yield ArchiveStream(reader, codec=TAR)
         except BaseException as exc:
             stop.set()
             reader.close()
@@ -1005,7 +1007,7 @@ def _chosen_paths(
 
 
 def _is_staging(root: Path, name: str) -> bool:
-    """A restore's staging is left out, as the walker leaves it out of a ``.tar.gz``."""
+    """A restore's staging is left out, as the walker leaves it out of an archive."""
     if not name.startswith(STAGING_PREFIX):
         return False
     try:
@@ -1027,7 +1029,7 @@ def _is_empty_dir(path: Path) -> bool:
 
 
 def _unreadable(path: str, reason: str) -> str:
-    """The failure of a backup that could not read ``path``, in the .tar.gz engine's words."""
+    """The failure of a backup that could not read ``path``, in the archive engine's words."""
     what = repr(path) if path else "some files"
     return f"cannot read {what} ({reason}); a backup without it would be incomplete"
 

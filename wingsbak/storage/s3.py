@@ -35,8 +35,10 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from wingsbak.archive.archiver import ArchiveResult, write_archive
+from wingsbak.archive.codecs import GZIP, archive_name, download_filename
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.config import MIN_S3_PART_SIZE, S3Config
+from wingsbak.formats import CHECKSUM_TYPES
 from wingsbak.log import get_logger
 from wingsbak.storage.base import (
     ArchiveStream,
@@ -554,10 +556,10 @@ class S3Storage:
         return self.cfg.bucket
 
     def key(self, server_uuid: str, backup_uuid: str) -> str:
-        """``<prefix><server-uuid>/<backup-uuid>.tar.gz``: the panel's own layout."""
+        """``<prefix><server-uuid>/<archive name>``: the panel's own layout."""
         check_uuid(server_uuid, "server uuid")
         check_uuid(backup_uuid, "backup uuid")
-        return f"{self.cfg.prefix}{server_uuid}/{backup_uuid}.tar.gz"
+        return f"{self.cfg.prefix}{server_uuid}/{archive_name(backup_uuid)}"
 
     def checksum_key(self, server_uuid: str, backup_uuid: str, checksum_type: str) -> str:
         """``<key>.sha1``: the checksum the panel was given, beside the object, in the format
@@ -568,7 +570,7 @@ class S3Storage:
         """Saved after the object; a failure costs only the verification's comparison with
         it (the gzip and tar checks remain), so it does not fail the backup."""
         key = self.checksum_key(server_uuid, backup_uuid, result.checksum_type)
-        body = f"{result.checksum}  {backup_uuid}.tar.gz\n".encode()
+        body = f"{result.checksum}  {archive_name(backup_uuid)}\n".encode()
         try:
             self._call(
                 "saving the checksum",
@@ -646,7 +648,7 @@ class S3Storage:
                     "Bucket": self.bucket,
                     "Key": self.key(server_uuid, backup_uuid),
                     "ResponseContentDisposition": (
-                        f'attachment; filename="backup-{backup_uuid}.tar.gz"'
+                        f'attachment; filename="{download_filename(backup_uuid)}"'
                     ),
                 },
                 ExpiresIn=expires,
@@ -689,14 +691,14 @@ class S3Storage:
         return True
 
     def delete_server(self, server_uuid: str) -> int:
-        """Remove every backup object of this server (``<prefix><server>/<uuid>.tar.gz``, with
+        """Remove every backup object of this server (``<prefix><server>/<archive name>``, with
         its checksum object ``.sha1``/``.sha256``) and abort its unfinished uploads (no start-up
         sweep looks for a deleted server's); other keys under its folder are left. Returns how
         many backups went."""
         check_uuid(server_uuid, "server uuid")
         folder = f"{self.cfg.prefix}{server_uuid}/"
-        layout = re.compile(re.escape(folder) + _UUID.pattern.strip("^$") + r"\.tar\.gz")
-        sums = re.compile(layout.pattern + r"\.(?:sha1|sha256)")
+        layout = re.compile(re.escape(folder) + _UUID.pattern.strip("^$") + re.escape(GZIP.suffix))
+        sums = re.compile(layout.pattern + r"\.(?:" + "|".join(CHECKSUM_TYPES) + ")")
         paginator = self.client.get_paginator("list_objects_v2")
         pages = self._call(
             "listing the server's backups",

@@ -5,7 +5,7 @@ Each is kept in a small state file, rewritten atomically, until S3 has done it: 
 again on a thread of its own, at growing intervals while S3 does not answer, at once when S3
 is seen answering again (an upload completes), and at every start. At start the node's own
 unfinished uploads that no job owns are aborted too: keys of the layout
-``<prefix><server>/<backup>.tar.gz`` of a server on this node, begun before this start and
+``<prefix><server>/<archive name>`` of a server on this node, begun before this start and
 not being written by this process. Other keys, and other nodes' servers in a shared bucket,
 are never touched.
 """
@@ -24,6 +24,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from wingsbak.archive.codecs import GZIP
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 
@@ -66,7 +67,9 @@ class S3Cleanup:
         self.retry_first = retry_first
         self.retry_max = retry_max
         self._layout = re.compile(
-            rf"^{re.escape(prefix)}(?P<server>{_UUID})/(?P<backup>{_UUID})\.tar\.gz$"
+            rf"^{re.escape(prefix)}(?P<server>{_UUID})/(?P<backup>{_UUID})"
+            + re.escape(GZIP.suffix)
+            + "$"
         )
         self._prefix = prefix
         self._cond = threading.Condition()

@@ -1,6 +1,6 @@
 """``wingsbak verify [BACKUP]``: the schedule's checks, on demand, one line per backup.
 
-BACKUP is the path of any ``.tar.gz`` (checked against its sidecar when it has one), or a
+BACKUP is the path of any backup archive (checked against its sidecar when it has one), or a
 backup uuid, looked up in the stores the configuration names; without it, every backup of
 the node (a restic repository: ``restic check --read-data``, which locks it exclusively).
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wingsbak.archive.codecs import EARLIER_PREFIX, GZIP
 from wingsbak.archive.verify import (
-    CHECKSUM_TYPES,
     ArchiveCorrupt,
     ArchiveGone,
     SourceError,
@@ -28,6 +28,7 @@ from wingsbak.archive.verify import (
     verify_stream,
     walk_tar,
 )
+from wingsbak.formats import CHECKSUM_TYPES
 from wingsbak.log import get_logger
 from wingsbak.storage.restic import ResticError, ResticStore, _Process
 from wingsbak.storage.s3 import S3NotFound, S3Storage, call_with_retries, describe
@@ -37,9 +38,10 @@ log = get_logger(__name__)
 
 _UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _UUID_RE = re.compile(f"^{_UUID}$")
-# wingsbak's backup-<uuid>.tar.gz and Pelican Wings' <uuid>.tar.gz, in a server's folder.
-_IN_SERVER_DIR = re.compile(f"^(?:backup-)?({_UUID})\\.tar\\.gz$")
-_LEGACY = re.compile(f"^({_UUID})\\.tar\\.gz$")
+_SUFFIX = re.escape(GZIP.suffix)
+# wingsbak's earlier name and Pelican Wings' name of an archive, in a server's folder.
+_IN_SERVER_DIR = re.compile(f"^(?:{EARLIER_PREFIX})?({_UUID}){_SUFFIX}$")
+_LEGACY = re.compile(f"^({_UUID}){_SUFFIX}$")
 # restic check's words for damage (0.14: "Pack ID does not match, want <id>"; later versions
 # also list "restic repair packs <id> ...").
 _CORRUPT_MARK = "repository contains errors"
@@ -120,7 +122,7 @@ def check_local(
 def s3_backups(storage: S3Storage, stop: threading.Event | None = None) -> list[StoredBackup]:
     """Every backup object under the configured prefix (``stop`` ends the retries)."""
     prefix = storage.cfg.prefix
-    pattern = re.compile(f"^{re.escape(prefix)}({_UUID})/({_UUID})\\.tar\\.gz$")
+    pattern = re.compile(f"^{re.escape(prefix)}({_UUID})/({_UUID}){_SUFFIX}$")
     keys: set[str] = set()
     token: str | None = None
     while True:
