@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import jwt
 
-from wingsbak.archive.sink import Cancelled
+from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.log import get_logger
 from wingsbak.patterns import Pattern, matches
 

@@ -1,7 +1,7 @@
 """The names a configuration picks an archive's format by: compression levels and checksum
 types. A leaf, importing nothing, so that the configuration (which checks them) and the
-archive engine (which uses them: :mod:`wingsbak.archive.codecs`, the checksum writer) share
-one definition without the one importing the other."""
+archive engine (which uses them: :mod:`wingsbak.archive.codecs`,
+:mod:`wingsbak.archive.checksum`) share one definition without the one importing the other."""
 
 from __future__ import annotations
 

@@ -36,8 +36,8 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from wingsbak.archive.clone import CloneUnsupported, clone_tree, remove_clone, remove_clones
+from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.archive.sink import Cancelled
 from wingsbak.config import BackupsConfig, Config
 from wingsbak.console import (
     CANCEL_POLL,

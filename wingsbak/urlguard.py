@@ -34,7 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 from wingsbak.archive.codecs import GZIP
 from wingsbak.archive.extract import RestoreError
-from wingsbak.archive.sink import Cancelled
+from wingsbak.archive.ratelimit import Cancelled
 
 __all__ = [
     "DownloadError",

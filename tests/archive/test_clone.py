@@ -24,8 +24,8 @@ from wingsbak.archive.clone import (
     remove_clone,
     remove_clones,
 )
+from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.archive.sink import Cancelled
 
 MIB = 1024 * 1024
 

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 import wingsbak.archive.progress as progress_mod
 from wingsbak.archive.archiver import READ_CHUNK, ArchiveProgress, _Archiver
-from wingsbak.archive.tarstream import write_end
+from wingsbak.archive.tarwrite import write_end
 from wingsbak.archive.walk import walk
 
 CASES = [

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wingsbak.archive.sink import MIB, Cancelled, MeteredWriter, TokenBucket
+from wingsbak.archive.checksum import MeteredWriter
+from wingsbak.archive.ratelimit import MIB, Cancelled, TokenBucket
 
 WINDOW = 10.0
 

@@ -17,7 +17,7 @@ import pytest
 from engine_helpers import archive_file
 
 import wingsbak.archive.codecs as codecs
-from wingsbak.archive.sink import Cancelled
+from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.archive.verify import (
     ArchiveCorrupt,
     ArchiveGone,

@@ -31,6 +31,7 @@ from restore_helpers import (
 )
 
 from wingsbak.archive import archive_to_file
+from wingsbak.archive.checksum import sidecar_path
 from wingsbak.archive.extract import (
     NoSpace,
     RestoreError,
@@ -38,7 +39,6 @@ from wingsbak.archive.extract import (
     recover_stagings,
     restore_archive_file,
 )
-from wingsbak.archive.sink import sidecar_path
 from wingsbak.archive.staging import STAGING_PREFIX, Staging
 
 SERVER = "3b9a7c1e-2d4f-4e6a-8b0c-1d2e3f4a5b6c"

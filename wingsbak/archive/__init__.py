@@ -8,8 +8,9 @@ from wingsbak.archive.archiver import (
     measure_tree,
     write_archive,
 )
+from wingsbak.archive.atomic import AtomicFile
+from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.archive.sink import AtomicFile, Cancelled
 
 __all__ = [
     "ArchiveProgress",

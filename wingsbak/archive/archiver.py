@@ -16,20 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from wingsbak.archive import holes, tarstream
+from wingsbak.archive import holes, tarwrite
+from wingsbak.archive.atomic import AtomicFile
+from wingsbak.archive.checksum import MeteredWriter, Sink, write_sidecar
 from wingsbak.archive.codecs import BLOCK_SIZE, GZIP
 from wingsbak.archive.measure import TreeTotal
 from wingsbak.archive.progress import Clock, ProgressThrottle
+from wingsbak.archive.ratelimit import MIB, Cancelled, TokenBucket
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.archive.sink import (
-    MIB,
-    AtomicFile,
-    Cancelled,
-    MeteredWriter,
-    Sink,
-    TokenBucket,
-    write_sidecar,
-)
 from wingsbak.archive.walk import Kind, WalkEntry, raise_if_out_of_resources, walk
 from wingsbak.formats import BEST_SPEED
 from wingsbak.log import get_logger
@@ -190,7 +184,7 @@ class _Archiver:
         if entry.kind is Kind.FILE:
             self.add_file(entry)
         else:
-            self.put(tarstream.entry_header(entry))
+            self.put(tarwrite.entry_header(entry))
         self.files += 1
 
     def add_file(self, entry: WalkEntry) -> None:
@@ -222,21 +216,21 @@ class _Archiver:
 
     def copy_data(self, entry: WalkEntry, fd: int, size: int) -> None:
         """Write header and exactly ``size`` bytes of data, whatever the file does meanwhile."""
-        self.put(tarstream.entry_header(entry, size))
+        self.put(tarwrite.entry_header(entry, size))
         self.copy_range(entry, fd, size, probe=True)
-        self.put_zeros(-size % tarstream.BLOCK)
+        self.put_zeros(-size % tarwrite.BLOCK)
 
     def copy_sparse(self, entry: WalkEntry, fd: int, size: int, regions: holes.Regions) -> None:
         """Write a pax sparse 1.0 entry: the map, then each data region read at its offset."""
-        table = tarstream.sparse_map(regions)
+        table = tarwrite.sparse_map(regions)
         stored = holes.stored_size(regions)
-        self.put(tarstream.sparse_header(entry, len(table) + stored, size))
+        self.put(tarwrite.sparse_header(entry, len(table) + stored, size))
         self.put(table)
         for offset, length in regions:
             if length:
                 os.lseek(fd, offset, os.SEEK_SET)
                 self.copy_range(entry, fd, length, probe=False)
-        self.put_zeros(-stored % tarstream.BLOCK)
+        self.put_zeros(-stored % tarwrite.BLOCK)
 
     def copy_range(self, entry: WalkEntry, fd: int, size: int, *, probe: bool) -> None:
         """Copy exactly ``size`` bytes from the file position, zeros for what is no longer
@@ -330,7 +324,7 @@ def write_archive(
         if on_read_end is not None:
             on_read_end()
         archiver.flush()
-        tarstream.write_end(gz)
+        tarwrite.write_end(gz)
         ok = True
     finally:
         if measure is not None:

@@ -32,8 +32,8 @@ import sys
 import threading
 from pathlib import Path
 
+from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.archive.rules import PTEROIGNORE, IgnoreRules
-from wingsbak.archive.sink import Cancelled
 from wingsbak.archive.walk import Kind, WalkEntry, open_root, walk
 from wingsbak.log import get_logger
 

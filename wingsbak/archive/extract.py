@@ -36,7 +36,7 @@ from typing import Protocol
 from wingsbak import failpoint
 from wingsbak.archive.codecs import GZIP, Codec
 from wingsbak.archive.progress import Clock, ProgressThrottle
-from wingsbak.archive.sink import MIB, Cancelled, TokenBucket
+from wingsbak.archive.ratelimit import MIB, Cancelled, TokenBucket
 from wingsbak.archive.staging import (
     STAGING_PREFIX,
     Recovered,

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from wingsbak.archive.sink import Cancelled
+from wingsbak.archive.ratelimit import Cancelled
 
 __all__ = [
     "BLOCK",

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from wingsbak.archive.checksum import sidecar_path
 from wingsbak.archive.codecs import GZIP
-from wingsbak.archive.sink import MIB, Cancelled, TokenBucket, sidecar_path
+from wingsbak.archive.ratelimit import MIB, Cancelled, TokenBucket
 from wingsbak.archive.tarread import TarError, iter_entries
 from wingsbak.formats import CHECKSUM_TYPES
 

@@ -22,7 +22,7 @@ from typing import IO, Any
 from aiohttp import hdrs, web
 
 from wingsbak.archive.codecs import download_filename
-from wingsbak.archive.sink import Cancelled
+from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, TokenRejected
 from wingsbak.http.sendfile import ArchiveResponse, Reply, reply_for, set_validators
 from wingsbak.http.state import CONFIG, JOBS, STORAGE, USED_TOKENS

@@ -29,10 +29,10 @@ from typing import Any
 
 from wingsbak import failpoint
 from wingsbak.archive.archiver import archive_to_file
+from wingsbak.archive.checksum import file_checksum, read_sidecar, sidecar_path, write_sidecar
 from wingsbak.archive.codecs import EARLIER_PREFIX, GZIP, archive_name, earlier_archive_name
 from wingsbak.archive.extract import RestoreError
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.archive.sink import file_checksum, read_sidecar, sidecar_path, write_sidecar
 from wingsbak.flavour import PTERODACTYL, WingsFlavour
 from wingsbak.formats import CHECKSUM_TYPES
 from wingsbak.log import get_logger

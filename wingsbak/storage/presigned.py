@@ -28,9 +28,9 @@ import aiohttp
 from yarl import URL
 
 from wingsbak.archive.archiver import ArchiveResult, write_archive
+from wingsbak.archive.atomic import AtomicFile
 from wingsbak.archive.codecs import earlier_archive_name
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.archive.sink import AtomicFile
 from wingsbak.log import get_logger
 from wingsbak.storage.base import ArchiveStream, BackupSource, BackupStore, Download, Outcome
 from wingsbak.storage.local import LocalStorage

@@ -40,8 +40,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from wingsbak.archive.archiver import ArchiveProgress, UnreadableEntry
 from wingsbak.archive.codecs import GZIP, TAR, Codec
+from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.archive.sink import Cancelled
 from wingsbak.archive.staging import STAGING_PREFIX, staging_label
 from wingsbak.archive.walk import Kind, walk
 from wingsbak.config import ResticConfig

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wingsbak.archive.sink import Cancelled
+from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.archive.verify import ArchiveCorrupt, ArchiveGone, SourceError, VerifyResult
 from wingsbak.config import Config
 from wingsbak.jobs import JobManager

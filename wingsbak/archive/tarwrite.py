@@ -1,4 +1,4 @@
-"""Tar entries written into a byte stream.
+"""Tar entries written into a byte stream (archive/tarread.py reads them back).
 
 Ordinary entries (ASCII names that fit the 100-byte ustar field, sizes under 8 GiB) get a
 ustar header built directly, about ten times cheaper than ``tarfile.TarInfo.tobuf``; anything
