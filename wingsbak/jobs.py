@@ -30,6 +30,13 @@ from wingsbak.archive.extract import (
 from wingsbak.archive.rules import PteroignoreTooLarge
 from wingsbak.archive.staging import staging_left
 from wingsbak.config import Config
+from wingsbak.download_source import (
+    DownloadError,
+    GuardedStream,
+    HTTPArchiveStream,
+    SourceUnreachable,
+    open_restore_stream,
+)
 from wingsbak.errors import BadGateway, BadRequest, Conflict, NotFound, Unavailable
 from wingsbak.events import (
     BACKUP_COMPLETED,
@@ -52,14 +59,7 @@ from wingsbak.storage.restic import ResticError, ResticStore
 from wingsbak.storage.s3 import S3Error, S3Storage, S3Store, endpoint_url
 from wingsbak.storage.s3 import describe as describe_s3_error
 from wingsbak.storage.select import Stores
-from wingsbak.urlguard import (
-    DownloadError,
-    GuardedStream,
-    HTTPArchiveStream,
-    SourceUnreachable,
-    UnsafeURL,
-    open_restore_stream,
-)
+from wingsbak.urlguard import UnsafeURL
 from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
 from wingsbak.wings import WingsClient, WingsError
 

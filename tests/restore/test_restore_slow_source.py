@@ -20,7 +20,7 @@ from restore_helpers import Serve, restore_leftovers, snapshot, trickles
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.extract import Cancelled, extract_archive
 from wingsbak.config import ConfigError, parse_config
-from wingsbak.urlguard import DownloadError, GuardedStream, open_restore_stream
+from wingsbak.download_source import DownloadError, GuardedStream, open_restore_stream
 
 SERVER = "9d8c7b6a-5f4e-4d3c-8b2a-190817263544"
 MIB = 1024 * 1024

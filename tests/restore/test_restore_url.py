@@ -12,12 +12,8 @@ from restore_helpers import Serve, breaks_half_way, serves, snapshot
 
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.extract import RestoreError, extract_archive
-from wingsbak.urlguard import (
-    DownloadError,
-    UnsafeURL,
-    check_restore_url,
-    open_restore_stream,
-)
+from wingsbak.download_source import DownloadError, open_restore_stream
+from wingsbak.urlguard import UnsafeURL, check_restore_url
 
 LOCAL = ["127.0.0.1"]
 

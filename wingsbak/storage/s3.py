@@ -38,6 +38,7 @@ from wingsbak.archive.archiver import ArchiveResult, write_archive
 from wingsbak.archive.codecs import GZIP, archive_name, download_filename
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.config import MIN_S3_PART_SIZE, S3Config
+from wingsbak.download_source import shutdown_socket_under
 from wingsbak.formats import CHECKSUM_TYPES
 from wingsbak.log import get_logger
 from wingsbak.storage.base import (
@@ -49,7 +50,6 @@ from wingsbak.storage.base import (
     Redirect,
 )
 from wingsbak.storage.s3_cleanup import STATE_NAME, S3Cleanup
-from wingsbak.urlguard import shutdown_socket_under
 
 log = get_logger(__name__)
 

@@ -28,11 +28,11 @@ from wingsbak.archive.verify import (
     verify_stream,
     walk_tar,
 )
+from wingsbak.download_source import shutdown_socket_under
 from wingsbak.formats import CHECKSUM_TYPES
 from wingsbak.log import get_logger
 from wingsbak.storage.restic import ResticError, ResticStore, _Process
 from wingsbak.storage.s3 import S3NotFound, S3Storage, call_with_retries, describe
-from wingsbak.urlguard import shutdown_socket_under
 
 log = get_logger(__name__)
 
