@@ -28,7 +28,7 @@ from pathlib import Path
 
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
-from wingsbak.wings import WingsClient, WingsError
+from wingsbak.wings.client import WingsClient, WingsError
 
 log = get_logger(__name__)
 

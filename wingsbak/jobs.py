@@ -61,7 +61,7 @@ from wingsbak.urlguard import (
     open_restore_stream,
 )
 from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
-from wingsbak.wings import WingsClient, WingsError
+from wingsbak.wings.client import WingsClient, WingsError
 
 log = get_logger(__name__)
 

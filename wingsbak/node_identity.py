@@ -50,7 +50,7 @@ from wingsbak.log import get_logger
 
 if TYPE_CHECKING:
     from wingsbak.panel import PanelClient
-    from wingsbak.wings import WingsClient
+    from wingsbak.wings.client import WingsClient
 
 log = get_logger(__name__)
 

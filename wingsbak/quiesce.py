@@ -50,7 +50,7 @@ from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
 from wingsbak.patterns import compile_pattern, matches
 from wingsbak.storage.base import BackupSource
-from wingsbak.wings import RUNNING, WingsClient, WingsError
+from wingsbak.wings.client import RUNNING, WingsClient, WingsError
 
 log = get_logger(__name__)
 

@@ -56,7 +56,7 @@ from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 from wingsbak.storage.restic import ResticError
 from wingsbak.storage.s3 import S3Error
-from wingsbak.wings import WingsClient, WingsError
+from wingsbak.wings.client import WingsClient, WingsError
 
 log = get_logger(__name__)
 

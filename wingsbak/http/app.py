@@ -31,7 +31,7 @@ from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
 from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
-from wingsbak.wings import WingsClient
+from wingsbak.wings.client import WingsClient
 
 
 def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Application:

@@ -29,7 +29,7 @@ from wingsbak.http.middleware import error_response, node_user_agent
 from wingsbak.http.state import CONFIG, WINGS
 from wingsbak.log import get_logger
 from wingsbak.node_identity import IDENTITY, upstream_address
-from wingsbak.wings import CALL_TIMEOUT
+from wingsbak.wings.client import CALL_TIMEOUT
 
 log = get_logger(__name__)
 

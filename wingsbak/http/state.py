@@ -10,7 +10,7 @@ from wingsbak.jobs import JobManager
 from wingsbak.panel import Outbox, PanelClient
 from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
-from wingsbak.wings import WingsClient
+from wingsbak.wings.client import WingsClient
 
 CONFIG = web.AppKey("config", Config)
 JOBS = web.AppKey("jobs", JobManager)
