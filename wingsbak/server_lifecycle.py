@@ -46,7 +46,6 @@ from aiohttp import web
 
 from wingsbak import failpoint
 from wingsbak.config import Config
-from wingsbak.flavour import PELICAN, PTERODACTYL, WingsFlavour
 from wingsbak.http.front import _PassedResponse, forward
 from wingsbak.http.middleware import check_bearer
 from wingsbak.http.state import CONFIG
@@ -57,6 +56,7 @@ from wingsbak.statefile import write_json_atomic
 from wingsbak.storage.restic import ResticError
 from wingsbak.storage.s3 import S3Error
 from wingsbak.wings.client import WingsClient, WingsError
+from wingsbak.wings.flavour import PELICAN, PTERODACTYL, WingsFlavour
 
 log = get_logger(__name__)
 

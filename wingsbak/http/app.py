@@ -9,7 +9,6 @@ from aiohttp import web
 from wingsbak import server_lifecycle
 from wingsbak.config import Config
 from wingsbak.events import EventBus
-from wingsbak.flavour import WingsFlavour
 from wingsbak.http import (
     backups,
     download,
@@ -32,6 +31,7 @@ from wingsbak.tokens import UsedTokens
 from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
 from wingsbak.wings.client import WingsClient
+from wingsbak.wings.flavour import WingsFlavour
 
 
 def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Application:

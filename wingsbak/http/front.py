@@ -2,7 +2,7 @@
 goes to Wings unchanged, bodies streamed both ways and never held whole; the one exception is
 a power action that would start a server while a restore writes into it (409). While a restore
 runs, a power request for its server reaches Wings as wingsbak read it with Wings' own rules
-(:mod:`wingsbak.gojson`), or not at all.
+(:mod:`wingsbak.wings.gojson`), or not at all.
 
 Hop-by-hop headers (RFC 9110 7.6.1, and those the ``Connection`` header names) stop here;
 ``X-Forwarded-For``/``-Proto``/``-Host`` are added so that Wings, trusting this address
@@ -24,13 +24,13 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from wingsbak import gojson
 from wingsbak.errors import RequestTimeout
 from wingsbak.http.middleware import check_bearer, error_response
 from wingsbak.http.server import client_address
 from wingsbak.http.state import CONFIG, JOBS, WINGS
 from wingsbak.log import get_logger
 from wingsbak.node_identity import IDENTITY
+from wingsbak.wings import gojson
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -5,7 +5,7 @@ Its backup events reach a client in Wings' envelope only under a token Wings acc
 socket (:class:`WingsAuth`), as far as the token allows them (:class:`EventSession`). A socket
 that has no ``auth success`` from Wings within ``api.websocket_auth_timeout`` is closed.
 
-What the client sends is read as Wings reads it (:mod:`wingsbak.gojson`). An ``auth`` goes on
+What the client sends is read as Wings reads it (:mod:`wingsbak.wings.gojson`). An ``auth`` goes on
 to Wings as read here, so the token Wings judges is the one wingsbak judged. While the server
 is being restored every frame does: a ``set state`` that would start it never reaches Wings
 (it is answered as Wings answers a power action it refuses, :meth:`WingsAuth.held_answer`),
@@ -27,7 +27,6 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from wingsbak import gojson
 from wingsbak.errors import TokenRejected
 from wingsbak.http.front import (
     HELD,
@@ -52,6 +51,7 @@ from wingsbak.http.ws import (
 from wingsbak.log import get_logger
 from wingsbak.node_identity import IDENTITY
 from wingsbak.tokens import EXPIRED, decode_token
+from wingsbak.wings import gojson
 
 log = get_logger(__name__)
 

@@ -31,7 +31,6 @@ from wingsbak.archive.archiver import archive_to_file
 from wingsbak.archive.extract import RestoreError
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.sink import file_checksum, read_sidecar, sidecar_path, write_sidecar
-from wingsbak.flavour import PTERODACTYL, WingsFlavour
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 from wingsbak.storage.base import (
@@ -42,6 +41,7 @@ from wingsbak.storage.base import (
     LocalArchive,
     Outcome,
 )
+from wingsbak.wings.flavour import PTERODACTYL, WingsFlavour
 
 log = get_logger(__name__)
 

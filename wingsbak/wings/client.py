@@ -45,7 +45,7 @@ class WingsClient:
         # the node's new token).
         self.on_refused: Callable[[], Awaitable[bool]] | None = None
         # Told of every answer of Wings, passed through or to wingsbak's own calls (method,
-        # path, headers): how wingsbak learns which Wings this is (wingsbak.flavour).
+        # path, headers): how wingsbak learns which Wings this is (wingsbak.wings.flavour).
         self.on_answer: Callable[[str, str, Mapping[str, str]], None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
