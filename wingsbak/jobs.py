@@ -44,7 +44,6 @@ from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox, PanelError
-from wingsbak.quiesce import Quiesce
 from wingsbak.storage.base import BackupSource, BackupStore, Outcome
 from wingsbak.storage.local import LocalStorage, LocalStore
 from wingsbak.storage.presigned import PresignedStore, PresignedUploadError
@@ -62,6 +61,7 @@ from wingsbak.urlguard import (
 )
 from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
 from wingsbak.wings.client import WingsClient, WingsError
+from wingsbak.wings.quiesce import Quiesce
 
 log = get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """The client of Wings' own API on this node (bearer: the node token): a server's state and
 details, power actions and console commands, and what restores do with them: stop a live
-server first (backups pause its saving with them: :mod:`wingsbak.quiesce`).
+server first (backups pause its saving with them: :mod:`wingsbak.wings.quiesce`).
 
 Routes and answers are pterodactyl/wings ``router/router.go``: ``GET /api/servers/{s}`` ->
 ``{"state": ..., "is_suspended": ...}``, ``POST .../power`` -> 202, ``POST .../commands`` ->
