@@ -21,7 +21,7 @@ from wingsbak.config import (
 from wingsbak.http.app import create_app
 from wingsbak.http.server import start_server
 from wingsbak.log import get_logger
-from wingsbak.node_identity import NodeIdentity
+from wingsbak.wings.identity import NodeIdentity
 
 if TYPE_CHECKING:
     from wingsbak.cli import Hangups

@@ -23,7 +23,6 @@ from wingsbak.http import (
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware, make_identify
 from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS, WINGS
 from wingsbak.jobs import JobManager
-from wingsbak.node_identity import IDENTITY, NodeIdentity
 from wingsbak.notify import WebhookClient
 from wingsbak.panel import Outbox, PanelClient
 from wingsbak.storage.local import LocalStorage
@@ -32,6 +31,7 @@ from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
 from wingsbak.wings.client import WingsClient
 from wingsbak.wings.flavour import WingsFlavour
+from wingsbak.wings.identity import IDENTITY, NodeIdentity
 
 
 def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Application:

@@ -29,8 +29,8 @@ from wingsbak.http.middleware import check_bearer, error_response
 from wingsbak.http.server import client_address
 from wingsbak.http.state import CONFIG, JOBS, WINGS
 from wingsbak.log import get_logger
-from wingsbak.node_identity import IDENTITY
 from wingsbak.wings import gojson
+from wingsbak.wings.identity import IDENTITY
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -49,9 +49,9 @@ from wingsbak.http.ws import (
     verify_socket_token,
 )
 from wingsbak.log import get_logger
-from wingsbak.node_identity import IDENTITY
 from wingsbak.tokens import EXPIRED, decode_token
 from wingsbak.wings import gojson
+from wingsbak.wings.identity import IDENTITY
 
 log = get_logger(__name__)
 

@@ -41,7 +41,7 @@ class WingsClient:
         # How often a restore asks whether a stopping server is offline yet.
         self.poll_interval = 0.5
         # Called when Wings refuses ``token`` (403): True when another token is in ``token``
-        # now and the call may be made again (wingsbak.node_identity: Wings restarted with
+        # now and the call may be made again (wingsbak.wings.identity: Wings restarted with
         # the node's new token).
         self.on_refused: Callable[[], Awaitable[bool]] | None = None
         # Told of every answer of Wings, passed through or to wingsbak's own calls (method,
