@@ -46,7 +46,6 @@ from aiohttp import web
 
 from wingsbak import failpoint
 from wingsbak.config import Config
-from wingsbak.http.front import _PassedResponse, forward
 from wingsbak.http.middleware import check_bearer
 from wingsbak.http.state import CONFIG
 from wingsbak.http.validation import is_uuid
@@ -57,6 +56,7 @@ from wingsbak.storage.restic import ResticError
 from wingsbak.storage.s3 import S3Error
 from wingsbak.wings.client import WingsClient, WingsError
 from wingsbak.wings.flavour import PELICAN, PTERODACTYL, WingsFlavour
+from wingsbak.wings.proxy import _PassedResponse, forward
 
 log = get_logger(__name__)
 
@@ -351,7 +351,7 @@ LIFECYCLE = web.AppKey("server_lifecycle", ServerLifecycle)
 
 
 def add_routes(app: web.Application, lifecycle: ServerLifecycle) -> None:
-    """Before front.add_routes' catch-all. Named ``wings-*``: Wings checks their bearer."""
+    """Before proxy.add_routes' catch-all. Named ``wings-*``: Wings checks their bearer."""
     app[LIFECYCLE] = lifecycle
     app.router.add_delete("/api/servers/{server}", lifecycle.delete_server, name="wings-delete")
     app.router.add_post(

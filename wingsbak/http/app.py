@@ -12,7 +12,6 @@ from wingsbak.events import EventBus
 from wingsbak.http import (
     backups,
     download,
-    front,
     node_update,
     relay,
     restore,
@@ -29,6 +28,7 @@ from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
 from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
+from wingsbak.wings import proxy
 from wingsbak.wings.client import WingsClient
 from wingsbak.wings.flavour import WingsFlavour
 from wingsbak.wings.identity import IDENTITY, NodeIdentity
@@ -40,9 +40,9 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     app = web.Application(
         middlewares=[errors_middleware, make_auth_middleware(lambda: config.token)],
         client_max_size=config.api.max_body_bytes,
-        # In front of Wings, request bodies stream through in larger reads (see front.py) and
+        # In front of Wings, request bodies stream through in larger reads (see wings/proxy.py) and
         # as sent: a gzip-encoded upload is Wings' to decode.
-        handler_args={"read_bufsize": front.BUFFER, "auto_decompress": False}
+        handler_args={"read_bufsize": proxy.BUFFER, "auto_decompress": False}
         if config.upstream
         else None,
     )
@@ -99,7 +99,7 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
         flavour.attach(wings)
         lifecycle = server_lifecycle.ServerLifecycle(config, app[JOBS], wings, flavour)
         server_lifecycle.add_routes(app, lifecycle)
-        front.add_routes(app)
+        proxy.add_routes(app)
 
     async def startup(app: web.Application) -> None:
         await asyncio.to_thread(app[USED_TOKENS].load)

@@ -24,12 +24,12 @@ import aiohttp
 from aiohttp import web
 
 from wingsbak.config import COMPRESSION_LEVELS
-from wingsbak.http.front import UNREACHABLE, forwarded_headers
 from wingsbak.http.middleware import error_response, node_user_agent
 from wingsbak.http.state import CONFIG, WINGS
 from wingsbak.log import get_logger
 from wingsbak.wings.client import CALL_TIMEOUT
 from wingsbak.wings.identity import IDENTITY, upstream_address
+from wingsbak.wings.proxy import UNREACHABLE, forwarded_headers
 
 log = get_logger(__name__)
 

@@ -28,14 +28,6 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from wingsbak.errors import TokenRejected
-from wingsbak.http.front import (
-    HELD,
-    HELD_ACTIONS,
-    UNREACHABLE,
-    decoded,
-    forwarded_headers,
-    target,
-)
 from wingsbak.http.middleware import error_response
 from wingsbak.http.state import CONFIG, JOBS, WINGS
 from wingsbak.http.ws import (
@@ -52,6 +44,14 @@ from wingsbak.log import get_logger
 from wingsbak.tokens import EXPIRED, decode_token
 from wingsbak.wings import gojson
 from wingsbak.wings.identity import IDENTITY
+from wingsbak.wings.proxy import (
+    HELD,
+    HELD_ACTIONS,
+    UNREACHABLE,
+    decoded,
+    forwarded_headers,
+    target,
+)
 
 log = get_logger(__name__)
 

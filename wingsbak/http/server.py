@@ -293,8 +293,8 @@ class GuardedConnection(web.RequestHandler):
         return result
 
     def continue_owed(self) -> None:
-        """The client waits for a ``100 Continue`` before it sends the body (wingsbak.http.
-        front.ContinueAware): its silence meanwhile is no stall."""
+        """The client waits for a ``100 Continue`` before it sends the body
+        (wingsbak.wings.proxy.ContinueAware): its silence meanwhile is no stall."""
         self._awaiting_continue = True
 
     def continue_sent(self) -> None:
