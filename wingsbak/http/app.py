@@ -13,7 +13,6 @@ from wingsbak.http import (
     backups,
     download,
     node_update,
-    relay,
     restore,
     sendfile,
     system,
@@ -28,7 +27,7 @@ from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
 from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
-from wingsbak.wings import proxy
+from wingsbak.wings import proxy, relay
 from wingsbak.wings.client import WingsClient
 from wingsbak.wings.flavour import WingsFlavour
 from wingsbak.wings.identity import IDENTITY, NodeIdentity

@@ -66,7 +66,7 @@ def verify_socket_token(token: str, key: str, server: str) -> dict[str, Any]:
 
 class EventSession:
     """One client socket and the token it authenticated with: which backup events it gets.
-    Shared by this module's socket and the one relayed to Wings (wingsbak.http.relay)."""
+    Shared by this module's socket and the one relayed to Wings (wingsbak.wings.relay)."""
 
     def __init__(self, ws: web.WebSocketResponse, server: str, key: str) -> None:
         self.ws = ws
