@@ -12,7 +12,6 @@ from wingsbak.events import EventBus
 from wingsbak.http import (
     backups,
     download,
-    node_update,
     restore,
     sendfile,
     system,
@@ -27,7 +26,7 @@ from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
 from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
-from wingsbak.wings import proxy, relay
+from wingsbak.wings import config_push, proxy, relay
 from wingsbak.wings.client import WingsClient
 from wingsbak.wings.flavour import WingsFlavour
 from wingsbak.wings.identity import IDENTITY, NodeIdentity
@@ -86,7 +85,7 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     app.add_routes(backups.routes)
     app.add_routes(download.routes)
     app.add_routes(restore.routes)
-    node_update.add_routes(app)
+    config_push.add_routes(app)
     if wings is None:
         app.add_routes(system.routes)
         app.add_routes(ws.routes)

@@ -2,7 +2,7 @@
 address and certificate, and the token Wings holds. All of them change while the node runs,
 and none of them may need a restart:
 
-- the panel's configuration push (``POST /api/update``, wingsbak.http.node_update) brings a new
+- the panel's configuration push (``POST /api/update``, wingsbak.wings.config_push) brings a new
   token, a new port or TLS setting;
 - ``wings configure``, an operator or Wings itself (at every start) rewrites Wings' file: it is
   watched (its mtime, every ``api.watch_interval`` seconds) as well as re-read on SIGHUP;
