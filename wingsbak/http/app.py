@@ -6,7 +6,6 @@ import asyncio
 
 from aiohttp import web
 
-from wingsbak import server_lifecycle
 from wingsbak.config import Config
 from wingsbak.events import EventBus
 from wingsbak.http import (
@@ -27,6 +26,7 @@ from wingsbak.tokens import UsedTokens
 from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
 from wingsbak.wings import config_push, proxy, relay
+from wingsbak.wings import lifecycle as server_lifecycle
 from wingsbak.wings.client import WingsClient
 from wingsbak.wings.flavour import WingsFlavour
 from wingsbak.wings.identity import IDENTITY, NodeIdentity
