@@ -11,7 +11,7 @@ import pytest
 from daemon_helpers import NODE_TOKEN, new_uuid, sign, ws_claims
 
 import wingsbak.wings.relay
-from wingsbak.http.ws import EventSession
+from wingsbak.event_socket import EventSession
 from wingsbak.wings.relay import WingsAuth
 
 SERVER = new_uuid()

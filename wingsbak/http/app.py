@@ -11,10 +11,10 @@ from wingsbak.events import EventBus
 from wingsbak.http import (
     backups,
     download,
+    events_ws,
     restore,
     sendfile,
     system,
-    ws,
 )
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware, make_identify
 from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS, WINGS
@@ -88,7 +88,7 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     config_push.add_routes(app)
     if wings is None:
         app.add_routes(system.routes)
-        app.add_routes(ws.routes)
+        app.add_routes(events_ws.routes)
     else:
         app[WINGS] = wings
         # GET /api/system is Wings' (the panel's node page reads Wings' fields from it).

@@ -28,9 +28,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from wingsbak.errors import TokenRejected
-from wingsbak.http.middleware import error_response
-from wingsbak.http.state import CONFIG, JOBS, WINGS
-from wingsbak.http.ws import (
+from wingsbak.event_socket import (
     DENYLISTED,
     NO_CONNECT,
     NO_JWT,
@@ -40,6 +38,8 @@ from wingsbak.http.ws import (
     joined_events,
     verify_socket_token,
 )
+from wingsbak.http.middleware import error_response
+from wingsbak.http.state import CONFIG, EVENTS, JOBS, WINGS
 from wingsbak.log import get_logger
 from wingsbak.tokens import EXPIRED, decode_token
 from wingsbak.wings import gojson
@@ -119,7 +119,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     auth = WingsAuth(session)
     try:
         async with joined_events(
-            request,
+            request.app[EVENTS],
             session,
             _from_wings(upstream, ws, auth),
             session.require_auth(config.api.websocket_auth_timeout),
