@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from wingsbak.appkeys import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS
 from wingsbak.config import Config
 from wingsbak.events import EventBus
 from wingsbak.http import (
@@ -17,7 +18,6 @@ from wingsbak.http import (
     system,
 )
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware, make_identify
-from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS, WINGS
 from wingsbak.jobs import JobManager
 from wingsbak.notify import WebhookClient
 from wingsbak.panel import Outbox, PanelClient
@@ -27,7 +27,7 @@ from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
 from wingsbak.wings import config_push, proxy, relay
 from wingsbak.wings import lifecycle as server_lifecycle
-from wingsbak.wings.client import WingsClient
+from wingsbak.wings.client import WINGS, WingsClient
 from wingsbak.wings.flavour import WingsFlavour
 from wingsbak.wings.identity import IDENTITY, NodeIdentity
 

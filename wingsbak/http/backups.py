@@ -6,8 +6,8 @@ import asyncio
 
 from aiohttp import web
 
+from wingsbak.appkeys import JOBS
 from wingsbak.errors import BadRequest, Conflict, NotFound
-from wingsbak.http.state import JOBS
 from wingsbak.http.validation import (
     optional_str,
     path_uuid,

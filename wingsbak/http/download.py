@@ -21,10 +21,10 @@ from typing import IO, Any
 
 from aiohttp import hdrs, web
 
+from wingsbak.appkeys import CONFIG, JOBS, STORAGE, USED_TOKENS
 from wingsbak.archive.sink import Cancelled
 from wingsbak.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, TokenRejected
 from wingsbak.http.sendfile import ArchiveResponse, Reply, reply_for, set_validators
-from wingsbak.http.state import CONFIG, JOBS, STORAGE, USED_TOKENS
 from wingsbak.http.validation import is_uuid
 from wingsbak.log import get_logger
 from wingsbak.storage.base import Redirect, StreamedArchive

@@ -14,8 +14,8 @@ import json
 
 from aiohttp import WSMsgType, web
 
+from wingsbak.appkeys import CONFIG, EVENTS
 from wingsbak.event_socket import EventSession, joined_events
-from wingsbak.http.state import CONFIG, EVENTS
 from wingsbak.http.validation import path_uuid, server_root_or_404
 
 routes = web.RouteTableDef()

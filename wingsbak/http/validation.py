@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from wingsbak.appkeys import CONFIG
 from wingsbak.errors import BadRequest, NotFound, PayloadTooLarge
-from wingsbak.http.state import CONFIG
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from wingsbak.log import get_logger
 
@@ -163,3 +164,6 @@ class WingsClient:
                     f"server {server} is still {state} after {timeout:g} s "
                     "(system.backups.restore_stop_timeout); nothing restored"
                 )
+
+
+WINGS = web.AppKey("wings", WingsClient)  # only in front of Wings (api.upstream)

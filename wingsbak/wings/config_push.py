@@ -23,11 +23,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from wingsbak.appkeys import CONFIG
 from wingsbak.config import COMPRESSION_LEVELS
 from wingsbak.http.middleware import error_response, node_user_agent
-from wingsbak.http.state import CONFIG, WINGS
 from wingsbak.log import get_logger
-from wingsbak.wings.client import CALL_TIMEOUT
+from wingsbak.wings.client import CALL_TIMEOUT, WINGS
 from wingsbak.wings.identity import IDENTITY, upstream_address
 from wingsbak.wings.proxy import UNREACHABLE, forwarded_headers
 

@@ -24,12 +24,13 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from wingsbak.appkeys import CONFIG, JOBS
 from wingsbak.errors import RequestTimeout
 from wingsbak.http.middleware import check_bearer, error_response
 from wingsbak.http.server import client_address
-from wingsbak.http.state import CONFIG, JOBS, WINGS
 from wingsbak.log import get_logger
 from wingsbak.wings import gojson
+from wingsbak.wings.client import WINGS
 from wingsbak.wings.identity import IDENTITY
 
 log = get_logger(__name__)

@@ -27,6 +27,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from wingsbak.appkeys import CONFIG, EVENTS, JOBS
 from wingsbak.errors import TokenRejected
 from wingsbak.event_socket import (
     DENYLISTED,
@@ -39,10 +40,10 @@ from wingsbak.event_socket import (
     verify_socket_token,
 )
 from wingsbak.http.middleware import error_response
-from wingsbak.http.state import CONFIG, EVENTS, JOBS, WINGS
 from wingsbak.log import get_logger
 from wingsbak.tokens import EXPIRED, decode_token
 from wingsbak.wings import gojson
+from wingsbak.wings.client import WINGS
 from wingsbak.wings.identity import IDENTITY
 from wingsbak.wings.proxy import (
     HELD,
