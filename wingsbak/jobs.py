@@ -218,6 +218,10 @@ class JobManager:
     def queued(self) -> list[BackupJob]:
         return [j for j in self.backups.values() if j.state == "queued"]
 
+    def is_restoring(self, server: str) -> bool:
+        """A restore writes into the server's files (Wings' routes hold what would start it)."""
+        return server in self.restores
+
     def state(self) -> dict[str, Any]:
         return {
             "accepting": self.accepting,

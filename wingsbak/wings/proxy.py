@@ -272,7 +272,7 @@ async def power(request: web.Request) -> web.StreamResponse:
         # body must be judged before Wings sees it (whatever starts meanwhile, a restore).
         await send_continue(request)
     body = await request.read()  # a few bytes of JSON (client_max_size bounds it)
-    if server not in request.app[JOBS].restores:
+    if not request.app[JOBS].is_restoring(server):
         return await forward(request, body)
     try:
         check_bearer(request, request.app[CONFIG].token)

@@ -152,7 +152,7 @@ async def _to_wings(
             message: gojson.SocketMessage | None = await decoded(gojson.socket_message, frame)
         except gojson.GoJSONError:
             message = None
-        restoring = server in jobs.restores
+        restoring = jobs.is_restoring(server)
         if restoring:
             if message is None:  # Wings' decoder fails on it too: Wings would drop it
                 log.debug("websocket_frame_held", server=server, reason="not readable by Wings")
