@@ -56,9 +56,9 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.streams import StreamReader
 
+from wingsbak.answers import error_response
 from wingsbak.config import ApiConfig
 from wingsbak.errors import RequestTimeout
-from wingsbak.http.middleware import error_response
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)

@@ -23,9 +23,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from wingsbak.answers import error_response, node_user_agent
 from wingsbak.appkeys import CONFIG
 from wingsbak.config import COMPRESSION_LEVELS
-from wingsbak.http.middleware import error_response, node_user_agent
 from wingsbak.log import get_logger
 from wingsbak.wings.client import CALL_TIMEOUT, WINGS
 from wingsbak.wings.identity import IDENTITY, upstream_address

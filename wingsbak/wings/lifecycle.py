@@ -45,9 +45,9 @@ import yaml
 from aiohttp import web
 
 from wingsbak import failpoint
+from wingsbak.answers import check_bearer
 from wingsbak.appkeys import CONFIG
 from wingsbak.config import Config
-from wingsbak.http.middleware import check_bearer
 from wingsbak.http.validation import is_uuid
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger

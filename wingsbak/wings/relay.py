@@ -27,6 +27,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from wingsbak.answers import error_response
 from wingsbak.appkeys import CONFIG, EVENTS, JOBS
 from wingsbak.errors import TokenRejected
 from wingsbak.event_socket import (
@@ -39,7 +40,6 @@ from wingsbak.event_socket import (
     joined_events,
     verify_socket_token,
 )
-from wingsbak.http.middleware import error_response
 from wingsbak.log import get_logger
 from wingsbak.tokens import EXPIRED, decode_token
 from wingsbak.wings import gojson
