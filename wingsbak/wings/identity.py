@@ -44,8 +44,9 @@ import yaml
 from aiohttp import web
 from multidict import CIMultiDict
 
+from wingsbak.addresses import WILDCARD_HOSTS
 from wingsbak.config import Config, ConfigError, apply_reload, load_config
-from wingsbak.http.server import WILDCARD_HOSTS, GuardedSite
+from wingsbak.http.server import GuardedSite
 from wingsbak.log import get_logger
 
 if TYPE_CHECKING:

@@ -48,12 +48,12 @@ from wingsbak import failpoint
 from wingsbak.answers import check_bearer
 from wingsbak.appkeys import CONFIG
 from wingsbak.config import Config
-from wingsbak.http.validation import is_uuid
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 from wingsbak.storage.restic import ResticError
 from wingsbak.storage.s3 import S3Error
+from wingsbak.uuids import is_uuid
 from wingsbak.wings.client import WingsClient, WingsError
 from wingsbak.wings.flavour import PELICAN, PTERODACTYL, WingsFlavour
 from wingsbak.wings.proxy import _PassedResponse, forward

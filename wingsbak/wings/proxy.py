@@ -24,10 +24,10 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from wingsbak.addresses import client_address
 from wingsbak.answers import check_bearer, error_response
 from wingsbak.appkeys import CONFIG, JOBS
 from wingsbak.errors import RequestTimeout
-from wingsbak.http.server import client_address
 from wingsbak.log import get_logger
 from wingsbak.wings import gojson
 from wingsbak.wings.client import WINGS
