@@ -26,15 +26,13 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from wingsbak.config import AUTO, PELICAN, PTERODACTYL
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 from wingsbak.wings.client import WingsClient, WingsError
 
 log = get_logger(__name__)
 
-AUTO = "auto"
-PELICAN = "pelican"
-PTERODACTYL = "pterodactyl"
 STATE_NAME = ".wingsbak-wings-flavour.json"
 PELICAN_AGENT = "Pelican Wings/"
 # Methods whose answers pass Pelican's bearer check (an OPTIONS preflight is answered before).

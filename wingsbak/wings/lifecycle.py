@@ -47,7 +47,7 @@ from aiohttp import web
 from wingsbak import failpoint
 from wingsbak.answers import check_bearer
 from wingsbak.appkeys import CONFIG
-from wingsbak.config import Config
+from wingsbak.config import PELICAN, PTERODACTYL, Config
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
@@ -55,7 +55,7 @@ from wingsbak.storage.restic import ResticError
 from wingsbak.storage.s3 import S3Error
 from wingsbak.uuids import is_uuid
 from wingsbak.wings.client import WingsClient, WingsError
-from wingsbak.wings.flavour import PELICAN, PTERODACTYL, WingsFlavour
+from wingsbak.wings.flavour import WingsFlavour
 from wingsbak.wings.proxy import _PassedResponse, forward
 
 log = get_logger(__name__)
