@@ -113,7 +113,7 @@ def make_auth_middleware(
 
 
 def _wings_route(request: web.Request) -> bool:
-    # Routes passed through to Wings (wingsbak.wings.proxy): Wings authenticates them and its
+    # Routes passed through to Wings (wingsbak.wings): Wings authenticates them and its
     # own answers, 401 and 403 included, go back unchanged.
     name = request.match_info.route.name
     return name is not None and name.startswith("wings")

@@ -44,15 +44,9 @@ from wingsbak.log import get_logger
 from wingsbak.tokens import EXPIRED, decode_token
 from wingsbak.wings import gojson
 from wingsbak.wings.client import WINGS
+from wingsbak.wings.hold import HELD, HELD_ACTIONS, decoded
 from wingsbak.wings.identity import IDENTITY
-from wingsbak.wings.proxy import (
-    HELD,
-    HELD_ACTIONS,
-    UNREACHABLE,
-    decoded,
-    forwarded_headers,
-    target,
-)
+from wingsbak.wings.proxy import UNREACHABLE, forwarded_headers, target
 
 log = get_logger(__name__)
 
