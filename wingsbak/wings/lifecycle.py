@@ -56,7 +56,7 @@ from wingsbak.storage.s3 import S3Error
 from wingsbak.uuids import is_uuid
 from wingsbak.wings.client import WingsClient, WingsError
 from wingsbak.wings.flavour import WingsFlavour
-from wingsbak.wings.proxy import _PassedResponse, forward
+from wingsbak.wings.proxy import WingsAnswer, forward
 
 log = get_logger(__name__)
 
@@ -177,7 +177,7 @@ class ServerLifecycle:
                 # Whether Wings deleted it is Wings' to say, once it is done with the request.
                 self._settle_later(server, wait=self.retry_first)
             raise
-        answered = isinstance(response, _PassedResponse)
+        answered = isinstance(response, WingsAnswer)
         if answered and 200 <= response.status < 300:
             failpoint.hit("server-delete-answered")
             await self._deleted(server, transferred)
@@ -228,7 +228,7 @@ class ServerLifecycle:
         self.transferred[server] = time.time()
         await self._save()
         response = await forward(request)
-        if isinstance(response, _PassedResponse):
+        if isinstance(response, WingsAnswer):
             if 200 <= response.status < 300:
                 log.info("server_transfer_started", server=server)
             elif new:
@@ -240,7 +240,7 @@ class ServerLifecycle:
         """``POST /api/transfers``: another node sends a server here (its bearer is the
         panel's JWT for this node, not the node token: Wings checks it)."""
         response = await forward(request)
-        if not (isinstance(response, _PassedResponse) and 200 <= response.status < 300):
+        if not (isinstance(response, WingsAnswer) and 200 <= response.status < 300):
             return response
         server = _transfer_subject(request, request.app[CONFIG].token)
         if server is None:

@@ -58,7 +58,9 @@ BUFFER = 1024 * 1024
 _NO_AUTO_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING)
 
 
-class _PassedResponse(web.StreamResponse):
+class WingsAnswer(web.StreamResponse):
+    """Wings' answer, streamed back to the client (Wings unreachable: wingsbak's own 502)."""
+
     # Status line and headers leave with the first bytes of the body (as web.Response's do)
     # rather than at prepare(): one send and one wake-up of the client less per answer.
     _send_headers_immediately = False
@@ -151,7 +153,7 @@ async def forward(
         upstream.release()
     async with upstream:
         wings.note_answer(request.method, request.path, upstream.headers)
-        response = _PassedResponse(status=upstream.status, reason=upstream.reason)
+        response = WingsAnswer(status=upstream.status, reason=upstream.reason)
         response.headers.extend(end_to_end(upstream.headers))
         if continued is not None and continued.owed:
             # Wings answered without reading the body, which the client still holds back:
