@@ -44,7 +44,6 @@ from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox, PanelError
-from wingsbak.quiesce import Quiesce
 from wingsbak.storage.base import BackupSource, BackupStore, Outcome
 from wingsbak.storage.local import LocalStorage, LocalStore
 from wingsbak.storage.presigned import PresignedStore, PresignedUploadError
@@ -61,7 +60,8 @@ from wingsbak.urlguard import (
     open_restore_stream,
 )
 from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
-from wingsbak.wings import WingsClient, WingsError
+from wingsbak.wings.client import WingsClient, WingsError
+from wingsbak.wings.quiesce import Quiesce
 
 log = get_logger(__name__)
 
@@ -217,6 +217,10 @@ class JobManager:
 
     def queued(self) -> list[BackupJob]:
         return [j for j in self.backups.values() if j.state == "queued"]
+
+    def is_restoring(self, server: str) -> bool:
+        """A restore writes into the server's files (Wings' routes hold what would start it)."""
+        return server in self.restores
 
     def state(self) -> dict[str, Any]:
         return {

@@ -16,8 +16,8 @@ from rest_standin import rest_repository
 from restic_helpers import needs_restic, oracle, oracle_env, restic_backups, restic_block, snapshots
 from structlog.testing import capture_logs
 
+from wingsbak.appkeys import JOBS
 from wingsbak.config import ConfigError, parse_config
-from wingsbak.http.state import JOBS
 from wingsbak.storage.restic import ResticError, ResticStore
 
 pytestmark = needs_restic
