@@ -29,7 +29,10 @@ MAX_S3_PART_SIZE = 5 * 1024 * 1024 * 1024
 PAYLOAD_SIGNING = ("auto", "always", "never")
 STORES = ("local", "s3", "restic")
 RESTIC_COMPRESSION = ("auto", "max", "off")
-UPSTREAM_FLAVOURS = ("auto", "pelican", "pterodactyl")
+# Which Wings the upstream is (api.upstream_flavour); local backups are laid out as it lays out
+# its own (wingsbak.storage.local).
+AUTO, PELICAN, PTERODACTYL = "auto", "pelican", "pterodactyl"
+UPSTREAM_FLAVOURS = (AUTO, PELICAN, PTERODACTYL)
 
 
 class ConfigError(ValueError):

@@ -19,9 +19,9 @@ from wingsbak.config import (
     prepare_directories,
 )
 from wingsbak.http.app import create_app
-from wingsbak.http.server import start_server
+from wingsbak.http.server import GuardedSite, start_server
 from wingsbak.log import get_logger
-from wingsbak.node_identity import NodeIdentity
+from wingsbak.wings.identity import NodeIdentity
 
 if TYPE_CHECKING:
     from wingsbak.cli import Hangups
@@ -99,7 +99,11 @@ async def run(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
-    await identity.start(runner)
+
+    def new_site(host: str, port: int, tls: ssl.SSLContext | None) -> GuardedSite:
+        return GuardedSite(runner, host, port, api=cfg.api, ssl_context=tls)
+
+    await identity.start(runner, new_site)
     scheme = "https" if cfg.api.ssl.enabled else "http"
     log.info(
         "wingsbak_started",

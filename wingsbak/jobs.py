@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from wingsbak import failpoint
 from wingsbak.archive import ArchiveProgress, Cancelled, UnreadableEntry
 from wingsbak.archive.extract import (
     Recovered,
@@ -51,7 +52,6 @@ from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox, PanelError
-from wingsbak.quiesce import Quiesce
 from wingsbak.storage.base import BackupSource, BackupStore, Outcome
 from wingsbak.storage.local import LocalStorage, LocalStore
 from wingsbak.storage.presigned import PresignedStore, PresignedUploadError
@@ -61,7 +61,8 @@ from wingsbak.storage.s3 import describe as describe_s3_error
 from wingsbak.storage.select import Stores
 from wingsbak.urlguard import UnsafeURL
 from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
-from wingsbak.wings import WingsClient, WingsError
+from wingsbak.wings.client import WingsClient, WingsError
+from wingsbak.wings.quiesce import Quiesce
 
 log = get_logger(__name__)
 
@@ -174,7 +175,10 @@ class JobManager:
         self._server_locks: dict[str, asyncio.Lock] = {}
         self.backups: dict[str, BackupJob] = {}
         self.restores: dict[str, RestoreJob] = {}  # by server
-        self.finishing: set[str] = set()  # backups ended, their report and records being made
+        # Jobs that have ended and are being reported and recorded (by uuid): not idle yet,
+        # and a stop waits for them (a report sent whose journal entry is not yet forgotten
+        # would be sent again by the next start's recovery).
+        self.finishing: dict[str, asyncio.Task[None] | None] = {}
         self.accepting = True
         self.completed = 0
         self.failed = 0
@@ -217,6 +221,10 @@ class JobManager:
 
     def queued(self) -> list[BackupJob]:
         return [j for j in self.backups.values() if j.state == "queued"]
+
+    def is_restoring(self, server: str) -> bool:
+        """A restore writes into the server's files (Wings' routes hold what would start it)."""
+        return server in self.restores
 
     def state(self) -> dict[str, Any]:
         return {
@@ -323,7 +331,7 @@ class JobManager:
             error = _describe(exc)
         finally:
             self.backups.pop(job.uuid, None)
-            self.finishing.add(job.uuid)  # reported and recorded below: not idle yet
+            self.finishing[job.uuid] = job.task
             if outcome.successful:
                 self.completed += 1
                 self.metrics.backups_succeeded.labels(job.adapter).inc()
@@ -332,12 +340,13 @@ class JobManager:
                 self.metrics.backups_failed.labels(job.adapter).inc()
                 outcome = Outcome(successful=False, checksum_type=outcome.checksum_type)
             await self._report_backup(job, outcome)
+            await failpoint.reached("backup-reported")
             end = JobEnd("backup", job.server, job.uuid, outcome.successful, error, job.store)
             await self.on_job_end(end)
             # Only once the report is safe in the outbox: a crash in between must leave a
             # trace that recovery turns into a report.
             await asyncio.to_thread(self.journal.forget, job.uuid)
-            self.finishing.discard(job.uuid)
+            self.finishing.pop(job.uuid, None)
 
     async def _report_backup(self, job: BackupJob, outcome: Outcome) -> None:
         completed = {
@@ -488,6 +497,7 @@ class JobManager:
             if job.source is not None:  # not read (cancelled before it started): let it go
                 await asyncio.to_thread(job.source.close)
             self.restores.pop(job.server, None)
+            self.finishing[job.uuid] = job.task
             self.metrics.restores.labels("true" if ok else "false").inc()
             # Its thread is done with the console lines (or never started).
             self._console(job.server, [*job.console.flush(), _restore_ended(job, ok)])
@@ -504,6 +514,7 @@ class JobManager:
                 await self._journal_accepted(job.uuid, reported=True)
             else:
                 await asyncio.to_thread(self.journal.forget, job.uuid)
+            self.finishing.pop(job.uuid, None)
 
     def check_s3_in_background(self) -> None:
         """Say at start whether the configured bucket can be used, so that the operator does
@@ -738,6 +749,7 @@ class JobManager:
                 restore.cancel.set()
         jobs: list[BackupJob | RestoreJob] = [*self.backups.values(), *self.restores.values()]
         tasks = [j.task for j in jobs if j.task is not None]
+        tasks += [t for t in self.finishing.values() if t is not None and t not in tasks]
         if tasks:
             log.info("shutdown_waiting_for_jobs", jobs=len(tasks), grace=grace)
             _done, pending = await asyncio.wait(tasks, timeout=grace)

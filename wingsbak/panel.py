@@ -78,7 +78,7 @@ class PanelClient:
         return bool(self.base)
 
     def set_identity(self, remote: str, token_id: str, token: str) -> None:
-        """A new panel address or node token (wingsbak.node_identity): every request from
+        """A new panel address or node token (wingsbak.wings.identity): every request from
         now on, reports already in the outbox included, goes there with it."""
         self.base = remote.rstrip("/") + "/api/remote" if remote else ""
         self._auth = f"Bearer {token_id}.{token}"

@@ -19,10 +19,10 @@ from daemon_helpers import Daemon, Node, Panel, auth, download_claims, new_uuid,
 from test_daemon_download import make_backup
 
 from bench.tlscert import self_signed_certificate
+from wingsbak.appkeys import STORAGE
 from wingsbak.config import parse_config, prepare_directories
 from wingsbak.daemon import _ssl_context
 from wingsbak.http.app import create_app
-from wingsbak.http.state import STORAGE
 
 
 async def fetch(daemon: Daemon, token: str, method: str = "GET", **headers: str):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
-from daemon_helpers import Node, Panel, new_uuid
+import pytest
+from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 
 
 async def test_a_queued_report_is_not_doubled_by_recovery(
@@ -41,3 +43,28 @@ async def test_a_queued_report_is_not_doubled_by_recovery(
     assert [r.json for r in panel.reports(done)] == [success]
     assert [r.json["successful"] for r in panel.reports(lost)] == [False]
     assert json.loads((node.backups / ".wingsbak-journal.json").read_text()) == {}
+
+
+async def test_a_stop_right_after_a_report_waits_for_the_job_to_be_recorded(
+    daemon_process: Callable[..., DaemonProcess],
+    node: Node,
+    panel: Panel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM while a finished backup's report is sent and its journal entry not yet
+    forgotten: the stop waits for the job, so the next start does not report it again (the
+    panel refuses a second report of a completed backup)."""
+    monkeypatch.setenv("WINGSBAK_FAILPOINT", "backup-reported:delay:3")
+    proc = daemon_process(remote=panel.url)
+    await proc.start()
+    monkeypatch.delenv("WINGSBAK_FAILPOINT")
+    server = node.server({"a.txt": "a"})
+    backup = new_uuid()
+    assert await proc.post_backup(server, backup) == 202
+    await wait_until(lambda: "failpoint_reached" in proc.logs(), "the job to be held there")
+    await proc.stop()
+    assert json.loads((node.backups / ".wingsbak-journal.json").read_text()) == {}
+    await proc.start()
+    await panel.wait_report(backup)
+    await asyncio.sleep(0.5)  # room for a duplicate to arrive, were one sent
+    assert [r.json["successful"] for r in panel.reports(backup)] == [True]

@@ -34,7 +34,7 @@ does, for the routes wingsbak passes through or calls, recording what it receive
   sockets, Wings' ``Origin`` check, the server's image and invocation, and a test game that
   saves as Minecraft does (``start_game``).
 
-Go's JSON (``go_decode``) is implemented here on its own, not taken from wingsbak.gojson, so
+Go's JSON (``go_decode``) is implemented here on its own, not taken from wingsbak.wings.gojson, so
 the tests set two readings against each other.
 
 Issue 19.9 (the section "Wings' rules, issue 19.9" below, each naming its Wings file):

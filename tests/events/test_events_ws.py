@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from daemon_helpers import new_uuid
 
+from wingsbak.appkeys import EVENTS
 from wingsbak.events import EventBus
-from wingsbak.http.state import EVENTS
 
 MIB = 1024 * 1024
 PROGRESS_KEYS = {"uuid", "bytes_read", "bytes_total", "files", "percent"}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from daemon_helpers import PELICAN, PTERODACTYL, new_uuid
 
-import wingsbak.http.ws
+import wingsbak.event_socket
 
 EXPIRED = "jwt: exp claim is invalid"
 
@@ -39,8 +39,8 @@ async def test_an_expired_token_keeps_the_socket_and_gets_the_jwt_error_the_fron
     start_daemon, panel, node, open_ws, ws_token, monkeypatch
 ):
     # A long warning window and a short repeat let a token that expires in 3 s show both.
-    monkeypatch.setattr(wingsbak.http.ws, "EXPIRY_WARNING_SECONDS", 3600)
-    monkeypatch.setattr(wingsbak.http.ws, "NOTICE_INTERVAL_SECONDS", 1.0)
+    monkeypatch.setattr(wingsbak.event_socket, "EXPIRY_WARNING_SECONDS", 3600)
+    monkeypatch.setattr(wingsbak.event_socket, "NOTICE_INTERVAL_SECONDS", 1.0)
     daemon = await start_daemon(remote=panel.url)
     server = node.server()
     client = await open_ws(daemon, server)
@@ -52,7 +52,7 @@ async def test_an_expired_token_keeps_the_socket_and_gets_the_jwt_error_the_fron
     assert seen[-1]["args"] == [EXPIRED]
 
     # No more periodic notices from here on: what follows answers what the test does.
-    monkeypatch.setattr(wingsbak.http.ws, "NOTICE_INTERVAL_SECONDS", 3600.0)
+    monkeypatch.setattr(wingsbak.event_socket, "NOTICE_INTERVAL_SECONDS", 3600.0)
     await drain(client, quiet=1.5)
     # Still open: any message is answered with the same error...
     await client.ws.send_json({"event": "send stats", "args": []})

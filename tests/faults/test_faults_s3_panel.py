@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 from daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
 from s3_helpers import FaultProxy, answer_internal_error, extract_with_tar, tree_digest
 
-from wingsbak.http.state import JOBS, OUTBOX
+from wingsbak.appkeys import JOBS, OUTBOX
 from wingsbak.storage.s3 import S3Storage
 
 MIB = 1024 * 1024

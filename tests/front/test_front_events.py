@@ -16,7 +16,7 @@ from test_front_restore_hold import CONTROL, finish, restoring
 from test_front_ws import CONSOLE, Client, connect  # noqa: F401 - the fixture
 from wings_standin import ServerState
 
-from wingsbak.http.front import HELD
+from wingsbak.wings.hold import HELD
 
 COUNT = re.compile(r"\(restoring\): (\d+) more files?")
 ERROR_EVENT = re.compile(r"Error Event \[[0-9a-f-]{36}\]: ")

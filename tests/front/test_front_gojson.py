@@ -1,4 +1,4 @@
-"""wingsbak.gojson against the Wings stand-in's own reading of Go's JSON (two implementations,
+"""wingsbak.wings.gojson against the Wings stand-in's own reading of Go's JSON (two implementations,
 written apart): the same message, or the same failure, for the issue's cases and for generated
 ones; and what wingsbak passes on (``encode``) reads back alike under every decoder."""
 
@@ -20,7 +20,7 @@ from wings_standin import (
     go_struct,
 )
 
-from wingsbak import gojson
+from wingsbak.wings import gojson
 
 CASES = [
     b'{"event":"set state","args":["start"]}',

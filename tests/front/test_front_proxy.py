@@ -13,7 +13,7 @@ from daemon_helpers import auth, new_uuid, wait_until
 from wings_standin import WingsStandin, panel_file_token
 
 from bench.tlscert import self_signed_certificate
-from wingsbak.http.state import JOBS
+from wingsbak.appkeys import JOBS
 
 MIB = 1024 * 1024
 

@@ -201,7 +201,9 @@ async def _events(proc: DaemonProcess, server: str) -> AsyncIterator[Callable[..
             f"{proc.url}/api/servers/{server}/ws", headers={"Origin": proc.config["remote"]}
         ) as ws,
     ):
-        await ws.send_json({"event": "auth", "args": [sign(ws_claims(server))]})
+        # scope: Pelican's panel always sends it and Pelican Wings requires it (HasScope).
+        token = sign(ws_claims(server, scope="websocket"))
+        await ws.send_json({"event": "auth", "args": [token]})
 
         async def next_event(name: str) -> dict[str, Any]:
             while True:

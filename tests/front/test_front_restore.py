@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from daemon_helpers import auth, new_uuid, wait_until
 
-from wingsbak.http.state import JOBS, WINGS
+from wingsbak.appkeys import JOBS
+from wingsbak.wings.client import WINGS
 
 ORIGINAL = {"world/level.dat": b"original level", "server.properties": "motd=before\n"}
 

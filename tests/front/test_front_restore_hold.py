@@ -16,7 +16,8 @@ from daemon_helpers import auth, new_uuid, sign, wait_until, ws_claims
 from test_front_ws import Client
 from wings_standin import PELICAN, PTERODACTYL, ServerState
 
-from wingsbak.http.state import JOBS, WINGS
+from wingsbak.appkeys import JOBS
+from wingsbak.wings.client import WINGS
 
 CONTROL = [
     "websocket.connect",

@@ -1,4 +1,4 @@
-"""The relay's reading of Wings' answers to ``auth`` (wingsbak.http.relay.WingsAuth), fed the
+"""The relay's reading of Wings' answers to ``auth`` (wingsbak.wings.relay.WingsAuth), fed the
 answers in the orders Wings' goroutines can give them: a success adopts a token only when it
 can be nobody else's."""
 
@@ -10,9 +10,9 @@ import json
 import pytest
 from daemon_helpers import NODE_TOKEN, new_uuid, sign, ws_claims
 
-import wingsbak.http.relay
-from wingsbak.http.relay import WingsAuth
-from wingsbak.http.ws import EventSession
+import wingsbak.wings.relay
+from wingsbak.event_socket import EventSession
+from wingsbak.wings.relay import WingsAuth
 
 SERVER = new_uuid()
 DENYLISTED = "jwt: created too far in past (denylist)"
@@ -72,7 +72,7 @@ async def test_a_denylist_error_that_may_be_a_stray_leaves_the_next_success_to_n
     assert auth.session.claims is None
     # Once no earlier answer can still come (Wings answers at once), a success is the one's in
     # flight.
-    monkeypatch.setattr(wingsbak.http.relay, "AUTH_ANSWER_SECONDS", 0.05)
+    monkeypatch.setattr(wingsbak.wings.relay, "AUTH_ANSWER_SECONDS", 0.05)
     await asyncio.sleep(0.1)
     fourth = await in_flight(auth, token())
     auth.heard(answer("auth success"))
@@ -98,7 +98,7 @@ async def test_a_refusal_wings_is_sure_to_give_ends_the_auth_and_the_events(auth
 
 
 async def test_an_auth_wings_drops_ends_after_a_while_and_claims_nothing(auth, monkeypatch):
-    monkeypatch.setattr(wingsbak.http.relay, "AUTH_ANSWER_SECONDS", 0.05)
+    monkeypatch.setattr(wingsbak.wings.relay, "AUTH_ANSWER_SECONDS", 0.05)
     auth.sending(token())
     await asyncio.wait_for(auth.sent(), 10)
     assert auth.session.claims is None

@@ -10,7 +10,8 @@ import pytest
 from aiohttp import WSMsgType
 from daemon_helpers import new_uuid, sign, wait_until, ws_claims
 
-from wingsbak.http.state import JOBS, WINGS
+from wingsbak.appkeys import JOBS
+from wingsbak.wings.client import WINGS
 
 # What Wings' SendErrorJson says of an error to a token without admin.websocket.errors.
 UNEXPECTED = "an unexpected error was encountered while handling this request"

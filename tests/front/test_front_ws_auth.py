@@ -14,7 +14,7 @@ from daemon_helpers import new_uuid, sign, wait_until, ws_claims
 from test_front_ws import CONSOLE, Client, payload_uuid
 from wings_standin import PELICAN
 
-import wingsbak.http.relay
+import wingsbak.wings.relay
 
 EVENTS = [*CONSOLE, "backup.read"]
 
@@ -162,7 +162,7 @@ async def test_a_socket_without_auth_success_is_closed_with_its_socket_to_wings(
 async def test_an_auth_wings_never_answers_holds_the_next_frames_only_for_a_while(
     front, panel, node, wings, monkeypatch
 ):
-    monkeypatch.setattr(wingsbak.http.relay, "AUTH_ANSWER_SECONDS", 0.5)
+    monkeypatch.setattr(wingsbak.wings.relay, "AUTH_ANSWER_SECONDS", 0.5)
     wings.flavour = PELICAN  # drops binary frames without a word
     server = node.server({"a.txt": "a"})
     wings.server(server)

@@ -25,8 +25,8 @@ from restic_helpers import (
 from s3_helpers import tree_digest
 
 from tests.restore.restore_helpers import snapshot as tree_state
+from wingsbak.appkeys import JOBS
 from wingsbak.archive import IgnoreRules, archive_to_file
-from wingsbak.http.state import JOBS
 
 pytestmark = needs_restic
 MIB = 1024 * 1024

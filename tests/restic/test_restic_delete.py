@@ -14,7 +14,7 @@ from daemon_helpers import Daemon, Node, Panel, auth, download_claims, new_uuid,
 from restic_helpers import needs_restic, repo_bytes, restic_backups, restic_processes, snapshots
 from structlog.testing import capture_logs
 
-from wingsbak.http.state import JOBS
+from wingsbak.appkeys import JOBS
 
 pytestmark = needs_restic
 MIB = 1024 * 1024

@@ -16,8 +16,8 @@ from rest_standin import rest_repository
 from restic_helpers import needs_restic, oracle, oracle_env, restic_backups, restic_block, snapshots
 from structlog.testing import capture_logs
 
+from wingsbak.appkeys import JOBS
 from wingsbak.config import ConfigError, parse_config
-from wingsbak.http.state import JOBS
 from wingsbak.storage.restic import ResticError, ResticStore
 
 pytestmark = needs_restic
@@ -128,7 +128,8 @@ async def test_an_exclusive_lock_left_by_a_killed_prune_does_not_fail_backups(
     # leaves the lock behind, and restic refuses every backup while it is there.
     async with rest_repository(tmp_path) as (rest, backups):
         with capture_logs() as logs:
-            d = await start_daemon(remote=panel.url, **backups)
+            # No scheduled check: its own `restic unlock` would clear the lock first.
+            d = await start_daemon(remote=panel.url, verify_interval=0, **backups)
             await wait_until(lambda: d.app[JOBS].restic_check is not None, "the restic check")
             thread = d.app[JOBS].restic_check
             await wait_until(lambda: not thread.is_alive(), "the restic check", timeout=60)

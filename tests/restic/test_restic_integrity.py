@@ -38,7 +38,7 @@ from restic_helpers import (
 )
 from structlog.testing import capture_logs
 
-from wingsbak.http.state import JOBS
+from wingsbak.appkeys import JOBS
 
 pytestmark = needs_restic
 MIB = 1024 * 1024

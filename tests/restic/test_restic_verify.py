@@ -18,7 +18,7 @@ from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from restic_helpers import needs_restic, restic_backups, restic_processes
 from trust_helpers import log_events, metrics, wait_event
 
-from wingsbak.http.state import JOBS
+from wingsbak.appkeys import JOBS
 from wingsbak.verify.schedule import slices
 
 pytestmark = needs_restic

@@ -15,7 +15,7 @@ from aiohttp import web
 from daemon_helpers import Daemon, Node, Panel, free_port, new_uuid
 from restore_helpers import Serve, serves
 
-from wingsbak.http.state import JOBS
+from wingsbak.appkeys import JOBS
 
 MIB = 1024 * 1024
 

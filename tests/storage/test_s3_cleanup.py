@@ -20,7 +20,7 @@ from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from s3_helpers import MIB, FaultProxy, s3_config
 from structlog.testing import capture_logs
 
-from wingsbak.http.state import JOBS
+from wingsbak.appkeys import JOBS
 from wingsbak.storage.s3_cleanup import S3Cleanup
 
 CLEANUP_STATE = ".wingsbak-s3-cleanup.json"

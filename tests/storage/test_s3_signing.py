@@ -18,9 +18,9 @@ from botocore.exceptions import ClientError
 from s3_helpers import SERVER_UUID, FaultProxy, s3_config
 
 from bench.tlscert import self_signed_certificate
+from wingsbak.appkeys import JOBS
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.http.app import create_app
-from wingsbak.http.state import JOBS
 from wingsbak.storage.s3 import S3Storage, describe, endpoint_url, make_client, signs_payload
 
 UNSIGNED = "UNSIGNED-PAYLOAD"

@@ -10,7 +10,7 @@ from typing import Any
 from s3_helpers import s3_config
 from structlog.testing import capture_logs
 
-from wingsbak.http.state import JOBS
+from wingsbak.appkeys import JOBS
 
 
 async def started_check(

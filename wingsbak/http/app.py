@@ -6,32 +6,30 @@ import asyncio
 
 from aiohttp import web
 
-from wingsbak import server_lifecycle
+from wingsbak.appkeys import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS
 from wingsbak.config import Config
 from wingsbak.events import EventBus
-from wingsbak.flavour import WingsFlavour
 from wingsbak.http import (
     backups,
     download,
-    front,
-    node_update,
-    relay,
+    events_ws,
     restore,
     sendfile,
     system,
-    ws,
 )
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware, make_identify
-from wingsbak.http.state import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS, WINGS
 from wingsbak.jobs import JobManager
-from wingsbak.node_identity import IDENTITY, NodeIdentity
 from wingsbak.notify import WebhookClient
 from wingsbak.panel import Outbox, PanelClient
 from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
 from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
-from wingsbak.wings import WingsClient
+from wingsbak.wings import config_push, hold, proxy, relay
+from wingsbak.wings import lifecycle as server_lifecycle
+from wingsbak.wings.client import WINGS, WingsClient
+from wingsbak.wings.flavour import WingsFlavour
+from wingsbak.wings.identity import IDENTITY, NodeIdentity
 
 
 def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Application:
@@ -40,9 +38,9 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     app = web.Application(
         middlewares=[errors_middleware, make_auth_middleware(lambda: config.token)],
         client_max_size=config.api.max_body_bytes,
-        # In front of Wings, request bodies stream through in larger reads (see front.py) and
+        # In front of Wings, request bodies stream through in larger reads (see wings/proxy.py) and
         # as sent: a gzip-encoded upload is Wings' to decode.
-        handler_args={"read_bufsize": front.BUFFER, "auto_decompress": False}
+        handler_args={"read_bufsize": proxy.BUFFER, "auto_decompress": False}
         if config.upstream
         else None,
     )
@@ -87,10 +85,10 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     app.add_routes(backups.routes)
     app.add_routes(download.routes)
     app.add_routes(restore.routes)
-    node_update.add_routes(app)
+    config_push.add_routes(app)
     if wings is None:
         app.add_routes(system.routes)
-        app.add_routes(ws.routes)
+        app.add_routes(events_ws.routes)
     else:
         app[WINGS] = wings
         # GET /api/system is Wings' (the panel's node page reads Wings' fields from it).
@@ -99,7 +97,8 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
         flavour.attach(wings)
         lifecycle = server_lifecycle.ServerLifecycle(config, app[JOBS], wings, flavour)
         server_lifecycle.add_routes(app, lifecycle)
-        front.add_routes(app)
+        hold.add_routes(app)  # before the pass-through's catch-all
+        proxy.add_routes(app)
 
     async def startup(app: web.Application) -> None:
         await asyncio.to_thread(app[USED_TOKENS].load)

@@ -6,9 +6,8 @@ import asyncio
 
 from aiohttp import web
 
-from wingsbak import server_lifecycle
+from wingsbak.appkeys import JOBS
 from wingsbak.errors import BadRequest, Conflict, NotFound
-from wingsbak.http.state import JOBS
 from wingsbak.http.validation import (
     optional_str,
     path_uuid,
@@ -18,6 +17,7 @@ from wingsbak.http.validation import (
 )
 from wingsbak.jobs import ADAPTERS
 from wingsbak.log import get_logger
+from wingsbak.wings import lifecycle
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -35,7 +35,7 @@ async def create_backup(request: web.Request) -> web.Response:
     await server_root_or_404(request, server)
     await request.app[JOBS].submit_backup(server, backup, adapter, ignore)
     # The panel takes no backup while a server is being transferred: it is still here.
-    await server_lifecycle.server_here(request.app, server)
+    await lifecycle.server_here(request.app, server)
     return web.json_response({}, status=202)
 
 

@@ -21,16 +21,16 @@ from typing import IO, Any
 
 from aiohttp import hdrs, web
 
+from wingsbak.appkeys import CONFIG, JOBS, STORAGE, USED_TOKENS
 from wingsbak.archive.codecs import download_filename
 from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, TokenRejected
 from wingsbak.http.sendfile import ArchiveResponse, Reply, reply_for, set_validators
-from wingsbak.http.state import CONFIG, JOBS, STORAGE, USED_TOKENS
-from wingsbak.http.validation import is_uuid
 from wingsbak.log import get_logger
 from wingsbak.storage.base import Redirect, StreamedArchive
 from wingsbak.storage.local import LocalStorage, LocalStore
 from wingsbak.tokens import decode_token
+from wingsbak.uuids import is_uuid
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()

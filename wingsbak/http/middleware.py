@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
-from wingsbak import __version__
-from wingsbak.errors import ApiError, Forbidden, Unauthorized
+from wingsbak.answers import check_bearer, error_response, node_user_agent
+from wingsbak.errors import ApiError
 from wingsbak.log import get_logger
 from wingsbak.storage.restic import ResticError
 from wingsbak.storage.s3 import S3Error
@@ -27,13 +26,6 @@ _STATUS_MESSAGES = {
 }
 
 
-def node_user_agent(token_id: str) -> str:
-    """Pelican Wings' ``User-Agent`` answer header (router/middleware/middleware.go). Pelican
-    (``DaemonRepository::enforceValidNodeToken``) treats an answer without it as a failed
-    connection, and reads the token id from it to catch a node set up with another's token."""
-    return f"Pelican Wings/v{__version__} (id:{token_id})"
-
-
 def make_identify(
     token_id: Callable[[], str],
 ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
@@ -46,12 +38,6 @@ def make_identify(
             response.headers["User-Agent"] = node_user_agent(token_id())
 
     return identify
-
-
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 @web.middleware
@@ -126,20 +112,8 @@ def make_auth_middleware(
     return auth_middleware
 
 
-def check_bearer(request: web.Request, token: str) -> None:
-    """401 without a well-formed bearer header, 403 with the wrong token (constant time)."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        raise Unauthorized("The request needs a bearer token.")
-    # surrogateescape: a header with bytes that are not UTF-8 is a wrong token, not a 500.
-    presented = credentials.strip().encode("utf-8", "surrogateescape")
-    if not hmac.compare_digest(presented, token.encode()):
-        raise Forbidden("The bearer token is not valid for this node.")
-
-
 def _wings_route(request: web.Request) -> bool:
-    # Routes passed through to Wings (wingsbak.http.front): Wings authenticates them and its
+    # Routes passed through to Wings (wingsbak.wings): Wings authenticates them and its
     # own answers, 401 and 403 included, go back unchanged.
     name = request.match_info.route.name
     return name is not None and name.startswith("wings")

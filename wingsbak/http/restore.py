@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from wingsbak.appkeys import JOBS
 from wingsbak.errors import BadRequest
-from wingsbak.http.state import JOBS
 from wingsbak.http.validation import optional_str, path_uuid, read_json_object, server_root_or_404
 from wingsbak.jobs import ADAPTERS
 

@@ -56,9 +56,10 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.streams import StreamReader
 
+from wingsbak.addresses import WILDCARD_HOSTS, client_address
+from wingsbak.answers import error_response
 from wingsbak.config import ApiConfig
 from wingsbak.errors import RequestTimeout
-from wingsbak.http.middleware import error_response
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)
@@ -72,8 +73,6 @@ REFUSED_LINGER_SECONDS = 2.0
 OVER_CAP_GRACE_SECONDS = 2.0
 # The pause after an accept failed for want of descriptors or memory (asyncio's own delay).
 ACCEPT_RETRY_SECONDS = 1.0
-# Go's listener on these (Wings' api.host) takes IPv4 and IPv6 alike.
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def raw_error_answer(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
@@ -116,19 +115,6 @@ class AddressCounter:
         count = self._open.pop(address) - 1
         if count:
             self._open[address] = count
-
-
-def client_address(peer: Any) -> str | None:
-    """The address a connection counts against, from its peer name (None: a Unix socket)."""
-    if not isinstance(peer, tuple) or not peer:
-        return None
-    try:
-        ip = ipaddress.ip_address(peer[0])
-    except ValueError:
-        return str(peer[0])
-    # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: one client, one count.
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return str(mapped or ip)
 
 
 def parser_refusal(exc: HttpProcessingError) -> tuple[int, str]:
@@ -293,8 +279,8 @@ class GuardedConnection(web.RequestHandler):
         return result
 
     def continue_owed(self) -> None:
-        """The client waits for a ``100 Continue`` before it sends the body (wingsbak.http.
-        front.ContinueAware): its silence meanwhile is no stall."""
+        """The client waits for a ``100 Continue`` before it sends the body
+        (wingsbak.wings.proxy.ContinueAware): its silence meanwhile is no stall."""
         self._awaiting_continue = True
 
     def continue_sent(self) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from wingsbak import __version__
+from wingsbak.answers import check_bearer
+from wingsbak.appkeys import CONFIG, JOBS
 from wingsbak.archive.codecs import HAVE_ISAL
-from wingsbak.http.middleware import check_bearer
-from wingsbak.http.state import CONFIG, JOBS
 from wingsbak.metrics import CONTENT_TYPE_LATEST
 
 routes = web.RouteTableDef()

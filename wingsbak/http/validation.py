@@ -5,24 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from wingsbak.appkeys import CONFIG
 from wingsbak.errors import BadRequest, NotFound, PayloadTooLarge
-from wingsbak.http.state import CONFIG
 from wingsbak.log import get_logger
+from wingsbak.uuids import is_uuid
 
 log = get_logger(__name__)
-
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def is_uuid(value: object) -> bool:
-    return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 
 def require_uuid(value: object, what: str) -> str:

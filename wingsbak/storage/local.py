@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wingsbak import failpoint
 from wingsbak.archive.archiver import archive_to_file
@@ -33,7 +33,7 @@ from wingsbak.archive.checksum import file_checksum, read_sidecar, sidecar_path,
 from wingsbak.archive.codecs import EARLIER_PREFIX, GZIP, archive_name, earlier_archive_name
 from wingsbak.archive.extract import RestoreError
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.flavour import PTERODACTYL, WingsFlavour
+from wingsbak.config import PELICAN, PTERODACTYL
 from wingsbak.formats import CHECKSUM_TYPES
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
@@ -99,12 +99,29 @@ class ServerRecord:
             self._servers = rest
 
 
+class Flavour(Protocol):
+    """How new archives are laid out: as the Wings behind the node lays out its own
+    (wingsbak.wings.flavour.WingsFlavour)."""
+
+    def layout(self) -> str: ...
+
+    async def for_new_backup(self) -> str: ...
+
+
+class Standalone:
+    """No Wings behind the node: Pelican's layout."""
+
+    def layout(self) -> str:
+        return PELICAN
+
+    async def for_new_backup(self) -> str:
+        return PELICAN
+
+
 class LocalStorage:
-    def __init__(
-        self, directory: str | os.PathLike[str], flavour: WingsFlavour | None = None
-    ) -> None:
+    def __init__(self, directory: str | os.PathLike[str], flavour: Flavour | None = None) -> None:
         self.root = Path(directory)
-        self.flavour = flavour if flavour is not None else WingsFlavour(fronting=False)
+        self.flavour = flavour if flavour is not None else Standalone()
         self.servers = ServerRecord(self.root / RECORD_NAME)
 
     def server_dir(self, server_uuid: str) -> Path:

@@ -1,9 +1,10 @@
-"""GET /api/servers/{server}/ws: Wings' event socket, for the backup events.
-
-The client authenticates inside the socket with a panel-signed JWT
-(``{"event": "auth", "args": [jwt]}``) and may re-authenticate with a fresh token before the
-old one expires, as the panel's console does. Matched against pterodactyl/wings f1c5bbd and
-pelican-dev/wings 090841d (router/websocket/websocket.go, listeners.go).
+"""Wings' event socket protocol, shared by wingsbak's own socket (standalone,
+:mod:`wingsbak.http.events_ws`) and the console socket relayed to Wings
+(:mod:`wingsbak.wings.relay`): the panel-signed JWT a client authenticates with inside the
+socket (``{"event": "auth", "args": [jwt]}``, again with a fresh token before the old one
+expires, as the panel's console does), Wings' texts for a token refused, and which backup
+events the token lets through. Matched against pterodactyl/wings f1c5bbd and pelican-dev/wings
+090841d (router/websocket/websocket.go, listeners.go).
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from wingsbak.errors import TokenRejected
-from wingsbak.events import BACKUP_COMPLETED, BACKUP_PROGRESS, Event
-from wingsbak.http.state import CONFIG, EVENTS
-from wingsbak.http.validation import path_uuid, server_root_or_404
+from wingsbak.events import BACKUP_COMPLETED, BACKUP_PROGRESS, Event, EventBus
 from wingsbak.log import get_logger
 from wingsbak.tokens import EXPIRED, decode_token, has_scope
 
 log = get_logger(__name__)
-routes = web.RouteTableDef()
 
 EXPIRY_WARNING_SECONDS = 60
 # Wings looks at the token's expiry every 30 s (router/websocket/listeners.go); so often, at
@@ -65,8 +63,7 @@ def verify_socket_token(token: str, key: str, server: str) -> dict[str, Any]:
 
 
 class EventSession:
-    """One client socket and the token it authenticated with: which backup events it gets.
-    Shared by this module's socket and the one relayed to Wings (wingsbak.http.relay)."""
+    """One client socket and the token it authenticated with: which backup events it gets."""
 
     def __init__(self, ws: web.WebSocketResponse, server: str, key: str) -> None:
         self.ws = ws
@@ -151,56 +148,12 @@ class EventSession:
                 await self.ws.send_str(event.to_json())
 
 
-def parse_message(text: str) -> tuple[str, list[str] | None] | None:
-    """``(event, args)`` of a client message ``{"event": name, "args": [string, ...]}``; None
-    for anything that is not such an object. Args that are no list of strings (Wings' Go
-    decoder refuses those) come back as None: an ``auth`` with them fails like an ``auth``
-    without a token, any other such message is dropped as Wings drops it. Absent or null
-    args are ``[]``."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("event"), str):
-        return None
-    args = data.get("args")
-    if args is None:
-        return data["event"], []
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        return data["event"], None
-    return data["event"], args
-
-
-@routes.get("/api/servers/{server}/ws")
-async def websocket(request: web.Request) -> web.WebSocketResponse:
-    server = path_uuid(request, "server", "server")
-    await server_root_or_404(request, server)
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
-    await ws.prepare(request)
-    session = EventSession(ws, server, request.app[CONFIG].token)
-    auth_timeout = request.app[CONFIG].api.websocket_auth_timeout
-    async with joined_events(
-        request, session, session.watch_expiry(), session.require_auth(auth_timeout)
-    ):
-        async for msg in ws:
-            message = parse_message(msg.data) if msg.type == WSMsgType.TEXT else None
-            if message is None:
-                continue
-            name, args = message
-            if name == "auth":  # no token, or args that are no list of strings: a jwt error
-                await session.authenticate("".join(args or []))
-            elif args is not None:
-                await session.refuse_if_invalid()
-    return ws
-
-
 @contextlib.asynccontextmanager
 async def joined_events(
-    request: web.Request, session: EventSession, *also: Coroutine[Any, Any, None]
+    bus: EventBus, session: EventSession, *also: Coroutine[Any, Any, None]
 ) -> AsyncIterator[None]:
     """While inside, the backup events of the session's server flow to its socket (as far
     as its token allows) and ``also`` runs beside them; both end on the way out."""
-    bus = request.app[EVENTS]
     queue = bus.subscribe(session.server)
     tasks = [asyncio.create_task(session.forward(queue)), *map(asyncio.create_task, also)]
     try:

@@ -5,7 +5,7 @@ In front of Wings, for a server Wings says is running:
 1. The plan: the first of ``system.backups.quiesce`` whose patterns match the server's
    container image and startup invocation (Wings' ``GET /api/servers/{s}``, ``configuration``;
    never the egg, whose id differs on every panel), else the node-wide ``console_*`` keys.
-2. The console socket is opened (:mod:`wingsbak.console`) before the ``before`` commands go,
+2. The console socket is opened (:mod:`wingsbak.wings.console`) before the ``before`` commands go,
    so that the game's answer cannot be missed; then the wait for a line matching
    ``wait_for``, at most ``wait_timeout`` seconds, then ``settle`` seconds. A line that never
    comes costs the backup nothing, but its log line, its event and
@@ -39,18 +39,18 @@ from wingsbak.archive.clone import CloneUnsupported, clone_tree, remove_clone, r
 from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.config import BackupsConfig, Config
-from wingsbak.console import (
+from wingsbak.log import get_logger
+from wingsbak.metrics import Metrics
+from wingsbak.patterns import compile_pattern, matches
+from wingsbak.storage.base import BackupSource
+from wingsbak.wings.client import RUNNING, WingsClient, WingsError
+from wingsbak.wings.console import (
     CANCEL_POLL,
     ConsoleUnavailable,
     ConsoleWatch,
     console_token,
     open_console,
 )
-from wingsbak.log import get_logger
-from wingsbak.metrics import Metrics
-from wingsbak.patterns import compile_pattern, matches
-from wingsbak.storage.base import BackupSource
-from wingsbak.wings import RUNNING, WingsClient, WingsError
 
 log = get_logger(__name__)
 

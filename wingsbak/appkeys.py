@@ -1,4 +1,6 @@
-"""Typed keys of the objects the aiohttp application holds."""
+"""Typed keys of the objects the aiohttp application holds, read by wingsbak's own routes
+(wingsbak.http) and by Wings' (wingsbak.wings). The Wings client's key and the node
+identity's are their modules' own (wingsbak.wings.client, wingsbak.wings.identity)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from wingsbak.jobs import JobManager
 from wingsbak.panel import Outbox, PanelClient
 from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
-from wingsbak.wings import WingsClient
 
 CONFIG = web.AppKey("config", Config)
 JOBS = web.AppKey("jobs", JobManager)
@@ -19,4 +20,3 @@ EVENTS = web.AppKey("events", EventBus)
 PANEL = web.AppKey("panel", PanelClient)
 OUTBOX = web.AppKey("outbox", Outbox)
 USED_TOKENS = web.AppKey("used_tokens", UsedTokens)
-WINGS = web.AppKey("wings", WingsClient)  # only in front of Wings (api.upstream)

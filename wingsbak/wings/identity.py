@@ -2,7 +2,7 @@
 address and certificate, and the token Wings holds. All of them change while the node runs,
 and none of them may need a restart:
 
-- the panel's configuration push (``POST /api/update``, wingsbak.http.node_update) brings a new
+- the panel's configuration push (``POST /api/update``, wingsbak.wings.config_push) brings a new
   token, a new port or TLS setting;
 - ``wings configure``, an operator or Wings itself (at every start) rewrites Wings' file: it is
   watched (its mtime, every ``api.watch_interval`` seconds) as well as re-read on SIGHUP;
@@ -33,9 +33,10 @@ import json
 import os
 import ssl
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
@@ -44,13 +45,13 @@ import yaml
 from aiohttp import web
 from multidict import CIMultiDict
 
+from wingsbak.addresses import WILDCARD_HOSTS
 from wingsbak.config import Config, ConfigError, apply_reload, load_config
-from wingsbak.http.server import WILDCARD_HOSTS, GuardedSite
 from wingsbak.log import get_logger
 
 if TYPE_CHECKING:
     from wingsbak.panel import PanelClient
-    from wingsbak.wings import WingsClient
+    from wingsbak.wings.client import WingsClient
 
 log = get_logger(__name__)
 
@@ -244,6 +245,25 @@ def upstream_address(upstream: str) -> tuple[str, int, bool]:
     return host, parts.port or (443 if tls else 80), tls
 
 
+@runtime_checkable
+class Site(Protocol):
+    """A site the daemon listens on (wingsbak.http.server.GuardedSite): its certificate can
+    change while it listens."""
+
+    @property
+    def name(self) -> str: ...
+
+    def use_ssl_context(self, ssl_context: ssl.SSLContext | None) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# A new site of the daemon's on host:port with this certificate (not listening yet).
+NewSite = Callable[[str, int, ssl.SSLContext | None], Site]
+
+
 class NodeIdentity:
     """Holds and changes, live, what identifies the node and where it listens (see the module
     docstring). ``cfg`` is the daemon's one configuration object: every reader of the token,
@@ -268,6 +288,7 @@ class NodeIdentity:
         self.lock = asyncio.Lock()  # one change at a time: a push, a reload
         self._save_lock = asyncio.Lock()
         self._runner: web.BaseRunner | None = None
+        self._new_site: NewSite | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._probing: asyncio.Task[bool] | None = None
         self._marks: dict[str, Any] = {}
@@ -301,9 +322,11 @@ class NodeIdentity:
     def wings_file(self) -> Path | None:
         return self.watched_file if self.cfg.wings_config else None
 
-    async def start(self, runner: web.BaseRunner) -> None:
-        """Watch the files from now on (the daemon listens)."""
+    async def start(self, runner: web.BaseRunner, new_site: NewSite) -> None:
+        """Watch the files from now on (the daemon listens on ``runner``'s sites; a move of
+        the listener listens on a ``new_site``)."""
         self._runner = runner
+        self._new_site = new_site
         self._marks = await asyncio.to_thread(self._look)
         watched = self.watched_file
         if watched is not None:
@@ -558,20 +581,20 @@ class NodeIdentity:
         self.tls_context = ctx
         if self._runner is not None:
             for site in self._runner.sites:
-                if isinstance(site, GuardedSite):
+                if isinstance(site, Site):
                     site.use_ssl_context(ctx)
 
     async def _rebind(self, host: str, port: int) -> bool:
         """Listen on ``host:port`` instead, without dropping an open connection: the new
         socket first, then the old one closed (the same port on another host: the other way
         round, as this process holds the port)."""
-        runner = self._runner
-        if runner is None:
+        runner, new_site = self._runner, self._new_site
+        if runner is None or new_site is None:
             return False
-        old = [s for s in runner.sites if isinstance(s, GuardedSite)]
+        old = [s for s in runner.sites if isinstance(s, Site)]
 
-        async def listen(h: str, p: int) -> GuardedSite | OSError:
-            site = GuardedSite(runner, h, p, api=self.cfg.api, ssl_context=self.tls_context)
+        async def listen(h: str, p: int) -> Site | OSError:
+            site = new_site(h, p, self.tls_context)
             try:
                 await site.start()
             except OSError as exc:

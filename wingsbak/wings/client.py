@@ -1,6 +1,6 @@
 """The client of Wings' own API on this node (bearer: the node token): a server's state and
 details, power actions and console commands, and what restores do with them: stop a live
-server first (backups pause its saving with them: :mod:`wingsbak.quiesce`).
+server first (backups pause its saving with them: :mod:`wingsbak.wings.quiesce`).
 
 Routes and answers are pterodactyl/wings ``router/router.go``: ``GET /api/servers/{s}`` ->
 ``{"state": ..., "is_suspended": ...}``, ``POST .../power`` -> 202, ``POST .../commands`` ->
@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from wingsbak.log import get_logger
 
@@ -41,11 +42,11 @@ class WingsClient:
         # How often a restore asks whether a stopping server is offline yet.
         self.poll_interval = 0.5
         # Called when Wings refuses ``token`` (403): True when another token is in ``token``
-        # now and the call may be made again (wingsbak.node_identity: Wings restarted with
+        # now and the call may be made again (wingsbak.wings.identity: Wings restarted with
         # the node's new token).
         self.on_refused: Callable[[], Awaitable[bool]] | None = None
         # Told of every answer of Wings, passed through or to wingsbak's own calls (method,
-        # path, headers): how wingsbak learns which Wings this is (wingsbak.flavour).
+        # path, headers): how wingsbak learns which Wings this is (wingsbak.wings.flavour).
         self.on_answer: Callable[[str, str, Mapping[str, str]], None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -163,3 +164,6 @@ class WingsClient:
                     f"server {server} is still {state} after {timeout:g} s "
                     "(system.backups.restore_stop_timeout); nothing restored"
                 )
+
+
+WINGS = web.AppKey("wings", WingsClient)  # only in front of Wings (api.upstream)

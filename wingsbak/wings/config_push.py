@@ -7,7 +7,7 @@ paths, the node's ``token``/``token_id``, ``remote``, ``system.data``...
 
 Passed through, Wings would write the public port into its file and take it at its next start
 (router/router_system.go, postUpdateConfiguration), where wingsbak listens. So wingsbak answers
-it: it applies its own part (wingsbak.node_identity), forwards the rest to Wings with ``api``
+it: it applies its own part (wingsbak.wings.identity), forwards the rest to Wings with ``api``
 pointing at Wings' own address (``api.upstream``), and passes Wings' ``{"applied": ...}`` back.
 
 Go decodes the body into Wings' struct matching keys case-insensitively; a body in which two
@@ -23,13 +23,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from wingsbak.answers import error_response, node_user_agent
+from wingsbak.appkeys import CONFIG
 from wingsbak.config import COMPRESSION_LEVELS
-from wingsbak.http.front import UNREACHABLE, forwarded_headers
-from wingsbak.http.middleware import error_response, node_user_agent
-from wingsbak.http.state import CONFIG, WINGS
 from wingsbak.log import get_logger
-from wingsbak.node_identity import IDENTITY, upstream_address
-from wingsbak.wings import CALL_TIMEOUT
+from wingsbak.wings.client import CALL_TIMEOUT, WINGS
+from wingsbak.wings.identity import IDENTITY, upstream_address
+from wingsbak.wings.proxy import UNREACHABLE, forwarded_headers
 
 log = get_logger(__name__)
 

@@ -1,8 +1,7 @@
 """The pass-through to Wings (only with ``api.upstream``): every route wingsbak does not own
 goes to Wings unchanged, bodies streamed both ways and never held whole; the one exception is
-a power action that would start a server while a restore writes into it (409). While a restore
-runs, a power request for its server reaches Wings as wingsbak read it with Wings' own rules
-(:mod:`wingsbak.gojson`), or not at all.
+a power action that would start a server while a restore writes into it
+(:mod:`wingsbak.wings.hold`).
 
 Hop-by-hop headers (RFC 9110 7.6.1, and those the ``Connection`` header names) stop here;
 ``X-Forwarded-For``/``-Proto``/``-Host`` are added so that Wings, trusting this address
@@ -15,25 +14,22 @@ server) gets its refusal and never a 100. The client's 100 leaves here when Wing
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from wingsbak import gojson
+from wingsbak.addresses import client_address
+from wingsbak.answers import error_response
 from wingsbak.errors import RequestTimeout
-from wingsbak.http.middleware import check_bearer, error_response
-from wingsbak.http.server import client_address
-from wingsbak.http.state import CONFIG, JOBS, WINGS
 from wingsbak.log import get_logger
-from wingsbak.node_identity import IDENTITY
+from wingsbak.wings.client import WINGS
+from wingsbak.wings.identity import IDENTITY
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -53,22 +49,18 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Set on a request whose ``100 Continue`` is still owed to the client (by Wings, or by a
 # handler of wingsbak's that reads the body once it has judged the request).
 CONTINUE_OWED = web.RequestKey("continue_owed", bool)
-# Power actions that run a server: held while a restore writes into its files.
-HELD_ACTIONS = frozenset({"start", "restart", "kill"})
 UNREACHABLE = "The node's Wings daemon could not be reached."
-HELD = "The server is being restored from a backup; it cannot be started until the restore ends."
 # Bytes a body may gather between the two sockets, each way: aiohttp's 64 KiB default makes
 # every hop a round of wake-ups between three processes, which on a busy node halves the
 # throughput; a few MiB per transfer keeps memory flat all the same.
 BUFFER = 1024 * 1024
 # Skipped unless the client sent them: the request must reach Wings as the client made it.
 _NO_AUTO_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING)
-# Larger bodies and frames are read off the event loop: one of many small values takes Python
-# about a second per 2 MB.
-INLINE_DECODE_BYTES = 16 * 1024
 
 
-class _PassedResponse(web.StreamResponse):
+class WingsAnswer(web.StreamResponse):
+    """Wings' answer, streamed back to the client (Wings unreachable: wingsbak's own 502)."""
+
     # Status line and headers leave with the first bytes of the body (as web.Response's do)
     # rather than at prepare(): one send and one wake-up of the client less per answer.
     _send_headers_immediately = False
@@ -161,7 +153,7 @@ async def forward(
         upstream.release()
     async with upstream:
         wings.note_answer(request.method, request.path, upstream.headers)
-        response = _PassedResponse(status=upstream.status, reason=upstream.reason)
+        response = WingsAnswer(status=upstream.status, reason=upstream.reason)
         response.headers.extend(end_to_end(upstream.headers))
         if continued is not None and continued.owed:
             # Wings answered without reading the body, which the client still holds back:
@@ -254,53 +246,10 @@ async def pass_through(request: web.Request) -> web.StreamResponse:
     return await forward(request)
 
 
-async def power(request: web.Request) -> web.StreamResponse:
-    """``POST /api/servers/{server}/power``: Wings' route, except while the server is being
-    restored (Wings suspends a server during its own restores for the same reason): the body
-    is read as Wings' gin ``BindJSON`` reads it, an action that would start the server answers
-    409, and anything else goes to Wings as read here, so that what Wings acts on is what was
-    judged. A body Wings' decoder fails on is held too. A request without the node token is
-    Wings' to refuse."""
-    server = request.match_info["server"]
-    if request.get(CONTINUE_OWED, False):
-        try:
-            check_bearer(request, request.app[CONFIG].token)
-        except Exception:
-            return await forward(request)  # Wings refuses it unread: its answer, and no 100
-        # Wings reads the body of a request it lets through: the 100 is sent here, as the
-        # body must be judged before Wings sees it (whatever starts meanwhile, a restore).
-        await send_continue(request)
-    body = await request.read()  # a few bytes of JSON (client_max_size bounds it)
-    if server not in request.app[JOBS].restores:
-        return await forward(request, body)
-    try:
-        check_bearer(request, request.app[CONFIG].token)
-    except Exception:
-        return await forward(request, body)
-    try:
-        wanted = await decoded(gojson.power_request, body)
-    except gojson.GoJSONError:
-        log.info("power_held", server=server, action=None, reason="body not readable by Wings")
-        return error_response(409, HELD)
-    if wanted.action in HELD_ACTIONS:
-        log.info("power_held", server=server, action=wanted.action)
-        return error_response(409, HELD)
-    return await forward(request, wanted.encode(), rewritten=True)
-
-
-async def decoded(read: Callable[[bytes], T], data: bytes) -> T:
-    """``read(data)``, off the event loop when ``data`` is large."""
-    if len(data) <= INLINE_DECODE_BYTES:
-        return read(data)
-    return await asyncio.to_thread(read, data)
-
-
 def add_routes(app: web.Application) -> None:
-    """Wings' routes, after wingsbak's own (a path wingsbak owns for other methods falls
-    through to the catch-all, so e.g. Wings answers a GET on a backup path)."""
-    app.router.add_post(
-        "/api/servers/{server}/power", power, name="wings-power", expect_handler=owe_continue
-    )
+    """Everything else to Wings, after wingsbak's own routes and Wings' that wingsbak joins
+    in (a path wingsbak owns for other methods falls through to this catch-all, so e.g. Wings
+    answers a GET on a backup path)."""
     app.router.add_route(
         "*", "/{tail:.*}", pass_through, name="wings", expect_handler=owe_continue
     )

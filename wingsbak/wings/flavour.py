@@ -1,7 +1,7 @@
 """Which Wings wingsbak stands in front of: Pelican's or Pterodactyl's.
 
 The two name their local backups differently and treat them differently when a server is
-deleted or transferred (see :mod:`wingsbak.storage.local` and :mod:`wingsbak.server_lifecycle`),
+deleted or transferred (see :mod:`wingsbak.storage.local` and :mod:`wingsbak.wings.lifecycle`),
 so wingsbak writes and cleans up as the Wings behind it does.
 
 Pelican Wings sets ``User-Agent: Pelican Wings/v<version> (id:<token id>)`` on every answer of
@@ -26,15 +26,13 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from wingsbak.config import AUTO, PELICAN, PTERODACTYL
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
-from wingsbak.wings import WingsClient, WingsError
+from wingsbak.wings.client import WingsClient, WingsError
 
 log = get_logger(__name__)
 
-AUTO = "auto"
-PELICAN = "pelican"
-PTERODACTYL = "pterodactyl"
 STATE_NAME = ".wingsbak-wings-flavour.json"
 PELICAN_AGENT = "Pelican Wings/"
 # Methods whose answers pass Pelican's bearer check (an OPTIONS preflight is answered before).

@@ -45,18 +45,18 @@ import yaml
 from aiohttp import web
 
 from wingsbak import failpoint
-from wingsbak.config import Config
-from wingsbak.flavour import PELICAN, PTERODACTYL, WingsFlavour
-from wingsbak.http.front import _PassedResponse, forward
-from wingsbak.http.middleware import check_bearer
-from wingsbak.http.state import CONFIG
-from wingsbak.http.validation import is_uuid
+from wingsbak.answers import check_bearer
+from wingsbak.appkeys import CONFIG
+from wingsbak.config import PELICAN, PTERODACTYL, Config
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 from wingsbak.storage.restic import ResticError
 from wingsbak.storage.s3 import S3Error
-from wingsbak.wings import WingsClient, WingsError
+from wingsbak.uuids import is_uuid
+from wingsbak.wings.client import WingsClient, WingsError
+from wingsbak.wings.flavour import WingsFlavour
+from wingsbak.wings.proxy import WingsAnswer, forward
 
 log = get_logger(__name__)
 
@@ -177,7 +177,7 @@ class ServerLifecycle:
                 # Whether Wings deleted it is Wings' to say, once it is done with the request.
                 self._settle_later(server, wait=self.retry_first)
             raise
-        answered = isinstance(response, _PassedResponse)
+        answered = isinstance(response, WingsAnswer)
         if answered and 200 <= response.status < 300:
             failpoint.hit("server-delete-answered")
             await self._deleted(server, transferred)
@@ -228,7 +228,7 @@ class ServerLifecycle:
         self.transferred[server] = time.time()
         await self._save()
         response = await forward(request)
-        if isinstance(response, _PassedResponse):
+        if isinstance(response, WingsAnswer):
             if 200 <= response.status < 300:
                 log.info("server_transfer_started", server=server)
             elif new:
@@ -240,7 +240,7 @@ class ServerLifecycle:
         """``POST /api/transfers``: another node sends a server here (its bearer is the
         panel's JWT for this node, not the node token: Wings checks it)."""
         response = await forward(request)
-        if not (isinstance(response, _PassedResponse) and 200 <= response.status < 300):
+        if not (isinstance(response, WingsAnswer) and 200 <= response.status < 300):
             return response
         server = _transfer_subject(request, request.app[CONFIG].token)
         if server is None:
@@ -351,7 +351,7 @@ LIFECYCLE = web.AppKey("server_lifecycle", ServerLifecycle)
 
 
 def add_routes(app: web.Application, lifecycle: ServerLifecycle) -> None:
-    """Before front.add_routes' catch-all. Named ``wings-*``: Wings checks their bearer."""
+    """Before proxy.add_routes' catch-all. Named ``wings-*``: Wings checks their bearer."""
     app[LIFECYCLE] = lifecycle
     app.router.add_delete("/api/servers/{server}", lifecycle.delete_server, name="wings-delete")
     app.router.add_post(

@@ -5,7 +5,7 @@ Its backup events reach a client in Wings' envelope only under a token Wings acc
 socket (:class:`WingsAuth`), as far as the token allows them (:class:`EventSession`). A socket
 that has no ``auth success`` from Wings within ``api.websocket_auth_timeout`` is closed.
 
-What the client sends is read as Wings reads it (:mod:`wingsbak.gojson`). An ``auth`` goes on
+What the client sends is read as Wings reads it (:mod:`wingsbak.wings.gojson`). An ``auth`` goes on
 to Wings as read here, so the token Wings judges is the one wingsbak judged. While the server
 is being restored every frame does: a ``set state`` that would start it never reaches Wings
 (it is answered as Wings answers a power action it refuses, :meth:`WingsAuth.held_answer`),
@@ -27,19 +27,10 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from wingsbak import gojson
+from wingsbak.answers import error_response
+from wingsbak.appkeys import CONFIG, EVENTS, JOBS
 from wingsbak.errors import TokenRejected
-from wingsbak.http.front import (
-    HELD,
-    HELD_ACTIONS,
-    UNREACHABLE,
-    decoded,
-    forwarded_headers,
-    target,
-)
-from wingsbak.http.middleware import error_response
-from wingsbak.http.state import CONFIG, JOBS, WINGS
-from wingsbak.http.ws import (
+from wingsbak.event_socket import (
     DENYLISTED,
     NO_CONNECT,
     NO_JWT,
@@ -50,8 +41,12 @@ from wingsbak.http.ws import (
     verify_socket_token,
 )
 from wingsbak.log import get_logger
-from wingsbak.node_identity import IDENTITY
 from wingsbak.tokens import EXPIRED, decode_token
+from wingsbak.wings import gojson
+from wingsbak.wings.client import WINGS
+from wingsbak.wings.hold import HELD, HELD_ACTIONS, decoded
+from wingsbak.wings.identity import IDENTITY
+from wingsbak.wings.proxy import UNREACHABLE, forwarded_headers, target
 
 log = get_logger(__name__)
 
@@ -119,7 +114,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     auth = WingsAuth(session)
     try:
         async with joined_events(
-            request,
+            request.app[EVENTS],
             session,
             _from_wings(upstream, ws, auth),
             session.require_auth(config.api.websocket_auth_timeout),
@@ -151,7 +146,7 @@ async def _to_wings(
             message: gojson.SocketMessage | None = await decoded(gojson.socket_message, frame)
         except gojson.GoJSONError:
             message = None
-        restoring = server in jobs.restores
+        restoring = jobs.is_restoring(server)
         if restoring:
             if message is None:  # Wings' decoder fails on it too: Wings would drop it
                 log.debug("websocket_frame_held", server=server, reason="not readable by Wings")
