@@ -3,7 +3,7 @@ Wings stand-in of the tests reached directly.
 
     python -m bench.front [--mib 1024] [--messages 1000] [--backup-mib 256]
 
-Three processes: the Wings stand-in (tests/daemon/wings_standin.py), wingsbak with
+Three processes: the Wings stand-in (tests/support/wings_standin.py), wingsbak with
 ``api.upstream`` pointing at it, and this one as the client. Printed:
 
 - a ``--mib`` download (``GET /download/file``) and upload (``POST .../files/write``)
@@ -106,8 +106,7 @@ class Standin:
 
 
 async def run_standin(port: int, root: Path, servers: list[str]) -> None:
-    sys.path.insert(0, str(ROOT / "tests" / "daemon"))
-    from wings_standin import WingsStandin  # the tests' stand-in, not a second one
+    from tests.support.wings_standin import WingsStandin  # the tests' stand-in, not a second one
 
     standin = WingsStandin(root, token=NODE_TOKEN, port=port)
     for server in servers:

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import mounted_xfs
 
+from tests.support.daemon_helpers import mounted_xfs
 from wingsbak.archive.archiver import archive_to_file
 from wingsbak.archive.clone import (
     CLONE_PREFIX,

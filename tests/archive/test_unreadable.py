@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import WITHOUT_DAC_OVERRIDE
 from engine_helpers import gnu_tar_names
 from test_engine_cli import assert_clean_error
+
+from tests.support.daemon_helpers import WITHOUT_DAC_OVERRIDE
 
 
 def archive_unprivileged(src: Path, out: Path, *flags: str) -> subprocess.CompletedProcess[str]:

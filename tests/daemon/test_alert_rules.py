@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, auth
+
+from tests.support.daemon_helpers import Daemon, auth
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 

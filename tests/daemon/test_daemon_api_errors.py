@@ -8,7 +8,8 @@ import json
 from typing import Any
 
 import pytest
-from daemon_helpers import NODE_TOKEN, Daemon, Node, auth, new_uuid
+
+from tests.support.daemon_helpers import NODE_TOKEN, Daemon, Node, auth, new_uuid
 
 
 def assert_error_body(body: Any, node: Node) -> None:

@@ -8,7 +8,8 @@ import os
 import subprocess
 
 import structlog
-from daemon_helpers import (
+
+from tests.support.daemon_helpers import (
     ACCEPT,
     NODE_TOKEN,
     TOKEN_ID,

@@ -9,8 +9,8 @@ import os
 import shutil
 import time
 
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid
-from trust_helpers import metrics
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid
+from tests.support.trust_helpers import metrics
 
 MIB = 1024 * 1024
 SUCCESS = 'wingsbak_backup_last_success_timestamp_seconds{{server="{}"}}'

@@ -16,7 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from daemon_helpers import Node, auth, free_port, wait_until
+
+from tests.support.daemon_helpers import Node, auth, free_port, wait_until
 
 
 def overlay_etc(layer: Path) -> list[str]:

@@ -10,7 +10,8 @@ import signal
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonProcess, Node, wait_until
+
+from tests.support.daemon_helpers import DaemonProcess, Node, wait_until
 
 SECRET = secrets.token_hex(22)[:43]  # as long as the token
 

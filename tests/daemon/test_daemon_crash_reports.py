@@ -11,7 +11,8 @@ import signal
 from typing import Any
 
 import aiohttp
-from daemon_helpers import (
+
+from tests.support.daemon_helpers import (
     DaemonProcess,
     Node,
     Panel,

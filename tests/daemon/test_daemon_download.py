@@ -10,7 +10,8 @@ import time
 
 import aiohttp
 import pytest
-from daemon_helpers import (
+
+from tests.support.daemon_helpers import (
     Daemon,
     Node,
     Panel,

@@ -15,10 +15,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from daemon_helpers import Daemon, Node, Panel, auth, download_claims, new_uuid, sign, wait_until
 from test_daemon_download import make_backup
 
 from bench.tlscert import self_signed_certificate
+from tests.support.daemon_helpers import (
+    Daemon,
+    Node,
+    Panel,
+    auth,
+    download_claims,
+    new_uuid,
+    sign,
+    wait_until,
+)
 from wingsbak.appkeys import STORAGE
 from wingsbak.config import parse_config, prepare_directories
 from wingsbak.daemon import _ssl_context

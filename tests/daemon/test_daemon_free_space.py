@@ -17,7 +17,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from daemon_helpers import DaemonProcess, Node, Panel, auth, mounted_tmpfs, new_uuid
+
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, auth, mounted_tmpfs, new_uuid
 
 MIB = 1024 * 1024
 

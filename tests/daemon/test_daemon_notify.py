@@ -10,9 +10,9 @@ import json
 import time
 
 import pytest
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
-from trust_helpers import WebhookReceiver, flip_byte, log_events, wait_event
 
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
+from tests.support.trust_helpers import WebhookReceiver, flip_byte, log_events, wait_event
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.notify import message
 

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 
-from daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
+from tests.support.daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
 
 OUTBOX = ".wingsbak-outbox.json"
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import jwt
 import pytest
-from daemon_helpers import (
+
+import wingsbak
+from tests.support.daemon_helpers import (
     NODE_TOKEN,
     PELICAN,
     PTERODACTYL,
@@ -25,9 +27,7 @@ from daemon_helpers import (
     auth,
     new_uuid,
 )
-from panel_standin import NodeConnectionError
-
-import wingsbak
+from tests.support.panel_standin import NodeConnectionError
 
 USER_AGENT = f"Pelican Wings/v{wingsbak.__version__} (id:{{}})"
 

@@ -9,7 +9,8 @@ import signal
 import subprocess
 
 import aiohttp
-from daemon_helpers import (
+
+from tests.support.daemon_helpers import (
     NODE_TOKEN,
     DaemonProcess,
     Node,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonProcess
 
+from tests.support.daemon_helpers import DaemonProcess
 from wingsbak.config import ConfigError, parse_config, parse_min_free_space
 
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
+
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 
 
 async def test_a_queued_report_is_not_doubled_by_recovery(

@@ -11,9 +11,19 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from daemon_helpers import Daemon, Node, Panel, auth, download_claims, free_port, new_uuid, sign
-from s3_fixtures import bucket, moto_endpoint, s3_admin  # noqa: F401 - registers them
-from s3_helpers import s3_config
+
+from tests.support.daemon_helpers import (
+    Daemon,
+    Node,
+    Panel,
+    auth,
+    download_claims,
+    free_port,
+    new_uuid,
+    sign,
+)
+from tests.support.s3_fixtures import bucket, moto_endpoint, s3_admin  # noqa: F401 - registers them
+from tests.support.s3_helpers import s3_config
 
 
 class RefusingS3:

@@ -9,8 +9,8 @@ import os
 import socket
 
 import aiohttp
-from daemon_helpers import Daemon, Node, Panel, download_claims, new_uuid, sign
 
+from tests.support.daemon_helpers import Daemon, Node, Panel, download_claims, new_uuid, sign
 from wingsbak.http import sendfile
 
 

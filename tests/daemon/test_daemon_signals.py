@@ -14,7 +14,8 @@ import signal
 from pathlib import Path
 
 import aiohttp
-from daemon_helpers import DaemonProcess, Node, wait_until
+
+from tests.support.daemon_helpers import DaemonProcess, Node, wait_until
 
 WINGS_FILE = "debug: false\nsystem:\n  sftp: {bind_port: 2022}\n"
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from daemon_helpers import (
+
+from tests.support.daemon_helpers import (
     WITHOUT_DAC_OVERRIDE,
     DaemonProcess,
     Node,
@@ -24,7 +25,6 @@ from daemon_helpers import (
     sign,
     ws_claims,
 )
-
 from wingsbak.config import ConfigError, parse_config
 
 

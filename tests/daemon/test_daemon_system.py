@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from daemon_helpers import NODE_TOKEN, Daemon, Node, Panel, auth, new_uuid
-
 import wingsbak
+from tests.support.daemon_helpers import NODE_TOKEN, Daemon, Node, Panel, auth, new_uuid
 
 
 async def test_system_shows_version_and_jobs(daemon: Daemon):

@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
 from structlog.testing import capture_logs
+
+from tests.support.daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
 
 
 @pytest.fixture

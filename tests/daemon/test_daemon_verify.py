@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
-from trust_helpers import (
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
+from tests.support.trust_helpers import (
     WebhookReceiver,
     flip_byte,
     log_events,

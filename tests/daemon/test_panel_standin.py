@@ -10,8 +10,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from daemon_helpers import NODE_TOKEN, PELICAN, PTERODACTYL, TOKEN_ID, Daemon, Node, Panel, new_uuid
-from panel_standin import GIB, MIB
+
+from tests.support.daemon_helpers import (
+    NODE_TOKEN,
+    PELICAN,
+    PTERODACTYL,
+    TOKEN_ID,
+    Daemon,
+    Node,
+    Panel,
+    new_uuid,
+)
+from tests.support.panel_standin import GIB, MIB
 
 HEADERS = {
     "Authorization": f"Bearer {TOKEN_ID}.{NODE_TOKEN}",

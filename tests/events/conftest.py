@@ -1,6 +1,6 @@
 """Fixtures of the event and metrics tests: the real daemon in-process on a free port and a
-real recording panel (shared with the daemon suite: daemon_fixtures.py, whose folder is on
-pytest's ``pythonpath``), websocket clients (aiohttp's, and a raw one that stops reading)
+real recording panel (tests/support/daemon_fixtures.py, registered by tests/conftest.py),
+websocket clients (aiohttp's, and a raw one that stops reading)
 and JWTs."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from daemon_fixtures import node, panel, start_daemon  # noqa: F401 - registers them
-from daemon_helpers import NODE_TOKEN, Daemon, sign, unsigned, ws_claims
+
+from tests.support.daemon_helpers import NODE_TOKEN, Daemon, sign, unsigned, ws_claims
 
 # -- JWTs ------------------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from daemon_helpers import download_claims, new_uuid, sign, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.daemon_helpers import download_claims, new_uuid, sign, wait_until
 
 MIB = 1024 * 1024
 

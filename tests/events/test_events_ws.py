@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 import pytest
-from daemon_helpers import new_uuid
 
+from tests.support.daemon_helpers import new_uuid
 from wingsbak.appkeys import EVENTS
 from wingsbak.events import EventBus
 

@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 import pytest
-from daemon_helpers import PELICAN, PTERODACTYL, new_uuid
 
 import wingsbak.event_socket
+from tests.support.daemon_helpers import PELICAN, PTERODACTYL, new_uuid
 
 EXPIRED = "jwt: exp claim is invalid"
 

@@ -24,10 +24,18 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from daemon_helpers import NODE_TOKEN, DaemonProcess, Node, new_uuid, sign, wait_until, ws_claims
-from wings_standin import WingsStandin
 
 from bench.tlscert import self_signed_certificate
+from tests.support.daemon_helpers import (
+    NODE_TOKEN,
+    DaemonProcess,
+    Node,
+    new_uuid,
+    sign,
+    wait_until,
+    ws_claims,
+)
+from tests.support.wings_standin import WingsStandin
 
 HANG = 15.0  # seconds after which a wait is a hang, not a slow answer
 OTHER_CLIENT = "127.0.0.2"  # another client address on the loopback network

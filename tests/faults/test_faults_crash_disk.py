@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from daemon_helpers import (
+
+from tests.support.daemon_helpers import (
     Daemon,
     DaemonProcess,
     Node,
@@ -26,7 +27,7 @@ from daemon_helpers import (
     new_uuid,
     wait_until,
 )
-from s3_helpers import s3_config
+from tests.support.s3_helpers import s3_config
 
 MIB = 1024 * 1024
 PAGE = 4096

@@ -18,9 +18,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from botocore.exceptions import ClientError
-from daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
-from s3_helpers import FaultProxy, answer_internal_error, extract_with_tar, tree_digest
 
+from tests.support.daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
+from tests.support.s3_helpers import (
+    FaultProxy,
+    answer_internal_error,
+    extract_with_tar,
+    tree_digest,
+)
 from wingsbak.appkeys import JOBS, OUTBOX
 from wingsbak.storage.s3 import S3Storage
 

@@ -21,10 +21,10 @@ from urllib.parse import quote
 
 import jwt
 import pytest
-from daemon_helpers import NODE_TOKEN, Node, download_claims, sign
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.daemon_helpers import NODE_TOKEN, Node, download_claims, sign
 from wingsbak.config import parse_config, prepare_directories
 from wingsbak.http.app import create_app
 from wingsbak.http.server import start_server

@@ -14,7 +14,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, Node, Panel, new_uuid
+
+from tests.support.daemon_helpers import Daemon, Node, Panel, new_uuid
 
 GIB = 1024**3
 

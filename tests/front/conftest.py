@@ -1,4 +1,4 @@
-"""Fixtures of the front tests: a Wings stand-in (tests/daemon/wings_standin.py) on a free port,
+"""Fixtures of the front tests: a Wings stand-in (tests/support/wings_standin.py) on a free port,
 and wingsbak in front of it (in-process, or as a process) with ``api.upstream`` pointing there."""
 
 from __future__ import annotations
@@ -7,19 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from daemon_fixtures import (  # noqa: F401 - imported to register the fixtures
-    client,
-    daemon_process,
-    node,
-    panel,
-    start_daemon,
-)
-from daemon_helpers import Daemon, Node
-from wings_standin import WingsStandin
+
+from tests.support.daemon_helpers import Daemon, Node
+from tests.support.wings_standin import WingsStandin
 
 
 @pytest.fixture
-async def wings(node: Node) -> AsyncIterator[WingsStandin]:  # noqa: F811
+async def wings(node: Node) -> AsyncIterator[WingsStandin]:
     w = WingsStandin(node.data)
     await w.start()
     yield w
@@ -28,9 +22,9 @@ async def wings(node: Node) -> AsyncIterator[WingsStandin]:  # noqa: F811
 
 @pytest.fixture
 def start_front(
-    start_daemon: Callable[..., Any],  # noqa: F811
+    start_daemon: Callable[..., Any],
     wings: WingsStandin,
-    panel: Any,  # noqa: F811
+    panel: Any,
 ) -> Any:
     """``await start_front(**system.backups)``: wingsbak in front of the stand-in."""
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemon_helpers import NODE_TOKEN, DaemonProcess, free_port, new_uuid, wait_until
 
+from tests.support.daemon_helpers import NODE_TOKEN, DaemonProcess, free_port, new_uuid, wait_until
 from wingsbak.config import ConfigError, default_config, load_config, parse_config
 
 

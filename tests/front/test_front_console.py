@@ -4,7 +4,7 @@ backup fails; none for a server that is not running."""
 
 from __future__ import annotations
 
-from daemon_helpers import new_uuid
+from tests.support.daemon_helpers import new_uuid
 
 SAVE = {
     "console_before": ["save-off", "save-all flush"],

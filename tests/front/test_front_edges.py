@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-from daemon_helpers import NODE_TOKEN, new_uuid, wait_until
 from structlog.testing import capture_logs
+
+from tests.support.daemon_helpers import NODE_TOKEN, new_uuid, wait_until
 
 HANG = 20.0
 

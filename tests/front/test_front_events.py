@@ -11,11 +11,11 @@ import re
 import time
 
 import pytest
-from daemon_helpers import auth, new_uuid, sign, wait_until, ws_claims
 from test_front_restore_hold import CONTROL, finish, restoring
 from test_front_ws import CONSOLE, Client, connect  # noqa: F401 - the fixture
-from wings_standin import ServerState
 
+from tests.support.daemon_helpers import auth, new_uuid, sign, wait_until, ws_claims
+from tests.support.wings_standin import ServerState
 from wingsbak.wings.hold import HELD
 
 COUNT = re.compile(r"\(restoring\): (\d+) more files?")

@@ -10,7 +10,8 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wings_standin import (
+
+from tests.support.wings_standin import (
     MESSAGE_FIELDS,
     POWER_FIELDS,
     GoDecodeError,
@@ -19,7 +20,6 @@ from wings_standin import (
     go_parse,
     go_struct,
 )
-
 from wingsbak.wings import gojson
 
 CASES = [

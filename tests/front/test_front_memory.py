@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from daemon_helpers import NODE_TOKEN, new_uuid
-from wings_standin import panel_file_token
+from tests.support.daemon_helpers import NODE_TOKEN, new_uuid
+from tests.support.wings_standin import panel_file_token
 
 MIB = 1024 * 1024
 SIZE = 192 * MIB

@@ -1,5 +1,5 @@
 """The node's identity on its second day, with the real daemon process in front of the Wings
-stand-in run from its own config.yml (tests/daemon/wings_standin.py, both flavours):
+stand-in run from its own config.yml (tests/support/wings_standin.py, both flavours):
 
 - the panel's configuration push (``POST /api/update``, the panel's real payload, sent as
   NodeUpdateService sends it) never gives Wings the public port back, and a token reset is
@@ -30,7 +30,9 @@ import aiohttp
 import jwt
 import pytest
 import yaml
-from daemon_helpers import (
+
+from bench.tlscert import self_signed_certificate
+from tests.support.daemon_helpers import (
     DaemonProcess,
     Node,
     Panel,
@@ -40,9 +42,7 @@ from daemon_helpers import (
     wait_until,
     ws_claims,
 )
-from wings_standin import PELICAN, PTERODACTYL, WingsStandin
-
-from bench.tlscert import self_signed_certificate
+from tests.support.wings_standin import PELICAN, PTERODACTYL, WingsStandin
 from wingsbak.config import deep_merge
 
 WATCH = 0.1  # api.watch_interval of these tests (default 5 s)

@@ -9,10 +9,10 @@ import os
 import ssl
 
 import aiohttp
-from daemon_helpers import auth, new_uuid, wait_until
-from wings_standin import WingsStandin, panel_file_token
 
 from bench.tlscert import self_signed_certificate
+from tests.support.daemon_helpers import auth, new_uuid, wait_until
+from tests.support.wings_standin import WingsStandin, panel_file_token
 from wingsbak.appkeys import JOBS
 
 MIB = 1024 * 1024

@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from daemon_helpers import (
+
+from tests.support.daemon_helpers import (
     DaemonProcess,
     Node,
     Panel,
@@ -29,7 +30,7 @@ from daemon_helpers import (
     wait_until,
     ws_claims,
 )
-from wings_standin import WingsStandin, start_game
+from tests.support.wings_standin import WingsStandin, start_game
 
 ROOT = Path(__file__).resolve().parents[2]
 JAVA_IMAGE = "ghcr.io/pterodactyl/yolks:java_21"

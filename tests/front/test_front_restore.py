@@ -4,8 +4,7 @@ restore ends, and touches nothing when Wings cannot say the server is offline.""
 
 from __future__ import annotations
 
-from daemon_helpers import auth, new_uuid, wait_until
-
+from tests.support.daemon_helpers import auth, new_uuid, wait_until
 from wingsbak.appkeys import JOBS
 from wingsbak.wings.client import WINGS
 

@@ -1,5 +1,5 @@
 """The restore's power hold judged on what Wings reads (issue 18, item 3): the Wings stand-in
-decodes socket frames and power bodies as Wings' Go code does (tests/daemon/wings_standin.py,
+decodes socket frames and power bodies as Wings' Go code does (tests/support/wings_standin.py,
 its own decoder), so a message Python's json reads one way and Go another is caught here. While
 a restore runs, nothing reaches Wings that it would read as a start; what does reach it is what
 wingsbak judged (re-encoded); outside a restore frames and bodies pass untouched."""
@@ -12,10 +12,10 @@ import re
 
 import aiohttp
 import pytest
-from daemon_helpers import auth, new_uuid, sign, wait_until, ws_claims
 from test_front_ws import Client
-from wings_standin import PELICAN, PTERODACTYL, ServerState
 
+from tests.support.daemon_helpers import auth, new_uuid, sign, wait_until, ws_claims
+from tests.support.wings_standin import PELICAN, PTERODACTYL, ServerState
 from wingsbak.appkeys import JOBS
 from wingsbak.wings.client import WINGS
 

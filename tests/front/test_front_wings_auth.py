@@ -8,9 +8,9 @@ import asyncio
 import json
 
 import pytest
-from daemon_helpers import NODE_TOKEN, new_uuid, sign, ws_claims
 
 import wingsbak.wings.relay
+from tests.support.daemon_helpers import NODE_TOKEN, new_uuid, sign, ws_claims
 from wingsbak.event_socket import EventSession
 from wingsbak.wings.relay import WingsAuth
 

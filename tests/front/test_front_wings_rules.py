@@ -1,5 +1,5 @@
 """wingsbak in front of a stand-in that keeps Wings' own rules (issue 19, item 9; the rules
-are tests/daemon/wings_standin.py's section "Wings' rules, issue 19.9", each naming its Wings
+are tests/support/wings_standin.py's section "Wings' rules, issue 19.9", each naming its Wings
 file): the client address Wings reads, the power lock and the ``starting`` state, an incoming
 transfer, an upload Wings reads whole, file links signed as the panels sign them, and the
 routes Wings protects. What wingsbak passes through must reach Wings so that Wings' rules
@@ -16,10 +16,11 @@ import time
 
 import aiohttp
 import pytest
-import wings_standin
-from daemon_helpers import auth, new_uuid, sign, wait_until
 from test_front_ws import CONSOLE, connect  # noqa: F401 - the fixture
-from wings_standin import PELICAN, PTERODACTYL, panel_file_token
+
+from tests.support import wings_standin
+from tests.support.daemon_helpers import auth, new_uuid, sign, wait_until
+from tests.support.wings_standin import PELICAN, PTERODACTYL, panel_file_token
 
 MIB = 1024 * 1024
 

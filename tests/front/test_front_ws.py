@@ -8,8 +8,8 @@ import json
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from daemon_helpers import new_uuid, sign, wait_until, ws_claims
 
+from tests.support.daemon_helpers import new_uuid, sign, wait_until, ws_claims
 from wingsbak.appkeys import JOBS
 from wingsbak.wings.client import WINGS
 

@@ -10,11 +10,11 @@ import json
 
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
-from daemon_helpers import new_uuid, sign, wait_until, ws_claims
 from test_front_ws import CONSOLE, Client, payload_uuid
-from wings_standin import PELICAN
 
 import wingsbak.wings.relay
+from tests.support.daemon_helpers import new_uuid, sign, wait_until, ws_claims
+from tests.support.wings_standin import PELICAN
 
 EVENTS = [*CONSOLE, "backup.read"]
 

@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import jwt
 import yaml
-from daemon_helpers import (
+
+from tests.support.daemon_helpers import (
     NODE_TOKEN,
     DaemonProcess,
     Node,
@@ -28,8 +29,8 @@ from daemon_helpers import (
     sign,
     wait_until,
 )
-from s3_helpers import s3_config
-from wings_standin import WingsStandin
+from tests.support.s3_helpers import s3_config
+from tests.support.wings_standin import WingsStandin
 
 PASSWORD = "correct horse battery staple"
 

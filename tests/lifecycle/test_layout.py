@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import (
+from lifecycle_helpers import archive_of, backed_up, call, download, in_front, log_events
+
+from tests.support.daemon_helpers import (
     PELICAN,
     PTERODACTYL,
     DaemonProcess,
@@ -22,8 +24,7 @@ from daemon_helpers import (
     new_uuid,
     panel_knows,
 )
-from lifecycle_helpers import archive_of, backed_up, call, download, in_front, log_events
-from wings_standin import WingsStandin
+from tests.support.wings_standin import WingsStandin
 
 FILES = {"server.properties": "motd=layout\n", "world/level.dat": "x" * 3000}
 

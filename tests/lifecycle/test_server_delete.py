@@ -13,14 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import (
-    PELICAN,
-    PTERODACTYL,
-    DaemonProcess,
-    Node,
-    Panel,
-    wait_until,
-)
 from lifecycle_helpers import (
     backed_up,
     call,
@@ -32,7 +24,16 @@ from lifecycle_helpers import (
     s3_backups,
     transfer_token,
 )
-from wings_standin import WingsStandin
+
+from tests.support.daemon_helpers import (
+    PELICAN,
+    PTERODACTYL,
+    DaemonProcess,
+    Node,
+    Panel,
+    wait_until,
+)
+from tests.support.wings_standin import WingsStandin
 
 FILES = {"server.properties": "motd=deleted\n", "world/level.dat": "y" * 4000}
 

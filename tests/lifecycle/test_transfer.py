@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from daemon_helpers import PELICAN, DaemonProcess, Node, Panel, free_port, new_uuid, wait_until
 from lifecycle_helpers import (
     archive_of,
     backed_up,
@@ -27,7 +26,17 @@ from lifecycle_helpers import (
     logged,
     transfer_token,
 )
-from wings_standin import WingsStandin
+
+from tests.support.daemon_helpers import (
+    PELICAN,
+    DaemonProcess,
+    Node,
+    Panel,
+    free_port,
+    new_uuid,
+    wait_until,
+)
+from tests.support.wings_standin import WingsStandin
 
 FILES = {"server.properties": "motd=moving\n", "world/level.dat": "z" * 5000}
 

@@ -12,8 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_helpers import Daemon, Node, Panel, download_claims, new_uuid, sign, wait_until
-from restic_helpers import (
+from tests.restore.restore_helpers import snapshot as tree_state
+from tests.support.daemon_helpers import (
+    Daemon,
+    Node,
+    Panel,
+    download_claims,
+    new_uuid,
+    sign,
+    wait_until,
+)
+from tests.support.restic_helpers import (
     dir_bytes,
     listed,
     needs_restic,
@@ -22,9 +31,7 @@ from restic_helpers import (
     restic_version,
     snapshots,
 )
-from s3_helpers import tree_digest
-
-from tests.restore.restore_helpers import snapshot as tree_state
+from tests.support.s3_helpers import tree_digest
 from wingsbak.appkeys import JOBS
 from wingsbak.archive import IgnoreRules, archive_to_file
 

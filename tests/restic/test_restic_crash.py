@@ -8,8 +8,14 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
-from restic_helpers import needs_restic, oracle, restic_backups, restic_processes, snapshots
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
+from tests.support.restic_helpers import (
+    needs_restic,
+    oracle,
+    restic_backups,
+    restic_processes,
+    snapshots,
+)
 
 pytestmark = needs_restic
 MIB = 1024 * 1024

@@ -10,10 +10,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_helpers import Daemon, Node, Panel, auth, download_claims, new_uuid, sign, wait_until
-from restic_helpers import needs_restic, repo_bytes, restic_backups, restic_processes, snapshots
 from structlog.testing import capture_logs
 
+from tests.support.daemon_helpers import (
+    Daemon,
+    Node,
+    Panel,
+    auth,
+    download_claims,
+    new_uuid,
+    sign,
+    wait_until,
+)
+from tests.support.restic_helpers import (
+    needs_restic,
+    repo_bytes,
+    restic_backups,
+    restic_processes,
+    snapshots,
+)
 from wingsbak.appkeys import JOBS
 
 pytestmark = needs_restic

@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Node, Panel, free_port, new_uuid, wait_until
-from rest_standin import rest_repository
-from restic_helpers import needs_restic, oracle, oracle_env, restic_backups, restic_block, snapshots
 from structlog.testing import capture_logs
 
+from tests.support.daemon_helpers import Node, Panel, free_port, new_uuid, wait_until
+from tests.support.rest_standin import rest_repository
+from tests.support.restic_helpers import (
+    needs_restic,
+    oracle,
+    oracle_env,
+    restic_backups,
+    restic_block,
+    snapshots,
+)
 from wingsbak.appkeys import JOBS
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.storage.restic import ResticError, ResticStore

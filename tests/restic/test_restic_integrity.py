@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import (
+from structlog.testing import capture_logs
+
+from tests.support.daemon_helpers import (
     WITHOUT_DAC_OVERRIDE,
     Daemon,
     DaemonProcess,
@@ -27,7 +29,7 @@ from daemon_helpers import (
     sign,
     wait_until,
 )
-from restic_helpers import (
+from tests.support.restic_helpers import (
     listed,
     log_events,
     needs_restic,
@@ -36,8 +38,6 @@ from restic_helpers import (
     restic_backups,
     snapshots,
 )
-from structlog.testing import capture_logs
-
 from wingsbak.appkeys import JOBS
 
 pytestmark = needs_restic

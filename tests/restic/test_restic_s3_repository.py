@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_helpers import Node, Panel, auth, download_claims, new_uuid, sign
-from restic_helpers import needs_restic, oracle, restic_backups, snapshots
-from s3_helpers import tree_digest
+from tests.support.daemon_helpers import Node, Panel, auth, download_claims, new_uuid, sign
+from tests.support.restic_helpers import needs_restic, oracle, restic_backups, snapshots
+from tests.support.s3_helpers import tree_digest
 
 pytestmark = needs_restic
 MIB = 1024 * 1024

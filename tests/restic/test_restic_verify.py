@@ -14,10 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
-from restic_helpers import needs_restic, restic_backups, restic_processes
-from trust_helpers import log_events, metrics, wait_event
-
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
+from tests.support.restic_helpers import needs_restic, restic_backups, restic_processes
+from tests.support.trust_helpers import log_events, metrics, wait_event
 from wingsbak.appkeys import JOBS
 from wingsbak.verify.schedule import slices
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from daemon_helpers import (
+
+from tests.support.daemon_helpers import (
     Daemon,
     Node,
     Panel,
@@ -28,8 +29,8 @@ from daemon_helpers import (
     new_uuid,
     sign,
 )
-from restic_helpers import needs_restic, oracle, restic_block
-from s3_helpers import s3_config
+from tests.support.restic_helpers import needs_restic, oracle, restic_block
+from tests.support.s3_helpers import s3_config
 
 pytestmark = needs_restic
 MIB = 1024 * 1024

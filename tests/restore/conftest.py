@@ -1,6 +1,5 @@
 """Fixtures of the restore tests: ``serve``, a small real server for download URLs, and the
-daemon, node and recording panel of the daemon suite (daemon_fixtures.py, whose folder is on
-pytest's ``pythonpath``)."""
+daemon, node and recording panel of tests/support/daemon_fixtures.py (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +7,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from daemon_fixtures import (  # noqa: F401 - registers them
-    daemon,
-    daemon_process,
-    node,
-    panel,
-    start_daemon,
-)
 from restore_helpers import Handler, Serve
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, Node, Panel, new_uuid
 from restore_helpers import Serve, breaks_half_way, serves
 
+from tests.support.daemon_helpers import Daemon, Node, Panel, new_uuid
 from wingsbak.archive.extract import RestoreError, restore_archive_file
 
 SERVER = "7c1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from daemon_helpers import Daemon, Node, Panel, free_port, new_uuid
 from restore_helpers import Serve, serves
 
+from tests.support.daemon_helpers import Daemon, Node, Panel, free_port, new_uuid
 from wingsbak.appkeys import JOBS
 
 MIB = 1024 * 1024

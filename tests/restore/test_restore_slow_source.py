@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from restore_helpers import Serve, restore_leftovers, snapshot, trickles
 
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.extract import Cancelled, extract_archive
 from wingsbak.config import ConfigError, parse_config

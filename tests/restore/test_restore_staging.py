@@ -12,15 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import (
-    Daemon,
-    DaemonProcess,
-    Node,
-    Panel,
-    mounted_tmpfs,
-    new_uuid,
-    wait_until,
-)
 from restore_helpers import (
     Serve,
     breaks_half_way,
@@ -30,6 +21,15 @@ from restore_helpers import (
     snapshot,
 )
 
+from tests.support.daemon_helpers import (
+    Daemon,
+    DaemonProcess,
+    Node,
+    Panel,
+    mounted_tmpfs,
+    new_uuid,
+    wait_until,
+)
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.checksum import sidecar_path
 from wingsbak.archive.extract import (

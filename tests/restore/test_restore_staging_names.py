@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid
 from restore_helpers import snapshot
 
-from tests.restic.restic_helpers import listed, needs_restic, restic_backups
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid
+from tests.support.restic_helpers import listed, needs_restic, restic_backups
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.extract import recover_stagings, restore_archive_file
 from wingsbak.archive.staging import STAGING_PREFIX, Staging

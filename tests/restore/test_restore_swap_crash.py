@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from restore_helpers import snapshot
 
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.extract import recover_stagings
 from wingsbak.archive.staging import CONFLICT_SUFFIX, STAGING_PREFIX

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
-from s3_helpers import MIB, FaultProxy, s3_config
 from structlog.testing import capture_logs
 
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
+from tests.support.s3_helpers import MIB, FaultProxy, s3_config
 from wingsbak.appkeys import JOBS
 from wingsbak.storage.s3_cleanup import S3Cleanup
 

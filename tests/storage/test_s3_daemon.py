@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, Node, Panel, auth, download_claims, new_uuid, sign
-from s3_helpers import s3_config
+
+from tests.support.daemon_helpers import Daemon, Node, Panel, auth, download_claims, new_uuid, sign
+from tests.support.s3_helpers import s3_config
 
 
 @pytest.fixture

@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_helpers import MIB, SERVER_UUID, FaultProxy, extract_with_tar, s3_config, tree_digest
 
+from tests.support.s3_helpers import (
+    MIB,
+    SERVER_UUID,
+    FaultProxy,
+    extract_with_tar,
+    s3_config,
+    tree_digest,
+)
 from wingsbak.archive import Cancelled, archive_to_file, write_archive
 from wingsbak.storage.s3 import S3Error, S3NotFound, S3PartSink, S3Storage
 
@@ -299,7 +306,7 @@ def test_missing_bucket_fails_with_one_clear_error(
 
 
 def test_unreachable_endpoint_fails_with_one_clear_error(tmp_path: Path) -> None:
-    from s3_helpers import free_port
+    from tests.support.s3_helpers import free_port
 
     (tmp_path / "f").write_text("x")
     cfg = s3_config(f"http://127.0.0.1:{free_port()}", "bucket-x")

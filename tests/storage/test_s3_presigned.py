@@ -19,8 +19,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from s3_helpers import MIB, SERVER_UUID, FaultProxy, admin_client, extract_with_tar, tree_digest
 
+from tests.support.s3_helpers import (
+    MIB,
+    SERVER_UUID,
+    FaultProxy,
+    admin_client,
+    extract_with_tar,
+    tree_digest,
+)
 from wingsbak.storage.presigned import PresignedUploadError, upload_via_panel
 
 TOKEN = "node-token-id.node-token"

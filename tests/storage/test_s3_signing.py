@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from s3_helpers import SERVER_UUID, FaultProxy, s3_config
 
 from bench.tlscert import self_signed_certificate
+from tests.support.s3_helpers import SERVER_UUID, FaultProxy, s3_config
 from wingsbak.appkeys import JOBS
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.http.app import create_app

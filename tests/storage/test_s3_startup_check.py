@@ -7,9 +7,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from s3_helpers import s3_config
 from structlog.testing import capture_logs
 
+from tests.support.s3_helpers import s3_config
 from wingsbak.appkeys import JOBS
 
 

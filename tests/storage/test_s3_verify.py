@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from daemon_helpers import DaemonProcess, Node, Panel, auth, new_uuid, wait_until
-from s3_helpers import s3_config
-from trust_helpers import log_events, metrics, wait_event
 
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, auth, new_uuid, wait_until
+from tests.support.s3_helpers import s3_config
+from tests.support.trust_helpers import log_events, metrics, wait_event
 from wingsbak.archive import archive_to_file
 
 MIB = 1024 * 1024

@@ -25,7 +25,9 @@ import jwt
 import pytest
 import yaml
 from aiohttp import web
-from panel_standin import (  # noqa: F401 - re-exported: the suites import them from here
+from yarl import URL
+
+from tests.support.panel_standin import (  # noqa: F401 - re-exported: the suites import them from here
     ACCEPT,
     NODE_TOKEN,
     PELICAN,
@@ -35,8 +37,6 @@ from panel_standin import (  # noqa: F401 - re-exported: the suites import them 
     Recorded,
     free_port,
 )
-from yarl import URL
-
 from wingsbak.config import Config
 
 # A child process that runs as root without the capabilities that bypass file permissions,

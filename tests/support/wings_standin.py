@@ -79,8 +79,9 @@ from typing import Any, ClassVar
 import jwt
 import yaml
 from aiohttp import BodyPartReader, WSMsgType, web
-from daemon_helpers import NODE_TOKEN, free_port
-from wings_lifecycle import WingsLifecycle, add_lifecycle_routes
+
+from tests.support.daemon_helpers import NODE_TOKEN, free_port
+from tests.support.wings_lifecycle import WingsLifecycle, add_lifecycle_routes
 
 CHUNK = 256 * 1024
 POWER_ACTIONS = ("start", "stop", "restart", "kill")
@@ -336,7 +337,7 @@ class WingsStandin:
     used_ids: set[str] = field(default_factory=set)
     handlers: list[_Socket] = field(default_factory=list)  # sockets listening for events
     errors: list[str] = field(default_factory=list)  # what Wings only logs (power actions)
-    # Server deletion, transfers and Pelican's User-Agent: tests/daemon/wings_lifecycle.py.
+    # Server deletion, transfers and Pelican's User-Agent: tests/support/wings_lifecycle.py.
     lifecycle: WingsLifecycle = field(default_factory=WingsLifecycle)
     _runner: web.AppRunner | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from daemon_helpers import Daemon, DaemonProcess, Node, Panel, free_port
 
+from tests.support.daemon_helpers import Daemon, DaemonProcess, Node, Panel, free_port
 from wingsbak.config import parse_config, prepare_directories
 from wingsbak.http.app import create_app
 from wingsbak.http.server import start_server

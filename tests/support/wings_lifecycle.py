@@ -1,5 +1,5 @@
 """The Wings stand-in's server deletion and transfers, and Pelican's ``User-Agent`` (kept apart
-from tests/daemon/wings_standin.py, which wires them in with ``add_lifecycle_routes``).
+from tests/support/wings_standin.py, which wires them in with ``add_lifecycle_routes``).
 
 - Pelican Wings sets ``User-Agent: Pelican Wings/v<version> (id:<token id>)`` on every answer
   that passes its bearer middleware, 401 and 403 included: every ``/api/...`` route but the
@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from panel_standin import PELICAN, TOKEN_ID
+
+from tests.support.panel_standin import PELICAN, TOKEN_ID
 
 if TYPE_CHECKING:
-    from wings_standin import WingsStandin
+    from tests.support.wings_standin import WingsStandin
 
 PELICAN_VERSION = "1.0.0"
 

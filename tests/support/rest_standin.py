@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from daemon_helpers import free_port
-from restic_helpers import oracle, restic_backups
+
+from tests.support.daemon_helpers import free_port
+from tests.support.restic_helpers import oracle, restic_backups
 
 TYPES = ("data", "keys", "locks", "snapshots", "index")
 V2 = "application/vnd.x.restic.rest.v2"

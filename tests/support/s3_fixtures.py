@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_helpers import FaultPlan, FaultProxy, admin_client, make_big_tree, start_moto
+
+from tests.support.s3_helpers import FaultPlan, FaultProxy, admin_client, make_big_tree, start_moto
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from daemon_helpers import NODE_TOKEN, auth, wait_until
+
+from tests.support.daemon_helpers import NODE_TOKEN, auth, wait_until
 
 # -- the daemon's log ---------------------------------------------------------------------------
 
