@@ -3,10 +3,11 @@ suffix, the bytes it starts with, its writer, its reader and its unpacked-size p
 file names of a backup's archive, built here only.
 
 ``gzip`` is what backups are (Wings' ``.tar.gz``): ISA-L when installed, zlib otherwise, both
-ordinary gzip. ISA-L's threaded writer compresses blocks on worker threads with the previous
-block's last 32 KiB as dictionary (as pigz does), so it costs next to nothing in ratio while
-using every core; its threads write the output, so the checksum, rate limit and disk write
-all run beside the tar producer. Its threaded reader decompresses ahead on a thread of its
+ordinary gzip. It is written as a series of independent members of 4 MiB input each
+(archive/gzmembers.py), compressed on worker threads and written by a thread of their own, so
+the checksum, rate limit and disk write run beside the tar producer, and a reader that knows
+where the members start (the archive's index) can decompress one file without the rest.
+ISA-L's threaded reader decompresses ahead on a thread of its
 own while the restore writes files. ``tar`` is no compression: what ``restic dump`` gives.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from wingsbak.archive.gzmembers import MemberWriter
 from wingsbak.formats import BEST_COMPRESSION, BEST_SPEED, COMPRESSION_LEVELS, NONE
 
 try:
@@ -82,16 +84,10 @@ def open_gzip_writer(
     if level not in COMPRESSION_LEVELS:
         choices = ", ".join(COMPRESSION_LEVELS)
         raise ValueError(f"unknown compression level {level!r}; use one of {choices}")
+    threads = threads if threads is not None else compression_threads()
     if HAVE_ISAL and level != NONE:
-        return igzip_threaded.open(  # type: ignore[return-value]
-            raw,
-            "wb",
-            compresslevel=_ISAL_LEVEL[level],
-            threads=threads if threads is not None else compression_threads(),
-            block_size=BLOCK_SIZE,
-        )
-    gz = _zlib_gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_ZLIB_LEVEL[level], mtime=0)
-    return io.BufferedWriter(gz, buffer_size=BLOCK_SIZE)  # type: ignore[arg-type,return-value]
+        return MemberWriter(raw, _ISAL_LEVEL[level], threads, isal=True)  # type: ignore[return-value]
+    return MemberWriter(raw, _ZLIB_LEVEL[level], threads, isal=False)  # type: ignore[return-value]
 
 
 def open_gzip_reader(raw: _Readable) -> BinaryIO:
