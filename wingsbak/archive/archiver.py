@@ -211,8 +211,10 @@ class _Archiver:
         kind = _INDEX_KIND[entry.kind]
         # The headers store whole seconds, never before the epoch.
         mtime_ns = max(0, int(st.st_mtime)) * 1_000_000_000
+        parent, _, name = entry.relpath.rpartition("/")
         self.index.add(
-            entry.relpath.encode("utf-8", "surrogateescape"),
+            parent.encode("utf-8", "surrogateescape"),
+            name.encode("utf-8", "surrogateescape"),
             kind,
             size,
             stat.S_IMODE(st.st_mode),

@@ -14,7 +14,6 @@ own while the restore writes files. ``tar`` is no compression: what ``restic dum
 from __future__ import annotations
 
 import gzip as _zlib_gzip
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -17,25 +17,27 @@ sequential pass over an archive written before this (or by Wings) yields its mem
 from __future__ import annotations
 
 import queue
+import struct
 import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 try:
-    from isal import igzip, isal_zlib
+    from isal import isal_zlib
 
     HAVE_ISAL = True
 except ImportError:  # pragma: no cover - exercised on machines without isal wheels
     HAVE_ISAL = False
 
-__all__ = ["MEMBER_SIZE", "Member", "MemberReader", "MemberWriter", "compress_member"]
+__all__ = ["BLOCK_SIZE", "MEMBER_SIZE", "Member", "MemberReader", "MemberWriter"]
 
 # Big enough that the 18 bytes of header and trailer and the dictionary lost at each start
 # cost well under 0.1 % of the size; small enough that reading one small file decompresses
 # at most a few MiB.
 MEMBER_SIZE = 4 * 1024 * 1024
 _GZIP_WBITS = 31  # zlib's wbits for a gzip header and trailer
+BLOCK_SIZE = 1024 * 1024
 
 Member = tuple[int, int]  # (compressed offset, uncompressed offset) where a member starts
 
@@ -44,18 +46,52 @@ class _Writable(Protocol):
     def write(self, data: bytes | memoryview, /) -> int: ...
 
 
-def compress_member(data: bytes, level: int, isal: bool) -> bytes:
-    """One complete gzip member of ``data`` (mtime 0, so equal input gives equal bytes)."""
-    if isal:
-        return igzip.compress(data, level, mtime=0)
-    obj = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
-    return obj.compress(data) + obj.flush()
+_HEADER = bytes.fromhex("1f8b08000000000000ff")  # deflate, no name, mtime 0, OS unknown
+_FINAL = b"\x03\x00"  # an empty final deflate block: what ends a member after sync flushes
+_DICT = 32 * 1024  # deflate's window: what a block may refer back to
+
+
+def _bound(block_size: int, level: int) -> int:
+    """The most ISA-L's deflate of a block may take: 10 % more for incompressible data; its
+    level 0 codes everything with one fixed table, up to 15 bits a byte."""
+    return 2 * block_size + 500 if level == 0 else block_size + block_size // 10 + 500
+
+
+class _BlockCompressor:
+    """Raw deflate of one block, sync-flushed so blocks concatenate, with the previous
+    block's last 32 KiB of the same member as dictionary (as pigz and ISA-L's threaded
+    writer do); one per worker thread."""
+
+    def __init__(self, level: int, isal: bool, block_size: int) -> None:
+        self.level = level
+        self.parallel = (
+            isal_zlib._ParallelCompress(buffersize=_bound(block_size, level), level=level)
+            if isal and hasattr(isal_zlib, "_ParallelCompress")
+            else None
+        )
+        self.module = isal_zlib if isal else zlib
+
+    def __call__(self, data: memoryview, zdict: bytes) -> tuple[bytes, int]:
+        if self.parallel is not None:
+            return self.parallel.compress_and_crc(data, zdict)
+        if zdict:
+            obj = self.module.compressobj(self.level, zlib.DEFLATED, -15, zdict=zdict)
+        else:
+            obj = self.module.compressobj(self.level, zlib.DEFLATED, -15)
+        out = obj.compress(data) + obj.flush(zlib.Z_SYNC_FLUSH)
+        return out, self.module.crc32(data)
 
 
 class MemberWriter:
     """A writable that gzips into ``raw`` as independent members of ``member_size`` input
     bytes each; closing it finishes the stream (not ``raw``). ``members`` holds where each
-    written member starts once closed."""
+    written member starts.
+
+    Each member is compressed as blocks of ``block_size`` on the worker threads, every
+    block but a member's first with its predecessor's tail as dictionary, so the ratio is
+    that of one stream to within a dictionary reset per member. A block's input is copied
+    once, into one of a few reused buffers, which go back to the pool once compressed.
+    """
 
     def __init__(
         self,
@@ -65,65 +101,128 @@ class MemberWriter:
         *,
         isal: bool = HAVE_ISAL,
         member_size: int = MEMBER_SIZE,
+        block_size: int = BLOCK_SIZE,
     ) -> None:
+        if member_size % block_size:
+            raise ValueError("a member is a whole number of blocks")
         self.raw = raw
-        self.level = level
-        self.isal = isal
         self.member_size = member_size
+        self.block_size = block_size
         self.members: list[Member] = []
         self.size = 0  # uncompressed bytes taken
-        self._buf = bytearray()
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="gzmember")
-        # Bounded: a slow sink holds the producer back instead of memory growing.
-        self._queue: queue.Queue[Future[bytes] | None] = queue.Queue(max(1, threads))
+        threads = max(1, threads)
+        local = threading.local()
+
+        def compress(data: memoryview, zdict: bytes) -> tuple[bytes, int]:
+            compressor = getattr(local, "compressor", None)
+            if compressor is None:
+                compressor = local.compressor = _BlockCompressor(level, isal, block_size)
+            return compressor(data, zdict)
+
+        self._compress = compress
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gzmember")
+        # Buffers in flight bound memory, and hold the producer back when the sink is slow.
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(2 * threads + 1):
+            self._free.put(bytearray(block_size))
+        self._buf = bytearray(block_size)
+        self._view = memoryview(self._buf)
+        self._fill = 0
+        self._queue: queue.Queue[tuple[Future[tuple[bytes, int]], bytearray, int, int] | None]
+        self._queue = queue.Queue()
         self._error: BaseException | None = None
         self._queued = 0  # uncompressed bytes handed to the pool
-        self._written = 0  # compressed bytes written to raw
         self._closed = False
-        self._writer = threading.Thread(target=self._write_members, name="gzmember-writer")
+        self._writer = threading.Thread(
+            target=self._write_members, name="gzmember-writer", daemon=True
+        )
         self._writer.start()
 
-    def write(self, data: bytes | memoryview, /) -> int:
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
         if self._error is not None:
             raise self._error
-        n = len(data)
-        self._buf += data
+        view = memoryview(data).cast("B")
+        n = len(view)
         self.size += n
-        while len(self._buf) >= self.member_size:
-            block = bytes(self._buf[: self.member_size])
-            del self._buf[: self.member_size]
-            self._submit(block)
+        while view:
+            k = min(self.block_size - self._fill, len(view))
+            self._view[self._fill : self._fill + k] = view[:k]
+            self._fill += k
+            view = view[k:]
+            if self._fill == self.block_size:
+                self._submit()
         return n
 
-    def _submit(self, block: bytes) -> None:
+    def _submit(self) -> None:
+        buf, length = self._buf, self._fill
         start = self._queued
-        self._queued += len(block)
-        future = self._pool.submit(compress_member, block, self.level, self.isal)
-        future.uncompressed_offset = start  # type: ignore[attr-defined]
+        self._queued += length
+        first = start % self.member_size == 0
+        zdict = b"" if first else self._tail
+        self._tail = bytes(buf[length - _DICT : length]) if length >= _DICT else bytes(buf[:length])
+        future = self._pool.submit(self._compress, memoryview(buf)[:length], zdict)
+        self._queue.put((future, buf, start, length))
         while True:
             if self._error is not None:
-                future.cancel()
                 raise self._error
             try:
-                self._queue.put(future, timeout=0.5)
-                return
-            except queue.Full:
+                self._buf = self._free.get(timeout=0.5)
+                break
+            except queue.Empty:
                 continue
+        self._view = memoryview(self._buf)
+        self._fill = 0
 
     def _write_members(self) -> None:
+        written = 0  # compressed bytes written to raw
+        crc = size = 0  # of the open member
+        open_member = False
+
+        def put(data: bytes) -> None:
+            nonlocal written
+            self.raw.write(data)
+            written += len(data)
+
+        def finish() -> None:
+            put(_FINAL + struct.pack("<II", crc, size & 0xFFFFFFFF))
+
         while True:
-            future = self._queue.get()
-            if future is None:
+            item = self._queue.get()
+            if item is None:
+                if self._error is None:
+                    try:
+                        if not open_member:  # nothing written: an empty member
+                            self.members.append((written, 0))
+                            put(_HEADER)
+                        finish()
+                    except BaseException as exc:
+                        self._error = exc
                 return
-            if self._error is not None:
-                continue  # drained, so that the producer never blocks on a dead writer
+            future, buf, start, length = item
             try:
-                data = future.result()
-                self.members.append((self._written, future.uncompressed_offset))  # type: ignore[attr-defined]
-                self.raw.write(data)
-                self._written += len(data)
+                if self._error is None:
+                    compressed, block_crc = future.result()
+                    if start % self.member_size == 0:
+                        if open_member:
+                            finish()
+                        self.members.append((written, start))
+                        put(_HEADER)
+                        crc = size = 0
+                        open_member = True
+                    if not size:
+                        crc = block_crc
+                    elif HAVE_ISAL:
+                        crc = isal_zlib.crc32_combine(crc, block_crc, length)
+                    else:  # Python's zlib has no crc32_combine
+                        crc = zlib.crc32(memoryview(buf)[:length], crc)
+                    size += length
+                    put(compressed)
             except BaseException as exc:
                 self._error = exc
+            finally:
+                # Back to the pool only once compressed (cancelled futures never ran).
+                future.cancel() or future.exception()
+                self._free.put(buf)
 
     def flush(self) -> None:
         pass
@@ -140,10 +239,8 @@ class MemberWriter:
             return
         self._closed = True
         try:
-            if self._error is None and (self._buf or not self._queued):
-                # The rest, or one empty member: an empty stream is still a gzip file.
-                self._submit(bytes(self._buf))
-                self._buf.clear()
+            if self._error is None and self._fill:
+                self._submit()
         finally:
             self._queue.put(None)
             self._writer.join()

@@ -21,20 +21,21 @@ Schema (format 1)::
         compressed_offset INTEGER NOT NULL,  -- where the gzip member starts in the file
         uncompressed_offset INTEGER NOT NULL -- where its output starts in the tar stream
     );
-    CREATE TABLE entries (
-        parent BLOB NOT NULL,    -- the folder's path, b"" for the root
-        name BLOB NOT NULL,      -- the entry's name in it; paths are relative, '/'-separated,
-                                 -- the bytes stored in the tar (no leading '/' or './')
-        kind TEXT NOT NULL,      -- 'file', 'dir', 'symlink' or 'other'
-        size INTEGER NOT NULL,   -- a file's content (a sparse file's, holes included); else 0
-        mode INTEGER NOT NULL,   -- permission bits as stored
-        mtime_ns INTEGER NOT NULL,
-        linkname BLOB NOT NULL,  -- a symlink's target, as stored
-        header_offset INTEGER NOT NULL, -- the entry's first header block in the tar stream
-                                        -- (-1: a folder the archive implies but does not hold)
-        data_offset INTEGER NOT NULL,   -- where its data starts (-1 likewise)
-        PRIMARY KEY (parent, name)
+    CREATE TABLE folders (
+        path BLOB PRIMARY KEY,   -- the folder's path, b"" for the root; paths are relative,
+                                 -- '/'-separated, the bytes stored in the tar (no leading
+                                 -- '/' or './', no trailing '/')
+        entries BLOB NOT NULL    -- its children, sorted by name (bytewise), back to back
     ) WITHOUT ROWID;
+
+Each child in ``entries`` is a little-endian struct ``<BIqqqqII`` followed by two byte
+strings: kind (0 file, 1 folder, 2 symlink, 3 other), mode (permission bits as stored),
+size (a file's content, a sparse file's holes included; else 0), mtime in ns, the offset
+of its first header block in the tar stream, the offset of its data (both -1 for a folder
+the archive implies but holds no entry of), the length of its name, the length of its link
+target; then the name and the link target (as stored, never followed). One row per folder
+rather than per entry: the archiver writes it at the end of a backup, where a row per entry
+would cost several percent of the backup's time, and a listing reads a single row.
 
 A hard link to a file is indexed as a file with its target's size and offsets. An entry
 whose path climbs out (``..``) is left out. Later entries of the same path replace earlier
@@ -51,6 +52,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import struct
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -58,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from wingsbak.archive.gzmembers import Member, MemberReader
+from wingsbak.archive.gzmembers import GzipFormatError, Member, MemberReader
 from wingsbak.archive.tarread import (
     DIRECTORY,
     GNU_DUMPDIR,
@@ -78,7 +80,7 @@ __all__ = [
     "KIND_SYMLINK",
     "ArchiveIndex",
     "IndexData",
-    "IndexRow",
+    "IndexedEntry",
     "Stamp",
     "build_index",
     "index_path",
@@ -92,6 +94,7 @@ INDEX_SUFFIX = ".index"
 KIND_FILE, KIND_DIR, KIND_SYMLINK, KIND_OTHER = "file", "dir", "symlink", "other"
 _STAMP_SPAN = 64 * 1024
 _IMPLIED_MODE = 0o755
+_CACHED_FOLDERS = 64  # decoded folders kept: a file manager opens files of the one it lists
 
 
 class RangeSource(Protocol):
@@ -171,20 +174,23 @@ class FileSource:
         self.close()
 
 
-IndexRow = tuple[bytes, str, int, int, int, bytes, int, int]
-# (path, kind, size, mode, mtime_ns, linkname, header_offset, data_offset)
+_RECORD = struct.Struct("<BIqqqqII")
+_KIND_CODE = {KIND_FILE: 0, KIND_DIR: 1, KIND_SYMLINK: 2, KIND_OTHER: 3}
+_KIND_NAME = {code: kind for kind, code in _KIND_CODE.items()}
 
 
 @dataclass(slots=True)
 class IndexData:
-    """An index's content before it is written: entries in stream order, and members."""
+    """An index's content before it is written: each folder's children as packed records
+    (in stream order, a later one of the same name replacing an earlier one), and members."""
 
-    rows: list[IndexRow] = field(default_factory=list)
+    folders: dict[bytes, list[tuple[bytes, bytes]]] = field(default_factory=dict)
     members: list[Member] = field(default_factory=list)
 
     def add(
         self,
-        path: bytes,
+        parent: bytes,
+        name: bytes,
         kind: str,
         size: int,
         mode: int,
@@ -193,7 +199,20 @@ class IndexData:
         header_offset: int,
         data_offset: int,
     ) -> None:
-        self.rows.append((path, kind, size, mode, mtime_ns, linkname, header_offset, data_offset))
+        record = _RECORD.pack(
+            _KIND_CODE[kind],
+            mode,
+            size,
+            mtime_ns,
+            header_offset,
+            data_offset,
+            len(name),
+            len(linkname),
+        )
+        children = self.folders.get(parent)
+        if children is None:
+            children = self.folders[parent] = []
+        children.append((name, record + name + linkname))
 
 
 def index_path(archive: str | os.PathLike[str]) -> Path:
@@ -226,34 +245,29 @@ def _kind(type_: int) -> str:
 
 def build_index(stream: _Readable) -> IndexData:
     """The index of the gzip tar read from ``stream`` (compressed), in one sequential pass.
-    Raises :class:`~wingsbak.archive.tarread.TarError` for an unreadable archive."""
+    Raises :class:`~wingsbak.archive.tarread.TarError` for an unreadable archive, and
+    :class:`~wingsbak.archive.gzmembers.GzipFormatError` for one that is not gzip."""
     reader = MemberReader(stream)
     data = IndexData()
-    files: dict[bytes, IndexRow] = {}
-    tar = iter_entries(reader)
+    files: dict[bytes, tuple[int, int, int]] = {}  # path -> size, header and data offsets
+    tar = iter_entries(reader, passthrough=(GzipFormatError,))
     tar.check_start()
     for entry in tar:
         path = _normal(entry.name)
         if path is None:
             continue
         kind = _kind(entry.type)
-        row: IndexRow = (
-            path,
-            kind,
-            entry.real_size if kind == KIND_FILE else 0,
-            entry.mode & 0o7777,
-            entry.mtime,
-            entry.linkname,
-            entry.header_offset,
-            entry.data_offset,
-        )
+        size = entry.real_size if kind == KIND_FILE else 0
+        at = (entry.header_offset, entry.data_offset)
+        linkname = entry.linkname
         if entry.type == HARDLINK:
             target = files.get(_normal(entry.linkname) or b"")
             if target is not None:
-                row = (path, KIND_FILE, target[2], row[3], row[4], b"", target[6], target[7])
-        if row[1] == KIND_FILE:
-            files[path] = row
-        data.rows.append(row)
+                kind, size, at, linkname = KIND_FILE, target[0], target[1:], b""
+        if kind == KIND_FILE:
+            files[path] = (size, *at)
+        parent, name = _split(path)
+        data.add(parent, name, kind, size, entry.mode & 0o7777, entry.mtime, linkname, *at)
     data.members = list(reader.members)
     return data
 
@@ -293,11 +307,7 @@ def _fill(db: sqlite3.Connection, data: IndexData, stamp: Stamp) -> None:
         CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
         CREATE TABLE members (seq INTEGER PRIMARY KEY, compressed_offset INTEGER NOT NULL,
                               uncompressed_offset INTEGER NOT NULL);
-        CREATE TABLE entries (parent BLOB NOT NULL, name BLOB NOT NULL, kind TEXT NOT NULL,
-                              size INTEGER NOT NULL, mode INTEGER NOT NULL,
-                              mtime_ns INTEGER NOT NULL, linkname BLOB NOT NULL,
-                              header_offset INTEGER NOT NULL, data_offset INTEGER NOT NULL,
-                              PRIMARY KEY (parent, name)) WITHOUT ROWID;
+        CREATE TABLE folders (path BLOB PRIMARY KEY, entries BLOB NOT NULL) WITHOUT ROWID;
         """
     )
     db.executemany(
@@ -310,21 +320,29 @@ def _fill(db: sqlite3.Connection, data: IndexData, stamp: Stamp) -> None:
             ("tail_sha256", stamp.tail_sha256),
         ],
     )
-    db.executemany("INSERT INTO members VALUES (?, ?, ?)", [(i, c, u) for i, (c, u) in enumerate(data.members)])
-    seen: set[bytes] = set()
-    parents: set[bytes] = set()
-    rows = []
-    for row in data.rows:
-        path = row[0]
-        seen.add(path)
+    db.executemany(
+        "INSERT INTO members VALUES (?, ?, ?)",
+        [(i, c, u) for i, (c, u) in enumerate(data.members)],
+    )
+    folders = {parent: dict(children) for parent, children in data.folders.items()}
+    folders.setdefault(b"", {})
+    # A folder the archive holds no entry of (tar needs none) is listed all the same.
+    pending = [p for p in folders if p]
+    while pending:
+        path = pending.pop()
         parent, name = _split(path)
-        rows.append((parent, name, *row[1:]))
-        while parent and parent not in parents:
-            parents.add(parent)
-            parent = _split(parent)[0]
-    db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    implied = [(*_split(p), KIND_DIR, 0, _IMPLIED_MODE, 0, b"", -1, -1) for p in parents - seen]
-    db.executemany("INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", implied)
+        siblings = folders.get(parent)
+        if siblings is None:
+            siblings = folders[parent] = {}
+            if parent:
+                pending.append(parent)
+        if name not in siblings:
+            record = _RECORD.pack(_KIND_CODE[KIND_DIR], _IMPLIED_MODE, 0, 0, -1, -1, len(name), 0)
+            siblings[name] = record + name
+    db.executemany(
+        "INSERT INTO folders VALUES (?, ?)",
+        [(path, b"".join(v for _, v in sorted(c.items()))) for path, c in folders.items()],
+    )
     db.commit()
 
 
@@ -347,12 +365,23 @@ class IndexedEntry:
     data_offset: int
 
 
-_COLUMNS = "parent, name, kind, size, mode, mtime_ns, linkname, header_offset, data_offset"
-
-
-def _entry(row: tuple[bytes, bytes, str, int, int, int, bytes, int, int]) -> IndexedEntry:
-    parent, name = row[0], row[1]
-    return IndexedEntry(parent + b"/" + name if parent else name, *row[2:])
+def _unpack(parent: bytes, blob: bytes) -> list[IndexedEntry]:
+    out = []
+    pos = 0
+    prefix = parent + b"/" if parent else b""
+    unpack = _RECORD.unpack_from
+    size = _RECORD.size
+    while pos < len(blob):
+        kind, mode, length, mtime, header, data, name_len, link_len = unpack(blob, pos)
+        pos += size
+        name = blob[pos : pos + name_len]
+        pos += name_len
+        link = blob[pos : pos + link_len]
+        pos += link_len
+        out.append(
+            IndexedEntry(prefix + name, _KIND_NAME[kind], length, mode, mtime, link, header, data)
+        )
+    return out
 
 
 class ArchiveIndex:
@@ -363,6 +392,7 @@ class ArchiveIndex:
         uri = self.path.resolve().as_uri() + "?mode=ro"
         self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self._lock = threading.Lock()
+        self._cache: dict[bytes, tuple[list[IndexedEntry], dict[bytes, IndexedEntry]]] = {}
         self.members: list[Member] = [
             (c, u)
             for c, u in self._db.execute(
@@ -371,7 +401,9 @@ class ArchiveIndex:
         ]
 
     @classmethod
-    def open_matching(cls, path: str | os.PathLike[str], source: RangeSource) -> ArchiveIndex | None:
+    def open_matching(
+        cls, path: str | os.PathLike[str], source: RangeSource
+    ) -> ArchiveIndex | None:
         """The index at ``path`` if it exists, is readable and matches the archive in
         ``source``; None otherwise (then it is to be built again)."""
         try:
@@ -400,19 +432,23 @@ class ArchiveIndex:
         )
 
     def get(self, path: bytes) -> IndexedEntry | None:
-        parent, name = _split(path)
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE parent = ? AND name = ?", (parent, name)
-            ).fetchone()
-        return _entry(row) if row else None
+        return self._folder(_split(path)[0])[1].get(path)
 
     def children(self, path: bytes) -> list[IndexedEntry]:
+        """The folder's children sorted by name ([] for no such folder)."""
+        return self._folder(path)[0]
+
+    def _folder(self, path: bytes) -> tuple[list[IndexedEntry], dict[bytes, IndexedEntry]]:
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE parent = ? ORDER BY name", (path,)
-            ).fetchall()
-        return [_entry(r) for r in rows]
+            cached = self._cache.get(path)
+            if cached is not None:
+                return cached
+            row = self._db.execute("SELECT entries FROM folders WHERE path = ?", (path,)).fetchone()
+            children = _unpack(path, row[0]) if row else []
+            if len(self._cache) >= _CACHED_FOLDERS:
+                self._cache.pop(next(iter(self._cache)))
+            folder = self._cache[path] = (children, {c.path: c for c in children})
+            return folder
 
     def below(self, path: bytes) -> Iterator[IndexedEntry]:
         """Everything below the folder ``path``, parents before children."""

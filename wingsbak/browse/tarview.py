@@ -138,10 +138,7 @@ class _FileContent:
         n = min(n, self.left)
         if n <= 0:
             return b""
-        if self.regions is None:
-            data = self.entry.read(n)
-        else:
-            data = self._sparse(n)
+        data = self.entry.read(n) if self.regions is None else self._sparse(n)
         self.left -= len(data)
         self.pos += len(data)
         return data
