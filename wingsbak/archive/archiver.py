@@ -403,9 +403,13 @@ def archive_to_file(
     root: str | os.PathLike[str],
     path: str | os.PathLike[str],
     rules: IgnoreRules | None = None,
+    *,
+    index: bool = False,
     **options: object,
 ) -> ArchiveResult:
-    """Write the archive of ``root`` to ``path`` atomically, then its checksum sidecar.
+    """Write the archive of ``root`` to ``path`` atomically, then its checksum sidecar, and
+    with ``index`` its index (``<path>.index``, archive/index.py; an index that cannot be
+    written is logged, not a failure: the first browse builds it).
 
     On any error or cancellation the temporary file is removed and ``path`` does not appear;
     if the sidecar cannot be written (a full disk), the archive is removed again, so a backup
@@ -421,7 +425,7 @@ def archive_to_file(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    if result.index is not None:
+    if index and result.index is not None:
         try:
             write_index_for_file(path, result.index)
         except Exception as exc:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from wingsbak.archive.gzmembers import MemberWriter
+from wingsbak.archive.gzmembers import SIZE_MEMBER_LENGTH, MemberWriter, size_from_member
 from wingsbak.formats import BEST_COMPRESSION, BEST_SPEED, COMPRESSION_LEVELS, NONE
 
 try:
@@ -98,11 +98,18 @@ def open_gzip_reader(raw: _Readable) -> BinaryIO:
 
 
 def gzip_unpacked_size(f: BinaryIO) -> int:
-    """The unpacked size of a single-member gzip file, from its trailer (which holds it
-    modulo 4 GiB; the smallest value not below the packed size is taken), or 0."""
+    """The unpacked size of a gzip file: what its last, empty member records (wingsbak's
+    archives since they are written as members), else its trailer's (which holds a single
+    member's size modulo 4 GiB; the smallest value not below the packed size is taken), or 0."""
     packed = os.fstat(f.fileno()).st_size
     if packed < 18:
         return 0
+    if packed >= SIZE_MEMBER_LENGTH:
+        recorded = size_from_member(
+            os.pread(f.fileno(), SIZE_MEMBER_LENGTH, packed - SIZE_MEMBER_LENGTH)
+        )
+        if recorded is not None:
+            return recorded
     trailer = os.pread(f.fileno(), 4, packed - 4)
     modulo = int.from_bytes(trailer, "little")
     wraps = max(0, -(-(packed - modulo) // 2**32))

@@ -47,6 +47,18 @@ class _Writable(Protocol):
 
 
 _HEADER = bytes.fromhex("1f8b08000000000000ff")  # deflate, no name, mtime 0, OS unknown
+
+
+def _header(level: int, isal: bool) -> bytes:
+    """A member's header: XFL marks the compressor's slowest level (2) or its fastest (4),
+    as zlib and ISA-L's own writers mark them."""
+    if isal:
+        xfl = 4 if level == 0 else 0
+    else:
+        xfl = 2 if level == zlib.Z_BEST_COMPRESSION else 4 if level == zlib.Z_BEST_SPEED else 0
+    return _HEADER[:8] + bytes([xfl]) + _HEADER[9:]
+
+
 _FINAL = b"\x03\x00"  # an empty final deflate block: what ends a member after sync flushes
 _DICT = 32 * 1024  # deflate's window: what a block may refer back to
 
@@ -55,6 +67,30 @@ def _bound(block_size: int, level: int) -> int:
     """The most ISA-L's deflate of a block may take: 10 % more for incompressible data; its
     level 0 codes everything with one fixed table, up to 15 bits a byte."""
     return 2 * block_size + 500 if level == 0 else block_size + block_size // 10 + 500
+
+
+# The last member is empty and says in its extra field (subfield "WB", 8 bytes) how long the
+# whole stream is uncompressed: the size a trailer gives only for a single member (modulo
+# 4 GiB), read at a fixed distance from the end without reading the rest.
+_SIZE_HEAD = bytes.fromhex("1f8b08040000000000ff") + struct.pack("<H2sH", 12, b"WB", 8)
+_SIZE_TAIL = _FINAL + bytes(8)  # crc32 and length of nothing
+SIZE_MEMBER_LENGTH = len(_SIZE_HEAD) + 8 + len(_SIZE_TAIL)
+
+
+def size_member(total: int) -> bytes:
+    return _SIZE_HEAD + struct.pack("<Q", total) + _SIZE_TAIL
+
+
+def size_from_member(tail: bytes) -> int | None:
+    """The uncompressed size a stream's last ``SIZE_MEMBER_LENGTH`` bytes record, if they
+    are a size member."""
+    if (
+        len(tail) == SIZE_MEMBER_LENGTH
+        and tail.startswith(_SIZE_HEAD)
+        and tail.endswith(_SIZE_TAIL)
+    ):
+        return int(struct.unpack_from("<Q", tail, len(_SIZE_HEAD))[0])
+    return None
 
 
 class _BlockCompressor:
@@ -106,6 +142,7 @@ class MemberWriter:
         if member_size % block_size:
             raise ValueError("a member is a whole number of blocks")
         self.raw = raw
+        self._header = _header(level, isal)
         self.member_size = member_size
         self.block_size = block_size
         self.members: list[Member] = []
@@ -193,8 +230,10 @@ class MemberWriter:
                     try:
                         if not open_member:  # nothing written: an empty member
                             self.members.append((written, 0))
-                            put(_HEADER)
+                            put(self._header)
                         finish()
+                        self.members.append((written, self._queued))
+                        put(size_member(self._queued))
                     except BaseException as exc:
                         self._error = exc
                 return
@@ -206,7 +245,7 @@ class MemberWriter:
                         if open_member:
                             finish()
                         self.members.append((written, start))
-                        put(_HEADER)
+                        put(self._header)
                         crc = size = 0
                         open_member = True
                     if not size:
