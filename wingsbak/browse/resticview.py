@@ -141,9 +141,10 @@ class ResticView:
 
     def stat(self, path: str) -> Entry:
         key = path.strip("/")
+        tree = self._tree()
         if not key:
             return Entry("", "dir", 0, 0o755, 0.0)
-        entry = self._tree().get(key)
+        entry = tree.get(key)
         if entry is None:
             raise NotFound(path)
         return entry
