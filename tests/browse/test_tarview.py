@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +147,26 @@ def test_s3_object_read_by_ranged_gets(
     assert _read(view, "zz/last.dat") == (root / "zz" / "last.dat").read_bytes()
     assert 0 < source.bytes_read <= 2 * (MEMBER_SIZE + MEMBER_SIZE // 10)
     assert len(source.reads) <= 3  # one GET per member
+
+
+def test_killed_while_writing_the_index_leaves_none_under_its_name(
+    archive: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, out = archive
+    idx = tmp_path / "b.tar.gz.index"
+    code = (
+        "import sys\n"
+        "from wingsbak.browse.tarview import FileSource, open_tar_view\n"
+        "open_tar_view(FileSource(sys.argv[1]), sys.argv[2])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out), str(idx)],
+        env={**os.environ, "WINGSBAK_FAILPOINT": "index-written:kill"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert not idx.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")]  # it was killed late
+    view = open_tar_view(FileSource(out), idx)  # built again, whole
+    assert _read(view, "zz/last.dat") == (root / "zz" / "last.dat").read_bytes()

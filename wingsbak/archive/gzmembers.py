@@ -165,6 +165,7 @@ class MemberWriter:
         self._buf = bytearray(block_size)
         self._view = memoryview(self._buf)
         self._fill = 0
+        self._tail = b""  # the last 32 KiB of the block before, the next one's dictionary
         self._queue: queue.Queue[tuple[Future[tuple[bytes, int]], bytearray, int, int] | None]
         self._queue = queue.Queue()
         self._error: BaseException | None = None

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from wingsbak import failpoint
 from wingsbak.archive.gzmembers import GzipFormatError, Member, MemberReader
 from wingsbak.archive.tarread import (
     DIRECTORY,
@@ -286,6 +287,7 @@ def write_index(path: str | os.PathLike[str], data: IndexData, stamp: Stamp) -> 
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
+        failpoint.hit("index-written")
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
