@@ -102,7 +102,14 @@ def _own_output_lines(src: Path, output: Path) -> list[str]:
     parent = "/".join(_escape_glob(p) for p in rel.parent.parts)
     base = f"/{parent}/" if parent else "/"
     name = _escape_glob(rel.name)
-    return [f"{base}{name}", f"{base}{name}.sha1", f"{base}{name}.sha256", f"{base}.{name}.*.part"]
+    return [
+        f"{base}{name}",
+        f"{base}{name}.sha1",
+        f"{base}{name}.sha256",
+        f"{base}.{name}.*.part",
+        f"{base}{name}.index",
+        f"{base}.{name}.index.*.part",
+    ]
 
 
 def _escape_glob(part: str) -> str:
@@ -143,6 +150,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
             write_limit=args.write_limit,
             progress=bar,
             allow_unreadable=args.allow_skipped,
+            index=args.index,
         )
     finally:
         if bar is not None:
@@ -231,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-skipped",
         action="store_true",
         help="leave out entries that cannot be read (default: fail), as allow_skipped does",
+    )
+    arch.add_argument(
+        "--index", action="store_true", help="write the archive's index beside it (OUT.index)"
     )
     arch.set_defaults(func=_cmd_archive)
 

@@ -7,7 +7,8 @@ test can look at the disk, then send SIGKILL or SIGCONT; ``<step>:delay[:<second
 where the step is awaited, :func:`reached`) holds that task alone for a while (2 s), so that a
 signal lands while it waits. A failpoint fires once per process. The steps are named where
 :func:`hit` and :func:`reached` are called (``restore-*`` in archive/staging.py and
-archive/extract.py, ``backup-reported`` in jobs.py, ``server-delete-*`` in wings/lifecycle.py).
+archive/extract.py, ``backup-reported`` in jobs.py, ``server-delete-*`` in wings/lifecycle.py,
+``index-written`` in archive/index.py).
 """
 
 from __future__ import annotations

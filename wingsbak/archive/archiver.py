@@ -1,7 +1,9 @@
 """Write one backup archive (a gzip tar) of a server root into a sink, as a single stream.
 
 files -> tar -> gzip (worker threads) -> checksum, byte count, rate limit -> sink.
-Plain synchronous code for a worker thread; it never reads the archive back.
+Plain synchronous code for a worker thread; it never reads the archive back. Where each
+entry's header and data land in the tar stream, and where each gzip member starts, are noted
+as it goes: what the archive's index (archive/index.py) is made of.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from wingsbak.archive import holes, tarwrite
 from wingsbak.archive.atomic import AtomicFile
 from wingsbak.archive.checksum import MeteredWriter, Sink, write_sidecar
 from wingsbak.archive.codecs import BLOCK_SIZE, GZIP
+from wingsbak.archive.index import (
+    KIND_DIR,
+    KIND_FILE,
+    KIND_SYMLINK,
+    IndexData,
+    write_index_for_file,
+)
 from wingsbak.archive.measure import TreeTotal
 from wingsbak.archive.progress import Clock, ProgressThrottle
 from wingsbak.archive.ratelimit import MIB, Cancelled, TokenBucket
@@ -35,6 +44,7 @@ log = get_logger(__name__)
 BATCH = BLOCK_SIZE
 _ZEROS = memoryview(bytes(BATCH))
 READ_CHUNK = BATCH  # the largest single read of file data
+_INDEX_KIND = {Kind.FILE: KIND_FILE, Kind.DIR: KIND_DIR, Kind.SYMLINK: KIND_SYMLINK}
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -47,6 +57,8 @@ class ArchiveResult:
     skipped: int  # entries left out: FIFOs, sockets, devices and ``unreadable`` (each logged)
     unreadable: int  # of those, the ones that could not be read
     bytes_read: int  # file data read from the server root
+    # The archive's entries and members, for its index (None: the writer has no members).
+    index: IndexData | None = None
 
 
 @dataclass(slots=True)
@@ -114,6 +126,8 @@ class _Archiver:
         self.block = bytearray(BATCH)
         self.view = memoryview(self.block)
         self.pos = 0
+        self.offset = 0  # bytes of the tar stream handed to ``out`` so far
+        self.index = IndexData()
 
     def skip(self, relpath: str, reason: str) -> None:
         """An entry that could not be read (no access, an I/O error)."""
@@ -144,6 +158,7 @@ class _Archiver:
         """Hand what the block holds to ``out``; the writers copy it, so it can be reused."""
         if self.pos:
             self.out.write(self.view[: self.pos])
+            self.offset += self.pos
             self.pos = 0
 
     def _flush_full(self) -> None:
@@ -184,8 +199,30 @@ class _Archiver:
         if entry.kind is Kind.FILE:
             self.add_file(entry)
         else:
-            self.put(tarwrite.entry_header(entry))
+            start = self.offset + self.pos
+            header = tarwrite.entry_header(entry)
+            self.put(header)
+            self.note(entry, 0, start, start + len(header))
         self.files += 1
+
+    def note(self, entry: WalkEntry, size: int, header_at: int, data_at: int) -> None:
+        """One entry for the index, as a reader of the tar stream will see it."""
+        st = entry.st
+        kind = _INDEX_KIND[entry.kind]
+        # The headers store whole seconds, never before the epoch.
+        mtime_ns = max(0, int(st.st_mtime)) * 1_000_000_000
+        parent, _, name = entry.relpath.rpartition("/")
+        self.index.add(
+            parent.encode("utf-8", "surrogateescape"),
+            name.encode("utf-8", "surrogateescape"),
+            kind,
+            size,
+            stat.S_IMODE(st.st_mode),
+            mtime_ns,
+            entry.linkname.encode("utf-8", "surrogateescape"),
+            header_at,
+            data_at,
+        )
 
     def add_file(self, entry: WalkEntry) -> None:
         try:
@@ -216,7 +253,10 @@ class _Archiver:
 
     def copy_data(self, entry: WalkEntry, fd: int, size: int) -> None:
         """Write header and exactly ``size`` bytes of data, whatever the file does meanwhile."""
-        self.put(tarwrite.entry_header(entry, size))
+        start = self.offset + self.pos
+        header = tarwrite.entry_header(entry, size)
+        self.put(header)
+        self.note(entry, size, start, start + len(header))
         self.copy_range(entry, fd, size, probe=True)
         self.put_zeros(-size % tarwrite.BLOCK)
 
@@ -224,7 +264,10 @@ class _Archiver:
         """Write a pax sparse 1.0 entry: the map, then each data region read at its offset."""
         table = tarwrite.sparse_map(regions)
         stored = holes.stored_size(regions)
-        self.put(tarwrite.sparse_header(entry, len(table) + stored, size))
+        start = self.offset + self.pos
+        header = tarwrite.sparse_header(entry, len(table) + stored, size)
+        self.put(header)
+        self.note(entry, size, start, start + len(header))
         self.put(table)
         for offset, length in regions:
             if length:
@@ -339,6 +382,11 @@ def write_archive(
     # The measuring thread may not have finished: the final report has the exact total.
     bytes_total[0] = archiver.bytes_read
     archiver.report()
+    members = getattr(gz, "members", None)
+    index = None
+    if members is not None:
+        index = archiver.index
+        index.members = list(members)
     return ArchiveResult(
         size=metered.size,
         checksum=metered.hexdigest(),
@@ -347,6 +395,7 @@ def write_archive(
         skipped=archiver.skipped,
         unreadable=archiver.unreadable,
         bytes_read=archiver.bytes_read,
+        index=index,
     )
 
 
@@ -354,9 +403,13 @@ def archive_to_file(
     root: str | os.PathLike[str],
     path: str | os.PathLike[str],
     rules: IgnoreRules | None = None,
+    *,
+    index: bool = False,
     **options: object,
 ) -> ArchiveResult:
-    """Write the archive of ``root`` to ``path`` atomically, then its checksum sidecar.
+    """Write the archive of ``root`` to ``path`` atomically, then its checksum sidecar, and
+    with ``index`` its index (``<path>.index``, archive/index.py; an index that cannot be
+    written is logged, not a failure: the first browse builds it).
 
     On any error or cancellation the temporary file is removed and ``path`` does not appear;
     if the sidecar cannot be written (a full disk), the archive is removed again, so a backup
@@ -372,4 +425,10 @@ def archive_to_file(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+    if index and result.index is not None:
+        try:
+            write_index_for_file(path, result.index)
+        except Exception as exc:
+            # The archive is complete without it: the first browse builds it again.
+            log.warning("archive_index_not_written", archive=str(path), error=str(exc))
     return result

@@ -3,22 +3,23 @@ suffix, the bytes it starts with, its writer, its reader and its unpacked-size p
 file names of a backup's archive, built here only.
 
 ``gzip`` is what backups are (Wings' ``.tar.gz``): ISA-L when installed, zlib otherwise, both
-ordinary gzip. ISA-L's threaded writer compresses blocks on worker threads with the previous
-block's last 32 KiB as dictionary (as pigz does), so it costs next to nothing in ratio while
-using every core; its threads write the output, so the checksum, rate limit and disk write
-all run beside the tar producer. Its threaded reader decompresses ahead on a thread of its
+ordinary gzip. It is written as a series of independent members of 4 MiB input each
+(archive/gzmembers.py), compressed on worker threads and written by a thread of their own, so
+the checksum, rate limit and disk write run beside the tar producer, and a reader that knows
+where the members start (the archive's index) can decompress one file without the rest.
+ISA-L's threaded reader decompresses ahead on a thread of its
 own while the restore writes files. ``tar`` is no compression: what ``restic dump`` gives.
 """
 
 from __future__ import annotations
 
 import gzip as _zlib_gzip
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from wingsbak.archive.gzmembers import SIZE_MEMBER_LENGTH, MemberWriter, size_from_member
 from wingsbak.formats import BEST_COMPRESSION, BEST_SPEED, COMPRESSION_LEVELS, NONE
 
 try:
@@ -82,16 +83,10 @@ def open_gzip_writer(
     if level not in COMPRESSION_LEVELS:
         choices = ", ".join(COMPRESSION_LEVELS)
         raise ValueError(f"unknown compression level {level!r}; use one of {choices}")
+    threads = threads if threads is not None else compression_threads()
     if HAVE_ISAL and level != NONE:
-        return igzip_threaded.open(  # type: ignore[return-value]
-            raw,
-            "wb",
-            compresslevel=_ISAL_LEVEL[level],
-            threads=threads if threads is not None else compression_threads(),
-            block_size=BLOCK_SIZE,
-        )
-    gz = _zlib_gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_ZLIB_LEVEL[level], mtime=0)
-    return io.BufferedWriter(gz, buffer_size=BLOCK_SIZE)  # type: ignore[arg-type,return-value]
+        return MemberWriter(raw, _ISAL_LEVEL[level], threads, isal=True)  # type: ignore[return-value]
+    return MemberWriter(raw, _ZLIB_LEVEL[level], threads, isal=False)  # type: ignore[return-value]
 
 
 def open_gzip_reader(raw: _Readable) -> BinaryIO:
@@ -103,11 +98,18 @@ def open_gzip_reader(raw: _Readable) -> BinaryIO:
 
 
 def gzip_unpacked_size(f: BinaryIO) -> int:
-    """The unpacked size of a single-member gzip file, from its trailer (which holds it
-    modulo 4 GiB; the smallest value not below the packed size is taken), or 0."""
+    """The unpacked size of a gzip file: what its last, empty member records (wingsbak's
+    archives since they are written as members), else its trailer's (which holds a single
+    member's size modulo 4 GiB; the smallest value not below the packed size is taken), or 0."""
     packed = os.fstat(f.fileno()).st_size
     if packed < 18:
         return 0
+    if packed >= SIZE_MEMBER_LENGTH:
+        recorded = size_from_member(
+            os.pread(f.fileno(), SIZE_MEMBER_LENGTH, packed - SIZE_MEMBER_LENGTH)
+        )
+        if recorded is not None:
+            return recorded
     trailer = os.pread(f.fileno(), 4, packed - 4)
     modulo = int.from_bytes(trailer, "little")
     wraps = max(0, -(-(packed - modulo) // 2**32))
