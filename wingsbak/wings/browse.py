@@ -23,6 +23,7 @@ keeps it: everything passes to Wings, and a warning is logged once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import posixpath
@@ -206,10 +207,7 @@ def _decoded(body: bytes) -> dict[str, Any] | None:
 
 
 def catalog(request: web.Request) -> Catalog:
-    app = request.app
-    if CATALOG not in app:
-        app[CATALOG] = Catalog(list(app[JOBS].stores.all))
-    return app[CATALOG]
+    return request.app[CATALOG]
 
 
 async def _folder(request: web.Request, server: str, name: str) -> BackupFolder | None:
@@ -445,6 +443,11 @@ async def rename(request: web.Request) -> web.StreamResponse:
             )
         except Exists:
             return _error(400, EXISTS)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            # A symlink (or a file) on the way: never written through (SafePath's 404).
+            return _error(404, NOT_FOUND)
         log.info("browse_restored", server=server, backup=place.backup, path=place.path,
                  to="/".join(dst), files=done.files, folders=done.folders)
     if theirs:
@@ -498,7 +501,12 @@ async def copy(request: web.Request) -> web.StreamResponse:
                 continue  # taken meanwhile: the next free name
             return name
 
-    name = await asyncio.to_thread(run)
+    try:
+        name = await asyncio.to_thread(run)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        return _error(404, NOT_FOUND)
     log.info("browse_copied", server=server, backup=place.backup, path=place.path, name=name)
     return web.Response(status=204)
 
@@ -574,6 +582,7 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     """Wings' file routes, before the pass-through's catch-all (wingsbak.wings.proxy)."""
+    app[CATALOG] = Catalog(list(app[JOBS].stores.all))
     files = "/api/servers/{server}/files/"
     routes: list[tuple[str, str, Any]] = [
         ("GET", files + "list-directory", list_directory),
@@ -588,5 +597,5 @@ def add_routes(app: web.Application) -> None:
     for i, (method, path, handler) in enumerate(routes):
         # Named "wings-*": the node token is Wings' to check unless the answer is ours.
         app.router.add_route(
-            method, path, handler, name=f"wings-browse-{i}", expect_handler=owe_continue
+            method, path, handler, name=f"wings-browse-r{i}", expect_handler=owe_continue
         )
