@@ -98,6 +98,34 @@ class Catalog:
         """The server's backups, oldest first."""
         return [item.folder for item in self._located(server)]
 
+    def find(self, backup: str) -> BackupFolder | None:
+        """The backup with this uuid, whichever server's (the command line)."""
+        for server in self._servers_of(backup):
+            found = next((f for f in self.folders(server) if f.uuid == backup), None)
+            if found is not None:
+                return found
+        return None
+
+    def _servers_of(self, backup: str) -> list[str]:
+        from wingsbak.storage.local import LocalStore
+        from wingsbak.storage.restic import ResticStore, backup_tag
+        from wingsbak.storage.s3 import S3Store
+        from wingsbak.verify.stored import local_backups, s3_backups
+
+        servers: list[str] = []
+        for store in self.stores:
+            if isinstance(store, LocalStore):
+                storage: Any = store.storage
+                for item in local_backups(storage.root):
+                    if item.backup == backup:
+                        servers.append(item.server or storage.servers.server_of(backup) or "")
+            elif isinstance(store, S3Store):
+                servers += [i.server for i in s3_backups(store.storage) if i.backup == backup]
+            elif isinstance(store, ResticStore):
+                for snap in store.snapshots(backup_tag(backup)):
+                    servers += [t[7:] for t in snap.tags if t.startswith("server:")]
+        return [s for s in dict.fromkeys(servers) if s]
+
     def folder(self, server: str, name: str) -> BackupFolder | None:
         return next((i.folder for i in self._located(server) if i.folder.name == name), None)
 
