@@ -345,7 +345,7 @@ async def test_paths_cannot_leave_the_backup_or_the_server(
         assert r.status == 401
 
 
-async def test_a_real_backups_folder_wins(start_front, panel, node, wings, make_backup):
+async def test_a_real_backups_folder_wins(start_front, panel, node, wings, make_backup, capsys):
     front = await start_front()
     server = node.server({**LIVE, ".backups/players.dat": "mine"})
     wings.server(server)
@@ -362,6 +362,7 @@ async def test_a_real_backups_folder_wins(start_front, panel, node, wings, make_
     )
     assert status == 204 and not (node.data / server / ".backups/players.dat").exists()
     assert len(reached_wings(wings, server, "delete")) == 1
+    assert "browse_folder_hidden_by_real_entry" in capsys.readouterr().out  # the warning
 
 
 async def test_the_feature_can_be_off_or_renamed(start_front, panel, node, wings, make_backup):
@@ -375,3 +376,14 @@ async def test_the_feature_can_be_off_or_renamed(start_front, panel, node, wings
     )
     assert status == 404  # Wings' answer: there is no such folder
     assert len(reached_wings(wings, server, "list-directory")) == 2
+
+
+async def test_the_folder_can_be_renamed(start_front, panel, node, wings, make_backup):
+    front = await start_front(browse_folder="Backups")
+    server = node.server(dict(LIVE))
+    wings.server(server)
+    backup = await make_backup(front, panel, node, server)
+    assert "Backups" in [i["name"] for i in await ls(front, server, "/")]
+    assert ".backups" not in [i["name"] for i in await ls(front, server, "/")]
+    (folder,) = await ls(front, server, "/Backups")
+    assert folder["name"].endswith(backup) and folder["directory"] is True

@@ -149,4 +149,3 @@ class ScanView:
                     yield _Data(e)
                     return
         raise NotFound(path)  # the archive changed under the view
-
