@@ -63,6 +63,7 @@ CHUNK = 1024 * 1024
 READ_ONLY = "This file cannot be modified: {} is a read-only view of the server's backups."
 NOT_FOUND = "The requested resources was not found on the system."  # request_error.go
 IS_DIR = "Cannot perform that action: file is a directory."
+RESTORING = "The server is being restored from a backup."
 EXISTS = "Cannot move or rename file, destination already exists."  # putServerRenameFiles
 _warned: set[str] = set()
 
@@ -425,7 +426,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
         return await forward(request, body)
     await _authorized(request)
     if server in request.app[JOBS].restores:
-        return _error(409, "The server is being restored from a backup.")
+        return _error(409, RESTORING)
     for _item, src, dst in ours:
         place = Place(src)
         if place.backup is None or not dst:
@@ -484,6 +485,8 @@ async def copy(request: web.Request) -> web.StreamResponse:
     await _authorized(request)
     if place.backup is None or not place.path:
         return _error(404, NOT_FOUND)
+    if server in request.app[JOBS].restores:
+        return _error(409, RESTORING)
     _f, view = await _open(request, server, place)
     entry = await _stat(view, place.path)
     if entry.kind != "file":  # Copy: "a directory or not a regular file" is ErrNotExist
