@@ -1,5 +1,5 @@
-"""Command line: ``wingsbak serve``, ``wingsbak archive``, ``wingsbak restore`` and
-``wingsbak verify``."""
+"""Command line: ``wingsbak serve``, ``wingsbak archive``, ``wingsbak restore``,
+``wingsbak verify``, ``wingsbak ls`` and ``wingsbak cat``."""
 
 from __future__ import annotations
 
@@ -171,10 +171,102 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_backup(target: str, config_path: str | None) -> Any:
+    """The view of BACKUP: the path of a .tar.gz, or a backup uuid looked up in the
+    configured stores (as ``verify`` finds one)."""
+    from wingsbak.browse import catalog
+
+    if Path(target).is_file():
+        return catalog.local_view(Path(target))
+    from wingsbak.verify.command import _UUID
+
+    if not _UUID.match(target):
+        raise SystemExit(f"wingsbak: {target} is neither a file nor a backup uuid")
+    from wingsbak.daemon import resolve_config
+
+    found = catalog.Catalog.from_config(resolve_config(config_path))
+    folder = found.find(target)
+    if folder is None:
+        raise SystemExit(f"wingsbak: no backup {target} on this node's stores")
+    return found.view(folder)
+
+
+def _backup_path(path: str) -> str:
+    from wingsbak.browse.scanview import split_path
+
+    clean = split_path(path.lstrip("/"))
+    if clean is None:
+        raise SystemExit(f"wingsbak: {path}: not a path inside the backup")
+    return clean
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from wingsbak.browse.model import NotFound
+    from wingsbak.wings.browse import go_mode
+
+    view = _open_backup(args.backup, args.config)
+    path = _backup_path(args.path)
+    try:
+        entry = view.stat(path)
+        entries = view.listdir(path) if entry.kind == "dir" else [entry]
+    except NotFound:
+        raise SystemExit(f"wingsbak: {args.path}: not in the backup") from None
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime))
+        link = f" -> {e.linkname}" if e.kind == "symlink" else ""
+        name = e.path + ("/" if e.kind == "dir" else "")
+        print(f"{go_mode(e.kind, e.mode)} {e.size:>12} {when} {name}{link}")
+    return 0
+
+
+def _cmd_cat(args: argparse.Namespace) -> int:
+    from wingsbak.browse.model import NotFound
+
+    view = _open_backup(args.backup, args.config)
+    try:
+        with view.open(_backup_path(args.path)) as src:
+            while data := src.read(1024 * 1024):
+                sys.stdout.buffer.write(data)
+    except NotFound:
+        raise SystemExit(f"wingsbak: {args.path}: not in the backup") from None
+    except IsADirectoryError:
+        raise SystemExit(f"wingsbak: {args.path}: not a file (a folder or a link)") from None
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _restore_only(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from wingsbak.archive.extract import open_server_root
+    from wingsbak.browse.model import NotFound
+    from wingsbak.browse.restore import restore_path
+
+    if args.truncate:
+        raise SystemExit("wingsbak: --only restores single paths; --truncate does not apply")
+    view = _open_backup(args.archive, args.config)
+    os.close(open_server_root(args.dest))  # created when missing, refused when a symlink
+    restored = []
+    for only in args.only:
+        path = _backup_path(only)
+        if not path:
+            raise SystemExit("wingsbak: --only needs a path inside the backup")
+        try:
+            done = restore_path(view, path, args.dest, path.split("/"), owner=None)
+        except NotFound:
+            raise SystemExit(f"wingsbak: {only}: not in the backup") from None
+        restored.append({"path": path, **asdict(done)})
+    print(json.dumps({"dest": str(Path(args.dest).absolute()), "restored": restored}))
+    return 0
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from wingsbak.archive.extract import restore_archive_file
+
+    if args.only:
+        return _restore_only(args)
 
     bar = ProgressBar("restore") if sys.stderr.isatty() else None
     started = time.monotonic()
@@ -253,7 +345,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace DEST's contents (swapped in only once the whole archive is verified)",
     )
+    rest.add_argument(
+        "--only",
+        nargs="+",
+        metavar="PATH",
+        help="restore only these paths of the backup (a file, a link or a folder), each to "
+        "the same path under DEST, replacing it; ARCHIVE may then be a backup uuid",
+    )
+    rest.add_argument("--config", default=None, help="as for serve (for a backup uuid)")
     rest.set_defaults(func=_cmd_restore)
+
+    for name, what in (("ls", "list a folder of a backup"), ("cat", "write a file of a backup")):
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument(
+            "backup", help=f"a backup uuid (looked up in the configured stores) or a {GZIP.suffix}"
+        )
+        if name == "ls":
+            cmd.add_argument("path", nargs="?", default="", help="a folder in it (default: /)")
+        else:
+            cmd.add_argument("path", help="a file in it")
+        cmd.add_argument("--config", default=None, help="as for serve")
+        cmd.set_defaults(func=_cmd_ls if name == "ls" else _cmd_cat)
 
     ver = sub.add_parser(
         "verify",

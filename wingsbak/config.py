@@ -213,6 +213,9 @@ class BackupsConfig:
     # The node's own bucket: the s3 store, and where its earlier backups are found.
     s3: S3Config = field(default_factory=S3Config)
     restic: ResticConfig = field(default_factory=ResticConfig)
+    # In front of Wings: the name of the read-only folder at a server's root in the panel's
+    # file manager that shows its backups (wingsbak/wings/browse.py); empty: not shown.
+    browse_folder: str = ".backups"
     # Seconds between two checks of every stored backup (local and node-bucket archives read
     # whole, restic repositories a slice at a time); 0: never.
     verify_interval: float = 86400.0
@@ -454,6 +457,8 @@ def _validate_front(cfg: Config) -> None:
     if b.restore_stop_timeout <= 0:
         raise ConfigError("system.backups.restore_stop_timeout: must be positive")
     _validate_console("system.backups.console_", b.console_before, b.console_after)
+    if b.browse_folder in (".", "..") or "/" in b.browse_folder or "\x00" in b.browse_folder:
+        raise ConfigError("system.backups.browse_folder: must be one file name, or empty")
     if b.console_settle < 0:
         raise ConfigError("system.backups.console_settle: must not be negative")
     if not 0 < b.console_wait_timeout < math.inf:

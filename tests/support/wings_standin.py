@@ -399,6 +399,7 @@ class WingsStandin:
         r.add_post("/api/update", self._update)
         add_lifecycle_routes(self, app)
         r.add_post("/api/transfers", self._transfers)  # issue 19.9
+        add_file_routes(self, app)  # issue 21, the section at the end
         for route in r.routes():
             # Go answers Expect itself, when a handler reads the body (issue 19.9).
             route._expect_handler = go_expect  # type: ignore[attr-defined]
@@ -1609,3 +1610,165 @@ def console_origin(wings: WingsStandin) -> Any:
         return await handler(request)
 
     return check
+
+
+# == The file manager's routes (issue 21) =======================================================
+#
+# router/router_server_files.go, each handler below naming the function it follows; paths are
+# resolved as server/filesystem's SafePath does (joined to the server's root, ``..`` stopping
+# at it, symlinks leaving it refused: 404 "The requested resources was not found on the
+# system.", router/middleware/request_error.go). Hooked in by one line in ``start``.
+
+_FS_NOT_FOUND = "The requested resources was not found on the system."
+
+
+def _http(status: int, body: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 422: web.HTTPUnprocessableEntity}
+    return cls[status](text=body, content_type="application/json")
+
+
+def _go_mode(st: os.stat_result) -> str:
+    """fs.FileMode.String()."""
+    import stat as _stat
+
+    kind = "d" if _stat.S_ISDIR(st.st_mode) else "L" if _stat.S_ISLNK(st.st_mode) else "-"
+    bits = "".join(c if st.st_mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+    return kind + bits
+
+
+def _go_time(seconds: float) -> str:
+    text = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(int(seconds)))
+    return text[:-5] + "Z" if text.endswith("+0000") else text[:-2] + ":" + text[-2:]
+
+
+def add_file_routes(wings: WingsStandin, app: web.Application) -> None:
+    r = app.router
+    base = "/api/servers/{server}/files/"
+
+    def safe(server: str, *parts: str) -> Path:
+        """SafePath: the joined path, cleaned at the root, never through a link out of it."""
+        root = (wings.root / server).resolve()
+        joined = os.path.normpath("/" + "/".join(parts)).lstrip("/")
+        path = root / joined
+        if joined and not path.parent.resolve().is_relative_to(root):
+            raise _http(404, json.dumps({"error": _FS_NOT_FOUND}))
+        return path
+
+    async def body_of(request: web.Request) -> dict[str, Any]:
+        await go_continue(request)
+        try:
+            data = json.loads(await request.read())
+        except ValueError:
+            raise _http(400, json.dumps({"error": "Failed to parse the request body."})) from None
+        request[RECORD].body = data
+        return data if isinstance(data, dict) else {}
+
+    async def list_directory(request: web.Request) -> web.Response:
+        # getServerListDirectory -> filesystem.ListDirectory: lstat of each entry (DirEntry
+        # Info), mime "inode/directory" for folders; stat.go's JSON.
+        server = request.match_info["server"]
+        wings._known(request)
+        path = safe(server, request.query.get("directory", ""))
+        if not path.is_dir():
+            raise _http(404, json.dumps({"error": _FS_NOT_FOUND}))
+        out = []
+        for entry in sorted(os.scandir(path), key=lambda e: e.name):
+            st = entry.stat(follow_symlinks=False)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            out.append(
+                {
+                    "name": entry.name,
+                    "created": _go_time(st.st_ctime),
+                    "modified": _go_time(st.st_mtime),
+                    "mode": _go_mode(st),
+                    "mode_bits": format(st.st_mode & 0o777, "o"),
+                    "size": st.st_size,
+                    "directory": is_dir,
+                    "file": not is_dir,
+                    "symlink": entry.is_symlink(),
+                    "mime": "inode/directory" if is_dir else "application/octet-stream",
+                }
+            )
+        return web.json_response(out)
+
+    async def rename(request: web.Request) -> web.Response:
+        # putServerRenameFiles: root + from/to each; a missing source is no error; an
+        # existing destination is a 400.
+        server = request.match_info["server"]
+        wings._known(request)
+        data = await body_of(request)
+        files = data.get("files") or []
+        if not files:
+            raise _http(422, json.dumps({"error": "No files to move or rename were provided."}))
+        for item in files:
+            src = safe(server, data.get("root", ""), item.get("from", ""))
+            dst = safe(server, data.get("root", ""), item.get("to", ""))
+            if not os.path.lexists(src):
+                continue
+            if os.path.lexists(dst):
+                exists = "Cannot move or rename file, destination already exists."
+                raise _http(400, json.dumps({"error": exists}))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
+        return web.Response(status=204)
+
+    async def copy(request: web.Request) -> web.Response:
+        # postServerCopyFile -> filesystem.Copy: "name copy.ext", "name copy 1.ext", ...
+        server = request.match_info["server"]
+        wings._known(request)
+        data = await body_of(request)
+        src = safe(server, data.get("location", ""))
+        if not src.is_file() or src.is_symlink():
+            raise _http(404, json.dumps({"error": _FS_NOT_FOUND}))
+        ext = os.path.splitext(src.name)[1] if "." in src.name[1:] else ""
+        stem = src.name[: len(src.name) - len(ext)]
+        if stem.endswith(".tar"):
+            stem, ext = stem[:-4], ".tar" + ext
+        for i in range(51):
+            name = f"{stem} copy{'' if i == 0 else f' {i}'}{ext}"
+            if not os.path.lexists(src.parent / name):
+                break
+        (src.parent / name).write_bytes(src.read_bytes())
+        return web.Response(status=204)
+
+    def writer(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        # postServerDeleteFiles, postServerCreateDirectory, postServerChmodFile,
+        # postServerCompressFiles, postServerDecompressFiles: each acts on its paths.
+        async def handler(request: web.Request) -> web.Response:
+            server = request.match_info["server"]
+            wings._known(request)
+            data = await body_of(request)
+            root = data.get("root", "")
+            if kind == "delete":
+                for f in data.get("files") or []:
+                    p = safe(server, root, f)
+                    if p.is_dir() and not p.is_symlink():
+                        import shutil
+
+                        shutil.rmtree(p)
+                    elif os.path.lexists(p):
+                        p.unlink()
+            elif kind == "create-directory":
+                safe(server, data.get("path", ""), data.get("name", "")).mkdir(parents=True)
+            elif kind == "chmod":
+                for f in data.get("files") or []:
+                    safe(server, root, f["file"]).chmod(int(f["mode"], 8))
+            elif kind == "compress":
+                out = safe(server, root, f"archive-{int(time.time())}.tar.gz")
+                with tarfile.open(out, "w:gz") as tar:
+                    for f in data.get("files") or []:
+                        tar.add(safe(server, root, f), arcname=f)
+                return web.json_response({"name": out.name})
+            elif kind == "decompress":
+                src = safe(server, root, data.get("file", ""))
+                with tarfile.open(src, "r:*") as tar:
+                    tar.extractall(safe(server, root), filter="data")
+            return web.Response(status=204)
+
+        return handler
+
+    r.add_get(base + "list-directory", list_directory)
+    r.add_put(base + "rename", rename)
+    r.add_post(base + "copy", copy)
+    for kind in ("delete", "create-directory", "chmod", "compress", "decompress"):
+        r.add_post(base + kind, writer(kind))

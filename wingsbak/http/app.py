@@ -25,7 +25,7 @@ from wingsbak.storage.local import LocalStorage
 from wingsbak.tokens import UsedTokens
 from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
-from wingsbak.wings import config_push, hold, proxy, relay
+from wingsbak.wings import browse, config_push, hold, proxy, relay
 from wingsbak.wings import lifecycle as server_lifecycle
 from wingsbak.wings.client import WINGS, WingsClient
 from wingsbak.wings.flavour import WingsFlavour
@@ -98,6 +98,7 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
         lifecycle = server_lifecycle.ServerLifecycle(config, app[JOBS], wings, flavour)
         server_lifecycle.add_routes(app, lifecycle)
         hold.add_routes(app)  # before the pass-through's catch-all
+        browse.add_routes(app)  # the backups' folder of the file manager, before it too
         proxy.add_routes(app)
 
     async def startup(app: web.Application) -> None:

@@ -1,0 +1,93 @@
+"""``wingsbak ls``, ``wingsbak cat`` and ``wingsbak restore --only`` (issue 21), run as the
+operator runs them, on archives the real archiver writes; a backup found by its path or by
+its uuid in the configured stores, as ``wingsbak verify`` finds one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import yaml
+
+
+def wingsbak(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "wingsbak", *args], capture_output=True, timeout=120, cwd=cwd
+    )
+
+
+def node(tmp_path: Path) -> tuple[Path, str]:
+    """A backup directory holding one archive of a server (Pelican's layout), a config
+    naming it; returns the config and the backup uuid."""
+    src = tmp_path / "src"
+    (src / "world").mkdir(parents=True)
+    (src / "world/level.dat").write_bytes(b"level")
+    (src / "server.properties").write_text("motd=hi\n")
+    os.symlink("/etc/passwd", src / "passwd-link")
+    server, backup = str(uuid.uuid4()), str(uuid.uuid4())
+    (tmp_path / "backups" / server).mkdir(parents=True)
+    archive = tmp_path / "backups" / server / f"{backup}.tar.gz"
+    assert wingsbak("archive", str(src), "-o", str(archive), cwd=tmp_path).returncode == 0
+    config = tmp_path / "config.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "uuid": str(uuid.uuid4()),
+                "token": "t",
+                "system": {
+                    "data": str(tmp_path / "data"),
+                    "backup_directory": str(tmp_path / "backups"),
+                },
+            }
+        )
+    )
+    return config, backup
+
+
+def test_ls_and_cat_by_uuid_and_by_path(tmp_path: Path) -> None:
+    config, backup = node(tmp_path)
+    listed = wingsbak("ls", backup, "--config", str(config), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.decode().splitlines()
+    assert [line.split()[-1] for line in lines] == ["/etc/passwd", "server.properties", "world/"]
+    assert lines[0].startswith("Lrwxrwxrwx") and "passwd-link -> /etc/passwd" in lines[0]
+    archive = next((tmp_path / "backups").glob("*/*.tar.gz"))
+    inner = wingsbak("ls", str(archive), "world", cwd=tmp_path)
+    assert inner.stdout.decode().split()[-1] == "world/level.dat"
+    cat = wingsbak("cat", backup, "world/level.dat", "--config", str(config), cwd=tmp_path)
+    assert (cat.returncode, cat.stdout) == (0, b"level")
+    link = wingsbak("cat", str(archive), "passwd-link", cwd=tmp_path)
+    assert link.returncode == 1 and link.stdout == b""  # never followed
+    missing = wingsbak("cat", str(archive), "../../etc/passwd", cwd=tmp_path)
+    assert missing.returncode == 1 and missing.stderr.startswith(b"wingsbak: ")
+    unknown = wingsbak("ls", str(uuid.uuid4()), "--config", str(config), cwd=tmp_path)
+    assert unknown.returncode == 1 and b"no backup" in unknown.stderr
+
+
+def test_restore_only_restores_the_paths_named(tmp_path: Path) -> None:
+    config, backup = node(tmp_path)
+    dest = tmp_path / "dest"
+    (dest / "world").mkdir(parents=True)
+    (dest / "world/level.dat").write_bytes(b"griefed")
+    (dest / "world/extra").write_bytes(b"since")
+    (dest / "server.properties").write_text("motd=live\n")
+    done = wingsbak(
+        "restore",
+        backup,
+        str(dest),
+        "--only",
+        "world",
+        "passwd-link",
+        "--config",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (dest / "world/level.dat").read_bytes() == b"level"
+    assert not (dest / "world/extra").exists()  # the folder is the backup's
+    assert os.readlink(dest / "passwd-link") == "/etc/passwd"
+    assert (dest / "server.properties").read_text() == "motd=live\n"  # not named: untouched
+    assert sorted(os.listdir(dest)) == ["passwd-link", "server.properties", "world"]

@@ -1,0 +1,389 @@
+"""The backups' folder of the panel's file manager (issue 21), driven through the real daemon
+in front of the Wings stand-in with the requests the stock file manager sends
+(pterodactyl/panel app/Repositories/Wings/DaemonFileRepository.php; Pelican's
+app/Repositories/Daemon/DaemonFileRepository.php sends the same routes and bodies).
+
+Each store is one entry of ``STORES``: a function that backs a server up into it."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from daemon_helpers import auth, new_uuid
+from wings_standin import panel_file_token
+
+LIVE = {
+    "server.properties": "motd=backed up\n",
+    "world/level.dat": b"level as backed up",
+    "world/region/r.0.0.mca": b"\x00region" * 1000,
+    "data.tar.gz": b"not really gzip",
+}
+FOLDER = re.compile(r"^\d{4}-\d\d-\d\d_\d{4}_(?P<uuid>[0-9a-f-]{36})$")
+GO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)$")
+
+
+async def local_backup(front: Any, panel: Any, node: Any, server: str) -> str:
+    backup = new_uuid()
+    assert (await front.post_backup(server, backup))[0] == 202
+    assert (await panel.wait_report(backup)).json["successful"] is True
+    return backup
+
+
+# The node bucket and restic join here at integration (their views are the engine's).
+STORES: dict[str, Callable[..., Awaitable[str]]] = {"local": local_backup}
+
+
+@pytest.fixture(params=sorted(STORES))
+def make_backup(request: Any) -> Callable[..., Awaitable[str]]:
+    return STORES[request.param]
+
+
+async def backed_up(front, panel, node, wings, make_backup) -> tuple[str, str, str]:
+    """A server with a symlink or two, backed up; then its live files change. Returns the
+    server, the backup and the backup's folder name."""
+    server = node.server(dict(LIVE))
+    wings.server(server)
+    root = node.data / server
+    os.symlink("world/level.dat", root / "level-link")
+    os.symlink("/etc", root / "etc-link")
+    backup = await make_backup(front, panel, node, server)
+    (root / "world/level.dat").write_bytes(b"griefed")
+    (root / "world/added-later.txt").write_text("new\n")
+    listing = await ls(front, server, "/.backups")
+    names = [item["name"] for item in listing]
+    assert len(names) == 1 and FOLDER.match(names[0]), names
+    assert FOLDER.match(names[0])["uuid"] == backup  # type: ignore[index]
+    return server, backup, names[0]
+
+
+async def call(front, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+    async with front.request(method, path, headers=auth(), **kw) as r:
+        text = await r.read()
+        try:
+            return r.status, (await r.json(content_type=None)) if text else None
+        except ValueError:
+            return r.status, text
+
+
+async def ls(front, server: str, directory: str) -> list[dict[str, Any]]:
+    status, body = await call(
+        front, "GET", f"/api/servers/{server}/files/list-directory?directory={quote(directory)}"
+    )
+    assert status == 200, body
+    return body
+
+
+async def contents(front, server: str, file: str) -> tuple[int, bytes]:
+    async with front.request(
+        "GET", f"/api/servers/{server}/files/contents?file={quote(file)}", headers=auth()
+    ) as r:
+        return r.status, await r.read()
+
+
+def reached_wings(wings, server: str, route: str) -> list[Any]:
+    return wings.received(r_method(route), f"/api/servers/{server}/files/{route}")
+
+
+def r_method(route: str) -> str:
+    return {"rename": "PUT", "list-directory": "GET", "contents": "GET"}.get(route, "POST")
+
+
+# -- what the file manager shows -----------------------------------------------------------------
+
+
+async def test_the_folder_lists_backups_and_their_files_in_wings_shape(
+    start_front, panel, node, wings, make_backup
+):
+    front = await start_front()
+    server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
+
+    root = {item["name"]: item for item in await ls(front, server, "/")}
+    assert "server.properties" in root  # Wings' own listing, passed through
+    virtual = root[".backups"]
+    assert virtual["directory"] is True and virtual["file"] is False
+    assert virtual["mime"] == "inode/directory" and virtual["mode"] == "dr-xr-xr-x"
+
+    inside = {item["name"]: item for item in await ls(front, server, f"/.backups/{folder}")}
+    assert {"server.properties", "world", "level-link", "etc-link", "data.tar.gz"} <= set(inside)
+    props = inside["server.properties"]
+    assert set(props) == {
+        "name",
+        "created",
+        "modified",
+        "mode",
+        "mode_bits",
+        "size",
+        "directory",
+        "file",
+        "symlink",
+        "mime",
+    }
+    live = (node.data / server / "server.properties").stat()
+    assert props["size"] == len(LIVE["server.properties"])
+    assert props["mode_bits"] == format(live.st_mode & 0o777, "o")
+    assert props["mode"] == "-" + "".join(
+        c if live.st_mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx")
+    )
+    assert GO_TIME.match(props["modified"]) and GO_TIME.match(props["created"])
+    assert props["file"] is True and props["directory"] is False and props["symlink"] is False
+    assert inside["world"]["directory"] is True and inside["world"]["mime"] == "inode/directory"
+    link = inside["level-link"]
+    assert link["symlink"] is True and link["mode"].startswith("L")
+
+    world = {item["name"] for item in await ls(front, server, f"/.backups/{folder}/world")}
+    assert world == {"level.dat", "region"}  # added-later.txt came after the backup
+    assert not reached_wings(wings, server, "list-directory")[1:]  # only the root went there
+
+
+async def test_contents_and_download_link_give_the_backed_up_bytes(
+    start_front, panel, node, wings, make_backup
+):
+    front = await start_front()
+    server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
+    assert await contents(front, server, f"/.backups/{folder}/world/level.dat") == (
+        200,
+        b"level as backed up",
+    )
+    # A symlink in the backup is never followed, to a file or through a folder.
+    assert (await contents(front, server, f"/.backups/{folder}/level-link"))[0] == 400
+    assert (await contents(front, server, f"/.backups/{folder}/etc-link/passwd"))[0] == 404
+    assert (await contents(front, server, f"/.backups/{folder}/world"))[0] == 400
+
+    token = panel_file_token(
+        server, "file-download", file_path=f"/.backups/{folder}/world/region/r.0.0.mca"
+    )
+    async with front.request("GET", f"/download/file?token={token}") as r:
+        assert r.status == 200
+        assert r.headers["Content-Disposition"] == 'attachment; filename="r.0.0.mca"'
+        assert await r.read() == LIVE["world/region/r.0.0.mca"]
+    async with front.request("GET", f"/download/file?token={token}") as r:
+        assert r.status == 404  # one use, as Wings' token store allows
+    assert wings.received("GET", "/download/file") == []
+    # A link to a real file still goes to Wings.
+    real = panel_file_token(server, "file-download", file_path="/world/level.dat")
+    async with front.request("GET", f"/download/file?token={real}") as r:
+        assert r.status == 200 and await r.read() == b"griefed"
+
+
+# -- restoring one path --------------------------------------------------------------------------
+
+
+async def test_move_out_of_a_backup_restores_a_file_and_a_folder(
+    start_front, panel, node, wings, make_backup
+):
+    front = await start_front()
+    server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
+    root = node.data / server
+    rename = f"/api/servers/{server}/files/rename"
+    # The file manager's Move: root is the folder shown, ``to`` relative to it.
+    body = {
+        "root": f"/.backups/{folder}/world",
+        "files": [{"from": "level.dat", "to": "../../../world/level.dat"}],
+    }
+    assert (await call(front, "PUT", rename, json=body))[0] == 204
+    assert (root / "world/level.dat").read_bytes() == b"level as backed up"
+
+    (root / "world/level.dat").write_bytes(b"griefed again")
+    body = {"root": f"/.backups/{folder}", "files": [{"from": "world", "to": "../../world"}]}
+    assert (await call(front, "PUT", rename, json=body))[0] == 204
+    assert (root / "world/level.dat").read_bytes() == b"level as backed up"
+    assert not (root / "world/added-later.txt").exists()  # the folder is the backup's
+    assert (root / "world/region/r.0.0.mca").read_bytes() == LIVE["world/region/r.0.0.mca"]
+
+    # A symlink is restored as a link; nothing is left under a temporary name.
+    body = {"root": "/", "files": [{"from": f".backups/{folder}/etc-link", "to": "restored-link"}]}
+    assert (await call(front, "PUT", rename, json=body))[0] == 204
+    assert os.readlink(root / "restored-link") == "/etc"
+    assert [p for p in os.listdir(root) if p.startswith(".wingsbak")] == []
+    assert reached_wings(wings, server, "rename") == []
+    # The backup itself is unchanged.
+    world = {i["name"] for i in await ls(front, server, f"/.backups/{folder}/world")}
+    assert world == {"level.dat", "region"}
+
+
+async def test_copy_in_a_backup_restores_beside_the_live_file_named_as_wings_names_copies(
+    start_front, panel, node, wings, make_backup
+):
+    front = await start_front()
+    server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
+    root = node.data / server
+    copy = f"/api/servers/{server}/files/copy"
+    level = {"location": f"/.backups/{folder}/world/level.dat"}
+    assert (await call(front, "POST", copy, json=level))[0] == 204
+    assert (root / "world/level copy.dat").read_bytes() == b"level as backed up"
+    assert (await call(front, "POST", copy, json=level))[0] == 204
+    assert (root / "world/level copy 1.dat").read_bytes() == b"level as backed up"
+    assert (root / "world/level.dat").read_bytes() == b"griefed"  # never overwritten
+    archive = {"location": f"/.backups/{folder}/data.tar.gz"}
+    assert (await call(front, "POST", copy, json=archive))[0] == 204
+    assert (root / "data copy.tar.gz").read_bytes() == LIVE["data.tar.gz"]
+    # Wings copies files only.
+    status, _ = await call(front, "POST", copy, json={"location": f"/.backups/{folder}/world"})
+    assert status == 404
+    assert reached_wings(wings, server, "copy") == []
+    # A real file's copy is still Wings'.
+    assert (await call(front, "POST", copy, json={"location": "/server.properties"}))[0] == 204
+    assert len(reached_wings(wings, server, "copy")) == 1
+    assert (root / "server.properties copy").exists() is False
+    assert (root / "server copy.properties").read_text() == LIVE["server.properties"]
+
+
+# -- refused writes and escapes ------------------------------------------------------------------
+
+
+async def test_writes_inside_the_folder_are_refused_and_never_reach_wings(
+    start_front, panel, node, wings, make_backup
+):
+    front = await start_front()
+    server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
+    inside = f"/.backups/{folder}"
+    files = f"/api/servers/{server}/files"
+    refused: list[tuple[str, str, dict[str, Any] | None, bytes | None]] = [
+        ("POST", f"{files}/write?file={quote(inside + '/x.txt')}", None, b"data"),
+        ("POST", f"{files}/delete", {"root": inside, "files": ["world"]}, None),
+        ("POST", f"{files}/delete", {"root": "/", "files": [".backups"]}, None),
+        ("POST", f"{files}/create-directory", {"name": "new", "path": inside}, None),
+        (
+            "POST",
+            f"{files}/chmod",
+            {"root": inside, "files": [{"file": "world", "mode": "777"}]},
+            None,
+        ),
+        ("POST", f"{files}/compress", {"root": inside, "files": ["world"]}, None),
+        ("POST", f"{files}/decompress", {"root": inside, "file": "data.tar.gz"}, None),
+        ("POST", f"{files}/decompress", {"root": "/", "file": f"{inside}/data.tar.gz"}, None),
+        (
+            "PUT",
+            f"{files}/rename",
+            {"root": "/", "files": [{"from": "server.properties", "to": f"{inside}/s"}]},
+            None,
+        ),
+        (
+            "PUT",
+            f"{files}/rename",
+            {"root": "/world", "files": [{"from": "level.dat", "to": "../.backups/x"}]},
+            None,
+        ),
+    ]
+    for method, path, body, raw in refused:
+        async with front.request(method, path, json=body, data=raw, headers=auth()) as r:
+            assert r.status == 403, (path, body, await r.text())
+            answer = await r.json()
+            assert set(answer) == {"error", "request_id"} and "read-only" in answer["error"]
+    upload = panel_file_token(server, "file-upload")
+    async with front.request(
+        "POST", f"/upload/file?token={upload}&directory={quote(inside)}", data=b"x"
+    ) as r:
+        assert r.status == 403
+    for route in (
+        "write",
+        "delete",
+        "create-directory",
+        "chmod",
+        "compress",
+        "decompress",
+        "rename",
+    ):
+        assert reached_wings(wings, server, route) == [], route
+    assert wings.received("POST", "/upload/file") == []
+    assert sorted(os.listdir(node.data / server / "world")) == [
+        "added-later.txt",
+        "level.dat",
+        "region",
+    ]
+
+
+async def test_paths_cannot_leave_the_backup_or_the_server(
+    start_front, panel, node, wings, make_backup, tmp_path
+):
+    front = await start_front()
+    server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
+    root = node.data / server
+    # Spelled with doubled slashes and encoded dots, still the same backup file.
+    odd = f"//.backups//{folder}/./world/%2e%2e/world//level.dat"
+    async with front.request(
+        "GET", f"/api/servers/{server}/files/contents?file={odd}", headers=auth()
+    ) as r:
+        assert (r.status, await r.read()) == (200, b"level as backed up")
+    # ``..`` past the backup's root is a real path again, Wings' to answer.
+    escape = quote(f"/.backups/{folder}/../../world/level.dat")
+    async with front.request(
+        "GET", f"/api/servers/{server}/files/contents?file={escape}", headers=auth()
+    ) as r:
+        assert (r.status, await r.read()) == (200, b"griefed")
+    assert len(wings.received("GET", f"/api/servers/{server}/files/contents")) == 1
+    # A Move whose ``to`` climbs past the server's root lands inside it (cleaned at the root).
+    rename = f"/api/servers/{server}/files/rename"
+    body = {
+        "root": f"/.backups/{folder}",
+        "files": [{"from": "server.properties", "to": "../../../../../../tmp/p"}],
+    }
+    assert (await call(front, "PUT", rename, json=body))[0] == 204
+    assert (root / "tmp/p").read_text() == LIVE["server.properties"]
+    # A live symlink on the way is never written through.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "out")
+    body = {
+        "root": f"/.backups/{folder}",
+        "files": [{"from": "server.properties", "to": "../../out/p"}],
+    }
+    status, _ = await call(front, "PUT", rename, json=body)
+    assert status == 404
+    copy_out = {"location": f"/.backups/{folder}/etc-link/passwd"}
+    assert (await call(front, "POST", f"/api/servers/{server}/files/copy", json=copy_out))[0] == 404
+    assert list(outside.iterdir()) == []
+    # Without the node token, nothing is shown.
+    async with front.request(
+        "GET", f"/api/servers/{server}/files/list-directory?directory=/.backups"
+    ) as r:
+        assert r.status == 401
+
+
+async def test_a_real_backups_folder_wins(start_front, panel, node, wings, make_backup, capsys):
+    front = await start_front()
+    server = node.server({**LIVE, ".backups/players.dat": "mine"})
+    wings.server(server)
+    await make_backup(front, panel, node, server)
+    listing = await ls(front, server, "/")
+    assert [i["name"] for i in listing].count(".backups") == 1
+    assert next(i for i in listing if i["name"] == ".backups")["mode"].startswith("drwx")
+    assert [i["name"] for i in await ls(front, server, "/.backups")] == ["players.dat"]
+    status, _ = await call(
+        front,
+        "POST",
+        f"/api/servers/{server}/files/delete",
+        json={"root": "/.backups", "files": ["players.dat"]},
+    )
+    assert status == 204 and not (node.data / server / ".backups/players.dat").exists()
+    assert len(reached_wings(wings, server, "delete")) == 1
+    assert "browse_folder_hidden_by_real_entry" in capsys.readouterr().out  # the warning
+
+
+async def test_the_feature_can_be_off_or_renamed(start_front, panel, node, wings, make_backup):
+    front = await start_front(browse_folder="")
+    server = node.server(dict(LIVE))
+    wings.server(server)
+    await make_backup(front, panel, node, server)
+    assert ".backups" not in [i["name"] for i in await ls(front, server, "/")]
+    status, _ = await call(
+        front, "GET", f"/api/servers/{server}/files/list-directory?directory=/.backups"
+    )
+    assert status == 404  # Wings' answer: there is no such folder
+    assert len(reached_wings(wings, server, "list-directory")) == 2
+
+
+async def test_the_folder_can_be_renamed(start_front, panel, node, wings, make_backup):
+    front = await start_front(browse_folder="Backups")
+    server = node.server(dict(LIVE))
+    wings.server(server)
+    backup = await make_backup(front, panel, node, server)
+    assert "Backups" in [i["name"] for i in await ls(front, server, "/")]
+    assert ".backups" not in [i["name"] for i in await ls(front, server, "/")]
+    (folder,) = await ls(front, server, "/Backups")
+    assert folder["name"].endswith(backup) and folder["directory"] is True

@@ -1,0 +1,219 @@
+"""One path of a backup (a file, a symlink or a folder with all it holds) restored into a
+server's directory: built under a temporary name beside its destination, then renamed into
+place, so the live path only ever holds the old version or the whole new one (a folder is
+swapped with ``renameat2(RENAME_EXCHANGE)``, then the old one removed). Blocking code.
+
+The same guard as a full restore (archive/extract.py): the server root is opened without
+following a symlink, every folder on the way is opened with ``O_NOFOLLOW`` (created when
+missing), nothing is written through a link, and a relative symlink of the backup that
+would point out of the server is left out. Links are restored as links, never followed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from wingsbak.archive.extract import open_server_root
+from wingsbak.browse.model import BackupView, Entry
+from wingsbak.log import get_logger
+
+__all__ = ["Exists", "RestoredPath", "free_copy_name", "restore_path"]
+
+log = get_logger(__name__)
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1024 * 1024
+TEMP_PREFIX = ".wingsbak-part-"
+_RENAME_EXCHANGE = 2
+_seq = itertools.count()
+
+
+class Exists(Exception):
+    """The destination exists (a copy never overwrites; a folder never replaces a file)."""
+
+
+@dataclass(slots=True)
+class RestoredPath:
+    files: int = 0
+    folders: int = 0
+    symlinks: int = 0
+    skipped: int = 0
+
+
+def _temp_name() -> str:
+    return f"{TEMP_PREFIX}{os.getpid()}-{next(_seq)}"
+
+
+@contextmanager
+def _parent_of(root: str | os.PathLike[str], parts: list[str], owner: tuple[int, int] | None
+               ) -> Iterator[int]:
+    """The destination's folder, open, never through a symlink; missing folders created."""
+    fd = open_server_root(root, create=False)
+    try:
+        for name in parts[:-1]:
+            try:
+                nxt = os.open(name, _DIR, dir_fd=fd)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                    if owner is not None:
+                        os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+                nxt = os.open(name, _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _link_ok(depth: int, target: str) -> bool:
+    """As a full restore judges a symlink: absolute kept, relative only inside the root."""
+    if not target or "\x00" in target:
+        return False
+    if target.startswith("/"):
+        return True
+    comps = [c for c in target.split("/") if c and c != "."]
+    ups = len(list(itertools.takewhile(lambda c: c == "..", comps)))
+    return ".." not in comps[ups:] and ups <= depth
+
+
+class _Builder:
+    def __init__(self, view: BackupView, owner: tuple[int, int] | None, depth: int) -> None:
+        self.view = view
+        self.owner = owner
+        self.depth = depth  # folders between the server root and the destination
+        self.done = RestoredPath()
+
+    def entry(self, parent: int, name: str, e: Entry, depth: int) -> None:
+        """``e`` as ``name`` in ``parent`` (a name nothing holds yet)."""
+        if e.kind == "file":
+            fd = os.open(name, _NEW, 0o600, dir_fd=parent)
+            try:
+                with self.view.open(e.path) as src:
+                    while data := src.read(_CHUNK):
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view):]
+                self._finish(fd, e)
+            finally:
+                os.close(fd)
+            self.done.files += 1
+        elif e.kind == "symlink" and _link_ok(depth, e.linkname):
+            os.symlink(e.linkname, name, dir_fd=parent)
+            if self.owner is not None:
+                os.chown(name, *self.owner, dir_fd=parent, follow_symlinks=False)
+            ns = int(e.mtime * 1e9)
+            os.utime(name, ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
+            self.done.symlinks += 1
+        elif e.kind == "dir":
+            os.mkdir(name, 0o700, dir_fd=parent)
+            fd = os.open(name, _DIR, dir_fd=parent)
+            try:
+                for child in self.view.listdir(e.path):
+                    self.entry(fd, child.name, child, depth + 1)
+                self._finish(fd, e)
+            finally:
+                os.close(fd)
+            self.done.folders += 1
+        else:
+            log.info("browse_restore_skipped", path=e.path, kind=e.kind, target=e.linkname)
+            self.done.skipped += 1
+
+    def _finish(self, fd: int, e: Entry) -> None:
+        os.fchmod(fd, e.mode & 0o7777)
+        if self.owner is not None:
+            os.fchown(fd, *self.owner)
+        ns = int(e.mtime * 1e9)
+        os.utime(fd, ns=(ns, ns))
+
+
+def _exchange(parent: int, a: str, b: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(parent, a.encode(), parent, b.encode(), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), b)
+
+
+def _remove(parent: int, name: str) -> None:
+    st = os.lstat(name, dir_fd=parent)
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=parent)
+    else:
+        os.unlink(name, dir_fd=parent)
+
+
+def restore_path(
+    view: BackupView,
+    source: str,
+    root: str | os.PathLike[str],
+    dest: list[str],
+    *,
+    owner: tuple[int, int] | None,
+    overwrite: bool = True,
+) -> RestoredPath:
+    """``source`` of the backup as ``root/<dest parts>`` (parts already checked: no ``..``,
+    none empty). ``overwrite`` False: :class:`Exists` rather than replace anything."""
+    entry = view.stat(source)
+    with _parent_of(root, dest, owner) as parent:
+        builder = _Builder(view, owner, len(dest) - 1)
+        temp = _temp_name()
+        try:
+            builder.entry(parent, temp, entry, len(dest) - 1)
+            _place(parent, temp, dest[-1], entry.kind == "dir", overwrite)
+        except BaseException:
+            try:
+                _remove(parent, temp)
+            except FileNotFoundError:
+                pass
+            raise
+        return builder.done
+
+
+def _place(parent: int, temp: str, name: str, is_dir: bool, overwrite: bool) -> None:
+    try:
+        old = os.lstat(name, dir_fd=parent)
+    except FileNotFoundError:
+        old = None
+    if old is not None and (not overwrite or stat.S_ISDIR(old.st_mode) != is_dir):
+        raise Exists(name)
+    if old is None:
+        if is_dir:
+            os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)  # no-replace below
+        else:
+            try:  # link(2) never replaces: a name taken meanwhile stays as it is
+                os.link(temp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+            except FileExistsError:
+                raise Exists(name) from None
+            os.unlink(temp, dir_fd=parent)
+        return
+    if is_dir:
+        _exchange(parent, temp, name)
+        _remove(parent, temp)  # the old folder, now under the temporary name
+    else:
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)  # atomic, never follows
+
+
+
+def free_copy_name(
+    root: str | os.PathLike[str], folder: list[str], names: list[str],
+    owner: tuple[int, int] | None,
+) -> str:
+    """The first of ``names`` that nothing in ``root/<folder>`` holds (lstat, as Wings'
+    findCopySuffix looks); the folder is created when missing."""
+    with _parent_of(root, [*folder, "-"], owner) as parent:
+        for name in names:
+            try:
+                os.lstat(name, dir_fd=parent)
+            except FileNotFoundError:
+                return name
+    raise Exists(names[-1])

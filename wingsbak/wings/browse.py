@@ -1,0 +1,604 @@
+"""The server's backups as a read-only folder of the panel's file manager (``.backups``,
+``system.backups.browse_folder``; empty: off), on Wings' own file routes
+(router/router_server_files.go, router/router_download.go): a request that touches that folder
+is answered here and never reaches Wings; any other goes to Wings unchanged.
+
+- ``list-directory`` of the root gains the folder; inside it, one folder per backup
+  (:class:`~wingsbak.browse.model.BackupFolder`), then the backup's own tree, in the shape of
+  Wings' filesystem/stat.go.
+- ``files/contents`` and ``/download/file?token=`` (the token checked as a file link is, one
+  use) read a file of a backup; a symlink is never followed.
+- ``PUT files/rename`` from a backup to a real path restores that path there
+  (wingsbak.browse.restore); ``POST files/copy`` restores a file beside its live
+  counterpart, named as Wings names copies (filesystem.go ``Copy``), never overwriting.
+- Whatever would write inside the folder (write, delete, create-directory, chmod, compress,
+  decompress, pull, upload, a rename into it) is refused with Wings' error shape (403, as
+  Wings refuses a denylisted file: router/middleware/request_error.go).
+
+Paths are cleaned as Wings cleans them (``..`` stops at the root), so no spelling reaches a
+backup's files from outside the folder or leaves it. A server with a real entry of that name
+keeps it: everything passes to Wings, and a warning is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import hdrs, web
+from yarl import URL
+
+from wingsbak.answers import check_bearer
+from wingsbak.appkeys import CONFIG, JOBS, USED_TOKENS
+from wingsbak.browse.catalog import Catalog, Unopenable
+from wingsbak.browse.model import BackupFolder, BackupView, Entry, NotADirectory, NotFound
+from wingsbak.browse.restore import Exists, free_copy_name, restore_path
+from wingsbak.errors import TokenRejected
+from wingsbak.log import get_logger
+from wingsbak.tokens import decode_token
+from wingsbak.uuids import is_uuid
+from wingsbak.wings.client import WINGS
+from wingsbak.wings.identity import IDENTITY
+from wingsbak.wings.proxy import (
+    CONTINUE_OWED,
+    end_to_end,
+    forward,
+    forwarded_headers,
+    owe_continue,
+    send_continue,
+    target,
+)
+
+log = get_logger(__name__)
+
+CATALOG = web.AppKey("browse_catalog", Catalog)
+CHUNK = 1024 * 1024
+READ_ONLY = "This file cannot be modified: {} is a read-only view of the server's backups."
+NOT_FOUND = "The requested resources was not found on the system."  # request_error.go
+IS_DIR = "Cannot perform that action: file is a directory."
+RESTORING = "The server is being restored from a backup."
+EXISTS = "Cannot move or rename file, destination already exists."  # putServerRenameFiles
+_warned: set[str] = set()
+
+
+def folder_name(request: web.Request) -> str:
+    return request.app[CONFIG].system.backups.browse_folder
+
+
+def clean(*parts: str) -> list[str]:
+    """A path as Wings' SafePath reads it: joined, ``..`` stopping at the root, as components."""
+    joined = posixpath.normpath("/" + "/".join(parts))
+    return [p for p in joined.split("/") if p]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "request_id": str(uuid.uuid4())}, status=status)
+
+
+# -- the listing shape (filesystem/stat.go) -------------------------------------------------------
+
+_TEXT = {"txt", "log", "properties", "yml", "yaml", "toml", "ini", "cfg", "conf", "md", "sh",
+         "csv", "xml", "html", "js", "lua", "py", "mcmeta", "secret", "env", "sk", "lang"}
+_MIME = {"json": "application/json", "gz": "application/gzip", "tgz": "application/gzip",
+         "zip": "application/zip", "jar": "application/jar", "png": "image/png",
+         "jpg": "image/jpeg", "jpeg": "image/jpeg", "dat": "application/octet-stream"}
+
+
+def mime_of(entry: Entry) -> str:
+    """Wings sniffs a file's first bytes (gabriel-vasile/mimetype); here, so that a listing
+    reads no file, its name says it. The file manager opens for editing what is not
+    ``application/octet-stream``."""
+    if entry.kind == "dir":
+        return "inode/directory"
+    if entry.kind != "file":
+        return "application/octet-stream"
+    ext = entry.name.rpartition(".")[2].lower() if "." in entry.name else ""
+    if ext in _MIME:
+        return _MIME[ext]
+    if ext in _TEXT or entry.size == 0:
+        return "text/plain; charset=utf-8"
+    return "application/octet-stream"
+
+
+def go_time(seconds: float) -> str:
+    """time.Format(time.RFC3339) of a time in the node's zone (Go's ``Local``)."""
+    when = datetime.fromtimestamp(int(seconds)).astimezone()
+    text = when.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return text[:-5] + "Z" if text.endswith("+0000") else text[:-2] + ":" + text[-2:]
+
+
+def go_mode(kind: str, mode: int) -> str:
+    """fs.FileMode.String(): type letter(s), then rwx for the nine permission bits."""
+    head = {"dir": "d", "symlink": "L", "other": "p"}.get(kind, "")
+    if mode & 0o4000:
+        head += "u"
+    if mode & 0o2000:
+        head += "g"
+    if mode & 0o1000:
+        head += "t"
+    bits = "".join(c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+    return (head or "-") + bits
+
+
+def stat_json(entry: Entry, name: str | None = None, mtime: float | None = None) -> dict[str, Any]:
+    when = go_time(entry.mtime if mtime is None else mtime)
+    return {
+        "name": name if name is not None else entry.name,
+        "created": when,  # a backup keeps no ctime: its mtime stands for it
+        "modified": when,
+        "mode": go_mode(entry.kind, entry.mode),
+        "mode_bits": format(entry.mode & 0o777, "o"),
+        "size": entry.size,
+        "directory": entry.kind == "dir",
+        "file": entry.kind != "dir",
+        "symlink": entry.kind == "symlink",  # Pelican's stat.go (Mode().Type())
+        "mime": mime_of(entry),
+    }
+
+
+def _sorted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(items, key=lambda s: (not s["directory"], s["name"]))
+
+
+# -- where a request points ---------------------------------------------------------------------
+
+
+class Place:
+    """A path inside the folder: ``backup`` (None: the folder itself) and ``path`` in it."""
+
+    def __init__(self, parts: list[str]) -> None:
+        self.backup = parts[1] if len(parts) > 1 else None
+        self.path = "/".join(parts[2:])
+
+
+async def _active(request: web.Request, server: str) -> bool:
+    """Whether the folder is shown for this server (not off, no real entry of its name)."""
+    name = folder_name(request)
+    if not name or not is_uuid(server) or WINGS not in request.app:
+        return False
+    real = request.app[CONFIG].data_dir / server / name
+    if await asyncio.to_thread(os.path.lexists, real):
+        _warn_real(server, name)
+        return False
+    return True
+
+
+def _warn_real(server: str, name: str) -> None:
+    if server not in _warned:
+        _warned.add(server)
+        log.warning("browse_folder_hidden_by_real_entry", server=server, name=name)
+
+
+def _inside(request: web.Request, parts: list[str]) -> Place | None:
+    name = folder_name(request)
+    return Place(parts) if parts and parts[0] == name else None
+
+
+async def _authorized(request: web.Request) -> None:
+    check_bearer(request, request.app[CONFIG].token)
+
+
+async def _body(request: web.Request) -> bytes | None:
+    """The JSON body, read once the bearer is checked; None: Wings is to refuse it unread."""
+    if request.get(CONTINUE_OWED, False):
+        try:
+            await _authorized(request)
+        except Exception:
+            return None
+        await send_continue(request)
+    return await request.read()
+
+
+def _decoded(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# -- the backups ----------------------------------------------------------------------------------
+
+
+def catalog(request: web.Request) -> Catalog:
+    return request.app[CATALOG]
+
+
+async def _folder(request: web.Request, server: str, name: str) -> BackupFolder | None:
+    return await asyncio.to_thread(catalog(request).folder, server, name)
+
+
+async def _view(request: web.Request, folder: BackupFolder) -> BackupView:
+    return await asyncio.to_thread(catalog(request).view, folder)
+
+
+class _Answer(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+async def _open(request: web.Request, server: str, place: Place) -> tuple[BackupFolder, BackupView]:
+    assert place.backup is not None
+    folder = await _folder(request, server, place.backup)
+    if folder is None:
+        raise _Answer(_error(404, NOT_FOUND))
+    try:
+        return folder, await _view(request, folder)
+    except Unopenable as exc:
+        raise _Answer(_error(501, str(exc))) from None
+
+
+async def _stat(view: BackupView, path: str) -> Entry:
+    try:
+        return await asyncio.to_thread(view.stat, path)
+    except NotFound:
+        raise _Answer(_error(404, NOT_FOUND)) from None
+
+
+def _answers(handler: Callable[..., Any]) -> Callable[[web.Request], Any]:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except _Answer as answer:
+            return answer.response
+        return response
+
+    return wrapped
+
+
+# -- list-directory and contents ------------------------------------------------------------------
+
+
+@_answers
+async def list_directory(request: web.Request) -> web.StreamResponse:
+    server = request.match_info["server"]
+    parts = clean(request.query.get("directory", ""))
+    if not await _active(request, server):
+        return await forward(request)
+    if not parts:
+        return await _root_listing(request, server)
+    place = _inside(request, parts)
+    if place is None:
+        return await forward(request)
+    await _authorized(request)
+    if place.backup is None:
+        folders = await asyncio.to_thread(catalog(request).folders, server)
+        shown = [
+            stat_json(Entry(f.name, "dir", 0, 0o555, 0), f.name, f.created.timestamp())
+            for f in reversed(folders)
+        ]
+        return web.json_response(shown)
+    _f, view = await _open(request, server, place)
+    try:
+        entries = await asyncio.to_thread(view.listdir, place.path)
+    except NotFound:
+        return _error(404, NOT_FOUND)
+    except NotADirectory:
+        return _error(404, "The requested directory does not exist.")
+    return web.json_response(_sorted([stat_json(e) for e in entries]))
+
+
+async def _root_listing(request: web.Request, server: str) -> web.StreamResponse:
+    """Wings' listing of the root, with the folder added."""
+    wings, identity = request.app[WINGS], request.app[IDENTITY]
+    url = URL(wings.url(identity.path_for_wings(target(request))), encoded=True)
+    headers = forwarded_headers(request)
+    identity.headers_for_wings(headers)
+    headers[hdrs.ACCEPT_ENCODING] = "identity"  # the answer is read and rewritten here
+    async with wings.session.get(url, headers=headers, allow_redirects=False) as upstream:
+        body = await upstream.read()
+        wings_headers = end_to_end(upstream.headers)
+        status = upstream.status
+    answer_headers = wings_headers.copy()
+    for name in (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.CONTENT_TYPE):
+        answer_headers.popall(name, None)
+    listing = _listing(body) if status == 200 else None
+    name = folder_name(request)
+    if listing is None or any(item.get("name") == name for item in listing):
+        if listing is not None:
+            _warn_real(server, name)
+        return web.Response(status=status, body=body, headers=wings_headers)
+    folders = await asyncio.to_thread(catalog(request).folders, server)
+    newest = folders[-1].created.timestamp() if folders else 0.0
+    listing.append(stat_json(Entry(name, "dir", 0, 0o555, newest), name))
+    return web.json_response(listing, headers=answer_headers)
+
+
+def _listing(body: bytes) -> list[dict[str, Any]] | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, list) else None
+
+
+@_answers
+async def file_contents(request: web.Request) -> web.StreamResponse:
+    server = request.match_info["server"]
+    parts = clean(request.query.get("file", ""))
+    place = _inside(request, parts)
+    if place is None or not await _active(request, server):
+        return await forward(request)
+    await _authorized(request)
+    if place.backup is None:
+        return _error(400, IS_DIR)
+    _f, view = await _open(request, server, place)
+    entry = await _stat(view, place.path)
+    headers = {"X-Mime-Type": mime_of(entry)}
+    if request.query.get("download", ""):
+        headers[hdrs.CONTENT_DISPOSITION] = "attachment; filename=" + json.dumps(entry.name)
+        headers[hdrs.CONTENT_TYPE] = "application/octet-stream"
+    return await _send(request, view, entry, headers)
+
+
+async def _send(
+    request: web.Request, view: BackupView, entry: Entry, headers: dict[str, str]
+) -> web.StreamResponse:
+    if entry.kind == "dir":
+        return _error(400, IS_DIR)
+    if entry.kind != "file":  # a symlink is never followed; nothing else has content
+        return _error(400, "Cannot open files of this type.")
+    opened = await asyncio.to_thread(view.open, entry.path)
+    src = await asyncio.to_thread(opened.__enter__)
+    try:
+        response = web.StreamResponse(headers=headers)
+        response.content_length = entry.size
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(src.read, CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        await asyncio.to_thread(opened.__exit__, None, None, None)
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    """``GET /download/file?token=``: a link to a file in the folder is served here."""
+    try:
+        claims = decode_token(
+            request.query.get("token", ""),
+            request.app[CONFIG].token,
+            ["server_uuid", "file_path", "unique_id"],
+            scope="file-download",
+        )
+    except TokenRejected:
+        return await forward(request)  # Wings' to refuse, as it does
+    server = claims["server_uuid"]
+    place = _inside(request, clean(claims["file_path"]))
+    if place is None or place.backup is None or not await _active(request, server):
+        return await forward(request)
+    try:
+        _f, view = await _open(request, server, place)
+        entry = await _stat(view, place.path)
+    except _Answer as answer:
+        return answer.response
+    if entry.kind != "file":
+        return _error(404, "The requested resource was not found on this server.")
+    used = request.app[USED_TOKENS]
+    expires = float(claims["exp"])
+    address = request.remote or ""
+    fresh = await asyncio.to_thread(used.claim, claims["unique_id"], expires, address, 0)
+    if not fresh:  # router_download.go: IsUniqueRequest
+        return _error(404, "The requested resource was not found on this server.")
+    headers = {
+        hdrs.CONTENT_DISPOSITION: "attachment; filename=" + json.dumps(entry.name),
+        hdrs.CONTENT_TYPE: "application/octet-stream",
+    }
+    log.info("browse_download", server=server, backup=place.backup, path=place.path)
+    return await _send(request, view, entry, headers)
+
+
+# -- restores: rename out of a backup, copy -------------------------------------------------------
+
+
+def _owner(request: web.Request) -> tuple[int, int] | None:
+    user = request.app[CONFIG].system.user
+    return (user.uid, user.gid) if os.geteuid() == 0 else None
+
+
+@_answers
+async def rename(request: web.Request) -> web.StreamResponse:
+    server = request.match_info["server"]
+    if not await _active(request, server):
+        return await forward(request)
+    body = await _body(request)
+    data = _decoded(body) if body is not None else None
+    files = data.get("files") if data is not None else None
+    if body is None or not isinstance(files, list):
+        return await forward(request, body)
+    root = data.get("root") if isinstance(data.get("root"), str) else ""  # type: ignore[union-attr]
+    ours, theirs = [], []
+    for item in files:
+        pair = item if isinstance(item, dict) else {}
+        src, dst = (clean(root, str(pair.get(k) or "")) for k in ("from", "to"))
+        if _inside(request, dst) is not None:
+            await _authorized(request)
+            return _error(403, READ_ONLY.format(folder_name(request)))
+        (ours if _inside(request, src) is not None else theirs).append((item, src, dst))
+    if not ours:
+        return await forward(request, body)
+    await _authorized(request)
+    if server in request.app[JOBS].restores:
+        return _error(409, RESTORING)
+    for _item, src, dst in ours:
+        place = Place(src)
+        if place.backup is None or not dst:
+            return _error(403, READ_ONLY.format(folder_name(request)))
+        _f, view = await _open(request, server, place)
+        try:
+            await _stat(view, place.path)
+        except _Answer:
+            log.warning("browse_restore_not_found", server=server, path="/".join(src))
+            continue  # putServerRenameFiles: a source that does not exist is no error
+        dest = request.app[JOBS].server_root(server)
+        try:
+            done = await asyncio.to_thread(
+                restore_path, view, place.path, dest, dst, owner=_owner(request)
+            )
+        except Exists:
+            return _error(400, EXISTS)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            # A symlink (or a file) on the way: never written through (SafePath's 404).
+            return _error(404, NOT_FOUND)
+        log.info("browse_restored", server=server, backup=place.backup, path=place.path,
+                 to="/".join(dst), files=done.files, folders=done.folders)
+    if theirs:
+        rest = {**data, "files": [item for item, _s, _d in theirs]}  # type: ignore[dict-item]
+        return await forward(request, json.dumps(rest).encode(), rewritten=True)
+    return web.Response(status=204)
+
+
+def copy_names(name: str) -> list[str]:
+    """filesystem.go Copy/findCopySuffix: ``name copy.ext``, ``name copy 1.ext``... (``.tar``
+    kept with the extension), then the last resort Wings gives after 50."""
+    dot = name.rfind(".")
+    ext = name[dot:] if dot >= 0 else ""  # filepath.Ext
+    base = name[: len(name) - len(ext)]
+    if base.endswith(".tar"):
+        ext, base = ".tar" + ext, base[:-4]
+    names = [f"{base} copy{ext}"] + [f"{base} copy {i}{ext}" for i in range(1, 51)]
+    stamp = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+    return [*names, f"{base}copy.{stamp}{ext}"]
+
+
+@_answers
+async def copy(request: web.Request) -> web.StreamResponse:
+    server = request.match_info["server"]
+    if not await _active(request, server):
+        return await forward(request)
+    body = await _body(request)
+    data = _decoded(body) if body is not None else None
+    location = data.get("location") if data is not None else None
+    parts = clean(location) if isinstance(location, str) else []
+    place = _inside(request, parts)
+    if body is None or place is None:
+        return await forward(request, body)
+    await _authorized(request)
+    if place.backup is None or not place.path:
+        return _error(404, NOT_FOUND)
+    if server in request.app[JOBS].restores:
+        return _error(409, RESTORING)
+    _f, view = await _open(request, server, place)
+    entry = await _stat(view, place.path)
+    if entry.kind != "file":  # Copy: "a directory or not a regular file" is ErrNotExist
+        return _error(404, NOT_FOUND)
+    live = place.path.split("/")[:-1]
+    dest = request.app[JOBS].server_root(server)
+    owner = _owner(request)
+
+    def run() -> str:
+        while True:
+            name = free_copy_name(dest, live, copy_names(entry.name), owner)
+            try:
+                restore_path(view, entry.path, dest, [*live, name], owner=owner, overwrite=False)
+            except Exists:
+                continue  # taken meanwhile: the next free name
+            return name
+
+    try:
+        name = await asyncio.to_thread(run)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        return _error(404, NOT_FOUND)
+    log.info("browse_copied", server=server, backup=place.backup, path=place.path, name=name)
+    return web.Response(status=204)
+
+
+# -- refused writes -------------------------------------------------------------------------------
+
+
+def _targets(route: str, query: Any, data: dict[str, Any] | None) -> list[list[str]]:
+    """The paths a writing request touches (router_server_files.go's fields)."""
+    d = data or {}
+
+    def s(key: str) -> str:
+        value = d.get(key)
+        return value if isinstance(value, str) else ""
+
+    def many(key: str) -> list[Any]:
+        value = d.get(key)
+        return value if isinstance(value, list) else []
+
+    if route == "write":
+        return [clean(query.get("file", ""))]
+    if route == "create-directory":
+        return [clean(s("path"), s("name")), clean(s("path"))]
+    if route in ("delete", "compress"):
+        return [clean(s("root"))] + [clean(s("root"), str(f)) for f in many("files")]
+    if route == "decompress":
+        return [clean(s("root")), clean(s("root"), s("file"))]
+    if route == "chmod":
+        files = [f.get("file", "") if isinstance(f, dict) else "" for f in many("files")]
+        return [clean(s("root"), str(f)) for f in files] or [clean(s("root"))]
+    if route == "pull":
+        return [clean(s("directory") or s("root"))]
+    return []
+
+
+def _touches(request: web.Request, paths: list[list[str]]) -> bool:
+    return any(_inside(request, parts) is not None for parts in paths)
+
+
+def _refusing(route: str) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        server = request.match_info["server"]
+        if not await _active(request, server):
+            return await forward(request)
+        if route == "write":
+            if not _touches(request, _targets(route, request.query, None)):
+                return await forward(request)
+            await _authorized(request)
+            return _error(403, READ_ONLY.format(folder_name(request)))
+        body = await _body(request)
+        if body is None or not _touches(request, _targets(route, {}, _decoded(body))):
+            return await forward(request, body)
+        await _authorized(request)
+        log.info("browse_write_refused", server=server, route=route)
+        return _error(403, READ_ONLY.format(folder_name(request)))
+
+    return handler
+
+
+async def upload_file(request: web.Request) -> web.StreamResponse:
+    """``POST /upload/file?token=&directory=``: into the folder, refused before the body."""
+    try:
+        claims = decode_token(
+            request.query.get("token", ""), request.app[CONFIG].token, ["server_uuid"]
+        )
+    except TokenRejected:
+        return await forward(request)
+    parts = clean(request.query.get("directory", ""))
+    if _inside(request, parts) is None or not await _active(request, claims["server_uuid"]):
+        return await forward(request)
+    return _error(403, READ_ONLY.format(folder_name(request)))
+
+
+def add_routes(app: web.Application) -> None:
+    """Wings' file routes, before the pass-through's catch-all (wingsbak.wings.proxy)."""
+    app[CATALOG] = Catalog(list(app[JOBS].stores.all))
+    files = "/api/servers/{server}/files/"
+    routes: list[tuple[str, str, Any]] = [
+        ("GET", files + "list-directory", list_directory),
+        ("GET", files + "contents", file_contents),
+        ("PUT", files + "rename", rename),
+        ("POST", files + "copy", copy),
+        ("GET", "/download/file", download_file),
+        ("POST", "/upload/file", upload_file),
+    ]
+    for route in ("write", "create-directory", "delete", "compress", "decompress", "chmod", "pull"):
+        routes.append(("POST", files + route, _refusing(route)))
+    for i, (method, path, handler) in enumerate(routes):
+        # Named "wings-*": the node token is Wings' to check unless the answer is ours.
+        app.router.add_route(
+            method, path, handler, name=f"wings-browse-r{i}", expect_handler=owe_continue
+        )
