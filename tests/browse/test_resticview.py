@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.restic.restic_helpers import needs_restic, oracle, restic_block
+from tests.support.restic_helpers import needs_restic, oracle, restic_block
 from wingsbak.browse.model import NotADirectory, NotFound
 from wingsbak.browse.resticview import ResticView, find_snapshot
 from wingsbak.config import parse_config

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_fixtures import bucket, moto_endpoint, s3_admin  # noqa: F401
 
 from wingsbak.archive.archiver import archive_to_file
 from wingsbak.archive.gzmembers import MEMBER_SIZE
@@ -132,8 +131,8 @@ def test_an_archive_without_index_is_indexed_on_first_open(tmp_path: Path) -> No
 
 def test_s3_object_read_by_ranged_gets(
     archive: tuple[Path, Path],
-    s3_admin: Any,  # noqa: F811
-    bucket: str,  # noqa: F811
+    s3_admin: Any,
+    bucket: str,
     tmp_path: Path,
 ) -> None:
     root, out = archive

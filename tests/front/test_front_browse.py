@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from daemon_helpers import auth, new_uuid
-from wings_standin import panel_file_token
+
+from tests.support.daemon_helpers import auth, new_uuid
+from tests.support.wings_standin import panel_file_token
 
 LIVE = {
     "server.properties": "motd=backed up\n",
