@@ -11,11 +11,13 @@ from wingsbak.events import EventBus
 from wingsbak.jobs import JobManager
 from wingsbak.panel import Outbox, PanelClient
 from wingsbak.storage.local import LocalStorage
+from wingsbak.storage.select import Stores
 from wingsbak.tokens import UsedTokens
 
 CONFIG = web.AppKey("config", Config)
 JOBS = web.AppKey("jobs", JobManager)
 STORAGE = web.AppKey("storage", LocalStorage)
+STORES = web.AppKey("stores", Stores)
 EVENTS = web.AppKey("events", EventBus)
 PANEL = web.AppKey("panel", PanelClient)
 OUTBOX = web.AppKey("outbox", Outbox)

@@ -72,3 +72,8 @@ class BadGateway(ApiError):
 
 class Unavailable(ApiError):
     status = 503
+
+
+class ServiceFailure(Exception):
+    """A service the node relies on (a store, the panel, Wings) failed; the message says it
+    all, so a job that ends on one logs a line without a traceback."""

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from wingsbak import failpoint
 from wingsbak.archive import ArchiveProgress, Cancelled, UnreadableEntry
@@ -38,7 +37,7 @@ from wingsbak.download_source import (
     SourceUnreachable,
     open_restore_stream,
 )
-from wingsbak.errors import BadGateway, BadRequest, Conflict, NotFound, Unavailable
+from wingsbak.errors import BadGateway, BadRequest, Conflict, NotFound, ServiceFailure, Unavailable
 from wingsbak.events import (
     BACKUP_COMPLETED,
     BACKUP_PROGRESS,
@@ -51,17 +50,13 @@ from wingsbak.freespace import FreeSpace
 from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
-from wingsbak.panel import Outbox, PanelError
+from wingsbak.panel import Outbox
 from wingsbak.storage.base import BackupSource, BackupStore, Outcome
-from wingsbak.storage.local import LocalStorage, LocalStore
-from wingsbak.storage.presigned import PresignedStore, PresignedUploadError
-from wingsbak.storage.restic import ResticError, ResticStore
-from wingsbak.storage.s3 import S3Error, S3Storage, S3Store, endpoint_url
-from wingsbak.storage.s3 import describe as describe_s3_error
+from wingsbak.storage.local import LocalStorage
 from wingsbak.storage.select import Stores
 from wingsbak.urlguard import UnsafeURL
 from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
-from wingsbak.wings.client import WingsClient, WingsError
+from wingsbak.wings.client import WingsClient
 from wingsbak.wings.quiesce import Quiesce
 
 log = get_logger(__name__)
@@ -82,14 +77,10 @@ RESTORE_THREADS = 16
 # Failures with a message that says it all: logged as one line, without a traceback.
 EXPECTED_FAILURES = (
     OSError,
-    S3Error,
-    PresignedUploadError,
-    PanelError,
+    ServiceFailure,  # a store, the panel, Wings
     RestoreError,
     UnreadableEntry,
-    WingsError,
     PteroignoreTooLarge,
-    ResticError,
 )
 __all__ = ["ADAPTERS", "BackupJob", "JobManager", "Outcome", "RestoreJob"]
 
@@ -182,37 +173,12 @@ class JobManager:
         self.accepting = True
         self.completed = 0
         self.failed = 0
-        self.s3: S3Storage | None = None
-        self.s3_check: threading.Thread | None = None  # see check_s3_in_background
-        self.restic: ResticStore | None = None
-        self.restic_check: threading.Thread | None = None  # see check_stores_in_background
-        self.stores = self._make_stores()
+        self.stores = Stores.from_config(
+            config, storage, outbox.client, on_uploaded=self.metrics.s3_uploaded_bytes.inc
+        )
         self.quiesce = Quiesce(config, wings, self.metrics)  # pauses a running game's saving
         self.space = FreeSpace(config, storage, self.metrics)  # refuses what would fill the disk
         self.on_job_end: JobEndHook = ignore_job_end  # the daemon's: metrics, notifications
-
-    def _make_stores(self) -> Stores:
-        b = self.config.system.backups
-        uploaded = self.metrics.s3_uploaded_bytes.inc
-        lookup: list[BackupStore] = [LocalStore(self.storage)]
-        if self.config.s3_enabled:
-            self.s3 = S3Storage(
-                b.s3, state_dir=self.config.backup_dir, servers_dir=self.config.data_dir
-            )
-            lookup.append(S3Store(self.s3, on_uploaded=uploaded))
-        if self.config.restic_enabled:
-            self.restic = ResticStore(
-                b.restic, self.config.backup_dir / ".restic-cache", host=self.config.uuid
-            )
-            lookup.append(self.restic)
-        presigned = PresignedStore(
-            self.outbox.client,
-            self.storage,
-            backoff=b.report_retry_initial,
-            on_uploaded=uploaded,
-        )
-        chosen = next(s for s in lookup if s.name == b.store)  # config checked it is there
-        return Stores(chosen, presigned, *lookup)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -423,7 +389,7 @@ class JobManager:
             # The panel's s3 adapter without a link: a backup the node wrote to its own
             # bucket under an earlier version, found where it is like any other.
             job.store = await asyncio.to_thread(self.stores.locate, server, backup_uuid)
-            if job.store is None and adapter == "s3" and self.s3 is None:
+            if job.store is None and not self.stores.may_hold(adapter):
                 raise BadRequest("The 'download_url' field is required for the s3 adapter.")
             if job.store is None:
                 raise NotFound("The requested backup does not exist on this node.")
@@ -516,48 +482,10 @@ class JobManager:
                 await asyncio.to_thread(self.journal.forget, job.uuid)
             self.finishing.pop(job.uuid, None)
 
-    def check_s3_in_background(self) -> None:
-        """Say at start whether the configured bucket can be used, so that the operator does
-        not learn it from the first failed backup. Never delays the start or the stop (a
-        daemon thread): S3 may be back later, and every backup finds out for itself."""
-        s3 = self.s3
-        if s3 is None:
-            return
-
-        def check() -> None:
-            try:
-                s3.check()
-            except Exception as exc:
-                error = describe_s3_error(exc, s3.bucket, "checking the bucket")
-                log.error("s3_bucket_unusable", bucket=s3.bucket, error=str(error))
-            else:
-                log.info("s3_bucket_ok", bucket=s3.bucket)
-            # Also when unusable now: pending aborts and deletes wait for S3 on their thread.
-            s3.cleanup.start()
-
-        self.s3_check = threading.Thread(target=check, name="wingsbak-s3-check", daemon=True)
-        self.s3_check.start()
-
-    def check_stores_in_background(self) -> None:
-        """The node bucket's check, and restic's start (version, repository, stale locks),
-        each on a thread of its own: neither delays the start."""
-        self.check_s3_in_background()
-        if self.restic is not None:
-            self.restic_check = threading.Thread(
-                target=self.restic.start, name="wingsbak-restic-check", daemon=True
-            )
-            self.restic_check.start()
-
     def restore_allowlist(self) -> list[str]:
-        """The configured allowlist, plus the host of the node's own S3 endpoint: an operator
-        who configured a private MinIO has already said the node may talk to it."""
-        allow = list(self.config.system.backups.restore_host_allowlist)
-        endpoint = endpoint_url(self.config.system.backups.s3)
-        if self.s3 is not None and endpoint:
-            host = urlsplit(endpoint).hostname
-            if host:
-                allow.append(host)
-        return allow
+        """The configured allowlist, plus the hosts the node's stores trust (the node's own
+        S3 endpoint: an operator who configured a private MinIO has said the node may)."""
+        return [*self.config.system.backups.restore_host_allowlist, *self.stores.trusted_hosts()]
 
     def _restore_sync(self, job: RestoreJob, loop: asyncio.AbstractEventLoop) -> RestoreResult:
         """Worker thread: stream the archive into the server directory through the guard."""
@@ -720,12 +648,10 @@ class JobManager:
 
     def _recover_backup(self, server: str, entry: dict[str, Any], backup: str) -> Outcome | None:
         """Worker thread: the outcome of a backup the daemon died in, from its store; its
-        leftovers are removed there. A journal of an older version names no store: its
-        adapter says where it went then (s3: the node's bucket when one was configured)."""
+        leftovers are removed there."""
         name = entry.get("store")
         if not isinstance(name, str):
-            node_bucket = entry.get("adapter") == "s3" and self.s3 is not None
-            name = "s3" if node_bucket else "local"
+            name = self.stores.of_earlier_journal(str(entry.get("adapter", "")))
         store = self.stores.by_name(name)
         if store is None:
             log.error("interrupted_backup_store_gone", backup=backup, store=name)
@@ -769,10 +695,7 @@ class JobManager:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._restore_executor.shutdown(wait=True, cancel_futures=True)
 
-        if self.restic is not None:
-            self.restic.stop()
-        if self.s3 is not None:
-            self.s3.cleanup.stop()
+        self.stores.stop()
         try:
             await asyncio.wait_for(asyncio.to_thread(join_all), CANCEL_WAIT_SECONDS)
         except TimeoutError:  # e.g. a part PUT: the interpreter still joins it at exit

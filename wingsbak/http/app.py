@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from wingsbak.appkeys import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS
+from wingsbak.appkeys import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, STORES, USED_TOKENS
 from wingsbak.config import Config
 from wingsbak.events import EventBus
 from wingsbak.http import (
@@ -78,6 +78,7 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
     app[EVENTS] = events
     app[USED_TOKENS] = UsedTokens(config.backup_dir)
     app[JOBS] = JobManager(config, storage=storage, outbox=outbox, events=events, wings=wings)
+    app[STORES] = app[JOBS].stores
     watch = Watch(config, app[JOBS].metrics, outbox)
     app[JOBS].on_job_end = watch.job_end
     verifier = Verifier(config, app[JOBS], watch)
@@ -106,7 +107,7 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
         await outbox.load()
         await watch.start()
         await app[JOBS].recover()
-        app[JOBS].check_stores_in_background()
+        app[STORES].start()
         await verifier.start()
         if lifecycle is not None:
             await lifecycle.start()  # removals an earlier run left go on

@@ -44,6 +44,7 @@ from wingsbak.storage.base import (
     Download,
     LocalArchive,
     Outcome,
+    StoreContext,
 )
 
 log = get_logger(__name__)
@@ -273,6 +274,10 @@ class LocalStore(BackupStore):
 
     def __init__(self, storage: LocalStorage) -> None:
         self.storage = storage
+
+    @classmethod
+    def from_config(cls, ctx: StoreContext) -> LocalStore:
+        return cls(ctx.directory)
 
     async def create(self, source: BackupSource) -> Outcome:
         layout = await self.storage.flavour.for_new_backup()

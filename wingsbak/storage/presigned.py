@@ -32,7 +32,15 @@ from wingsbak.archive.atomic import AtomicFile
 from wingsbak.archive.codecs import earlier_archive_name
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.log import get_logger
-from wingsbak.storage.base import ArchiveStream, BackupSource, BackupStore, Download, Outcome
+from wingsbak.storage.base import (
+    ArchiveStream,
+    BackupSource,
+    BackupStore,
+    Download,
+    Outcome,
+    StoreContext,
+    StoreError,
+)
 from wingsbak.storage.local import LocalStorage
 
 if TYPE_CHECKING:
@@ -53,7 +61,7 @@ PartUrls = tuple[Sequence[str], int]
 GetPartUrls = Callable[[int], Awaitable[PartUrls] | PartUrls]
 
 
-class PresignedUploadError(Exception):
+class PresignedUploadError(StoreError):
     """The pre-signed upload failed for good; the message is one line for log and report."""
 
 
@@ -303,6 +311,12 @@ class PresignedStore(BackupStore):
         self.local = local
         self.backoff = backoff
         self.on_uploaded = on_uploaded
+
+    @classmethod
+    def from_config(cls, ctx: StoreContext) -> PresignedStore:
+        """Always there: the panel's ``s3`` adapter may be chosen on any node."""
+        backoff = ctx.config.system.backups.report_retry_initial
+        return cls(ctx.panel, ctx.directory, backoff=backoff, on_uploaded=ctx.on_uploaded)
 
     async def create(self, source: BackupSource) -> Outcome:
         if not self.panel.configured:

@@ -54,6 +54,8 @@ from wingsbak.storage.base import (
     BackupStore,
     Download,
     Outcome,
+    StoreContext,
+    StoreError,
     StreamedArchive,
 )
 from wingsbak.storage.restic_retries import RetryChains
@@ -78,8 +80,11 @@ with contextlib.suppress(OSError):
     _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class ResticError(Exception):
+class ResticError(StoreError):
     """A restic command that failed, with one line for the log and the operator."""
+
+    kind = "restic"
+    answer = "The node's restic repository failed or could not be reached."
 
     # restic refused the repository's lock: another restic holds it, or a killed one left it.
     locked = False
@@ -286,6 +291,15 @@ class _Process:
 
 class ResticStore(BackupStore):
     name = "restic"
+    outlives_server = True
+
+    @classmethod
+    def from_config(cls, ctx: StoreContext) -> ResticStore | None:
+        config = ctx.config
+        if not config.restic_enabled:
+            return None
+        b = config.system.backups
+        return cls(b.restic, config.backup_dir / ".restic-cache", host=config.uuid)
 
     def __init__(
         self, cfg: ResticConfig, cache_dir: Path, state_file: Path | None = None, host: str = ""
@@ -950,6 +964,9 @@ class ResticStore(BackupStore):
         if latest and any(s.id.startswith(latest) for s in found):
             self._set_latest(server, None)  # the next backup asks the repository
         return True
+
+    def remove_server(self, server: str) -> dict[str, int]:
+        return {"restic_snapshots": self.forget_server(server)}
 
     def forget_server(self, server: str) -> int:
         """Forget every snapshot of this server (its ``server:`` tag; pruned later, as a

@@ -48,6 +48,8 @@ from wingsbak.storage.base import (
     Download,
     Outcome,
     Redirect,
+    StoreContext,
+    StoreError,
 )
 from wingsbak.storage.s3_cleanup import STATE_NAME, S3Cleanup
 
@@ -73,15 +75,14 @@ _UNSIGNED_REFUSED = frozenset({"InvalidDigest", "XAmzContentSHA256Mismatch", "No
 T = TypeVar("T")
 
 
-class S3Error(Exception):
+class S3Error(StoreError):
     """An S3 operation that failed for good, with one line a node operator can act on.
 
     ``code`` is S3's error code (``NoSuchBucket``, ``InvalidAccessKeyId``...) or a short
     name of our own (``ConnectionError``, ``NoCredentials``, ``Aborted``)."""
 
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
+    kind = "s3"
+    answer = "The node's S3 storage failed or could not be reached."
 
 
 class S3NotFound(S3Error):
@@ -767,12 +768,50 @@ class S3Store(BackupStore):
     (no ``parts``): the node completed the upload itself, the panel has nothing to finish."""
 
     name = "s3"
+    outlives_server = True
 
     def __init__(
         self, storage: S3Storage, on_uploaded: Callable[[int], None] | None = None
     ) -> None:
         self.storage = storage
         self.on_uploaded = on_uploaded
+
+    @classmethod
+    def from_config(cls, ctx: StoreContext) -> S3Store | None:
+        config = ctx.config
+        if not config.s3_enabled:
+            return None
+        cfg = config.system.backups.s3
+        storage = S3Storage(cfg, state_dir=config.backup_dir, servers_dir=config.data_dir)
+        return cls(storage, on_uploaded=ctx.on_uploaded)
+
+    def start(self) -> None:
+        """Say at start whether the configured bucket can be used, so that the operator does
+        not learn it from the first failed backup: S3 may be back later, and every backup
+        finds out for itself."""
+        s3 = self.storage
+        try:
+            s3.check()
+        except Exception as exc:
+            error = describe(exc, s3.bucket, "checking the bucket")
+            log.error("s3_bucket_unusable", bucket=s3.bucket, error=str(error))
+        else:
+            log.info("s3_bucket_ok", bucket=s3.bucket)
+        # Also when unusable now: pending aborts and deletes wait for S3 on their thread.
+        s3.cleanup.start()
+
+    def stop(self) -> None:
+        self.storage.cleanup.stop()
+
+    def trusted_hosts(self) -> list[str]:
+        """The host of the node's own endpoint: an operator who configured a private MinIO
+        has already said the node may talk to it."""
+        endpoint = endpoint_url(self.storage.cfg)
+        host = urlsplit(endpoint).hostname if endpoint else None
+        return [host] if host else []
+
+    def remove_server(self, server: str) -> dict[str, int]:
+        return {"s3_objects": self.storage.delete_server(server)}
 
     async def create(self, source: BackupSource) -> Outcome:
         return await source.in_job_thread(self._create)

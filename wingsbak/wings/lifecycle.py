@@ -261,7 +261,7 @@ class ServerLifecycle:
     # -- removal -------------------------------------------------------------------------------
 
     def _has_stores(self) -> bool:
-        return self.jobs.s3 is not None or self.jobs.restic is not None
+        return self.jobs.stores.outlive_servers()
 
     async def _wings_removes_backups(self) -> bool:
         """Pelican's ``system.backups.remove_backups_on_server_delete``, read from Wings' file
@@ -339,12 +339,7 @@ class ServerLifecycle:
         log.info("server_backups_removed", server=server, **removed)
 
     def _remove_stored_sync(self, server: str) -> dict[str, int]:
-        removed: dict[str, int] = {}
-        if self.jobs.s3 is not None:
-            removed["s3_objects"] = self.jobs.s3.delete_server(server)
-        if self.jobs.restic is not None:
-            removed["restic_snapshots"] = self.jobs.restic.forget_server(server)
-        return removed
+        return self.jobs.stores.remove_server(server)
 
 
 LIFECYCLE = web.AppKey("server_lifecycle", ServerLifecycle)
