@@ -30,7 +30,7 @@ PAYLOAD_SIGNING = ("auto", "always", "never")
 STORES = ("local", "s3", "restic")
 RESTIC_COMPRESSION = ("auto", "max", "off")
 # Which Wings the upstream is (api.upstream_flavour); local backups are laid out as it lays out
-# its own (wingsbak.storage.local).
+# its own (wingsbak.storage.backupdir).
 AUTO, PELICAN, PTERODACTYL = "auto", "pelican", "pterodactyl"
 UPSTREAM_FLAVOURS = (AUTO, PELICAN, PTERODACTYL)
 

@@ -51,8 +51,8 @@ from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox
+from wingsbak.storage.backupdir import BackupDirectory
 from wingsbak.storage.base import BackupSource, BackupStore, Outcome
-from wingsbak.storage.local import LocalStorage
 from wingsbak.storage.select import Stores
 from wingsbak.urlguard import UnsafeURL
 from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
@@ -137,7 +137,7 @@ class JobManager:
         self,
         config: Config,
         *,
-        storage: LocalStorage,
+        storage: BackupDirectory,
         outbox: Outbox,
         events: EventBus,
         metrics: Metrics | None = None,

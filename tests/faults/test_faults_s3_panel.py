@@ -22,7 +22,7 @@ from daemon_helpers import Daemon, Node, Panel, new_uuid, wait_until
 from s3_helpers import FaultProxy, answer_internal_error, extract_with_tar, tree_digest
 
 from wingsbak.appkeys import JOBS, OUTBOX
-from wingsbak.storage.s3 import S3Storage
+from wingsbak.storage.bucket import NodeBucket as S3Storage
 
 MIB = 1024 * 1024
 

@@ -15,7 +15,8 @@ import pytest
 from s3_helpers import MIB, SERVER_UUID, FaultProxy, extract_with_tar, s3_config, tree_digest
 
 from wingsbak.archive import Cancelled, archive_to_file, write_archive
-from wingsbak.storage.s3 import S3Error, S3NotFound, S3PartSink, S3Storage
+from wingsbak.storage.bucket import NodeBucket as S3Storage
+from wingsbak.storage.bucket import S3Error, S3NotFound, S3PartSink
 
 
 def new_uuid() -> str:

@@ -21,7 +21,8 @@ from bench.tlscert import self_signed_certificate
 from wingsbak.appkeys import JOBS
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.http.app import create_app
-from wingsbak.storage.s3 import S3Storage, describe, endpoint_url, make_client, signs_payload
+from wingsbak.storage.bucket import NodeBucket as S3Storage
+from wingsbak.storage.bucket import describe, endpoint_url, make_client, signs_payload
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 

@@ -21,7 +21,7 @@ from wingsbak.http.middleware import errors_middleware, make_auth_middleware, ma
 from wingsbak.jobs import JobManager
 from wingsbak.notify import WebhookClient
 from wingsbak.panel import Outbox, PanelClient
-from wingsbak.storage.local import LocalStorage
+from wingsbak.storage.backupdir import BackupDirectory
 from wingsbak.tokens import UsedTokens
 from wingsbak.verify.schedule import Verifier
 from wingsbak.watch import Watch
@@ -50,7 +50,7 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
         fronting=bool(config.upstream),
         state_dir=config.backup_dir,
     )
-    storage = LocalStorage(config.backup_dir, flavour)
+    storage = BackupDirectory(config.backup_dir, flavour)
     panel = PanelClient(config.remote, config.token_id, config.token)
     notify = WebhookClient(config.system.backups.notify_url)
     outbox = Outbox(

@@ -27,8 +27,9 @@ from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, TokenRejected
 from wingsbak.http.sendfile import ArchiveResponse, Reply, reply_for, set_validators
 from wingsbak.log import get_logger
+from wingsbak.storage.backupdir import BackupDirectory
 from wingsbak.storage.base import Redirect, StreamedArchive
-from wingsbak.storage.local import LocalStorage, LocalStore
+from wingsbak.storage.local import LocalStore
 from wingsbak.tokens import decode_token
 from wingsbak.uuids import is_uuid
 
@@ -75,7 +76,7 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
 
 
 def _open_archive(
-    storage: LocalStorage, server: str, backup: str
+    storage: BackupDirectory, server: str, backup: str
 ) -> tuple[IO[bytes], os.stat_result] | None:
     """The backup's archive, open for reading, and its status; None when it is not on this node,
     or no longer: deleted between being found and being opened."""

@@ -27,7 +27,7 @@ from wingsbak.errors import ServiceFailure
 if TYPE_CHECKING:
     from wingsbak.config import Config
     from wingsbak.panel import PanelClient
-    from wingsbak.storage.local import LocalStorage
+    from wingsbak.storage.backupdir import BackupDirectory
 
 
 class StoreError(ServiceFailure):
@@ -51,7 +51,7 @@ class StoreContext:
     counter of bytes uploaded off the node."""
 
     config: Config
-    directory: LocalStorage
+    directory: BackupDirectory
     panel: PanelClient
     on_uploaded: Callable[[int], None] | None = None
 

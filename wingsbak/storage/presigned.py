@@ -32,6 +32,7 @@ from wingsbak.archive.atomic import AtomicFile
 from wingsbak.archive.codecs import earlier_archive_name
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.log import get_logger
+from wingsbak.storage.backupdir import BackupDirectory
 from wingsbak.storage.base import (
     ArchiveStream,
     BackupSource,
@@ -41,7 +42,6 @@ from wingsbak.storage.base import (
     StoreContext,
     StoreError,
 )
-from wingsbak.storage.local import LocalStorage
 
 if TYPE_CHECKING:
     from wingsbak.panel import PanelClient
@@ -302,7 +302,7 @@ class PresignedStore(BackupStore):
     def __init__(
         self,
         panel: PanelClient,
-        local: LocalStorage,
+        local: BackupDirectory,
         *,
         backoff: float,
         on_uploaded: Callable[[int], None] | None = None,

@@ -19,11 +19,12 @@ from typing import TypeVar
 from wingsbak.config import Config
 from wingsbak.log import get_logger
 from wingsbak.panel import PanelClient
+from wingsbak.storage.backupdir import BackupDirectory
 from wingsbak.storage.base import BackupStore, StoreContext
-from wingsbak.storage.local import LocalStorage, LocalStore
+from wingsbak.storage.local import LocalStore
 from wingsbak.storage.presigned import PresignedStore
 from wingsbak.storage.restic import ResticStore
-from wingsbak.storage.s3 import S3Store
+from wingsbak.storage.s3 import NodeBucketStore
 
 log = get_logger(__name__)
 
@@ -33,7 +34,7 @@ PANEL_BUCKET_ADAPTER = "s3"
 # lookup asks them (the cheapest first).
 REGISTERED: tuple[Callable[[StoreContext], BackupStore | None], ...] = (
     LocalStore.from_config,
-    S3Store.from_config,
+    NodeBucketStore.from_config,
     ResticStore.from_config,
     PresignedStore.from_config,  # the panel's bucket: its ``s3`` adapter
 )
@@ -58,7 +59,7 @@ class Stores:
     def from_config(
         cls,
         config: Config,
-        directory: LocalStorage,
+        directory: BackupDirectory,
         panel: PanelClient,
         on_uploaded: Callable[[int], None] | None = None,
     ) -> Stores:
@@ -88,13 +89,14 @@ class Stores:
     def may_hold(self, adapter: str) -> bool:
         """Whether a backup of the panel's ``adapter`` may be found on the node without a
         link: one of the panel's bucket only in the node's own (an earlier version's)."""
-        return adapter != PANEL_BUCKET_ADAPTER or self.by_name(S3Store.name) is not None
+        return adapter != PANEL_BUCKET_ADAPTER or self.find(NodeBucketStore) is not None
 
     def of_earlier_journal(self, adapter: str) -> str:
         """Where the backup of a journal entry of an older version (which names no store)
         went: its adapter says (s3: the node's bucket when one was configured)."""
-        node_bucket = adapter == PANEL_BUCKET_ADAPTER and self.by_name(S3Store.name) is not None
-        return S3Store.name if node_bucket else LocalStore.name
+        bucket = self.find(NodeBucketStore)
+        node_bucket = adapter == PANEL_BUCKET_ADAPTER and bucket is not None
+        return NodeBucketStore.name if node_bucket else LocalStore.name
 
     def find(self, kind: type[S]) -> S | None:
         """The node's store of this class, when it has one."""

@@ -37,8 +37,9 @@ from wingsbak.config import Config
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
+from wingsbak.storage.bucket import S3Error
 from wingsbak.storage.restic import ResticError, ResticStore
-from wingsbak.storage.s3 import S3Error, S3Store
+from wingsbak.storage.s3 import NodeBucketStore
 from wingsbak.verify.stored import (
     ResticChecker,
     ResticFinding,
@@ -193,7 +194,7 @@ class Verifier:
         )
         restic = jobs.stores.find(ResticStore)
         self._restic = ResticChecker(restic) if restic is not None else None
-        bucket = jobs.stores.find(S3Store)
+        bucket = jobs.stores.find(NodeBucketStore)
         self._bucket = bucket.storage if bucket is not None else None
         self._task: asyncio.Task[None] | None = None
         self._abort: Callable[[], None] | None = None  # ends the read of an object

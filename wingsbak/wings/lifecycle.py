@@ -51,8 +51,8 @@ from wingsbak.config import PELICAN, PTERODACTYL, Config
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
+from wingsbak.storage.bucket import S3Error
 from wingsbak.storage.restic import ResticError
-from wingsbak.storage.s3 import S3Error
 from wingsbak.uuids import is_uuid
 from wingsbak.wings.client import WingsClient, WingsError
 from wingsbak.wings.flavour import WingsFlavour
