@@ -12,10 +12,12 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wingsbak import failpoint
 from wingsbak.archive import ArchiveProgress, Cancelled, UnreadableEntry
@@ -51,13 +53,10 @@ from wingsbak.journal import Journal
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox
-from wingsbak.storage.backupdir import BackupDirectory
 from wingsbak.storage.base import BackupSource, BackupStore, Outcome
 from wingsbak.storage.select import Stores
 from wingsbak.urlguard import UnsafeURL
 from wingsbak.watch import INTERRUPTED, JobEnd, JobEndHook, ignore_job_end
-from wingsbak.wings.client import WingsClient
-from wingsbak.wings.quiesce import Quiesce
 
 log = get_logger(__name__)
 
@@ -132,24 +131,44 @@ class RestoreJob:
         return {"server": self.server, "uuid": self.uuid, "adapter": self.adapter}
 
 
+class Pauses(Protocol):
+    """What pauses a running game's saving around its backup (wingsbak.wings.quiesce)."""
+
+    def around(
+        self, source: BackupSource, store: str, notes: dict[str, Any]
+    ) -> AbstractAsyncContextManager[Paused]: ...
+
+    async def recover(self, journal: dict[str, dict[str, Any]]) -> None: ...
+
+
+class Paused(Protocol):
+    @property
+    def source(self) -> BackupSource: ...
+
+
+# In front of Wings: stops a server and waits until it is offline (raises when it cannot).
+StopServer = Callable[[str, float], Awaitable[None]]
+
+
 class JobManager:
     def __init__(
         self,
         config: Config,
         *,
-        storage: BackupDirectory,
+        stores: Stores,
         outbox: Outbox,
         events: EventBus,
-        metrics: Metrics | None = None,
-        wings: WingsClient | None = None,
+        metrics: Metrics,
+        quiesce: Pauses,
+        space: FreeSpace,
+        stop_server: StopServer | None = None,
     ) -> None:
         self.config = config
-        self.wings = wings  # in front of Wings: stop servers before restores, console commands
-        self.metrics = metrics or Metrics()
+        self.stop_server = stop_server  # a live node: Wings stops a server before its restore
+        self.metrics = metrics
         self.metrics.queue_depth.set_function(lambda: len(self.queued()))
         self.metrics.running.set_function(lambda: len(self.running()))
         self.metrics.outbox_size.set_function(lambda: len(self.outbox))
-        self.storage = storage
         self.outbox = outbox
         self.events = events
         self.journal = Journal(config.backup_dir)
@@ -173,11 +192,9 @@ class JobManager:
         self.accepting = True
         self.completed = 0
         self.failed = 0
-        self.stores = Stores.from_config(
-            config, storage, outbox.client, on_uploaded=self.metrics.s3_uploaded_bytes.inc
-        )
-        self.quiesce = Quiesce(config, wings, self.metrics)  # pauses a running game's saving
-        self.space = FreeSpace(config, storage, self.metrics)  # refuses what would fill the disk
+        self.stores = stores
+        self.quiesce = quiesce  # pauses a running game's saving
+        self.space = space  # refuses what would fill the disk
         self.on_job_end: JobEndHook = ignore_job_end  # the daemon's: metrics, notifications
 
     # -- state -----------------------------------------------------------------------------
@@ -187,6 +204,21 @@ class JobManager:
 
     def queued(self) -> list[BackupJob]:
         return [j for j in self.backups.values() if j.state == "queued"]
+
+    def is_accepting(self) -> bool:
+        return self.accepting
+
+    def is_idle(self) -> bool:
+        """No backup running and no restore: the verify schedule reads archives meanwhile."""
+        return not self.running() and not self.restores
+
+    def is_writing(self, backup: str) -> bool:
+        """The backup is queued or being written."""
+        return backup in self.backups
+
+    def is_backing_up(self, server: str) -> bool:
+        """A backup of the server is queued or running."""
+        return any(j.server == server for j in self.backups.values())
 
     def is_restoring(self, server: str) -> bool:
         """A restore writes into the server's files (Wings' routes hold what would start it)."""
@@ -438,9 +470,9 @@ class JobManager:
             async with self._server_lock(job.server):
                 if job.cancel.is_set():
                     raise Cancelled("cancelled before it started")
-                if self.wings is not None:  # a live node: Wings stops the server first
+                if self.stop_server is not None:  # a live node: Wings stops the server first
                     timeout = self.config.system.backups.restore_stop_timeout
-                    await self.wings.stop_and_wait(job.server, timeout)
+                    await self.stop_server(job.server, timeout)
                 job.started = True
                 log.info("restore_started", server=job.server, backup=job.uuid)
                 result = await loop.run_in_executor(

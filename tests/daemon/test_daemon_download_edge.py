@@ -22,7 +22,7 @@ from bench.tlscert import self_signed_certificate
 from wingsbak.appkeys import STORAGE
 from wingsbak.config import parse_config, prepare_directories
 from wingsbak.daemon import _ssl_context
-from wingsbak.http.app import create_app
+from wingsbak.daemon import build_app as create_app
 
 
 async def fetch(daemon: Daemon, token: str, method: str = "GET", **headers: str):

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wingsbak.config import parse_config, prepare_directories
-from wingsbak.http.app import create_app
+from wingsbak.daemon import build_app as create_app
 from wingsbak.http.server import start_server
 
 

@@ -20,7 +20,7 @@ from s3_helpers import SERVER_UUID, FaultProxy, s3_config
 from bench.tlscert import self_signed_certificate
 from wingsbak.appkeys import JOBS
 from wingsbak.config import ConfigError, parse_config
-from wingsbak.http.app import create_app
+from wingsbak.daemon import build_app as create_app
 from wingsbak.storage.bucket import NodeBucket as S3Storage
 from wingsbak.storage.bucket import describe, endpoint_url, make_client, signs_payload
 

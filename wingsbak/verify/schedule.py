@@ -40,6 +40,7 @@ from wingsbak.statefile import write_json_atomic
 from wingsbak.storage.bucket import S3Error
 from wingsbak.storage.restic import ResticError, ResticStore
 from wingsbak.storage.s3 import NodeBucketStore
+from wingsbak.storage.select import Stores
 from wingsbak.verify.stored import (
     ResticChecker,
     ResticFinding,
@@ -180,11 +181,13 @@ class VerifyState:
 
 
 class Verifier:
-    def __init__(self, config: Config, jobs: JobManager, watch: Watch) -> None:
+    def __init__(
+        self, config: Config, jobs: JobManager, watch: Watch, stores: Stores
+    ) -> None:
         self.config = config
         self.jobs = jobs
         self.watch = watch
-        self.metrics = jobs.metrics
+        self.metrics = watch.metrics
         self.state = VerifyState(config.backup_dir / STATE_NAME)
         self._cancel = threading.Event()
         self._quiet = threading.Event()
@@ -192,9 +195,9 @@ class Verifier:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="wingsbak-verify", initializer=lower_priority
         )
-        restic = jobs.stores.find(ResticStore)
+        restic = stores.find(ResticStore)
         self._restic = ResticChecker(restic) if restic is not None else None
-        bucket = jobs.stores.find(NodeBucketStore)
+        bucket = stores.find(NodeBucketStore)
         self._bucket = bucket.storage if bucket is not None else None
         self._task: asyncio.Task[None] | None = None
         self._abort: Callable[[], None] | None = None  # ends the read of an object
@@ -279,7 +282,7 @@ class Verifier:
     # -- archives ---------------------------------------------------------------------------
 
     def _idle(self) -> bool:
-        return not self.jobs.running() and not self.jobs.restores
+        return self.jobs.is_idle()
 
     async def _track_quiet(self) -> None:
         while True:

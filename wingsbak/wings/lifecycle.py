@@ -51,8 +51,9 @@ from wingsbak.config import PELICAN, PTERODACTYL, Config
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
-from wingsbak.storage.bucket import S3Error
-from wingsbak.storage.restic import ResticError
+from wingsbak.storage.backupdir import BackupDirectory
+from wingsbak.storage.base import StoreError
+from wingsbak.storage.select import Stores
 from wingsbak.uuids import is_uuid
 from wingsbak.wings.client import WingsClient, WingsError
 from wingsbak.wings.flavour import WingsFlavour
@@ -71,10 +72,18 @@ JOB_POLL = 0.5
 
 class ServerLifecycle:
     def __init__(
-        self, config: Config, jobs: JobManager, wings: WingsClient, flavour: WingsFlavour
+        self,
+        config: Config,
+        jobs: JobManager,
+        wings: WingsClient,
+        flavour: WingsFlavour,
+        directory: BackupDirectory,
+        stores: Stores,
     ) -> None:
         self.config = config
         self.jobs = jobs
+        self.directory = directory
+        self.stores = stores
         self.wings = wings
         self.flavour = flavour
         self.path = config.backup_dir / STATE_NAME
@@ -220,8 +229,7 @@ class ServerLifecycle:
         if server is None:
             return await forward(request)
         if (self.flavour.known or await self.flavour.ask()) == PELICAN:
-            storage = self.jobs.storage
-            renamed = await asyncio.to_thread(storage.rename_to_wings_names, server)
+            renamed = await asyncio.to_thread(self.directory.rename_to_wings_names, server)
             if renamed:
                 log.info("backups_renamed_for_transfer", server=server, archives=renamed)
         new = server not in self.transferred
@@ -245,7 +253,7 @@ class ServerLifecycle:
         server = _transfer_subject(request, request.app[CONFIG].token)
         if server is None:
             return response
-        folder = self.jobs.storage.server_dir(server)
+        folder = self.directory.server_dir(server)
         archives = await asyncio.to_thread(_count_archives, folder)
         log.info("server_transfer_received", server=server, local_backups=archives)
         await self.server_here(server)
@@ -261,7 +269,7 @@ class ServerLifecycle:
     # -- removal -------------------------------------------------------------------------------
 
     def _has_stores(self) -> bool:
-        return self.jobs.stores.outlive_servers()
+        return self.stores.outlive_servers()
 
     async def _wings_removes_backups(self) -> bool:
         """Pelican's ``system.backups.remove_backups_on_server_delete``, read from Wings' file
@@ -304,7 +312,7 @@ class ServerLifecycle:
                     del self.removals[server]
                     await self._save()
                 return
-            except (WingsError, S3Error, ResticError) as exc:
+            except (WingsError, StoreError) as exc:
                 log.warning(
                     "server_backups_removal_retry", server=server, error=str(exc), retry_in=delay
                 )
@@ -333,13 +341,10 @@ class ServerLifecycle:
 
     async def _remove_stored(self, server: str) -> None:
         # A backup of the server still running would land after the listing.
-        while any(job.server == server for job in self.jobs.backups.values()):
+        while self.jobs.is_backing_up(server):
             await asyncio.sleep(JOB_POLL)
-        removed = await asyncio.to_thread(self._remove_stored_sync, server)
+        removed = await asyncio.to_thread(self.stores.remove_server, server)
         log.info("server_backups_removed", server=server, **removed)
-
-    def _remove_stored_sync(self, server: str) -> dict[str, int]:
-        return self.jobs.stores.remove_server(server)
 
 
 LIFECYCLE = web.AppKey("server_lifecycle", ServerLifecycle)
