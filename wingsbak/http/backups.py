@@ -8,6 +8,7 @@ from aiohttp import web
 
 from wingsbak.appkeys import JOBS, STORES
 from wingsbak.errors import BadRequest, Conflict, NotFound
+from wingsbak.formats import ADAPTERS
 from wingsbak.http.validation import (
     optional_str,
     path_uuid,
@@ -15,7 +16,6 @@ from wingsbak.http.validation import (
     require_uuid,
     server_root_or_404,
 )
-from wingsbak.jobs import ADAPTERS
 from wingsbak.log import get_logger
 from wingsbak.wings import lifecycle
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from wingsbak.archive.codecs import GZIP, Codec
+from wingsbak.archive.options import ArchiveOptions
 from wingsbak.errors import ServiceFailure
 
 if TYPE_CHECKING:
@@ -74,8 +75,7 @@ class Outcome:
 
 @dataclass(slots=True)
 class BackupSource:
-    """One backup to create: the server tree, its ignore lines and the engine's options
-    (``level``, ``checksum``, ``write_limit``, ``progress``, ``cancel``, ``allow_unreadable``).
+    """One backup to create: the server tree, its ignore lines and how the engine writes it.
 
     ``note(**fields)`` adds fields to the job's journal entry, on disk when it returns: what a
     store must know after a crash (see :meth:`BackupStore.recover`)."""
@@ -84,14 +84,13 @@ class BackupSource:
     backup: str
     root: Path
     ignore: str
-    options: dict[str, Any]
+    options: ArchiveOptions
     executor: Executor
     note: Callable[..., None] | None = None
 
     @property
     def cancel(self) -> threading.Event:
-        event = self.options.get("cancel")
-        return event if isinstance(event, threading.Event) else threading.Event()
+        return self.options.cancel
 
     async def in_job_thread(self, create: Callable[[BackupSource], Outcome]) -> Outcome:
         """Run a store's synchronous ``create`` on the job threads, off the event loop."""

@@ -47,7 +47,7 @@ from wingsbak.storage.s3_cleanup import STATE_NAME, S3Cleanup
 
 log = get_logger(__name__)
 
-CONTENT_TYPE = "application/x-gzip"
+CONTENT_TYPE = GZIP.content_type
 PART_ATTEMPTS = 5
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 8.0
@@ -672,7 +672,7 @@ class NodeBucket:
         self._call(
             "deleting the backup", lambda: self.client.delete_object(Bucket=self.bucket, Key=key)
         )
-        for kind in ("sha1", "sha256"):
+        for kind in CHECKSUM_TYPES:
             extra = self.checksum_key(server_uuid, backup_uuid, kind)
             try:
                 self._call(

@@ -49,7 +49,9 @@ class LocalStore(BackupStore):
         rules = IgnoreRules.for_server(source.root, source.ignore)
         path = self.storage.prepare(source.server, source.backup, layout)
         try:
-            result = archive_to_file(source.root, path, rules, **source.options)
+            result = archive_to_file(
+                source.root, path, rules, **source.options.engine_arguments()
+            )
         except BaseException:
             with contextlib.suppress(OSError):
                 self.storage.forget_unwritten(source.server, source.backup)

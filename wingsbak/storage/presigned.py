@@ -29,7 +29,7 @@ from yarl import URL
 
 from wingsbak.archive.archiver import ArchiveResult, write_archive
 from wingsbak.archive.atomic import AtomicFile
-from wingsbak.archive.codecs import earlier_archive_name
+from wingsbak.archive.codecs import GZIP, earlier_archive_name
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.log import get_logger
 from wingsbak.storage.backupdir import BackupDirectory
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-CONTENT_TYPE = "application/x-gzip"
+CONTENT_TYPE = GZIP.content_type
 READ_CHUNK = 1024 * 1024
 PUT_ATTEMPTS = 5
 BACKOFF_INITIAL = 0.5
@@ -332,7 +332,7 @@ class PresignedStore(BackupStore):
             temp_dir=self.local.server_dir(source.server),
             rules=rules,
             # Not the panel's session: its 30 s total timeout would cut off big part PUTs.
-            **dict(source.options),
+            **source.options.engine_arguments(),
         )
         if self.on_uploaded is not None:
             self.on_uploaded(upload.archive.size)

@@ -748,12 +748,12 @@ class ResticStore(BackupStore):
 
     def _backup(self, source: BackupSource, parent: str | None) -> _BackupRun:
         opts = source.options
-        allow_unreadable = bool(opts.get("allow_unreadable"))
+        allow_unreadable = opts.allow_unreadable
         args = ["backup", "--json", "--files-from-raw", "-", "--host", self.host]
         args += ["--tag", f"{server_tag(source.server)},{backup_tag(source.backup)}"]
         if parent:
             args += ["--parent", parent]
-        write_limit = float(opts.get("write_limit") or 0)
+        write_limit = float(opts.write_limit or 0)
         if write_limit > 0:
             args += ["--limit-upload", str(max(1, int(write_limit * 1024)))]
         rules = IgnoreRules.for_server(source.root, source.ignore)
@@ -779,7 +779,7 @@ class ResticStore(BackupStore):
         feeder.start()
         watcher.start()
         summary: dict[str, Any] = {}
-        progress = opts.get("progress")
+        progress = opts.progress
         try:
             for line in p.stdout:
                 message = _json_line(line)

@@ -105,7 +105,7 @@ class NodeBucketStore(BackupStore):
             source.backup,
             rules,
             committing=committing,
-            **source.options,
+            **source.options.engine_arguments(),
         )
         if self.on_uploaded is not None:
             self.on_uploaded(result.size)

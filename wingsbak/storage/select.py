@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from wingsbak.config import Config
+from wingsbak.formats import S3_ADAPTER
 from wingsbak.log import get_logger
 from wingsbak.panel import PanelClient
 from wingsbak.storage.backupdir import BackupDirectory
@@ -28,7 +29,7 @@ from wingsbak.storage.s3 import NodeBucketStore
 
 log = get_logger(__name__)
 
-PANEL_BUCKET_ADAPTER = "s3"
+PANEL_BUCKET_ADAPTER = S3_ADAPTER
 
 # One line a store: how the configuration builds it (None: not configured), in the order a
 # lookup asks them (the cheapest first).

@@ -10,7 +10,7 @@ removes its local ones: only once Wings has answered the DELETE with success, an
 server whose outgoing transfer Wings accepted before (the panel then lists its backups on the
 new node: pelican-dev/panel ``ServerTransferController::success`` deletes the server from the
 old node afterwards). Local archives are Wings' to remove; wingsbak's earlier
-``<s>/backup-<uuid>.tar.gz`` go with Pelican's folder, and Pterodactyl's flat ones stay (with
+``<s>/<earlier>`` go with Pelican's folder, and Pterodactyl's flat ones stay (with
 their record), as Pterodactyl Wings' own do.
 
 Durable in ``<backup_directory>/.wingsbak-servers.json``: a removal is noted as *asked* before
@@ -20,13 +20,14 @@ whose answer never came (a kill, Wings gone mid-request) is settled by asking Wi
 it still has the server. An outgoing transfer is noted before its request goes to Wings and
 dropped only when Wings refuses it, when the server is deleted, when it comes back (an
 incoming transfer of it) or when a backup of it is accepted here (the panel takes none
-during a transfer, so the transfer failed).
+during a transfer, so the transfer failed). ``<archive>`` and ``<earlier>`` are Wings' and
+wingsbak's earlier name of a backup's archive (:mod:`wingsbak.archive.codecs`).
 
 Outgoing transfer (``POST /api/servers/{s}/transfer``): Pelican Wings streams only
-``<backup_directory>/<s>/<uuid>.tar.gz`` to the new node (``server/transfer/archive.go``
+``<backup_directory>/<s>/<archive>`` to the new node (``server/transfer/archive.go``
 StreamBackups), so the server's archives still under wingsbak's earlier name are given Wings'
 name first. Incoming transfer (``POST /api/transfers``): Pelican Wings writes the backups it
-receives to ``<backup_directory>/<s>/<uuid>.tar.gz`` (``router/router_transfer.go``), where
+receives to ``<backup_directory>/<s>/<archive>`` (``router/router_transfer.go``), where
 wingsbak finds them.
 """
 
@@ -47,6 +48,7 @@ from aiohttp import web
 from wingsbak import failpoint
 from wingsbak.answers import check_bearer
 from wingsbak.appkeys import CONFIG
+from wingsbak.archive.codecs import GZIP
 from wingsbak.config import PELICAN, PTERODACTYL, Config
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger
@@ -386,7 +388,7 @@ def _transfer_subject(request: web.Request, token: str) -> str | None:
 
 def _count_archives(folder: Path) -> int:
     try:
-        return sum(1 for name in os.listdir(folder) if name.endswith(".tar.gz"))
+        return sum(1 for name in os.listdir(folder) if name.endswith(GZIP.suffix))
     except OSError:
         return 0
 
