@@ -165,6 +165,12 @@ class JobBase:
         self.space = space  # refuses what would fill the disk
         self.on_job_end: JobEndHook = ignore_job_end  # the daemon's: metrics, notifications
 
+    def running(self) -> list[BackupJob]:
+        return [j for j in self.backups.values() if j.state == "running"]
+
+    def queued(self) -> list[BackupJob]:
+        return [j for j in self.backups.values() if j.state == "queued"]
+
     def _server_lock(self, server: str) -> asyncio.Lock:
         lock = self._server_locks.get(server)
         if lock is None:
@@ -181,7 +187,6 @@ class JobBase:
             await asyncio.to_thread(self.journal.record, key, **fields)
         except OSError as exc:
             log.error("journal_not_saved", job=key, error=describe(exc))
-
 
 
 def background() -> None:

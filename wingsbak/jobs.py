@@ -52,12 +52,6 @@ class JobManager(RestoreJobs, Recovery):
 
     # -- state -----------------------------------------------------------------------------
 
-    def running(self) -> list[BackupJob]:
-        return [j for j in self.backups.values() if j.state == "running"]
-
-    def queued(self) -> list[BackupJob]:
-        return [j for j in self.backups.values() if j.state == "queued"]
-
     def is_accepting(self) -> bool:
         return self.accepting
 
