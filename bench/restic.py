@@ -45,6 +45,7 @@ from pathlib import Path
 
 from bench.dataset import DATA_DIR, MB, build_dataset, parse_size, tree_bytes
 from wingsbak.archive import archive_to_file
+from wingsbak.archive.options import ArchiveOptions
 from wingsbak.config import ResticConfig
 from wingsbak.storage.base import BackupSource
 from wingsbak.storage.restic import ResticStore
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     executor = ThreadPoolExecutor(2)
 
     def restic_backup(i: int) -> tuple[float, int]:
-        options = {"cancel": threading.Event()}
+        options = ArchiveOptions(cancel=threading.Event())
         src = BackupSource(SERVER, backup_uuid(i), tree, "", options, executor)
         started = time.perf_counter()
         outcome = asyncio.run(store.create(src))

@@ -146,9 +146,9 @@ def child(args: argparse.Namespace) -> None:
         floor(args)
         return
     else:
-        from wingsbak.storage.s3 import S3Storage
+        from wingsbak.storage.bucket import NodeBucket
 
-        storage = S3Storage(s3_config(args))
+        storage = NodeBucket(s3_config(args))
         completed = record_completed_parts(storage.client)
         start, cpu = time.perf_counter(), time.process_time()
         result = storage.upload_backup(str(args.src), SERVER_UUID, args.backup, level=args.level)
@@ -173,9 +173,9 @@ def record_completed_parts(client: Any) -> list[int]:
 
 def floor(args: argparse.Namespace) -> None:
     """The server's own limit: as many bytes as the archive, from memory, no archiving."""
-    from wingsbak.storage.s3 import S3Storage
+    from wingsbak.storage.bucket import NodeBucket
 
-    storage = S3Storage(s3_config(args))
+    storage = NodeBucket(s3_config(args))
     block = memoryview(os.urandom(16 * MIB))
     start, cpu = time.perf_counter(), time.process_time()
     with storage.open_sink(SERVER_UUID, args.backup) as sink:
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     rss_target = (args.concurrency + 2) * part_size + 100 * MIB
     print(f"data set: {src} ({data_bytes / MB:.0f} MB), level {args.level}, best of {args.runs}")
     from wingsbak.config import S3Config
-    from wingsbak.storage.s3 import signs_payload
+    from wingsbak.storage.bucket import signs_payload
 
     signed = signs_payload(S3Config(endpoint=endpoint, payload_signing=args.payload_signing))
     signing = "signed (SHA-256 of each part)" if signed else "unsigned"

@@ -14,7 +14,7 @@ from aiohttp import web
 from bench.tlscert import self_signed_certificate
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.daemon import _ssl_context
-from wingsbak.http.app import create_app
+from wingsbak.daemon import build_app as create_app
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:

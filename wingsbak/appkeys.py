@@ -9,14 +9,18 @@ from aiohttp import web
 from wingsbak.config import Config
 from wingsbak.events import EventBus
 from wingsbak.jobs import JobManager
+from wingsbak.metrics import Metrics
 from wingsbak.panel import Outbox, PanelClient
-from wingsbak.storage.local import LocalStorage
+from wingsbak.storage.backupdir import BackupDirectory
+from wingsbak.storage.select import Stores
 from wingsbak.tokens import UsedTokens
 
 CONFIG = web.AppKey("config", Config)
 JOBS = web.AppKey("jobs", JobManager)
-STORAGE = web.AppKey("storage", LocalStorage)
+STORAGE = web.AppKey("storage", BackupDirectory)
+STORES = web.AppKey("stores", Stores)
 EVENTS = web.AppKey("events", EventBus)
+METRICS = web.AppKey("metrics", Metrics)
 PANEL = web.AppKey("panel", PanelClient)
 OUTBOX = web.AppKey("outbox", Outbox)
 USED_TOKENS = web.AppKey("used_tokens", UsedTokens)

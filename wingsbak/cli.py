@@ -171,20 +171,37 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def node_stores(cfg: Any) -> list[Any]:
+    """The stores the configuration names, as the daemon builds them, without their
+    start-up checks (a command, not the daemon: nothing waits for them)."""
+    from wingsbak.panel import PanelClient
+    from wingsbak.storage.backupdir import BackupDirectory
+    from wingsbak.storage.restic import ResticStore
+    from wingsbak.storage.select import Stores
+
+    panel = PanelClient(cfg.remote, cfg.token_id, cfg.token)
+    stores = Stores.from_config(cfg, BackupDirectory(cfg.backup_dir), panel)
+    restic = stores.find(ResticStore)
+    if restic is not None:
+        restic.checked.set()
+    return stores.all
+
+
 def _open_backup(target: str, config_path: str | None) -> Any:
     """The view of BACKUP: the path of a .tar.gz, or a backup uuid looked up in the
     configured stores (as ``verify`` finds one)."""
     from wingsbak.browse import catalog
+    from wingsbak.browse.tarview import open_local_archive
 
     if Path(target).is_file():
-        return catalog.local_view(Path(target))
+        return open_local_archive(Path(target))
     from wingsbak.verify.command import _UUID
 
     if not _UUID.match(target):
         raise SystemExit(f"wingsbak: {target} is neither a file nor a backup uuid")
     from wingsbak.daemon import resolve_config
 
-    found = catalog.Catalog.from_config(resolve_config(config_path))
+    found = catalog.Catalog(node_stores(resolve_config(config_path)))
     folder = found.find(target)
     if folder is None:
         raise SystemExit(f"wingsbak: no backup {target} on this node's stores")
@@ -192,9 +209,9 @@ def _open_backup(target: str, config_path: str | None) -> Any:
 
 
 def _backup_path(path: str) -> str:
-    from wingsbak.browse.scanview import split_path
+    from wingsbak.browse.model import clean_path
 
-    clean = split_path(path.lstrip("/"))
+    clean = clean_path(path.lstrip("/"))
     if clean is None:
         raise SystemExit(f"wingsbak: {path}: not a path inside the backup")
     return clean

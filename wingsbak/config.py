@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from wingsbak.formats import CHECKSUM_TYPES, COMPRESSION_LEVELS
+from wingsbak.formats import BEST_SPEED, CHECKSUM_TYPES, COMPRESSION_LEVELS
 from wingsbak.patterns import compile_pattern
 
 MIN_S3_PART_SIZE = 5 * 1024 * 1024
@@ -30,7 +30,7 @@ PAYLOAD_SIGNING = ("auto", "always", "never")
 STORES = ("local", "s3", "restic")
 RESTIC_COMPRESSION = ("auto", "max", "off")
 # Which Wings the upstream is (api.upstream_flavour); local backups are laid out as it lays out
-# its own (wingsbak.storage.local).
+# its own (wingsbak.storage.backupdir).
 AUTO, PELICAN, PTERODACTYL = "auto", "pelican", "pterodactyl"
 UPSTREAM_FLAVOURS = (AUTO, PELICAN, PTERODACTYL)
 
@@ -167,7 +167,7 @@ class QuiesceRule:
 class BackupsConfig:
     # MiB/s written by the archiver (and by restores); 0 = unlimited.
     write_limit: int = 0
-    compression_level: str = "best_speed"
+    compression_level: str = BEST_SPEED
     checksum: str = "sha1"
     # Backups running at once across the node; one per server in any case.
     max_concurrent: int = 2

@@ -8,7 +8,9 @@ import resource
 import signal
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+from aiohttp import web
 
 from wingsbak import __version__
 from wingsbak.config import (
@@ -21,12 +23,17 @@ from wingsbak.config import (
 from wingsbak.http.app import create_app
 from wingsbak.http.server import GuardedSite, start_server
 from wingsbak.log import get_logger
+from wingsbak.node import Node
 from wingsbak.wings.identity import NodeIdentity
 
-if TYPE_CHECKING:
-    from wingsbak.cli import Hangups
-
 log = get_logger(__name__)
+
+
+class Hangups(Protocol):
+    """SIGHUPs noted while the daemon started (the command line's, which notes them)."""
+
+    def take(self) -> int: ...
+
 
 # Without --config or $WINGSBAK_CONFIG, the first that exists: wingsbak's own file (beside
 # Wings), then Pterodactyl's and Pelican's Wings file (standalone).
@@ -49,6 +56,12 @@ def config_source(path: str | None) -> str | None:
 def resolve_config(path: str | None) -> Config:
     chosen = config_source(path)
     return default_config() if chosen is None else load_config(chosen)
+
+
+def build_app(cfg: Config, identity: NodeIdentity | None = None) -> web.Application:
+    """The node built from ``cfg`` and the application that routes to it, not yet started
+    (``identity``: see :class:`wingsbak.node.Node`)."""
+    return create_app(Node(cfg, identity))
 
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
@@ -84,7 +97,7 @@ async def run(
     open_files = raise_open_files_limit()
     # Before the listener: what the panel pushed earlier (its port, its TLS) is laid over cfg.
     identity = NodeIdentity(cfg, config_path=config_path)
-    app = create_app(cfg, identity)
+    app = build_app(cfg, identity)
     runner = await start_server(app, cfg.api, ssl_context=identity.tls_context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,7 +149,7 @@ async def run(
 
 def serve(config_path: str | None, hangups: Hangups | None = None) -> int:
     """Run the daemon; ``hangups`` holds the SIGHUPs noted while it started (see
-    :class:`wingsbak.cli.Hangups`)."""
+    the command line's ``Hangups``)."""
     try:
         config_path = config_source(config_path)
         cfg = resolve_config(config_path)

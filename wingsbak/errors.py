@@ -72,3 +72,17 @@ class BadGateway(ApiError):
 
 class Unavailable(ApiError):
     status = 503
+
+
+class ServiceFailure(Exception):
+    """A service the node relies on (a store, the panel, Wings) failed; the message says it
+    all, so a job that ends on one logs a line without a traceback."""
+
+
+def describe(exc: BaseException, *, one_line: bool = False) -> str:
+    """What went wrong, as a person reads it: an OS error's own words (without its path),
+    else the message, else the exception's name; ``one_line``: its first line only."""
+    strerror = getattr(exc, "strerror", None)
+    text = strerror if isinstance(strerror, str) and strerror else str(exc)
+    text = text or type(exc).__name__
+    return text.splitlines()[0] if one_line else text

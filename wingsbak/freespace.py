@@ -22,7 +22,7 @@ from wingsbak.archive.rules import IgnoreRules, PteroignoreTooLarge
 from wingsbak.config import Config, parse_min_free_space
 from wingsbak.log import get_logger
 from wingsbak.metrics import Metrics
-from wingsbak.storage.local import LocalStorage
+from wingsbak.storage.backupdir import BackupDirectory
 
 log = get_logger(__name__)
 
@@ -43,7 +43,7 @@ class FreeSpace:
     def __init__(
         self,
         config: Config,
-        storage: LocalStorage,
+        storage: BackupDirectory,
         metrics: Metrics,
     ) -> None:
         self.config = config

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from wingsbak.errors import ServiceFailure
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 
@@ -45,7 +46,7 @@ class Client(Protocol):
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any: ...
 
 
-class PanelError(Exception):
+class PanelError(ServiceFailure):
     """The panel refused a request or could not be reached."""
 
 

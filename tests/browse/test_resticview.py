@@ -1,4 +1,4 @@
-"""browse/resticview.py: a restic snapshot listed with ``restic ls --json`` (once) and read
+"""storage/restic_view.py: a restic snapshot listed with ``restic ls --json`` (once) and read
 with ``restic dump``, the real restic binary on a repository made by the restic store."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 
 from tests.support.restic_helpers import needs_restic, oracle, restic_block
 from wingsbak.browse.model import NotADirectory, NotFound
-from wingsbak.browse.resticview import ResticView, find_snapshot
 from wingsbak.config import parse_config
 from wingsbak.storage.restic import ResticStore
+from wingsbak.storage.restic_view import ResticView
 
 pytestmark = needs_restic
 
@@ -69,7 +69,9 @@ def snapshot(tmp_path: Path) -> tuple[ResticStore, Path, str]:
         check=True,
         capture_output=True,
     )
-    yield store, root, find_snapshot(store, SERVER, BACKUP)
+    found = store.find(SERVER, BACKUP)
+    assert found is not None
+    yield store, root, found.id
     store.stop()
 
 

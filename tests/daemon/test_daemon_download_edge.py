@@ -31,7 +31,7 @@ from tests.support.daemon_helpers import (
 from wingsbak.appkeys import STORAGE
 from wingsbak.config import parse_config, prepare_directories
 from wingsbak.daemon import _ssl_context
-from wingsbak.http.app import create_app
+from wingsbak.daemon import build_app as create_app
 
 
 async def fetch(daemon: Daemon, token: str, method: str = "GET", **headers: str):

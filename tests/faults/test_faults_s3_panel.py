@@ -27,7 +27,7 @@ from tests.support.s3_helpers import (
     tree_digest,
 )
 from wingsbak.appkeys import JOBS, OUTBOX
-from wingsbak.storage.s3 import S3Storage
+from wingsbak.storage.bucket import NodeBucket
 
 MIB = 1024 * 1024
 
@@ -133,7 +133,7 @@ async def test_flaky_s3_gives_an_identical_object_or_a_failure(
     d: Daemon = await start_daemon(remote=panel.url, config_hook=s3)
     jobs = d.app[JOBS]
     # The node's own retry policy (5 attempts), with pauses shortened for the test.
-    jobs.stores.chosen.storage = S3Storage(d.cfg.system.backups.s3, backoff=0.02)
+    jobs.stores.chosen.storage = NodeBucket(d.cfg.system.backups.s3, backoff=0.02)
     server = new_uuid()
     shutil.copytree(s3_tree, node.data / server)
     backup = new_uuid()

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from tests.support.daemon_helpers import NODE_TOKEN, Node, download_claims, sign
 from wingsbak.config import parse_config, prepare_directories
-from wingsbak.http.app import create_app
+from wingsbak.daemon import build_app as create_app
 from wingsbak.http.server import start_server
 
 

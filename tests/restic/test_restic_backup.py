@@ -32,7 +32,7 @@ from tests.support.restic_helpers import (
     snapshots,
 )
 from tests.support.s3_helpers import tree_digest
-from wingsbak.appkeys import JOBS
+from wingsbak.appkeys import STORES
 from wingsbak.archive import IgnoreRules, archive_to_file
 
 pytestmark = needs_restic
@@ -221,7 +221,7 @@ async def test_the_reported_size_is_what_the_repository_grew_by(
     (root / "logs").mkdir(parents=True)
     line = b"[12:00:00] [Server thread/INFO]: Saving chunks for level ServerLevel\n"
     (root / "logs" / "latest.log").write_bytes(line * (8 * MIB // len(line)))
-    await wait_until(lambda: d.app[JOBS].restic_check is not None, "the restic check")
+    await wait_until(lambda: d.app[STORES].checks.get("restic") is not None, "the restic check")
     repo = Path(block["restic"]["repository"])
     await wait_until(lambda: (repo / "config").is_file(), "the repository")
     before = dir_bytes(repo)

@@ -29,7 +29,7 @@ from tests.support.restic_helpers import (
     restic_processes,
     snapshots,
 )
-from wingsbak.appkeys import JOBS
+from wingsbak.appkeys import STORES
 
 pytestmark = needs_restic
 MIB = 1024 * 1024
@@ -65,7 +65,7 @@ async def test_delete_forgets_at_once_and_a_prune_gives_the_space_back(
         token = sign(download_claims(server, backup))
         async with d.request("GET", "/download/backup", params={"token": token}) as r:
             assert r.status == 404
-        await wait_until(lambda: d.app[JOBS].restic.prunes == 1, "a prune", timeout=60)
+        await wait_until(lambda: d.app[STORES].by_name("restic").prunes == 1, "a prune", timeout=60)
     assert snapshots(block["restic"], f"backup:{backup}") == []
     assert repo_bytes(repo) < full - 3 * MIB
     (pruned,) = [e for e in logs if e["event"] == "restic_pruned"]
@@ -85,7 +85,7 @@ async def test_prune_waits_for_a_running_backup(
     running = new_uuid()
     with capture_logs() as logs:
         assert (await d.post_backup(server, running))[0] == 202
-        store = d.app[JOBS].restic
+        store = d.app[STORES].by_name("restic")
         await wait_until(lambda: store._users == 1, "the backup to use the repository")
         assert await delete(d, old_server, old) == 204
         await asyncio.sleep(1.0)

@@ -23,7 +23,7 @@ from tests.support.restic_helpers import (
     restic_block,
     snapshots,
 )
-from wingsbak.appkeys import JOBS
+from wingsbak.appkeys import STORES
 from wingsbak.config import ConfigError, parse_config
 from wingsbak.storage.restic import ResticError, ResticStore
 
@@ -38,7 +38,7 @@ async def failed_backup(
         backup = new_uuid()
         assert (await d.post_backup(node.server(), backup))[0] == 202
         report = (await panel.wait_report(backup, timeout=60)).json
-        thread = d.app[JOBS].restic_check
+        thread = d.app[STORES].checks.get("restic")
         assert thread is not None
         await wait_until(lambda: not thread.is_alive(), "the restic check", timeout=60)
     assert report["successful"] is False
@@ -137,8 +137,10 @@ async def test_an_exclusive_lock_left_by_a_killed_prune_does_not_fail_backups(
         with capture_logs() as logs:
             # No scheduled check: its own `restic unlock` would clear the lock first.
             d = await start_daemon(remote=panel.url, verify_interval=0, **backups)
-            await wait_until(lambda: d.app[JOBS].restic_check is not None, "the restic check")
-            thread = d.app[JOBS].restic_check
+            await wait_until(
+                lambda: d.app[STORES].checks.get("restic") is not None, "the restic check"
+            )
+            thread = d.app[STORES].checks.get("restic")
             await wait_until(lambda: not thread.is_alive(), "the restic check", timeout=60)
 
             # The prune takes its lock, then reads the index: it is held there and killed.
@@ -250,7 +252,7 @@ async def test_restic_ok_is_logged_and_a_missing_repository_created(
     block = restic_backups(tmp_path)
     with capture_logs() as logs:
         d = await start_daemon(**block)
-        thread = d.app[JOBS].restic_check
+        thread = d.app[STORES].checks.get("restic")
         assert thread is not None
         await wait_until(lambda: not thread.is_alive(), "the restic check", timeout=60)
         await asyncio.sleep(0)

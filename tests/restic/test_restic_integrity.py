@@ -38,7 +38,7 @@ from tests.support.restic_helpers import (
     restic_backups,
     snapshots,
 )
-from wingsbak.appkeys import JOBS
+from wingsbak.appkeys import STORES
 
 pytestmark = needs_restic
 MIB = 1024 * 1024
@@ -268,7 +268,7 @@ async def test_a_prune_refused_by_a_live_lock_is_tried_again(
 ) -> None:
     block = restic_backups(tmp_path, prune_interval=15)
     d = await start_daemon(remote=panel.url, **block)
-    store = d.app[JOBS].restic
+    store = d.app[STORES].by_name("restic")
     servers = [node.random_server(MIB, files=1) for _ in range(2)]
     kept = [await backed_up(d, panel, s) for s in servers]
     assert await delete(d, servers[0], kept[0]) == 204

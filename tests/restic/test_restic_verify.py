@@ -17,7 +17,7 @@ from typing import Any
 from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from tests.support.restic_helpers import needs_restic, restic_backups, restic_processes
 from tests.support.trust_helpers import log_events, metrics, wait_event
-from wingsbak.appkeys import JOBS
+from wingsbak.appkeys import JOBS, STORES
 from wingsbak.verify.schedule import slices
 
 pytestmark = needs_restic
@@ -141,7 +141,7 @@ async def test_a_check_waits_for_running_jobs_and_new_jobs_wait_for_it(
     # 1 MiB/s to the repository: a backup runs for seconds.
     block = restic_backups(tmp_path)
     d = await start_daemon(remote=panel.url, write_limit=1, verify_interval=0, **block)
-    store = d.app[JOBS].restic
+    store = d.app[STORES].by_name("restic")
     await asyncio.to_thread(store.checked.wait, 60)
     server = node.random_server(4 * MIB, files=4)
     running = new_uuid()

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
 from tests.support.s3_helpers import MIB, FaultProxy, s3_config
-from wingsbak.appkeys import JOBS
+from wingsbak.appkeys import STORES
 from wingsbak.storage.s3_cleanup import S3Cleanup
 
 CLEANUP_STATE = ".wingsbak-s3-cleanup.json"
@@ -99,7 +99,7 @@ async def test_an_abort_refused_by_an_outage_is_done_once_s3_answers_again(
     fault_proxy.plan.outage = False
     await wait_until(lambda: uploads(s3_admin, bucket) == [], "the abort", timeout=60)
     await wait_until(lambda: not (node.backups / CLEANUP_STATE).exists(), "the state cleared")
-    assert d.app[JOBS].s3.cleanup.pending == []
+    assert d.app[STORES].by_name("s3").storage.cleanup.pending == []
 
 
 async def test_a_pending_abort_is_done_after_a_restart(
@@ -158,7 +158,7 @@ async def test_the_start_aborts_only_the_nodes_own_unfinished_uploads(
 
     d = await start_daemon(remote=panel.url, **s3_backups(moto_endpoint, bucket, prefix="node-a/"))
     await wait_until(lambda: mine not in [u["Key"] for u in uploads(s3_admin, bucket)], "sweep")
-    cleanup = d.app[JOBS].s3.cleanup
+    cleanup = d.app[STORES].by_name("s3").storage.cleanup
     await wait_until(lambda: cleanup._thread is None, "the sweep to end")
     assert sorted(u["Key"] for u in uploads(s3_admin, bucket)) == sorted(others)
 
@@ -175,9 +175,9 @@ async def test_a_running_backup_is_not_swept(
     # clocks say (here as if S3's clock ran an hour behind the node's).
     fault_proxy.plan.delay = 0.5
     d = await start_daemon(remote=panel.url, **s3_backups(fault_proxy.endpoint, bucket))
-    cleanup = d.app[JOBS].s3.cleanup
-    await wait_until(lambda: d.app[JOBS].s3_check is not None, "the start-up check")
-    await wait_until(lambda: not d.app[JOBS].s3_check.is_alive(), "the start-up check")
+    cleanup = d.app[STORES].by_name("s3").storage.cleanup
+    await wait_until(lambda: d.app[STORES].checks.get("s3") is not None, "the start-up check")
+    await wait_until(lambda: not d.app[STORES].checks.get("s3").is_alive(), "the start-up check")
     await wait_until(lambda: cleanup._thread is None, "the start-up sweep")
     cleanup._since = datetime.now(UTC) + timedelta(hours=1)
     server = node.random_server(12 * MIB, files=3)

@@ -22,7 +22,7 @@ from tests.support.s3_helpers import (
     tree_digest,
 )
 from wingsbak.archive import Cancelled, archive_to_file, write_archive
-from wingsbak.storage.s3 import S3Error, S3NotFound, S3PartSink, S3Storage
+from wingsbak.storage.bucket import NodeBucket, S3Error, S3NotFound, S3PartSink
 
 
 def new_uuid() -> str:
@@ -42,7 +42,7 @@ def test_archive_of_four_parts_round_trips_byte_for_byte(
     moto_endpoint: str, s3_admin: Any, bucket: str, big_tree: Path, tmp_path: Path
 ) -> None:
     cfg = s3_config(moto_endpoint, bucket, prefix="node-1/", storage_class="STANDARD_IA")
-    storage = S3Storage(cfg)
+    storage = NodeBucket(cfg)
     backup = new_uuid()
     result = storage.upload_backup(str(big_tree), SERVER_UUID, backup)
 
@@ -64,7 +64,7 @@ def test_storage_download_link_stream_and_delete(
     root = tmp_path / "root"
     root.mkdir()
     (root / "a.txt").write_text("alpha\n" * 1000)
-    storage = S3Storage(s3_config(moto_endpoint, bucket))
+    storage = NodeBucket(s3_config(moto_endpoint, bucket))
     backup = new_uuid()
     assert not storage.exists(SERVER_UUID, backup)
     result = storage.upload_backup(str(root), SERVER_UUID, backup)
@@ -91,7 +91,7 @@ def test_storage_download_link_stream_and_delete(
 
 
 def test_identifiers_must_be_uuids_before_any_request(moto_endpoint: str) -> None:
-    storage = S3Storage(s3_config(moto_endpoint, "never-used"))
+    storage = NodeBucket(s3_config(moto_endpoint, "never-used"))
     with pytest.raises(ValueError):
         storage.key(SERVER_UUID, "../../etc/passwd")
     with pytest.raises(ValueError):
@@ -110,7 +110,7 @@ def test_part_failing_twice_then_succeeding_resends_the_same_bytes(
     fault_proxy.plan.fail_parts = 2
     fault_proxy.plan.mode = mode
     # One part at a time, so that it is part 1 that fails twice.
-    storage = S3Storage(s3_config(fault_proxy.endpoint, bucket, concurrency=1), backoff=0.01)
+    storage = NodeBucket(s3_config(fault_proxy.endpoint, bucket, concurrency=1), backoff=0.01)
     backup = new_uuid()
     result = storage.upload_backup(str(big_tree), SERVER_UUID, backup)
 
@@ -129,7 +129,7 @@ def test_a_part_that_keeps_failing_aborts_the_upload(
     fault_proxy: FaultProxy, s3_admin: Any, bucket: str, big_tree: Path
 ) -> None:
     fault_proxy.plan.fail_parts = 10_000
-    storage = S3Storage(s3_config(fault_proxy.endpoint, bucket), attempts=3, backoff=0.01)
+    storage = NodeBucket(s3_config(fault_proxy.endpoint, bucket), attempts=3, backoff=0.01)
     backup = new_uuid()
     with pytest.raises(S3Error) as caught:
         storage.upload_backup(str(big_tree), SERVER_UUID, backup)
@@ -144,7 +144,7 @@ def test_cancel_midway_aborts_the_upload(
     fault_proxy: FaultProxy, s3_admin: Any, bucket: str, big_tree: Path
 ) -> None:
     fault_proxy.plan.delay = 0.2
-    storage = S3Storage(s3_config(fault_proxy.endpoint, bucket, concurrency=1))
+    storage = NodeBucket(s3_config(fault_proxy.endpoint, bucket, concurrency=1))
     cancel = threading.Event()
 
     def cancel_once_a_part_is_on_its_way() -> None:
@@ -169,7 +169,7 @@ def test_parts_in_flight_stay_bounded_by_concurrency(
     # of its own: here the proxy shares the process.)
     fault_proxy.plan.delay = 0.3
     cfg = s3_config(fault_proxy.endpoint, bucket, concurrency=2)
-    storage = S3Storage(cfg)
+    storage = NodeBucket(cfg)
     with storage.open_sink(SERVER_UUID, new_uuid()) as sink:
         result = write_archive(big_tree, sink)
         sink.complete()
@@ -249,7 +249,7 @@ def test_direct_upload_puts_no_archive_on_disk(
 
     # ...and sees nothing at all during a direct upload, slowed so that it polls many times.
     fault_proxy.plan.delay = 0.1
-    storage = S3Storage(s3_config(fault_proxy.endpoint, bucket))
+    storage = NodeBucket(s3_config(fault_proxy.endpoint, bucket))
     backup = new_uuid()
     with DiskWatcher([backup_dir, tmp_dir]) as watcher:
         result = storage.upload_backup(str(big_tree), SERVER_UUID, backup)
@@ -281,7 +281,7 @@ def test_bad_credentials_fail_with_one_clear_error(
     set_moto_auth(moto_endpoint, b"0")
     try:
         with pytest.raises(S3Error) as caught:
-            S3Storage(cfg, backoff=0.01).upload_backup(str(tmp_path), SERVER_UUID, new_uuid())
+            NodeBucket(cfg, backoff=0.01).upload_backup(str(tmp_path), SERVER_UUID, new_uuid())
     finally:
         set_moto_auth(moto_endpoint, b"inf")
     assert caught.value.code == "InvalidAccessKeyId"
@@ -294,7 +294,7 @@ def test_missing_bucket_fails_with_one_clear_error(
     moto_endpoint: str, s3_admin: Any, tmp_path: Path
 ) -> None:
     (tmp_path / "f").write_text("x")
-    storage = S3Storage(s3_config(moto_endpoint, "no-such-bucket-here"), backoff=0.01)
+    storage = NodeBucket(s3_config(moto_endpoint, "no-such-bucket-here"), backoff=0.01)
     with pytest.raises(S3Error) as caught:
         storage.upload_backup(str(tmp_path), SERVER_UUID, new_uuid())
     assert caught.value.code == "NoSuchBucket"
@@ -311,7 +311,7 @@ def test_unreachable_endpoint_fails_with_one_clear_error(tmp_path: Path) -> None
     (tmp_path / "f").write_text("x")
     cfg = s3_config(f"http://127.0.0.1:{free_port()}", "bucket-x")
     with pytest.raises(S3Error) as caught:
-        S3Storage(cfg, attempts=2, backoff=0.01).upload_backup(
+        NodeBucket(cfg, attempts=2, backoff=0.01).upload_backup(
             str(tmp_path), SERVER_UUID, new_uuid()
         )
     assert caught.value.code == "ConnectionError"
@@ -321,7 +321,7 @@ def test_unreachable_endpoint_fails_with_one_clear_error(tmp_path: Path) -> None
 def test_abort_incomplete_removes_an_upload_left_by_a_crash(
     moto_endpoint: str, s3_admin: Any, bucket: str
 ) -> None:
-    storage = S3Storage(s3_config(moto_endpoint, bucket))
+    storage = NodeBucket(s3_config(moto_endpoint, bucket))
     backup = new_uuid()
     sink = storage.open_sink(SERVER_UUID, backup)
     sink.write(os.urandom(6 * MIB))  # one part sent, then the "crash": no complete, no abort
@@ -337,7 +337,7 @@ def test_parts_grow_every_step_so_that_big_archives_fit_in_10000_parts(
     # With a step of 2 parts instead of 1,000: 5, 5, 10, 10, 15 MiB..., the last one shorter.
     data = os.urandom(47 * MIB)
     key = f"{SERVER_UUID}/{new_uuid()}.tar.gz"
-    client = S3Storage(s3_config(fault_proxy.endpoint, bucket)).client
+    client = NodeBucket(s3_config(fault_proxy.endpoint, bucket)).client
     with S3PartSink(client, bucket, key, concurrency=2, parts_per_step=2) as sink:
         for i in range(0, len(data), 3 * MIB):  # writes that straddle the part boundaries
             sink.write(data[i : i + 3 * MIB])
@@ -353,7 +353,7 @@ def test_a_lost_create_answer_leaves_no_second_upload_behind(
 ) -> None:
     (tmp_path / "a.txt").write_text("alpha\n" * 1000)
     fault_proxy.plan.lose_create_answers = 1  # moto creates an upload; its answer never comes
-    storage = S3Storage(s3_config(fault_proxy.endpoint, bucket), backoff=0.01)
+    storage = NodeBucket(s3_config(fault_proxy.endpoint, bucket), backoff=0.01)
     backup = new_uuid()
     result = storage.upload_backup(str(tmp_path), SERVER_UUID, backup)
     assert fault_proxy.plan.lose_create_answers == 0

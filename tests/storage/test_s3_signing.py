@@ -20,8 +20,8 @@ from bench.tlscert import self_signed_certificate
 from tests.support.s3_helpers import SERVER_UUID, FaultProxy, s3_config
 from wingsbak.appkeys import JOBS
 from wingsbak.config import ConfigError, parse_config
-from wingsbak.http.app import create_app
-from wingsbak.storage.s3 import S3Storage, describe, endpoint_url, make_client, signs_payload
+from wingsbak.daemon import build_app as create_app
+from wingsbak.storage.bucket import NodeBucket, describe, endpoint_url, make_client, signs_payload
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 
@@ -94,7 +94,7 @@ def upload_and_check(
 ) -> list[str]:
     """Back ``tree`` up through ``proxy``; the x-amz-content-sha256 header of each part
     request, after checking the stored object is what was archived."""
-    storage = S3Storage(s3_config(proxy.endpoint, bucket, payload_signing=setting))
+    storage = NodeBucket(s3_config(proxy.endpoint, bucket, payload_signing=setting))
     backup = str(uuid.uuid4())
     result = storage.upload_backup(str(tree), SERVER_UUID, backup)
     body = s3_admin.get_object(Bucket=bucket, Key=f"{SERVER_UUID}/{backup}.tar.gz")["Body"]

@@ -10,7 +10,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from tests.support.s3_helpers import s3_config
-from wingsbak.appkeys import JOBS
+from wingsbak.appkeys import STORES
 
 
 async def started_check(
@@ -26,7 +26,7 @@ async def started_check(
         # The daemon answers before the check is done: it runs on a thread of its own.
         async with daemon.request("GET", "/healthz") as resp:
             assert resp.status == 200
-        thread = daemon.app[JOBS].s3_check
+        thread = daemon.app[STORES].checks.get("s3")
         assert thread is not None
         for _ in range(600):
             if not thread.is_alive():

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from tests.support.daemon_helpers import Daemon, DaemonProcess, Node, Panel, free_port
 from wingsbak.config import parse_config, prepare_directories
-from wingsbak.http.app import create_app
+from wingsbak.daemon import build_app as create_app
 from wingsbak.http.server import start_server
 
 

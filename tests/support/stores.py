@@ -29,13 +29,16 @@ from tests.support.restic_helpers import snapshots
 from tests.support.s3_helpers import admin_client, s3_config
 from wingsbak import failpoint
 from wingsbak.archive.archiver import ArchiveProgress
+from wingsbak.archive.options import ArchiveOptions
 from wingsbak.config import ResticConfig
 from wingsbak.panel import PanelClient
+from wingsbak.storage.backupdir import BackupDirectory
 from wingsbak.storage.base import BackupSource, BackupStore, Outcome
-from wingsbak.storage.local import LocalStorage, LocalStore
+from wingsbak.storage.bucket import NodeBucket, S3Error
+from wingsbak.storage.local import LocalStore
 from wingsbak.storage.presigned import PresignedStore, PresignedUploadError
 from wingsbak.storage.restic import ResticError, ResticStore
-from wingsbak.storage.s3 import S3Error, S3Storage, S3Store
+from wingsbak.storage.s3 import NodeBucketStore
 
 LOCAL = "local"
 NODE_BUCKET = "node-bucket"
@@ -87,20 +90,20 @@ def build(where: Where) -> BackupStore:
     """The store ``where`` describes, not started."""
     home = Path(where.home)
     if where.kind == LOCAL:
-        return LocalStore(LocalStorage(where.backups))
+        return LocalStore(BackupDirectory(where.backups))
     if where.kind == NODE_BUCKET:
         # Few, quick retries: a missing bucket is not retried anyway, and no case here has
         # S3 fail for a while.
-        storage = S3Storage(
+        storage = NodeBucket(
             s3_config(where.endpoint, where.bucket), attempts=2, backoff=0.05, state_dir=home
         )
-        return S3Store(storage)
+        return NodeBucketStore(storage)
     if where.kind == RESTIC:
         cfg = ResticConfig(repository=where.repository, password_file=where.password_file)
         return ResticStore(cfg, home / "restic-cache", home / ".wingsbak-restic-forget.json")
     if where.kind == PANEL_BUCKET:
         panel = PanelClient(where.panel, TOKEN_ID, NODE_TOKEN)
-        return PresignedStore(panel, LocalStorage(where.backups), backoff=0.05)
+        return PresignedStore(panel, BackupDirectory(where.backups), backoff=0.05)
     raise ValueError(f"no such store kind: {where.kind!r}")
 
 
@@ -128,7 +131,7 @@ def job_threads() -> Iterator[ThreadPoolExecutor]:
 def source(
     server: str, backup: str, root: Path, executor: ThreadPoolExecutor, **options: Any
 ) -> BackupSource:
-    return BackupSource(server, backup, root, "", dict(options), executor)
+    return BackupSource(server, backup, root, "", ArchiveOptions(**options), executor)
 
 
 def leftovers(where: Where, server: str, backup: str) -> list[str]:

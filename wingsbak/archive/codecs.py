@@ -63,6 +63,7 @@ class Codec:
     name: str  # in messages ("not a gzip archive") and settings
     suffix: str  # of an archive's file name, the tar's included
     magic: bytes  # what a stream in it starts with (empty: nothing to check)
+    content_type: str  # of an archive in it, uploaded to a bucket
     # A writable that compresses into ``raw`` at a compression level (with as many threads;
     # None: the machine's share); closing it finishes the stream, not ``raw``.
     open_writer: _OpenWriter
@@ -151,6 +152,7 @@ GZIP = Codec(
     name="gzip",
     suffix=".tar.gz",
     magic=b"\x1f\x8b",
+    content_type="application/x-gzip",
     open_writer=open_gzip_writer,
     open_reader=open_gzip_reader,
     unpacked_size=gzip_unpacked_size,
@@ -159,6 +161,7 @@ TAR = Codec(
     name="tar",
     suffix=".tar",
     magic=b"",  # "ustar" sits at byte 257, and older tars have no mark at all
+    content_type="application/x-tar",
     open_writer=_open_tar_writer,
     open_reader=_open_tar_reader,
     unpacked_size=_file_size,

@@ -59,6 +59,7 @@ from wingsbak.archive.tarread import (
     TarReader,
     iter_entries,
 )
+from wingsbak.errors import describe
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)
@@ -158,11 +159,6 @@ class _CountingReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
-
-
-def _describe(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _show(name: bytes) -> str:
@@ -314,13 +310,13 @@ def open_server_root(dest: str | os.PathLike[str], *, create: bool = True) -> in
             raise RestoreError(f"the server directory {path} is a symlink: refused") from None
         if exc.errno == errno.ENOTDIR:
             raise RestoreError(f"the server directory {path} is not a directory") from None
-        raise RestoreError(f"cannot open {path}: {_describe(exc)}") from exc
+        raise RestoreError(f"cannot open {path}: {describe(exc, one_line=True)}") from exc
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with contextlib.suppress(FileExistsError):  # created meanwhile: the open decides
             os.mkdir(path, 0o755)
     except OSError as exc:
-        raise RestoreError(f"cannot create {path}: {_describe(exc)}") from exc
+        raise RestoreError(f"cannot create {path}: {describe(exc, one_line=True)}") from exc
     return open_server_root(path, create=False)
 
 
@@ -390,7 +386,7 @@ class _Extractor:
         try:
             self._finish_directories()
         except OSError as exc:
-            raise RestoreError(f"cannot set directory modes: {_describe(exc)}") from exc
+            raise RestoreError(f"cannot set directory modes: {describe(exc)}") from exc
         finally:
             self.dirs.close()
         self._report()
@@ -408,9 +404,9 @@ class _Extractor:
             if exc.errno in _NO_SPACE:
                 raise NoSpace(
                     f"the disk filled up while restoring {_show(entry.name)!r} "
-                    f"({_describe(exc)})"
+                    f"({describe(exc, one_line=True)})"
                 ) from exc
-            raise RestoreError(f"cannot restore {_show(entry.name)!r}: {_describe(exc)}") from exc
+            raise RestoreError(f"cannot restore {_show(entry.name)!r}: {describe(exc)}") from exc
 
     def _entry(self, e: TarEntry) -> None:
         """Restore one entry (its data, if unused, is skipped by the reader)."""
@@ -690,7 +686,7 @@ def extract_archive(
             staging = Staging(root_fd, label or str(os.getpid()))
         except OSError as exc:
             where = os.fspath(dest)
-            raise RestoreError(f"cannot stage the restore in {where}: {_describe(exc)}") from exc
+            raise RestoreError(f"cannot stage the restore in {where}: {describe(exc)}") from exc
         try:
             counter = _CountingReader(fileobj)
             limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
@@ -725,14 +721,14 @@ def extract_archive(
                     staging.swap_in()
                 except OSError as exc:
                     raise RestoreError(
-                        f"cannot move the restored files into place: {_describe(exc)}"
+                        f"cannot move the restored files into place: {describe(exc, one_line=True)}"
                     ) from exc
             extractor.finish(root_fd)
             if truncate:
                 try:
                     staging.commit()
                 except OSError as exc:
-                    raise RestoreError(f"cannot commit the restore: {_describe(exc)}") from exc
+                    raise RestoreError(f"cannot commit the restore: {describe(exc)}") from exc
         except BaseException as exc:
             if isinstance(exc, NoSpace):
                 log.error("restore_no_space", dest=os.fspath(dest), error=str(exc))
@@ -768,7 +764,7 @@ def _close_staging(staging: Staging, dest: str | os.PathLike[str], event: str) -
             event,
             dest=os.fspath(dest),
             staging=staging.name.decode(errors="replace"),
-            error=_describe(exc),
+            error=describe(exc, one_line=True),
         )
 
 
@@ -782,7 +778,7 @@ def restore_archive_file(
     try:
         f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, after the codec's reader
     except OSError as exc:
-        raise RestoreError(f"cannot open {os.fspath(path)}: {_describe(exc)}") from exc
+        raise RestoreError(f"cannot open {os.fspath(path)}: {describe(exc)}") from exc
     with f:
         options.setdefault("bytes_total", os.fstat(f.fileno()).st_size)
         codec = options.get("codec", GZIP)

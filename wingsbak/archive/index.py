@@ -168,6 +168,9 @@ class FileSource:
             os.close(self._fd)
             self._fd = -1
 
+    def __del__(self) -> None:  # a view dropped from a cache closes when its last reader ends
+        self.close()
+
     def __enter__(self) -> FileSource:
         return self
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from wingsbak.archive.ratelimit import Cancelled
+from wingsbak.errors import describe
 
 __all__ = [
     "BLOCK",
@@ -95,11 +96,6 @@ class _Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
-def _describe(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class _Feed:
     """The stream, served from large chunks without copying file data."""
 
@@ -118,7 +114,7 @@ class _Feed:
         except EOFError as exc:
             raise TarError(f"the archive is truncated ({exc})") from exc
         except Exception as exc:
-            raise TarError(f"cannot read the archive: {_describe(exc)}") from exc
+            raise TarError(f"cannot read the archive: {describe(exc, one_line=True)}") from exc
         self.offset += len(self.view)
         self.view = memoryview(data)
         self.pos = 0

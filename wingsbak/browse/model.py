@@ -8,7 +8,7 @@ Every method is blocking (call it from a worker thread, never on the event loop)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,14 +17,24 @@ from typing import Literal, Protocol
 __all__ = [
     "BackupFolder",
     "BackupView",
+    "Browsable",
     "Entry",
     "EntryKind",
     "NotADirectory",
     "NotFound",
     "Readable",
+    "clean_path",
 ]
 
 EntryKind = Literal["file", "dir", "symlink", "other"]
+
+
+def clean_path(name: str) -> str | None:
+    """A backup path in its one spelling (``a/b``), or None when it could leave the root."""
+    if name.startswith("/") or "\x00" in name:
+        return None
+    parts = [p for p in name.split("/") if p and p != "."]
+    return None if ".." in parts else "/".join(parts)
 
 
 class NotFound(Exception):
@@ -88,3 +98,14 @@ class BackupFolder:
     def name(self) -> str:
         """Sorts by time and holds the full uuid: ``2026-12-06_0841_<uuid>`` (UTC)."""
         return f"{self.created.astimezone(UTC):%Y-%m-%d_%H%M}_{self.uuid}"
+
+
+@dataclass(frozen=True, slots=True)
+class Browsable:
+    """A backup a store can show: its folder, how to open its view (blocking, perhaps slow:
+    a first browse may build an index), and what changes when the backup is replaced (so a
+    cached view of an earlier one is never reused)."""
+
+    folder: BackupFolder
+    open: Callable[[], BackupView]
+    version: str

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from wingsbak.archive.index import (
     IndexedEntry,
     RangeSource,
     build_index,
+    index_path,
     stamp_of,
     write_index,
 )
@@ -39,6 +42,7 @@ __all__ = [
     "RangeSource",
     "S3ObjectSource",
     "TarView",
+    "open_local_archive",
     "open_tar_view",
 ]
 
@@ -238,3 +242,18 @@ def open_tar_view(source: RangeSource, index_file: str | os.PathLike[str]) -> Ta
                 write_index(Path(index_file), data, stamp)
                 index = ArchiveIndex(index_file)
     return TarView(source, index)
+
+
+def open_local_archive(path: str | os.PathLike[str]) -> TarView:
+    """The view of an archive on this node's disk, its index beside it (``<archive>.index``:
+    the archiver's, or one built by this first browse and kept)."""
+    source = FileSource(path)
+    try:
+        try:
+            return open_tar_view(source, index_path(path))
+        except PermissionError:  # a folder this user cannot write (the command line's)
+            private = hashlib.sha256(os.fsencode(Path(path).resolve())).hexdigest()[:32]
+            return open_tar_view(source, Path(tempfile.gettempdir()) / f"wingsbak-{private}.index")
+    except BaseException:
+        source.close()
+        raise

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
-from wingsbak.appkeys import CONFIG, EVENTS, JOBS, OUTBOX, PANEL, STORAGE, USED_TOKENS
-from wingsbak.config import Config
-from wingsbak.events import EventBus
+from wingsbak.appkeys import (
+    CONFIG,
+    EVENTS,
+    JOBS,
+    METRICS,
+    OUTBOX,
+    PANEL,
+    STORAGE,
+    STORES,
+    USED_TOKENS,
+)
 from wingsbak.http import (
     backups,
     download,
@@ -18,23 +24,16 @@ from wingsbak.http import (
     system,
 )
 from wingsbak.http.middleware import errors_middleware, make_auth_middleware, make_identify
-from wingsbak.jobs import JobManager
-from wingsbak.notify import WebhookClient
-from wingsbak.panel import Outbox, PanelClient
-from wingsbak.storage.local import LocalStorage
-from wingsbak.tokens import UsedTokens
-from wingsbak.verify.schedule import Verifier
-from wingsbak.watch import Watch
+from wingsbak.node import Node
 from wingsbak.wings import browse, config_push, hold, proxy, relay
 from wingsbak.wings import lifecycle as server_lifecycle
-from wingsbak.wings.client import WINGS, WingsClient
-from wingsbak.wings.flavour import WingsFlavour
-from wingsbak.wings.identity import IDENTITY, NodeIdentity
+from wingsbak.wings.client import WINGS
+from wingsbak.wings.identity import IDENTITY
 
 
-def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Application:
-    """``identity``: the node's live identity, made by the daemon before it listens (it may
-    change ``config`` from wingsbak's state); one of its own otherwise."""
+def create_app(node: Node) -> web.Application:
+    """The routes to the node's objects; the node starts and stops with the application."""
+    config = node.config
     app = web.Application(
         middlewares=[errors_middleware, make_auth_middleware(lambda: config.token)],
         client_max_size=config.api.max_body_bytes,
@@ -44,87 +43,41 @@ def create_app(config: Config, identity: NodeIdentity | None = None) -> web.Appl
         if config.upstream
         else None,
     )
-    # Which Wings is in front of: local backups are named as it names its own.
-    flavour = WingsFlavour(
-        forced=config.api.upstream_flavour,
-        fronting=bool(config.upstream),
-        state_dir=config.backup_dir,
-    )
-    storage = LocalStorage(config.backup_dir, flavour)
-    panel = PanelClient(config.remote, config.token_id, config.token)
-    notify = WebhookClient(config.system.backups.notify_url)
-    outbox = Outbox(
-        panel,
-        config.backup_dir,
-        retry_initial=config.system.backups.report_retry_initial,
-        retry_max=config.system.backups.report_retry_max,
-        notify=notify,
-    )
-    events = EventBus()
-    # In front of Wings (api.upstream): Wings' API for the pass-through and for the jobs.
-    wings = (
-        WingsClient(config.upstream, config.token, config.api.upstream_ca)
-        if config.upstream
-        else None
-    )
-    identity = identity or NodeIdentity(config)
-    identity.attach(panel=panel, wings=wings)
-    app[IDENTITY] = identity
-    lifecycle: server_lifecycle.ServerLifecycle | None = None
+    app[IDENTITY] = node.identity
     app[CONFIG] = config
-    app[STORAGE] = storage
-    app[PANEL] = panel
-    app[OUTBOX] = outbox
-    app[EVENTS] = events
-    app[USED_TOKENS] = UsedTokens(config.backup_dir)
-    app[JOBS] = JobManager(config, storage=storage, outbox=outbox, events=events, wings=wings)
-    watch = Watch(config, app[JOBS].metrics, outbox)
-    app[JOBS].on_job_end = watch.job_end
-    verifier = Verifier(config, app[JOBS], watch)
+    app[STORAGE] = node.directory
+    app[STORES] = node.stores
+    app[PANEL] = node.panel
+    app[OUTBOX] = node.outbox
+    app[EVENTS] = node.events
+    app[METRICS] = node.metrics
+    app[USED_TOKENS] = node.used_tokens
+    app[JOBS] = node.jobs
     app.on_response_prepare.append(make_identify(lambda: app[CONFIG].token_id))
     app.add_routes(backups.routes)
     app.add_routes(download.routes)
     app.add_routes(restore.routes)
     config_push.add_routes(app)
-    if wings is None:
+    if node.wings is None:
         app.add_routes(system.routes)
         app.add_routes(events_ws.routes)
     else:
-        app[WINGS] = wings
+        app[WINGS] = node.wings
         # GET /api/system is Wings' (the panel's node page reads Wings' fields from it).
         app.add_routes([r for r in system.routes if getattr(r, "path", "") != "/api/system"])
         relay.add_routes(app)
-        flavour.attach(wings)
-        lifecycle = server_lifecycle.ServerLifecycle(config, app[JOBS], wings, flavour)
-        server_lifecycle.add_routes(app, lifecycle)
+        if node.lifecycle is not None:
+            server_lifecycle.add_routes(app, node.lifecycle)
         hold.add_routes(app)  # before the pass-through's catch-all
         browse.add_routes(app)  # the backups' folder of the file manager, before it too
         proxy.add_routes(app)
 
-    async def startup(app: web.Application) -> None:
-        await asyncio.to_thread(app[USED_TOKENS].load)
-        await asyncio.to_thread(flavour.load)
-        await outbox.load()
-        await watch.start()
-        await app[JOBS].recover()
-        app[JOBS].check_stores_in_background()
-        await verifier.start()
-        if lifecycle is not None:
-            await lifecycle.start()  # removals an earlier run left go on
+    async def startup(_app: web.Application) -> None:
+        await node.start()
 
-    async def shutdown(app: web.Application) -> None:
+    async def shutdown(_app: web.Application) -> None:
         sendfile.stop_pumps()
-        await verifier.stop()
-        if lifecycle is not None:
-            await lifecycle.stop()
-        await app[JOBS].shutdown()
-        await watch.stop()
-        await outbox.drain(timeout=2.0)
-        await outbox.close()
-        await panel.close()
-        await notify.close()
-        if wings is not None:
-            await wings.close()
+        await node.stop()
 
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)

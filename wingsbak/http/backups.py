@@ -6,8 +6,9 @@ import asyncio
 
 from aiohttp import web
 
-from wingsbak.appkeys import JOBS
+from wingsbak.appkeys import JOBS, STORES
 from wingsbak.errors import BadRequest, Conflict, NotFound
+from wingsbak.formats import ADAPTERS
 from wingsbak.http.validation import (
     optional_str,
     path_uuid,
@@ -15,7 +16,6 @@ from wingsbak.http.validation import (
     require_uuid,
     server_root_or_404,
 )
-from wingsbak.jobs import ADAPTERS
 from wingsbak.log import get_logger
 from wingsbak.wings import lifecycle
 
@@ -43,12 +43,11 @@ async def create_backup(request: web.Request) -> web.Response:
 async def delete_backup(request: web.Request) -> web.Response:
     server = path_uuid(request, "server", "server")
     backup = path_uuid(request, "backup", "backup")
-    jobs = request.app[JOBS]
-    if backup in jobs.backups:
+    if request.app[JOBS].is_writing(backup):
         raise Conflict("The backup is still being written.")
     # A backup is in one store: found where it is, whichever store the node uses now. A
     # store that fails (an S3 outage, an unreachable repository) is a 502 in the middleware.
-    store = await asyncio.to_thread(jobs.stores.locate, server, backup)
+    store = await asyncio.to_thread(request.app[STORES].locate, server, backup)
     if store is None or not await asyncio.to_thread(store.delete, server, backup):
         raise NotFound("The requested backup does not exist on this node.")
     log.info("backup_deleted", server=server, backup=backup, store=store.name)

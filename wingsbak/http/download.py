@@ -21,14 +21,15 @@ from typing import IO, Any
 
 from aiohttp import hdrs, web
 
-from wingsbak.appkeys import CONFIG, JOBS, STORAGE, USED_TOKENS
+from wingsbak.appkeys import CONFIG, METRICS, STORAGE, STORES, USED_TOKENS
 from wingsbak.archive.codecs import download_filename
 from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, TokenRejected
 from wingsbak.http.sendfile import ArchiveResponse, Reply, reply_for, set_validators
 from wingsbak.log import get_logger
+from wingsbak.storage.backupdir import BackupDirectory
 from wingsbak.storage.base import Redirect, StreamedArchive
-from wingsbak.storage.local import LocalStorage, LocalStore
+from wingsbak.storage.local import LocalStore
 from wingsbak.tokens import decode_token
 from wingsbak.uuids import is_uuid
 
@@ -64,7 +65,7 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
         raise
     if sends:
         log.info("backup_download", server=server, backup=backup, resume_from=reply.offset)
-        request.app[JOBS].metrics.downloads.inc()
+        request.app[METRICS].downloads.inc()
 
     async def finished() -> None:  # the last byte went out: the link can't be resumed now
         await asyncio.to_thread(request.app[USED_TOKENS].complete, claims["unique_id"])
@@ -75,7 +76,7 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
 
 
 def _open_archive(
-    storage: LocalStorage, server: str, backup: str
+    storage: BackupDirectory, server: str, backup: str
 ) -> tuple[IO[bytes], os.stat_result] | None:
     """The backup's archive, open for reading, and its status; None when it is not on this node,
     or no longer: deleted between being found and being opened."""
@@ -128,7 +129,7 @@ async def _from_store(request: web.Request, claims: dict[str, Any]) -> web.Strea
     archive made on the fly. A HEAD gets the headers only: the link is what a token buys,
     and a HEAD must not spend it. A store failure becomes a 502 in the middleware."""
     server, backup = claims["server_uuid"], claims["backup_uuid"]
-    for store in request.app[JOBS].stores.all:
+    for store in request.app[STORES].all:
         if isinstance(store, LocalStore):
             continue  # looked at already, served from its open descriptor
         found = await asyncio.to_thread(store.open_download, server, backup)
@@ -198,7 +199,7 @@ async def _stream(
         if isinstance(first, _End) and first.error is not None:
             raise first.error  # nothing sent yet: the middleware answers
         log.info("backup_download", server=server, backup=backup, streamed=True)
-        request.app[JOBS].metrics.downloads.inc()
+        request.app[METRICS].downloads.inc()
         await response.prepare(request)
         item = first
         while not isinstance(item, _End):

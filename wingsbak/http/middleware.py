@@ -11,8 +11,7 @@ from aiohttp import web
 from wingsbak.answers import check_bearer, error_response, node_user_agent
 from wingsbak.errors import ApiError
 from wingsbak.log import get_logger
-from wingsbak.storage.restic import ResticError
-from wingsbak.storage.s3 import S3Error
+from wingsbak.storage.base import StoreError
 
 log = get_logger(__name__)
 
@@ -76,20 +75,17 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
         message = _STATUS_MESSAGES.get(exc.status, exc.reason or "The request failed.")
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, message, headers)
-    if isinstance(exc, S3Error):
-        # The node's bucket failed the request (after the retries): not the client's fault,
+    if isinstance(exc, StoreError):
+        # A store's service failed the request (after its retries): not the client's fault,
         # nor a bug here. What exactly went wrong is for the node's operator, in the log.
         log.error(
-            "s3_request_failed",
+            f"{exc.kind}_request_failed",
             method=request.method,
             path=request.path,
             code=exc.code,
             error=str(exc),
         )
-        return error_response(502, "The node's S3 storage failed or could not be reached.")
-    if isinstance(exc, ResticError):
-        log.error("restic_request_failed", method=request.method, path=request.path, error=str(exc))
-        return error_response(502, "The node's restic repository failed or could not be reached.")
+        return error_response(502, exc.answer)
     log.exception("request_failed", method=request.method, path=request.path)
     return error_response(500, "An unexpected error occurred on the node.")
 

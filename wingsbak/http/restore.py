@@ -6,8 +6,8 @@ from aiohttp import web
 
 from wingsbak.appkeys import JOBS
 from wingsbak.errors import BadRequest
+from wingsbak.formats import ADAPTERS, S3_ADAPTER
 from wingsbak.http.validation import optional_str, path_uuid, read_json_object, server_root_or_404
-from wingsbak.jobs import ADAPTERS
 
 routes = web.RouteTableDef()
 
@@ -23,7 +23,7 @@ async def restore_backup(request: web.Request) -> web.Response:
     truncate = body.get("truncate_directory", False)
     if not isinstance(truncate, bool):
         raise BadRequest("The 'truncate_directory' field must be true or false.")
-    download_url = optional_str(body, "download_url") if adapter == "s3" else ""
+    download_url = optional_str(body, "download_url") if adapter == S3_ADAPTER else ""
     await server_root_or_404(request, server)
     await request.app[JOBS].submit_restore(server, backup, adapter, truncate, download_url)
     return web.json_response({}, status=202)

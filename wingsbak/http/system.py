@@ -12,7 +12,7 @@ from aiohttp import web
 
 from wingsbak import __version__
 from wingsbak.answers import check_bearer
-from wingsbak.appkeys import CONFIG, JOBS
+from wingsbak.appkeys import CONFIG, JOBS, METRICS
 from wingsbak.archive.codecs import HAVE_ISAL
 from wingsbak.metrics import CONTENT_TYPE_LATEST
 
@@ -96,8 +96,7 @@ async def wingsbak_status(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    jobs = request.app[JOBS]
-    status = 200 if jobs.accepting else 503
+    status = 200 if request.app[JOBS].is_accepting() else 503
     return web.json_response({"status": "ok" if status == 200 else "stopping"}, status=status)
 
 
@@ -106,5 +105,5 @@ async def metrics(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     if not cfg.api.metrics_public:
         check_bearer(request, cfg.token)
-    body = request.app[JOBS].metrics.render()
+    body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

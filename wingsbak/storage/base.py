@@ -14,14 +14,48 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar, Protocol
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from wingsbak.archive.codecs import GZIP, Codec
+from wingsbak.archive.options import ArchiveOptions
+from wingsbak.browse.model import Browsable
+from wingsbak.errors import ServiceFailure
+
+if TYPE_CHECKING:
+    from wingsbak.config import Config
+    from wingsbak.panel import PanelClient
+    from wingsbak.storage.backupdir import BackupDirectory
+
+
+class StoreError(ServiceFailure):
+    """A store's service (a bucket, a repository) failed a request for good, with one line a
+    node operator can act on. ``code`` names what failed (S3's error code, or a short name of
+    our own such as ``ConnectionError``); ``kind`` and ``answer`` are what the HTTP layer logs
+    it as and tells the client (a 502: neither the client's fault nor a bug here)."""
+
+    kind: ClassVar[str] = "store"
+    answer: ClassVar[str] = "The node's storage failed or could not be reached."
+
+    def __init__(self, message: str = "", code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True, frozen=True)
+class StoreContext:
+    """What a store is built from (see :mod:`wingsbak.storage.select`): the configuration,
+    the node's backup directory, the panel's client (for the panel's own bucket) and the
+    counter of bytes uploaded off the node."""
+
+    config: Config
+    directory: BackupDirectory
+    panel: PanelClient
+    on_uploaded: Callable[[int], None] | None = None
 
 
 class Readable(Protocol):
@@ -42,8 +76,7 @@ class Outcome:
 
 @dataclass(slots=True)
 class BackupSource:
-    """One backup to create: the server tree, its ignore lines and the engine's options
-    (``level``, ``checksum``, ``write_limit``, ``progress``, ``cancel``, ``allow_unreadable``).
+    """One backup to create: the server tree, its ignore lines and how the engine writes it.
 
     ``note(**fields)`` adds fields to the job's journal entry, on disk when it returns: what a
     store must know after a crash (see :meth:`BackupStore.recover`)."""
@@ -52,14 +85,13 @@ class BackupSource:
     backup: str
     root: Path
     ignore: str
-    options: dict[str, Any]
+    options: ArchiveOptions
     executor: Executor
     note: Callable[..., None] | None = None
 
     @property
     def cancel(self) -> threading.Event:
-        event = self.options.get("cancel")
-        return event if isinstance(event, threading.Event) else threading.Event()
+        return self.options.cancel
 
     async def in_job_thread(self, create: Callable[[BackupSource], Outcome]) -> Outcome:
         """Run a store's synchronous ``create`` on the job threads, off the event loop."""
@@ -109,6 +141,42 @@ class BackupStore(ABC):
     """One place backups live. ``name`` is what the journal and the logs call it."""
 
     name: ClassVar[str]
+    # Whether a deleted server's backups here are this node's to remove (Wings removes only
+    # those on its disk): see :meth:`remove_server`.
+    outlives_server: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, ctx: StoreContext) -> BackupStore | None:
+        """This store as the configuration sets it up; None when it is not configured."""
+        return None
+
+    def start(self) -> None:
+        """Blocking, on a thread of its own at start: check the service, start background
+        work. Never raises: what is wrong is logged, and every backup finds out for itself."""
+        return None
+
+    def stop(self) -> None:
+        """End the background work (the daemon is stopping); never blocks for long."""
+        return None
+
+    def trusted_hosts(self) -> list[str]:
+        """Hosts a restore's download link may point at although they are private: ones the
+        operator configured for this store."""
+        return []
+
+    def remove_server(self, server: str) -> dict[str, int]:
+        """Blocking: remove a deleted server's backups; what was removed, by what it is."""
+        return {}
+
+    def browsable(self, server: str) -> Iterable[Browsable]:
+        """Blocking: the server's backups here that the node can open read-only (the file
+        manager's ``.backups`` folder, ``wingsbak ls``); none by default."""
+        return ()
+
+    def server_of(self, backup: str) -> str | None:
+        """Blocking: the server a backup here belongs to (``wingsbak ls BACKUP``), when the
+        store can tell."""
+        return None
 
     @abstractmethod
     async def create(self, source: BackupSource) -> Outcome:

@@ -29,18 +29,26 @@ from yarl import URL
 
 from wingsbak.archive.archiver import ArchiveResult, write_archive
 from wingsbak.archive.atomic import AtomicFile
-from wingsbak.archive.codecs import earlier_archive_name
+from wingsbak.archive.codecs import GZIP, earlier_archive_name
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.log import get_logger
-from wingsbak.storage.base import ArchiveStream, BackupSource, BackupStore, Download, Outcome
-from wingsbak.storage.local import LocalStorage
+from wingsbak.storage.backupdir import BackupDirectory
+from wingsbak.storage.base import (
+    ArchiveStream,
+    BackupSource,
+    BackupStore,
+    Download,
+    Outcome,
+    StoreContext,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from wingsbak.panel import PanelClient
 
 log = get_logger(__name__)
 
-CONTENT_TYPE = "application/x-gzip"
+CONTENT_TYPE = GZIP.content_type
 READ_CHUNK = 1024 * 1024
 PUT_ATTEMPTS = 5
 BACKOFF_INITIAL = 0.5
@@ -53,7 +61,7 @@ PartUrls = tuple[Sequence[str], int]
 GetPartUrls = Callable[[int], Awaitable[PartUrls] | PartUrls]
 
 
-class PresignedUploadError(Exception):
+class PresignedUploadError(StoreError):
     """The pre-signed upload failed for good; the message is one line for log and report."""
 
 
@@ -294,7 +302,7 @@ class PresignedStore(BackupStore):
     def __init__(
         self,
         panel: PanelClient,
-        local: LocalStorage,
+        local: BackupDirectory,
         *,
         backoff: float,
         on_uploaded: Callable[[int], None] | None = None,
@@ -303,6 +311,12 @@ class PresignedStore(BackupStore):
         self.local = local
         self.backoff = backoff
         self.on_uploaded = on_uploaded
+
+    @classmethod
+    def from_config(cls, ctx: StoreContext) -> PresignedStore:
+        """Always there: the panel's ``s3`` adapter may be chosen on any node."""
+        backoff = ctx.config.system.backups.report_retry_initial
+        return cls(ctx.panel, ctx.directory, backoff=backoff, on_uploaded=ctx.on_uploaded)
 
     async def create(self, source: BackupSource) -> Outcome:
         if not self.panel.configured:
@@ -318,7 +332,7 @@ class PresignedStore(BackupStore):
             temp_dir=self.local.server_dir(source.server),
             rules=rules,
             # Not the panel's session: its 30 s total timeout would cut off big part PUTs.
-            **dict(source.options),
+            **source.options.engine_arguments(),
         )
         if self.on_uploaded is not None:
             self.on_uploaded(upload.archive.size)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +46,7 @@ from wingsbak.archive.ratelimit import Cancelled
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.staging import STAGING_PREFIX, staging_label
 from wingsbak.archive.walk import Kind, walk
+from wingsbak.browse.model import BackupFolder, Browsable
 from wingsbak.config import ResticConfig
 from wingsbak.formats import BEST_SPEED
 from wingsbak.log import get_logger
@@ -54,9 +57,13 @@ from wingsbak.storage.base import (
     BackupStore,
     Download,
     Outcome,
+    StoreContext,
+    StoreError,
     StreamedArchive,
 )
 from wingsbak.storage.restic_retries import RetryChains
+from wingsbak.storage.restic_view import ResticView
+from wingsbak.uuids import is_uuid
 
 log = get_logger(__name__)
 
@@ -78,8 +85,11 @@ with contextlib.suppress(OSError):
     _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class ResticError(Exception):
+class ResticError(StoreError):
     """A restic command that failed, with one line for the log and the operator."""
+
+    kind = "restic"
+    answer = "The node's restic repository failed or could not be reached."
 
     # restic refused the repository's lock: another restic holds it, or a killed one left it.
     locked = False
@@ -105,12 +115,15 @@ class Snapshot:
     tags: tuple[str, ...]
 
 
+_SERVER_TAG, _BACKUP_TAG = "server:", "backup:"
+
+
 def server_tag(server: str) -> str:
-    return f"server:{server}"
+    return f"{_SERVER_TAG}{server}"
 
 
 def backup_tag(backup: str) -> str:
-    return f"backup:{backup}"
+    return f"{_BACKUP_TAG}{backup}"
 
 
 def redact(repository: str) -> str:
@@ -286,6 +299,15 @@ class _Process:
 
 class ResticStore(BackupStore):
     name = "restic"
+    outlives_server = True
+
+    @classmethod
+    def from_config(cls, ctx: StoreContext) -> ResticStore | None:
+        config = ctx.config
+        if not config.restic_enabled:
+            return None
+        b = config.system.backups
+        return cls(b.restic, config.backup_dir / ".restic-cache", host=config.uuid)
 
     def __init__(
         self, cfg: ResticConfig, cache_dir: Path, state_file: Path | None = None, host: str = ""
@@ -368,6 +390,23 @@ class ResticStore(BackupStore):
     def find(self, server: str, backup: str) -> Snapshot | None:
         found = self.snapshots(server_tag(server), backup_tag(backup))
         return found[-1] if found else None
+
+    def server_of(self, backup: str) -> str | None:
+        for snap in self.snapshots(backup_tag(backup)):
+            for tag in snap.tags:
+                if tag.startswith(_SERVER_TAG) and is_uuid(tag[len(_SERVER_TAG) :]):
+                    return tag[len(_SERVER_TAG) :]
+        return None
+
+    def browsable(self, server: str) -> Iterator[Browsable]:
+        """The server's snapshots, opened with restic's own ``ls`` and ``dump``."""
+        for snap in self.snapshots(server_tag(server)):
+            tags = (t for t in snap.tags if t.startswith(_BACKUP_TAG))
+            backup = next((t[len(_BACKUP_TAG) :] for t in tags), "")
+            if not is_uuid(backup):
+                continue
+            folder = BackupFolder(backup, server, _snapshot_time(snap.time), self.name)
+            yield Browsable(folder, functools.partial(ResticView, self, snap.id), snap.id)
 
     # -- using the repository (shared) and maintaining it (exclusive) --------------------------
 
@@ -734,12 +773,12 @@ class ResticStore(BackupStore):
 
     def _backup(self, source: BackupSource, parent: str | None) -> _BackupRun:
         opts = source.options
-        allow_unreadable = bool(opts.get("allow_unreadable"))
+        allow_unreadable = opts.allow_unreadable
         args = ["backup", "--json", "--files-from-raw", "-", "--host", self.host]
         args += ["--tag", f"{server_tag(source.server)},{backup_tag(source.backup)}"]
         if parent:
             args += ["--parent", parent]
-        write_limit = float(opts.get("write_limit") or 0)
+        write_limit = float(opts.write_limit or 0)
         if write_limit > 0:
             args += ["--limit-upload", str(max(1, int(write_limit * 1024)))]
         rules = IgnoreRules.for_server(source.root, source.ignore)
@@ -765,7 +804,7 @@ class ResticStore(BackupStore):
         feeder.start()
         watcher.start()
         summary: dict[str, Any] = {}
-        progress = opts.get("progress")
+        progress = opts.progress
         try:
             for line in p.stdout:
                 message = _json_line(line)
@@ -951,6 +990,9 @@ class ResticStore(BackupStore):
             self._set_latest(server, None)  # the next backup asks the repository
         return True
 
+    def remove_server(self, server: str) -> dict[str, int]:
+        return {"restic_snapshots": self.forget_server(server)}
+
     def forget_server(self, server: str) -> int:
         """Forget every snapshot of this server (its ``server:`` tag; pruned later, as a
         delete's are). Returns how many."""
@@ -1075,3 +1117,12 @@ def _stop_on(cancel: threading.Event, p: _Process) -> None:
         if cancel.wait(0.25):
             p.stop()
             return
+
+
+def _snapshot_time(text: str) -> datetime:
+    """restic's RFC 3339 time, nanoseconds cut to what datetime holds."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return datetime.fromtimestamp(0, UTC)

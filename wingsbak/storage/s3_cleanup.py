@@ -27,13 +27,14 @@ from botocore.exceptions import ClientError
 from wingsbak.archive.codecs import GZIP
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
+from wingsbak.uuids import UUID_PATTERN
 
 log = get_logger(__name__)
 
 STATE_NAME = ".wingsbak-s3-cleanup.json"
 RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUID = UUID_PATTERN
 # Answers that mean the work is done already (an abort of an upload that is gone).
 _DONE = frozenset({"NoSuchUpload", "NoSuchKey"})
 

@@ -4,18 +4,44 @@ The panel's ``s3`` adapter means the panel owns the bucket: always the pre-signe
 ``wings`` adapter leaves the choice to the node: ``system.backups.store``. Backups made under
 an earlier choice stay reachable: a lookup asks every store the node has configured, the
 cheapest (its disk) first.
+
+A store is one module with a :class:`~wingsbak.storage.base.BackupStore` and one line in
+:data:`REGISTERED`; nothing else in the daemon names it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
+from wingsbak.config import Config
+from wingsbak.formats import S3_ADAPTER
 from wingsbak.log import get_logger
-from wingsbak.storage.base import BackupStore
+from wingsbak.panel import PanelClient
+from wingsbak.storage.backupdir import BackupDirectory
+from wingsbak.storage.base import BackupStore, StoreContext
+from wingsbak.storage.local import LocalStore
+from wingsbak.storage.presigned import PresignedStore
+from wingsbak.storage.restic import ResticStore
+from wingsbak.storage.s3 import NodeBucketStore
 
 log = get_logger(__name__)
 
-PANEL_BUCKET_ADAPTER = "s3"
+PANEL_BUCKET_ADAPTER = S3_ADAPTER
+
+# One line a store: how the configuration builds it (None: not configured), in the order a
+# lookup asks them (the cheapest first).
+REGISTERED: tuple[Callable[[StoreContext], BackupStore | None], ...] = (
+    LocalStore.from_config,
+    NodeBucketStore.from_config,
+    ResticStore.from_config,
+    PresignedStore.from_config,  # the panel's bucket: its ``s3`` adapter
+)
+PANEL_BUCKET_STORE = PresignedStore.name
+
+S = TypeVar("S", bound=BackupStore)
 
 
 class Stores:
@@ -27,6 +53,70 @@ class Stores:
         for store in (*lookup, chosen, presigned):
             if all(store is not s for s in self.all):
                 self.all.append(store)
+        # Each store's start (see start()), by the store's name.
+        self.checks: dict[str, threading.Thread] = {}
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        directory: BackupDirectory,
+        panel: PanelClient,
+        on_uploaded: Callable[[int], None] | None = None,
+    ) -> Stores:
+        """Every registered store the configuration sets up; ``system.backups.store`` takes
+        the panel's ``wings`` adapter (the configuration checked it is there)."""
+        ctx = StoreContext(config, directory, panel, on_uploaded)
+        built = [store for make in REGISTERED if (store := make(ctx)) is not None]
+        by_name = {store.name: store for store in built}
+        presigned = by_name[PANEL_BUCKET_STORE]
+        lookup = [store for store in built if store is not presigned]
+        return cls(by_name[config.system.backups.store], presigned, *lookup)
+
+    def start(self) -> None:
+        """Each store's start (its checks: a version, a bucket, stale locks) on a thread of
+        its own: none delays the start, and none the others."""
+        for store in self.all:
+            thread = threading.Thread(
+                target=store.start, name=f"wingsbak-{store.name}-check", daemon=True
+            )
+            self.checks[store.name] = thread
+            thread.start()
+
+    def stop(self) -> None:
+        for store in self.all:
+            store.stop()
+
+    def may_hold(self, adapter: str) -> bool:
+        """Whether a backup of the panel's ``adapter`` may be found on the node without a
+        link: one of the panel's bucket only in the node's own (an earlier version's)."""
+        return adapter != PANEL_BUCKET_ADAPTER or self.find(NodeBucketStore) is not None
+
+    def of_earlier_journal(self, adapter: str) -> str:
+        """Where the backup of a journal entry of an older version (which names no store)
+        went: its adapter says (s3: the node's bucket when one was configured)."""
+        bucket = self.find(NodeBucketStore)
+        node_bucket = adapter == PANEL_BUCKET_ADAPTER and bucket is not None
+        return NodeBucketStore.name if node_bucket else LocalStore.name
+
+    def find(self, kind: type[S]) -> S | None:
+        """The node's store of this class, when it has one."""
+        return next((s for s in self.all if isinstance(s, kind)), None)
+
+    def trusted_hosts(self) -> list[str]:
+        return [host for store in self.all for host in store.trusted_hosts()]
+
+    def outlive_servers(self) -> bool:
+        """Whether some store keeps backups that Wings' own server removal leaves behind."""
+        return any(store.outlives_server for store in self.all)
+
+    def remove_server(self, server: str) -> dict[str, int]:
+        """Blocking: a deleted server's backups removed from every store that keeps them."""
+        removed: dict[str, int] = {}
+        for store in self.all:
+            if store.outlives_server:
+                removed.update(store.remove_server(server))
+        return removed
 
     def for_adapter(self, adapter: str) -> BackupStore:
         """Where a new backup of the panel's ``adapter`` is written."""

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wingsbak.archive.verify import ArchiveCorrupt, VerifyResult, verify_file
+from wingsbak.uuids import UUID_PATTERN
 
 # Checking one file needs none of the stores (nor boto3's import time).
 if TYPE_CHECKING:
     from wingsbak.config import Config
+    from wingsbak.storage.bucket import NodeBucket
     from wingsbak.storage.restic import ResticStore
-    from wingsbak.storage.s3 import S3Storage
     from wingsbak.verify.stored import StoredBackup
 
 EXIT_OK = 0
@@ -34,7 +35,7 @@ EXIT_USAGE = 2
 EXIT_UNCHECKED = 3
 
 Print = Callable[[str], None]
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID = re.compile(rf"^{UUID_PATTERN}$")
 
 
 @dataclass(slots=True)
@@ -110,8 +111,8 @@ def run_verify(
 
 def _check_node(cfg: Config, backup: str | None, tally: Tally, read_limit: float) -> int:
     """Check ``backup`` (every backup when None) wherever it is; returns how many found."""
+    from wingsbak.storage.bucket import NodeBucket, S3Error
     from wingsbak.storage.restic import ResticStore
-    from wingsbak.storage.s3 import S3Error, S3Storage
     from wingsbak.verify.stored import local_backups, s3_backups
 
     found = 0
@@ -120,7 +121,7 @@ def _check_node(cfg: Config, backup: str | None, tally: Tally, read_limit: float
         found += 1
         tally.run("local", _label(item), _local_check(item, read_limit))
     if cfg.s3_enabled:
-        s3 = S3Storage(cfg.system.backups.s3)
+        s3 = NodeBucket(cfg.system.backups.s3)
         try:
             objects = [i for i in s3_backups(s3) if backup in (None, i.backup)]
         except S3Error as exc:
@@ -149,7 +150,7 @@ def _local_check(item: StoredBackup, read_limit: float) -> Callable[[], str]:
     return lambda: describe(check_local(item, read_limit=read_limit))
 
 
-def _s3_check(s3: S3Storage, item: StoredBackup, read_limit: float) -> Callable[[], str]:
+def _s3_check(s3: NodeBucket, item: StoredBackup, read_limit: float) -> Callable[[], str]:
     from wingsbak.verify.stored import check_s3
 
     return lambda: describe(check_s3(s3, item, read_limit=read_limit))

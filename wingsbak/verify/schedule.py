@@ -37,8 +37,10 @@ from wingsbak.config import Config
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
-from wingsbak.storage.restic import ResticError
-from wingsbak.storage.s3 import S3Error
+from wingsbak.storage.bucket import S3Error
+from wingsbak.storage.restic import ResticError, ResticStore
+from wingsbak.storage.s3 import NodeBucketStore
+from wingsbak.storage.select import Stores
 from wingsbak.verify.stored import (
     ResticChecker,
     ResticFinding,
@@ -179,11 +181,13 @@ class VerifyState:
 
 
 class Verifier:
-    def __init__(self, config: Config, jobs: JobManager, watch: Watch) -> None:
+    def __init__(
+        self, config: Config, jobs: JobManager, watch: Watch, stores: Stores
+    ) -> None:
         self.config = config
         self.jobs = jobs
         self.watch = watch
-        self.metrics = jobs.metrics
+        self.metrics = watch.metrics
         self.state = VerifyState(config.backup_dir / STATE_NAME)
         self._cancel = threading.Event()
         self._quiet = threading.Event()
@@ -191,7 +195,10 @@ class Verifier:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="wingsbak-verify", initializer=lower_priority
         )
-        self._restic = ResticChecker(jobs.restic) if jobs.restic is not None else None
+        restic = stores.find(ResticStore)
+        self._restic = ResticChecker(restic) if restic is not None else None
+        bucket = stores.find(NodeBucketStore)
+        self._bucket = bucket.storage if bucket is not None else None
         self._task: asyncio.Task[None] | None = None
         self._abort: Callable[[], None] | None = None  # ends the read of an object
 
@@ -264,9 +271,9 @@ class Verifier:
         """The archives to check, and the stores that could list theirs."""
         items = await asyncio.to_thread(local_backups, self.config.backup_dir)
         listed = {"local"}
-        if self.jobs.s3 is not None:
+        if self._bucket is not None:
             try:
-                items += await _on_daemon_thread(s3_backups, self.jobs.s3, self._cancel)
+                items += await _on_daemon_thread(s3_backups, self._bucket, self._cancel)
                 listed.add("s3")
             except S3Error as exc:
                 log.warning("verify_listing_failed", store="s3", error=str(exc))
@@ -275,7 +282,7 @@ class Verifier:
     # -- archives ---------------------------------------------------------------------------
 
     def _idle(self) -> bool:
-        return not self.jobs.running() and not self.jobs.restores
+        return self.jobs.is_idle()
 
     async def _track_quiet(self) -> None:
         while True:
@@ -299,10 +306,10 @@ class Verifier:
     def _check_sync(self, item: StoredBackup) -> VerifyResult:
         limit = self.config.system.backups.verify_read_limit
         if item.store == "s3":
-            assert self.jobs.s3 is not None
+            assert self._bucket is not None
             try:
                 return check_s3(
-                    self.jobs.s3, item, read_limit=limit, cancel=self._cancel, on_open=self._opened
+                    self._bucket, item, read_limit=limit, cancel=self._cancel, on_open=self._opened
                 )
             finally:
                 self._abort = None

@@ -31,12 +31,13 @@ from wingsbak.archive.verify import (
 from wingsbak.download_source import shutdown_socket_under
 from wingsbak.formats import CHECKSUM_TYPES
 from wingsbak.log import get_logger
+from wingsbak.storage.bucket import NodeBucket, S3NotFound, call_with_retries, describe
 from wingsbak.storage.restic import ResticError, ResticStore, _Process
-from wingsbak.storage.s3 import S3NotFound, S3Storage, call_with_retries, describe
+from wingsbak.uuids import UUID_PATTERN
 
 log = get_logger(__name__)
 
-_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUID = UUID_PATTERN
 _UUID_RE = re.compile(f"^{_UUID}$")
 _SUFFIX = re.escape(GZIP.suffix)
 # wingsbak's earlier name and Pelican Wings' name of an archive, in a server's folder.
@@ -119,7 +120,7 @@ def check_local(
 # -- the node's bucket ------------------------------------------------------------------------
 
 
-def s3_backups(storage: S3Storage, stop: threading.Event | None = None) -> list[StoredBackup]:
+def s3_backups(storage: NodeBucket, stop: threading.Event | None = None) -> list[StoredBackup]:
     """Every backup object under the configured prefix (``stop`` ends the retries)."""
     prefix = storage.cfg.prefix
     pattern = re.compile(f"^{re.escape(prefix)}({_UUID})/({_UUID}){_SUFFIX}$")
@@ -149,7 +150,7 @@ def s3_backups(storage: S3Storage, stop: threading.Event | None = None) -> list[
 
 
 def check_s3(
-    storage: S3Storage,
+    storage: NodeBucket,
     item: StoredBackup,
     *,
     read_limit: float = 0,
@@ -187,7 +188,7 @@ def check_s3(
 
 
 def _s3_recorded_checksum(
-    storage: S3Storage,
+    storage: NodeBucket,
     item: StoredBackup,
     stop: threading.Event | None,
     on_open: Callable[[Callable[[], None]], None] | None,

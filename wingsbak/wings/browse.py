@@ -36,7 +36,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from wingsbak.answers import check_bearer
-from wingsbak.appkeys import CONFIG, JOBS, USED_TOKENS
+from wingsbak.appkeys import CONFIG, JOBS, STORES, USED_TOKENS
 from wingsbak.browse.catalog import Catalog, Unopenable
 from wingsbak.browse.model import BackupFolder, BackupView, Entry, NotADirectory, NotFound
 from wingsbak.browse.restore import Exists, free_copy_name, restore_path
@@ -425,7 +425,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
     if not ours:
         return await forward(request, body)
     await _authorized(request)
-    if server in request.app[JOBS].restores:
+    if request.app[JOBS].is_restoring(server):
         return _error(409, RESTORING)
     for _item, src, dst in ours:
         place = Place(src)
@@ -485,7 +485,7 @@ async def copy(request: web.Request) -> web.StreamResponse:
     await _authorized(request)
     if place.backup is None or not place.path:
         return _error(404, NOT_FOUND)
-    if server in request.app[JOBS].restores:
+    if request.app[JOBS].is_restoring(server):
         return _error(409, RESTORING)
     _f, view = await _open(request, server, place)
     entry = await _stat(view, place.path)
@@ -585,7 +585,7 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     """Wings' file routes, before the pass-through's catch-all (wingsbak.wings.proxy)."""
-    app[CATALOG] = Catalog(list(app[JOBS].stores.all))
+    app[CATALOG] = Catalog(app[STORES].all)
     files = "/api/servers/{server}/files/"
     routes: list[tuple[str, str, Any]] = [
         ("GET", files + "list-directory", list_directory),

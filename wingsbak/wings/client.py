@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from wingsbak.errors import ServiceFailure
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)
@@ -30,7 +31,7 @@ CALL_TIMEOUT = aiohttp.ClientTimeout(total=15.0)
 PASS_THROUGH_BUFFER = 1024 * 1024
 
 
-class WingsError(Exception):
+class WingsError(ServiceFailure):
     """Wings could not be reached, or did not answer as its API does."""
 
 

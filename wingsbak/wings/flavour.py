@@ -1,7 +1,7 @@
 """Which Wings wingsbak stands in front of: Pelican's or Pterodactyl's.
 
 The two name their local backups differently and treat them differently when a server is
-deleted or transferred (see :mod:`wingsbak.storage.local` and :mod:`wingsbak.wings.lifecycle`),
+deleted or transferred (see :mod:`wingsbak.storage.backupdir` and :mod:`wingsbak.wings.lifecycle`),
 so wingsbak writes and cleans up as the Wings behind it does.
 
 Pelican Wings sets ``User-Agent: Pelican Wings/v<version> (id:<token id>)`` on every answer of

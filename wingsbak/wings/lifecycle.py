@@ -10,7 +10,7 @@ removes its local ones: only once Wings has answered the DELETE with success, an
 server whose outgoing transfer Wings accepted before (the panel then lists its backups on the
 new node: pelican-dev/panel ``ServerTransferController::success`` deletes the server from the
 old node afterwards). Local archives are Wings' to remove; wingsbak's earlier
-``<s>/backup-<uuid>.tar.gz`` go with Pelican's folder, and Pterodactyl's flat ones stay (with
+``<s>/<earlier>`` go with Pelican's folder, and Pterodactyl's flat ones stay (with
 their record), as Pterodactyl Wings' own do.
 
 Durable in ``<backup_directory>/.wingsbak-servers.json``: a removal is noted as *asked* before
@@ -20,13 +20,14 @@ whose answer never came (a kill, Wings gone mid-request) is settled by asking Wi
 it still has the server. An outgoing transfer is noted before its request goes to Wings and
 dropped only when Wings refuses it, when the server is deleted, when it comes back (an
 incoming transfer of it) or when a backup of it is accepted here (the panel takes none
-during a transfer, so the transfer failed).
+during a transfer, so the transfer failed). ``<archive>`` and ``<earlier>`` are Wings' and
+wingsbak's earlier name of a backup's archive (:mod:`wingsbak.archive.codecs`).
 
 Outgoing transfer (``POST /api/servers/{s}/transfer``): Pelican Wings streams only
-``<backup_directory>/<s>/<uuid>.tar.gz`` to the new node (``server/transfer/archive.go``
+``<backup_directory>/<s>/<archive>`` to the new node (``server/transfer/archive.go``
 StreamBackups), so the server's archives still under wingsbak's earlier name are given Wings'
 name first. Incoming transfer (``POST /api/transfers``): Pelican Wings writes the backups it
-receives to ``<backup_directory>/<s>/<uuid>.tar.gz`` (``router/router_transfer.go``), where
+receives to ``<backup_directory>/<s>/<archive>`` (``router/router_transfer.go``), where
 wingsbak finds them.
 """
 
@@ -47,12 +48,14 @@ from aiohttp import web
 from wingsbak import failpoint
 from wingsbak.answers import check_bearer
 from wingsbak.appkeys import CONFIG
+from wingsbak.archive.codecs import GZIP
 from wingsbak.config import PELICAN, PTERODACTYL, Config
 from wingsbak.jobs import JobManager
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
-from wingsbak.storage.restic import ResticError
-from wingsbak.storage.s3 import S3Error
+from wingsbak.storage.backupdir import BackupDirectory
+from wingsbak.storage.base import StoreError
+from wingsbak.storage.select import Stores
 from wingsbak.uuids import is_uuid
 from wingsbak.wings.client import WingsClient, WingsError
 from wingsbak.wings.flavour import WingsFlavour
@@ -71,10 +74,18 @@ JOB_POLL = 0.5
 
 class ServerLifecycle:
     def __init__(
-        self, config: Config, jobs: JobManager, wings: WingsClient, flavour: WingsFlavour
+        self,
+        config: Config,
+        jobs: JobManager,
+        wings: WingsClient,
+        flavour: WingsFlavour,
+        directory: BackupDirectory,
+        stores: Stores,
     ) -> None:
         self.config = config
         self.jobs = jobs
+        self.directory = directory
+        self.stores = stores
         self.wings = wings
         self.flavour = flavour
         self.path = config.backup_dir / STATE_NAME
@@ -220,8 +231,7 @@ class ServerLifecycle:
         if server is None:
             return await forward(request)
         if (self.flavour.known or await self.flavour.ask()) == PELICAN:
-            storage = self.jobs.storage
-            renamed = await asyncio.to_thread(storage.rename_to_wings_names, server)
+            renamed = await asyncio.to_thread(self.directory.rename_to_wings_names, server)
             if renamed:
                 log.info("backups_renamed_for_transfer", server=server, archives=renamed)
         new = server not in self.transferred
@@ -245,7 +255,7 @@ class ServerLifecycle:
         server = _transfer_subject(request, request.app[CONFIG].token)
         if server is None:
             return response
-        folder = self.jobs.storage.server_dir(server)
+        folder = self.directory.server_dir(server)
         archives = await asyncio.to_thread(_count_archives, folder)
         log.info("server_transfer_received", server=server, local_backups=archives)
         await self.server_here(server)
@@ -261,7 +271,7 @@ class ServerLifecycle:
     # -- removal -------------------------------------------------------------------------------
 
     def _has_stores(self) -> bool:
-        return self.jobs.s3 is not None or self.jobs.restic is not None
+        return self.stores.outlive_servers()
 
     async def _wings_removes_backups(self) -> bool:
         """Pelican's ``system.backups.remove_backups_on_server_delete``, read from Wings' file
@@ -304,7 +314,7 @@ class ServerLifecycle:
                     del self.removals[server]
                     await self._save()
                 return
-            except (WingsError, S3Error, ResticError) as exc:
+            except (WingsError, StoreError) as exc:
                 log.warning(
                     "server_backups_removal_retry", server=server, error=str(exc), retry_in=delay
                 )
@@ -333,18 +343,10 @@ class ServerLifecycle:
 
     async def _remove_stored(self, server: str) -> None:
         # A backup of the server still running would land after the listing.
-        while any(job.server == server for job in self.jobs.backups.values()):
+        while self.jobs.is_backing_up(server):
             await asyncio.sleep(JOB_POLL)
-        removed = await asyncio.to_thread(self._remove_stored_sync, server)
+        removed = await asyncio.to_thread(self.stores.remove_server, server)
         log.info("server_backups_removed", server=server, **removed)
-
-    def _remove_stored_sync(self, server: str) -> dict[str, int]:
-        removed: dict[str, int] = {}
-        if self.jobs.s3 is not None:
-            removed["s3_objects"] = self.jobs.s3.delete_server(server)
-        if self.jobs.restic is not None:
-            removed["restic_snapshots"] = self.jobs.restic.forget_server(server)
-        return removed
 
 
 LIFECYCLE = web.AppKey("server_lifecycle", ServerLifecycle)
@@ -386,7 +388,7 @@ def _transfer_subject(request: web.Request, token: str) -> str | None:
 
 def _count_archives(folder: Path) -> int:
     try:
-        return sum(1 for name in os.listdir(folder) if name.endswith(".tar.gz"))
+        return sum(1 for name in os.listdir(folder) if name.endswith(GZIP.suffix))
     except OSError:
         return 0
 

@@ -292,7 +292,7 @@ class _Pause:
             with contextlib.suppress(RuntimeError):  # the loop closed while stopping
                 loop.call_soon_threadsafe(self._start_resume)
 
-        options = {**source.options, "on_read_end": read_end}
+        options = dataclasses.replace(source.options, on_read_end=read_end)
         self.paused.source = dataclasses.replace(source, options=options)
 
     async def _clone(self, source: BackupSource) -> Path | None:

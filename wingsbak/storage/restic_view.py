@@ -19,10 +19,12 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from wingsbak.browse.model import Entry, EntryKind, NotADirectory, NotFound, Readable
-from wingsbak.storage.restic import ResticError, ResticStore
+
+if TYPE_CHECKING:  # the store imports this module: no import back at run time
+    from wingsbak.storage.restic import ResticStore
 
 __all__ = ["ResticView"]
 
@@ -174,13 +176,3 @@ class ResticView:
             finally:
                 p.close()
 
-
-def find_snapshot(store: ResticStore, server: str, backup: str) -> str:
-    """The id of a backup's snapshot; :class:`NotFound` when the repository has none."""
-    snapshot = store.find(server, backup)
-    if snapshot is None:
-        raise NotFound(backup)
-    return snapshot.id
-
-
-__all__ += ["ResticError", "find_snapshot"]
