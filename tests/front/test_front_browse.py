@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Awaitable, Callable
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from tests.support.daemon_helpers import auth, new_uuid
+from tests.support.restic_helpers import restic_backups
+from tests.support.s3_helpers import s3_config
 from tests.support.wings_standin import panel_file_token
 
 LIVE = {
@@ -28,20 +32,44 @@ FOLDER = re.compile(r"^\d{4}-\d\d-\d\d_\d{4}_(?P<uuid>[0-9a-f-]{36})$")
 GO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)$")
 
 
-async def local_backup(front: Any, panel: Any, node: Any, server: str) -> str:
-    backup = new_uuid()
-    assert (await front.post_backup(server, backup))[0] == 202
-    assert (await panel.wait_report(backup)).json["successful"] is True
-    return backup
+class Store:
+    """A store the daemon backs up into (``config``: its ``system.backups`` keys)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    async def __call__(self, front: Any, panel: Any, node: Any, server: str) -> str:
+        backup = new_uuid()
+        assert (await front.post_backup(server, backup))[0] == 202
+        assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+        return backup
 
 
-# The node bucket and restic join here at integration (their views are the engine's).
-STORES: dict[str, Callable[..., Awaitable[str]]] = {"local": local_backup}
+def local_store(request: Any) -> Store:
+    return Store({})
+
+
+def node_bucket_store(request: Any) -> Store:
+    endpoint, bucket = (request.getfixturevalue(n) for n in ("moto_endpoint", "bucket"))
+    return Store({"store": "s3", "s3": asdict(s3_config(endpoint, bucket))})
+
+
+def restic_store(request: Any) -> Store:
+    if shutil.which("restic") is None:
+        pytest.skip("restic is not installed")
+    return Store(restic_backups(request.getfixturevalue("tmp_path")))
+
+
+STORES: dict[str, Callable[[Any], Store]] = {
+    "local": local_store,
+    "node-bucket": node_bucket_store,
+    "restic": restic_store,
+}
 
 
 @pytest.fixture(params=sorted(STORES))
-def make_backup(request: Any) -> Callable[..., Awaitable[str]]:
-    return STORES[request.param]
+def make_backup(request: Any) -> Store:
+    return STORES[request.param](request)
 
 
 async def backed_up(front, panel, node, wings, make_backup) -> tuple[str, str, str]:
@@ -100,7 +128,7 @@ def r_method(route: str) -> str:
 async def test_the_folder_lists_backups_and_their_files_in_wings_shape(
     start_front, panel, node, wings, make_backup
 ):
-    front = await start_front()
+    front = await start_front(**make_backup.config)
     server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
 
     root = {item["name"]: item for item in await ls(front, server, "/")}
@@ -144,7 +172,7 @@ async def test_the_folder_lists_backups_and_their_files_in_wings_shape(
 async def test_contents_and_download_link_give_the_backed_up_bytes(
     start_front, panel, node, wings, make_backup
 ):
-    front = await start_front()
+    front = await start_front(**make_backup.config)
     server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
     assert await contents(front, server, f"/.backups/{folder}/world/level.dat") == (
         200,
@@ -177,7 +205,7 @@ async def test_contents_and_download_link_give_the_backed_up_bytes(
 async def test_move_out_of_a_backup_restores_a_file_and_a_folder(
     start_front, panel, node, wings, make_backup
 ):
-    front = await start_front()
+    front = await start_front(**make_backup.config)
     server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
     root = node.data / server
     rename = f"/api/servers/{server}/files/rename"
@@ -210,7 +238,7 @@ async def test_move_out_of_a_backup_restores_a_file_and_a_folder(
 async def test_copy_in_a_backup_restores_beside_the_live_file_named_as_wings_names_copies(
     start_front, panel, node, wings, make_backup
 ):
-    front = await start_front()
+    front = await start_front(**make_backup.config)
     server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
     root = node.data / server
     copy = f"/api/servers/{server}/files/copy"
@@ -240,7 +268,7 @@ async def test_copy_in_a_backup_restores_beside_the_live_file_named_as_wings_nam
 async def test_writes_inside_the_folder_are_refused_and_never_reach_wings(
     start_front, panel, node, wings, make_backup
 ):
-    front = await start_front()
+    front = await start_front(**make_backup.config)
     server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
     inside = f"/.backups/{folder}"
     files = f"/api/servers/{server}/files"
@@ -302,7 +330,7 @@ async def test_writes_inside_the_folder_are_refused_and_never_reach_wings(
 async def test_paths_cannot_leave_the_backup_or_the_server(
     start_front, panel, node, wings, make_backup, tmp_path
 ):
-    front = await start_front()
+    front = await start_front(**make_backup.config)
     server, _backup, folder = await backed_up(front, panel, node, wings, make_backup)
     root = node.data / server
     # Spelled with doubled slashes and encoded dots, still the same backup file.
@@ -347,7 +375,7 @@ async def test_paths_cannot_leave_the_backup_or_the_server(
 
 
 async def test_a_real_backups_folder_wins(start_front, panel, node, wings, make_backup, capsys):
-    front = await start_front()
+    front = await start_front(**make_backup.config)
     server = node.server({**LIVE, ".backups/players.dat": "mine"})
     wings.server(server)
     await make_backup(front, panel, node, server)
@@ -367,7 +395,7 @@ async def test_a_real_backups_folder_wins(start_front, panel, node, wings, make_
 
 
 async def test_the_feature_can_be_off_or_renamed(start_front, panel, node, wings, make_backup):
-    front = await start_front(browse_folder="")
+    front = await start_front(browse_folder="", **make_backup.config)
     server = node.server(dict(LIVE))
     wings.server(server)
     await make_backup(front, panel, node, server)
@@ -380,7 +408,7 @@ async def test_the_feature_can_be_off_or_renamed(start_front, panel, node, wings
 
 
 async def test_the_folder_can_be_renamed(start_front, panel, node, wings, make_backup):
-    front = await start_front(browse_folder="Backups")
+    front = await start_front(browse_folder="Backups", **make_backup.config)
     server = node.server(dict(LIVE))
     wings.server(server)
     backup = await make_backup(front, panel, node, server)

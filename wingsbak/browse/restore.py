@@ -11,20 +11,28 @@ would point out of the server is left out. Links are restored as links, never fo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
+import json
 import os
+import secrets
 import shutil
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from wingsbak import failpoint
 from wingsbak.archive.extract import open_server_root
 from wingsbak.browse.model import BackupView, Entry
 from wingsbak.log import get_logger
+from wingsbak.statefile import write_json_atomic
 
-__all__ = ["Exists", "RestoredPath", "free_copy_name", "restore_path"]
+__all__ = ["Exists", "PendingTemps", "RestoredPath", "free_copy_name", "restore_path"]
 
 log = get_logger(__name__)
 
@@ -49,19 +57,80 @@ class RestoredPath:
 
 
 def _temp_name() -> str:
-    return f"{TEMP_PREFIX}{os.getpid()}-{next(_seq)}"
+    return f"{TEMP_PREFIX}{os.getpid()}-{next(_seq)}-{secrets.token_hex(4)}"
+
+
+class PendingTemps:
+    """The temporaries of single-path restores under way, on disk before each is made and
+    until it is gone, so that a start after a kill removes what one left: a part-built copy
+    (the live path untouched) or, after a folder's swap, the old folder it replaced (the
+    restore rolled forward). Nothing of a server is ever left under a hidden name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, Any]] = {}
+
+    def _save(self) -> None:
+        write_json_atomic(self.path, self._pending)
+
+    @contextmanager
+    def holding(self, root: str | os.PathLike[str], folder: list[str], temp: str) -> Iterator[None]:
+        with self._lock:
+            self._pending[temp] = {"root": os.fspath(root), "folder": folder}
+            self._save()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pending.pop(temp, None)
+                self._save()
+
+    def recover(self) -> int:
+        """Blocking, at start: remove every temporary an earlier run left; how many."""
+        try:
+            left = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.error("browse_restore_record_unreadable", path=str(self.path), error=str(exc))
+            return 0
+        removed = 0
+        for temp, place in left.items() if isinstance(left, dict) else ():
+            if not (isinstance(place, dict) and temp.startswith(TEMP_PREFIX) and "/" not in temp):
+                continue
+            try:
+                with _parent_of(place["root"], [*place["folder"], temp], None, create=False) as fd:
+                    _remove(fd, temp)
+                removed += 1
+                log.warning("browse_restore_interrupted_cleaned", root=place["root"], temp=temp)
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # a server gone or its root replaced: logged, not fatal
+                log.error("browse_restore_temp_not_removed", temp=temp, error=str(exc))
+        with self._lock:
+            self._save()
+        return removed
 
 
 @contextmanager
-def _parent_of(root: str | os.PathLike[str], parts: list[str], owner: tuple[int, int] | None
-               ) -> Iterator[int]:
-    """The destination's folder, open, never through a symlink; missing folders created."""
+def _parent_of(
+    root: str | os.PathLike[str],
+    parts: list[str],
+    owner: tuple[int, int] | None,
+    *,
+    create: bool = True,
+) -> Iterator[int]:
+    """The destination's folder, open, never through a symlink; missing folders created
+    (with ``create``; else :class:`FileNotFoundError`)."""
     fd = open_server_root(root, create=False)
     try:
         for name in parts[:-1]:
             try:
                 nxt = os.open(name, _DIR, dir_fd=fd)
             except FileNotFoundError:
+                if not create:
+                    raise
                 try:
                     os.mkdir(name, 0o755, dir_fd=fd)
                     if owner is not None:
@@ -160,6 +229,7 @@ def restore_path(
     *,
     owner: tuple[int, int] | None,
     overwrite: bool = True,
+    pending: PendingTemps | None = None,
 ) -> RestoredPath:
     """``source`` of the backup as ``root/<dest parts>`` (parts already checked: no ``..``,
     none empty). ``overwrite`` False: :class:`Exists` rather than replace anything."""
@@ -167,16 +237,27 @@ def restore_path(
     with _parent_of(root, dest, owner) as parent:
         builder = _Builder(view, owner, len(dest) - 1)
         temp = _temp_name()
-        try:
-            builder.entry(parent, temp, entry, len(dest) - 1)
-            _place(parent, temp, dest[-1], entry.kind == "dir", overwrite)
-        except BaseException:
+        held = pending.holding(root, dest[:-1], temp) if pending else contextlib.nullcontext()
+        with held:
             try:
-                _remove(parent, temp)
-            except FileNotFoundError:
-                pass
-            raise
+                builder.entry(parent, temp, entry, len(dest) - 1)
+                if builder.done.skipped and not _exists(parent, temp):
+                    return builder.done  # the one entry could not be restored (logged)
+                failpoint.hit("browse-restore-built")
+                _place(parent, temp, dest[-1], entry.kind == "dir", overwrite)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    _remove(parent, temp)
+                raise
         return builder.done
+
+
+def _exists(parent: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=parent)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _place(parent: int, temp: str, name: str, is_dir: bool, overwrite: bool) -> None:
@@ -198,6 +279,7 @@ def _place(parent: int, temp: str, name: str, is_dir: bool, overwrite: bool) -> 
         return
     if is_dir:
         _exchange(parent, temp, name)
+        failpoint.hit("browse-restore-swapped")
         _remove(parent, temp)  # the old folder, now under the temporary name
     else:
         os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)  # atomic, never follows

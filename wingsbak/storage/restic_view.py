@@ -7,15 +7,19 @@ while a command runs, so a prune never removes what is being read. Every method 
 (call it from a worker thread): the child process is read and waited for there, and stopped
 (SIGINT, then killed) when the reader is closed early.
 
-``restic ls --json`` does not give a symlink's target: a restic backup's symlinks are listed
-with an empty ``linkname``.
+``restic ls --json`` does not give a symlink's target (cmd_ls.go: ``json:"-"``): it is read
+when asked for (a stat of the link, or a walk for a restore) from the links alone restored
+by ``restic restore --include``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import re
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -106,6 +110,7 @@ class ResticView:
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] | None = None
         self._children: dict[str, list[Entry]] = {}
+        self._links: dict[str, str] = {}  # a symlink's path -> its target
 
     def _tree(self) -> dict[str, Entry]:
         with self._lock:
@@ -141,7 +146,7 @@ class ResticView:
             listing.sort(key=lambda e: e.name.encode("utf-8", "surrogateescape"))
         return entries, children
 
-    def stat(self, path: str) -> Entry:
+    def _stat(self, path: str) -> Entry:
         key = path.strip("/")
         tree = self._tree()
         if not key:
@@ -151,18 +156,45 @@ class ResticView:
             raise NotFound(path)
         return entry
 
+    def stat(self, path: str) -> Entry:
+        entry = self._stat(path)
+        return self._with_targets([entry])[0] if entry.kind == "symlink" else entry
+
+    def _with_targets(self, entries: list[Entry]) -> list[Entry]:
+        """Symlinks given their targets, which ``restic ls --json`` leaves out: restored
+        (only them) by one ``restic restore --include ...`` into a private folder, and read
+        there with readlink, never followed."""
+        wanted = [e.path for e in entries if e.kind == "symlink" and e.path not in self._links]
+        if wanted:
+            with tempfile.TemporaryDirectory(prefix="wingsbak-links-") as tmp:
+                includes = [arg for p in wanted for arg in ("--include", "/" + p)]
+                with self.store.use():
+                    self.store.run("restore", self.snapshot, "--target", tmp, *includes)
+                for p in wanted:
+                    try:
+                        self._links[p] = os.readlink(os.path.join(tmp, p))
+                    except OSError:
+                        self._links[p] = ""
+        links = self._links
+        return [
+            dataclasses.replace(e, linkname=links.get(e.path, "")) if e.kind == "symlink" else e
+            for e in entries
+        ]
+
     def listdir(self, path: str) -> list[Entry]:
-        entry = self.stat(path)
+        entry = self._stat(path)
         if entry.kind != "dir":
             raise NotADirectory(path)
         return list(self._children.get(entry.path, []))
 
     def walk(self, path: str) -> Iterator[Entry]:
-        top = self.stat(path)
+        yield from self._with_targets(list(self._below(self._stat(path))))
+
+    def _below(self, top: Entry) -> Iterator[Entry]:
         yield top
         if top.kind == "dir":
             for child in self._children.get(top.path, []):
-                yield from self.walk(child.path)
+                yield from self._below(child)
 
     @contextlib.contextmanager
     def open(self, path: str) -> Iterator[Readable]:

@@ -36,7 +36,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from wingsbak.answers import check_bearer
-from wingsbak.appkeys import CONFIG, JOBS, STORES, USED_TOKENS
+from wingsbak.appkeys import BROWSE_TEMPS, CATALOG, CONFIG, JOBS, USED_TOKENS
 from wingsbak.browse.catalog import Catalog, Unopenable
 from wingsbak.browse.model import BackupFolder, BackupView, Entry, NotADirectory, NotFound
 from wingsbak.browse.restore import Exists, free_copy_name, restore_path
@@ -58,7 +58,6 @@ from wingsbak.wings.proxy import (
 
 log = get_logger(__name__)
 
-CATALOG = web.AppKey("browse_catalog", Catalog)
 CHUNK = 1024 * 1024
 READ_ONLY = "This file cannot be modified: {} is a read-only view of the server's backups."
 NOT_FOUND = "The requested resources was not found on the system."  # request_error.go
@@ -440,7 +439,13 @@ async def rename(request: web.Request) -> web.StreamResponse:
         dest = request.app[JOBS].server_root(server)
         try:
             done = await asyncio.to_thread(
-                restore_path, view, place.path, dest, dst, owner=_owner(request)
+                restore_path,
+                view,
+                place.path,
+                dest,
+                dst,
+                owner=_owner(request),
+                pending=request.app[BROWSE_TEMPS],
             )
         except Exists:
             return _error(400, EXISTS)
@@ -499,7 +504,15 @@ async def copy(request: web.Request) -> web.StreamResponse:
         while True:
             name = free_copy_name(dest, live, copy_names(entry.name), owner)
             try:
-                restore_path(view, entry.path, dest, [*live, name], owner=owner, overwrite=False)
+                restore_path(
+                    view,
+                    entry.path,
+                    dest,
+                    [*live, name],
+                    owner=owner,
+                    overwrite=False,
+                    pending=request.app[BROWSE_TEMPS],
+                )
             except Exists:
                 continue  # taken meanwhile: the next free name
             return name
@@ -585,7 +598,6 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     """Wings' file routes, before the pass-through's catch-all (wingsbak.wings.proxy)."""
-    app[CATALOG] = Catalog(app[STORES].all)
     files = "/api/servers/{server}/files/"
     routes: list[tuple[str, str, Any]] = [
         ("GET", files + "list-directory", list_directory),
