@@ -87,7 +87,9 @@ def open_gzip_writer(
     threads = threads if threads is not None else compression_threads()
     if HAVE_ISAL and level != NONE:
         return MemberWriter(raw, _ISAL_LEVEL[level], threads, isal=True)  # type: ignore[return-value]
-    return MemberWriter(raw, _ZLIB_LEVEL[level], threads, isal=False)  # type: ignore[return-value]
+    # No compression runs in this thread, as zlib's GzipFile did: the sink paces the producer.
+    inline = level == NONE
+    return MemberWriter(raw, _ZLIB_LEVEL[level], threads, isal=False, inline=inline)  # type: ignore[return-value]
 
 
 def open_gzip_reader(raw: _Readable) -> BinaryIO:

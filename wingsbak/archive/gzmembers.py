@@ -20,8 +20,9 @@ import queue
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 try:
     from isal import isal_zlib
@@ -118,6 +119,23 @@ class _BlockCompressor:
         return out, self.module.crc32(data)
 
 
+class _Inline:
+    """An executor that runs each call at once, in the caller's thread."""
+
+    def submit(
+        self, fn: Callable[..., tuple[bytes, int]], /, *args: Any
+    ) -> Future[tuple[bytes, int]]:
+        future: Future[tuple[bytes, int]] = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
 class MemberWriter:
     """A writable that gzips into ``raw`` as independent members of ``member_size`` input
     bytes each; closing it finishes the stream (not ``raw``). ``members`` holds where each
@@ -127,6 +145,9 @@ class MemberWriter:
     block but a member's first with its predecessor's tail as dictionary, so the ratio is
     that of one stream to within a dictionary reset per member. A block's input is copied
     once, into one of a few reused buffers, which go back to the pool once compressed.
+    ``inline``: compress and write in the caller's thread instead, each block as it fills
+    (for no compression, where a thread would buy nothing and the caller is to be paced by
+    the sink).
     """
 
     def __init__(
@@ -138,6 +159,7 @@ class MemberWriter:
         isal: bool = HAVE_ISAL,
         member_size: int = MEMBER_SIZE,
         block_size: int = BLOCK_SIZE,
+        inline: bool = False,
     ) -> None:
         if member_size % block_size:
             raise ValueError("a member is a whole number of blocks")
@@ -157,7 +179,9 @@ class MemberWriter:
             return compressor(data, zdict)
 
         self._compress = compress
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gzmember")
+        self._pool: ThreadPoolExecutor | _Inline = (
+            _Inline() if inline else ThreadPoolExecutor(threads, thread_name_prefix="gzmember")
+        )
         # Buffers in flight bound memory, and hold the producer back when the sink is slow.
         self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(2 * threads + 1):
@@ -171,10 +195,15 @@ class MemberWriter:
         self._error: BaseException | None = None
         self._queued = 0  # uncompressed bytes handed to the pool
         self._closed = False
-        self._writer = threading.Thread(
-            target=self._write_members, name="gzmember-writer", daemon=True
-        )
-        self._writer.start()
+        self._written = 0  # compressed bytes written to raw
+        self._crc = self._member_size = 0  # of the open member
+        self._open_member = False
+        self._writer: threading.Thread | None = None
+        if not inline:
+            self._writer = threading.Thread(
+                target=self._write_members, name="gzmember-writer", daemon=True
+            )
+            self._writer.start()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         if self._error is not None:
@@ -199,7 +228,10 @@ class MemberWriter:
         zdict = b"" if first else self._tail
         self._tail = bytes(buf[length - _DICT : length]) if length >= _DICT else bytes(buf[:length])
         future = self._pool.submit(self._compress, memoryview(buf)[:length], zdict)
-        self._queue.put((future, buf, start, length))
+        if self._writer is None:
+            self._write_block(future, buf, start, length)
+        else:
+            self._queue.put((future, buf, start, length))
         while True:
             if self._error is not None:
                 raise self._error
@@ -212,57 +244,60 @@ class MemberWriter:
         self._fill = 0
 
     def _write_members(self) -> None:
-        written = 0  # compressed bytes written to raw
-        crc = size = 0  # of the open member
-        open_member = False
-
-        def put(data: bytes) -> None:
-            nonlocal written
-            self.raw.write(data)
-            written += len(data)
-
-        def finish() -> None:
-            put(_FINAL + struct.pack("<II", crc, size & 0xFFFFFFFF))
-
         while True:
             item = self._queue.get()
             if item is None:
-                if self._error is None:
-                    try:
-                        if not open_member:  # nothing written: an empty member
-                            self.members.append((written, 0))
-                            put(self._header)
-                        finish()
-                        self.members.append((written, self._queued))
-                        put(size_member(self._queued))
-                    except BaseException as exc:
-                        self._error = exc
+                self._end()
                 return
-            future, buf, start, length = item
-            try:
-                if self._error is None:
-                    compressed, block_crc = future.result()
-                    if start % self.member_size == 0:
-                        if open_member:
-                            finish()
-                        self.members.append((written, start))
-                        put(self._header)
-                        crc = size = 0
-                        open_member = True
-                    if not size:
-                        crc = block_crc
-                    elif HAVE_ISAL:
-                        crc = isal_zlib.crc32_combine(crc, block_crc, length)
-                    else:  # Python's zlib has no crc32_combine
-                        crc = zlib.crc32(memoryview(buf)[:length], crc)
-                    size += length
-                    put(compressed)
-            except BaseException as exc:
-                self._error = exc
-            finally:
-                # Back to the pool only once compressed (cancelled futures never ran).
-                future.cancel() or future.exception()
-                self._free.put(buf)
+            self._write_block(*item)
+
+    def _write_block(
+        self, future: Future[tuple[bytes, int]], buf: bytearray, start: int, length: int
+    ) -> None:
+        try:
+            if self._error is None:
+                compressed, block_crc = future.result()
+                if start % self.member_size == 0:
+                    if self._open_member:
+                        self._finish_member()
+                    self.members.append((self._written, start))
+                    self._put(self._header)
+                    self._crc = self._member_size = 0
+                    self._open_member = True
+                if not self._member_size:
+                    self._crc = block_crc
+                elif HAVE_ISAL:
+                    self._crc = isal_zlib.crc32_combine(self._crc, block_crc, length)
+                else:  # Python's zlib has no crc32_combine
+                    self._crc = zlib.crc32(memoryview(buf)[:length], self._crc)
+                self._member_size += length
+                self._put(compressed)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            # Back to the pool only once compressed (cancelled futures never ran).
+            future.cancel() or future.exception()
+            self._free.put(buf)
+
+    def _end(self) -> None:
+        if self._error is not None:
+            return
+        try:
+            if not self._open_member:  # nothing written: an empty member
+                self.members.append((self._written, 0))
+                self._put(self._header)
+            self._finish_member()
+            self.members.append((self._written, self._queued))
+            self._put(size_member(self._queued))
+        except BaseException as exc:
+            self._error = exc
+
+    def _put(self, data: bytes) -> None:
+        self.raw.write(data)
+        self._written += len(data)
+
+    def _finish_member(self) -> None:
+        self._put(_FINAL + struct.pack("<II", self._crc, self._member_size & 0xFFFFFFFF))
 
     def flush(self) -> None:
         pass
@@ -282,8 +317,11 @@ class MemberWriter:
             if self._error is None and self._fill:
                 self._submit()
         finally:
-            self._queue.put(None)
-            self._writer.join()
+            if self._writer is None:
+                self._end()
+            else:
+                self._queue.put(None)
+                self._writer.join()
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self._error is not None:
             raise self._error
