@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from wingsbak.browse.catalog import Catalog
+from wingsbak.browse.restore import PendingTemps
 from wingsbak.config import Config
 from wingsbak.events import EventBus
 from wingsbak.jobs import JobManager
@@ -24,3 +26,5 @@ METRICS = web.AppKey("metrics", Metrics)
 PANEL = web.AppKey("panel", PanelClient)
 OUTBOX = web.AppKey("outbox", Outbox)
 USED_TOKENS = web.AppKey("used_tokens", UsedTokens)
+CATALOG = web.AppKey("catalog", Catalog)
+BROWSE_TEMPS = web.AppKey("browse_temps", PendingTemps)

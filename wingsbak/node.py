@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+from wingsbak.browse.catalog import Catalog
+from wingsbak.browse.restore import PendingTemps
 from wingsbak.config import Config
 from wingsbak.events import EventBus
 from wingsbak.freespace import FreeSpace
@@ -28,6 +30,7 @@ from wingsbak.wings.identity import NodeIdentity
 from wingsbak.wings.lifecycle import ServerLifecycle
 from wingsbak.wings.quiesce import Quiesce
 
+BROWSE_RECORD = ".wingsbak-browse-restores.json"
 
 class Node:
     def __init__(self, config: Config, identity: NodeIdentity | None = None) -> None:
@@ -75,6 +78,9 @@ class Node:
             space=FreeSpace(config, self.directory, self.metrics),
             stop_server=self.wings.stop_and_wait if self.wings is not None else None,
         )
+        # The backups' folder of the file manager, and its single-path restores' temporaries.
+        self.catalog = Catalog(self.stores.all)
+        self.browse_temps = PendingTemps(config.backup_dir / BROWSE_RECORD)
         self.watch = Watch(config, self.metrics, self.outbox)
         self.jobs.on_job_end = self.watch.job_end
         self.verifier = Verifier(config, self.jobs, self.watch, self.stores)
@@ -96,6 +102,7 @@ class Node:
         await self.outbox.load()
         await self.watch.start()
         await self.jobs.recover()
+        await asyncio.to_thread(self.browse_temps.recover)
         self.stores.start()
         await self.verifier.start()
         if self.lifecycle is not None:

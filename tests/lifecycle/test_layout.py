@@ -61,10 +61,14 @@ async def test_a_backup_is_named_and_placed_as_the_fronted_wings_names_its_own(
     backup = await backed_up(proc, panel, server)
     if flavour == PELICAN:
         archive = node.backups / server / f"{backup}.tar.gz"
-        expected = [f"{server}/{backup}.tar.gz", f"{server}/{backup}.tar.gz.sha1"]
+        expected = [
+            f"{server}/{backup}.tar.gz",
+            f"{server}/{backup}.tar.gz.index",
+            f"{server}/{backup}.tar.gz.sha1",
+        ]
     else:
         archive = node.backups / f"{backup}.tar.gz"
-        expected = [f"{backup}.tar.gz", f"{backup}.tar.gz.sha1"]
+        expected = [f"{backup}.tar.gz", f"{backup}.tar.gz.index", f"{backup}.tar.gz.sha1"]
         record = json.loads((node.backups / ".wingsbak-backup-servers.json").read_text())
         assert record == {backup: server}
     assert archives(node) == expected
@@ -121,7 +125,7 @@ async def test_a_configured_flavour_wins_over_wings_answers(
     wings.server(server)
     assert (await call(proc, "GET", f"/api/servers/{server}"))[0] == 200
     backup = await backed_up(proc, panel, server)
-    assert archives(node) == [f"{backup}.tar.gz", f"{backup}.tar.gz.sha1"]
+    assert archives(node) == [f"{backup}.tar.gz", f"{backup}.tar.gz.index", f"{backup}.tar.gz.sha1"]
     assert log_events(proc, "wings_flavour_differs_from_forced", seen=PELICAN)
 
 
@@ -132,7 +136,11 @@ async def test_standalone_keeps_pelicans_layout(
     await proc.start()
     server = node.server(FILES)
     backup = await backed_up(proc, panel, server)
-    assert archives(node) == [f"{server}/{backup}.tar.gz", f"{server}/{backup}.tar.gz.sha1"]
+    assert archives(node) == [
+        f"{server}/{backup}.tar.gz",
+        f"{server}/{backup}.tar.gz.index",
+        f"{server}/{backup}.tar.gz.sha1",
+    ]
     sidecar_checks(node.backups / server / f"{backup}.tar.gz")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from restore_helpers import snapshot
 
-from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, wait_until
+from tests.support.daemon_helpers import DaemonProcess, Node, Panel, new_uuid, paused, wait_until
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.extract import recover_stagings
 from wingsbak.archive.staging import CONFLICT_SUFFIX, STAGING_PREFIX
@@ -68,14 +68,6 @@ def new_tree(src: Path) -> None:
 
 def hidden_leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith(".wingsbak"))
-
-
-def paused(proc: subprocess.Popen[bytes]) -> bool:
-    """Whether the process stopped itself at its failpoint (state T in /proc)."""
-    if proc.poll() is not None:
-        raise AssertionError(f"it exited {proc.returncode} before its failpoint")
-    stat = Path(f"/proc/{proc.pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] == "T"
 
 
 def stopped(proc: DaemonProcess) -> bool:

@@ -404,3 +404,11 @@ def unsigned(claims: dict[str, Any]) -> str:
     """A token with ``alg: none``, crafted by hand (empty signature)."""
     header = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     return f"{header}.{b64url(json.dumps(claims).encode())}."
+
+
+def paused(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether the process stopped itself at its failpoint (state T in /proc)."""
+    if proc.poll() is not None:
+        raise AssertionError(f"it exited {proc.returncode} before its failpoint")
+    stat = Path(f"/proc/{proc.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"

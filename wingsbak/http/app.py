@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from wingsbak.appkeys import (
+    BROWSE_TEMPS,
+    CATALOG,
     CONFIG,
     EVENTS,
     JOBS,
@@ -53,6 +55,8 @@ def create_app(node: Node) -> web.Application:
     app[METRICS] = node.metrics
     app[USED_TOKENS] = node.used_tokens
     app[JOBS] = node.jobs
+    app[CATALOG] = node.catalog
+    app[BROWSE_TEMPS] = node.browse_temps
     app.on_response_prepare.append(make_identify(lambda: app[CONFIG].token_id))
     app.add_routes(backups.routes)
     app.add_routes(download.routes)

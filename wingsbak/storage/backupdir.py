@@ -19,6 +19,7 @@ for download, restore, delete and the duplicate check.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -286,6 +287,8 @@ class BackupDirectory:
             failpoint.hit("rename-archive-renamed")
             for kind in CHECKSUM_TYPES:
                 sidecar_path(old, kind).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # a first browse's, still valid
+                os.replace(index_path(old), index_path(new))
             renamed += 1
         return renamed
 

@@ -1,0 +1,77 @@
+"""A Move out of the file manager's ``.backups`` folder (a single-path restore) killed at each
+of its steps, with the real daemon process in front of the Wings stand-in: the start after
+the kill finishes or undoes it, and nothing of the server stays under a hidden name
+(wingsbak/browse/restore.py PendingTemps)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lifecycle_helpers import backed_up, call, in_front
+
+from tests.support.daemon_helpers import PELICAN, DaemonProcess, Node, Panel, paused, wait_until
+from tests.support.wings_standin import WingsStandin
+
+FILES = {f"world/region/r.{i}.mca": f"saved {i}\n" * 200 for i in range(20)}
+FILES["world/level.dat"] = "level as saved"
+# The step -> whether the live folder is the backup's afterwards (rolled forward).
+STEPS = {"browse-restore-built": False, "browse-restore-swapped": True}
+
+
+def contents(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def hidden(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob(".wingsbak-part-*"))
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+async def test_a_move_killed_at_each_step_is_finished_or_undone(
+    daemon_process: Callable[..., DaemonProcess],
+    node: Node,
+    wings: WingsStandin,
+    panel: Panel,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    monkeypatch.setenv("WINGSBAK_FAILPOINT", f"{step}:pause")
+    proc = in_front(daemon_process, node, wings, panel, PELICAN)
+    await proc.start()
+    monkeypatch.delenv("WINGSBAK_FAILPOINT")  # the restart runs without it
+    server = node.server(dict(FILES))
+    wings.server(server)
+    root = node.data / server
+    await backed_up(proc, panel, server)
+    saved = contents(root / "world")
+    (root / "world/level.dat").write_text("griefed")
+    (root / "world/region/r.3.mca").unlink()
+    (root / "world/added.txt").write_text("after the backup")
+    griefed = contents(root / "world")
+
+    status, listing = await call(
+        proc, "GET", f"/api/servers/{server}/files/list-directory?directory=/.backups"
+    )
+    assert status == 200, listing
+    folder = listing[0]["name"]
+    moved = [{"from": "world", "to": "../../world"}]
+    body: dict[str, Any] = {"root": f"/.backups/{folder}", "files": moved}
+    move = asyncio.ensure_future(call(proc, "PUT", f"/api/servers/{server}/files/rename", body))
+    assert proc.proc is not None
+    await wait_until(lambda: paused(proc.proc), f"the daemon to stop at {step}")
+    assert hidden(root)  # the temporary is there: the copy, or the old folder swapped out
+    assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
+    move.cancel()
+
+    await proc.start()
+    assert hidden(root) == []
+    assert contents(root / "world") == (saved if STEPS[step] else griefed)
+    assert "browse_restore_interrupted_cleaned" in proc.logs()
+    assert await proc.stop() == 0
