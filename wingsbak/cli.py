@@ -188,7 +188,7 @@ def node_stores(cfg: Any) -> list[Any]:
 
 
 def _open_backup(target: str, config_path: str | None) -> Any:
-    """The view of BACKUP: the path of a .tar.gz, or a backup uuid looked up in the
+    """The view of BACKUP: the path of an archive file, or a backup uuid looked up in the
     configured stores (as ``verify`` finds one)."""
     from wingsbak.browse import catalog
     from wingsbak.browse.tarview import open_local_archive

@@ -208,7 +208,7 @@ class BackupsConfig:
     # file system, after its estimated size: bytes, or a percentage of the file system.
     min_free_space: str = "5%"
     # Where backups of the panel's ``wings`` adapter go (its ``s3`` adapter is always the
-    # panel's pre-signed flow): local .tar.gz, the node's bucket (s3) or a restic repository.
+    # panel's pre-signed flow): local archives, the node's bucket (s3) or a restic repository.
     store: str = "local"
     # The node's own bucket: the s3 store, and where its earlier backups are found.
     s3: S3Config = field(default_factory=S3Config)

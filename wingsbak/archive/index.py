@@ -220,7 +220,7 @@ class IndexData:
 
 
 def index_path(archive: str | os.PathLike[str]) -> Path:
-    """``<archive>.index``: beside it, and not a ``.tar.gz``, so no backup listing shows it."""
+    """``<archive>.index``: beside it, not named as an archive: no backup listing shows it."""
     return Path(f"{os.fspath(archive)}{INDEX_SUFFIX}")
 
 

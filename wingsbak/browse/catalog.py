@@ -13,15 +13,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from wingsbak.browse.model import BackupFolder, BackupView, Browsable
 from wingsbak.log import get_logger
-
-if TYPE_CHECKING:
-    from wingsbak.storage.base import BackupStore
 
 log = get_logger(__name__)
 
@@ -31,13 +28,23 @@ FOLDERS_TTL = 10.0
 OPEN_VIEWS = 4  # views kept open (each holds an index or a listing, and a file)
 
 
+class Store(Protocol):
+    """What the catalog asks of a store (wingsbak.storage.base.BackupStore, below it)."""
+
+    name: str
+
+    def browsable(self, server: str) -> Iterable[Browsable]: ...
+
+    def server_of(self, backup: str) -> str | None: ...
+
+
 class Unopenable(Exception):
     """The backup is listed but this node cannot open it (now)."""
 
 
 @dataclass
 class Catalog:
-    stores: Sequence[BackupStore]
+    stores: Sequence[Store]
     _folders: dict[str, tuple[float, list[Browsable]]] = field(default_factory=dict)
     _views: OrderedDict[str, BackupView] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -1,5 +1,5 @@
 """What a browsable backup is, whatever holds it: a tree of :class:`Entry` read through a
-:class:`BackupView`. A ``.tar.gz`` (indexed or not) and a restic snapshot each give one;
+:class:`BackupView`. An archive (indexed or not) and a restic snapshot each give one;
 listings, reads, downloads and single-path restores use only this.
 
 Paths are relative POSIX paths inside the backup, without a leading ``/``; ``""`` is its root.

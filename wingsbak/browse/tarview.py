@@ -1,4 +1,4 @@
-"""A backup archive (``.tar.gz``) browsed through its index (archive/index.py).
+"""A backup archive (a gzip tar) browsed through its index (archive/index.py).
 
 A listing reads only the index. Reading a file fetches and decompresses only the gzip
 members its headers and data span: from the member holding its first header block, the tar

@@ -22,13 +22,22 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 from wingsbak.browse.model import Entry, EntryKind, NotADirectory, NotFound, Readable
 
-if TYPE_CHECKING:  # the store imports this module: no import back at run time
-    from wingsbak.storage.restic import ResticStore
+
+class Repository(Protocol):
+    """What a view asks of the restic store (:class:`wingsbak.storage.restic.ResticStore`,
+    which makes the views: this module does not import it back)."""
+
+    def use(self) -> AbstractContextManager[None]: ...
+
+    def spawn(self, *args: str) -> Any: ...
+
+    def run(self, *args: str) -> bytes: ...
 
 __all__ = ["ResticView"]
 
@@ -104,7 +113,7 @@ class _Dump:
 class ResticView:
     """A BackupView of one snapshot of ``store``'s repository."""
 
-    def __init__(self, store: ResticStore, snapshot: str) -> None:
+    def __init__(self, store: Repository, snapshot: str) -> None:
         self.store = store
         self.snapshot = snapshot
         self._lock = threading.Lock()
