@@ -399,7 +399,9 @@ async def test_wings_configure_taking_the_public_port_is_logged_with_the_fix(bes
     await b.daemon.stop()
     start = len(b.log())
     await b.daemon.start()
-    assert "wings_config_takes_public_address" in b.log()[start:]
+    await wait_until(  # the check runs beside the start, which it never delays
+        lambda: "wings_config_takes_public_address" in b.log()[start:], "the error at start"
+    )
 
 
 # -- the README's "Beside Wings", followed as written, over TLS -------------------------------
