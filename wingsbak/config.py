@@ -25,9 +25,9 @@ import yaml
 from wingsbak.formats import BEST_SPEED, CHECKSUM_TYPES, COMPRESSION_LEVELS
 from wingsbak.patterns import compile_pattern
 
+T = TypeVar("T")
 # Which Wings the upstream is (api.upstream_flavour); local backups are laid out as it lays out
 # its own (wingsbak.storage.backupdir).
-T = TypeVar("T")
 AUTO, PELICAN, PTERODACTYL = "auto", "pelican", "pterodactyl"
 UPSTREAM_FLAVOURS = (AUTO, PELICAN, PTERODACTYL)
 
