@@ -46,9 +46,8 @@ from pathlib import Path
 from bench.dataset import DATA_DIR, MB, build_dataset, parse_size, tree_bytes
 from wingsbak.archive import archive_to_file
 from wingsbak.archive.options import ArchiveOptions
-from wingsbak.config import ResticConfig
 from wingsbak.storage.base import BackupSource
-from wingsbak.storage.restic import ResticStore
+from wingsbak.storage.restic import ResticConfig, ResticStore
 
 WORK = DATA_DIR / "restic"
 SERVER = "00000000-0000-4000-8000-00000000beef"

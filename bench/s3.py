@@ -119,7 +119,7 @@ def s3_key() -> str:
 
 def s3_config(args: argparse.Namespace) -> Any:
     """The node's S3 settings for a child backup."""
-    from wingsbak.config import S3Config
+    from wingsbak.storage.bucket import S3Config
 
     return S3Config(
         bucket=BUCKET,
@@ -356,8 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     ratio = s3["wall"] / local["wall"]
     rss_target = (args.concurrency + 2) * part_size + 100 * MIB
     print(f"data set: {src} ({data_bytes / MB:.0f} MB), level {args.level}, best of {args.runs}")
-    from wingsbak.config import S3Config
-    from wingsbak.storage.bucket import signs_payload
+    from wingsbak.storage.bucket import S3Config, signs_payload
 
     signed = signs_payload(S3Config(endpoint=endpoint, payload_signing=args.payload_signing))
     signing = "signed (SHA-256 of each part)" if signed else "unsigned"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wingsbak.config import ConfigError, load_config, parse_config
+from wingsbak.config import ConfigError
+from wingsbak.storage.select import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

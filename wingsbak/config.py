@@ -14,9 +14,10 @@ import re
 import secrets
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -24,11 +25,7 @@ import yaml
 from wingsbak.formats import BEST_SPEED, CHECKSUM_TYPES, COMPRESSION_LEVELS
 from wingsbak.patterns import compile_pattern
 
-MIN_S3_PART_SIZE = 5 * 1024 * 1024
-MAX_S3_PART_SIZE = 5 * 1024 * 1024 * 1024
-PAYLOAD_SIGNING = ("auto", "always", "never")
-STORES = ("local", "s3", "restic")
-RESTIC_COMPRESSION = ("auto", "max", "off")
+T = TypeVar("T")
 # Which Wings the upstream is (api.upstream_flavour); local backups are laid out as it lays out
 # its own (wingsbak.storage.backupdir).
 AUTO, PELICAN, PTERODACTYL = "auto", "pelican", "pterodactyl"
@@ -39,15 +36,9 @@ class ConfigError(ValueError):
     """A configuration value that wingsbak refuses, with the key that holds it."""
 
 
-# Keys whose values are secrets, or may hold one (a restic repository URL's password): a
-# refusal names the key and the kind of value, never the value (it is logged).
-SECRET_KEYS = (
-    "token",
-    "system.backups.s3.access_key_id",
-    "system.backups.s3.secret_access_key",
-    "system.backups.restic.repository",
-    "system.backups.restic.environment",
-)
+# Metadata of a field whose value is a secret, or may hold one (a repository URL's password):
+# a refusal names the key and the kind of value, never the value (it is logged).
+SECRET = types.MappingProxyType({"secret": True})
 _KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -61,12 +52,9 @@ def _kind(value: Any) -> str:
     return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
-def _shown(key: str, value: Any) -> str:
+def _shown(value: Any, secret: bool) -> str:
     """``value`` as a refusal quotes it: only its kind under a secret key."""
-    base = re.sub(r"\[\d+\]$", "", key)
-    if any(base == k or base.startswith(k + ".") for k in SECRET_KEYS):
-        return _kind(value)
-    return repr(value)
+    return _kind(value) if secret else repr(value)
 
 
 @dataclass(slots=True)
@@ -112,39 +100,6 @@ class ApiConfig:
     # Which Wings the upstream is (auto: learnt from its answers; pelican; pterodactyl): local
     # backups are named, and a server's deletion cleans up, as that Wings does.
     upstream_flavour: str = "auto"
-
-
-@dataclass(slots=True)
-class S3Config:
-    bucket: str = ""
-    region: str = "us-east-1"
-    endpoint: str = ""
-    access_key_id: str = ""
-    secret_access_key: str = ""
-    path_style: bool = False
-    part_size: int = MIN_S3_PART_SIZE
-    concurrency: int = 4
-    storage_class: str = ""
-    prefix: str = ""
-    # SHA-256 of each part in its SigV4 signature: "auto" signs over plain http only (https
-    # already protects the bytes in transit, as the AWS SDKs reason), "always" or "never".
-    payload_signing: str = "auto"
-
-
-@dataclass(slots=True)
-class ResticConfig:
-    # Anything restic accepts: a path, s3:..., rest:..., sftp:...
-    repository: str = ""
-    password_file: str = ""
-    binary: str = "restic"
-    # Passed to restic (e.g. AWS_ACCESS_KEY_ID for an s3: repository); never logged.
-    environment: dict[str, str] = field(default_factory=dict)
-    compression: str = "auto"
-    # Seconds between two prunes (space comes back after deletes).
-    prune_interval: float = 3600.0
-    # Seconds restic may keep retrying one operation on a repository it cannot reach before
-    # the command is stopped and fails (restic 0.17 and later retry for up to 15 minutes).
-    retry_timeout: float = 120.0
 
 
 @dataclass(slots=True)
@@ -208,22 +163,43 @@ class BackupsConfig:
     # file system, after its estimated size: bytes, or a percentage of the file system.
     min_free_space: str = "5%"
     # Where backups of the panel's ``wings`` adapter go (its ``s3`` adapter is always the
-    # panel's pre-signed flow): local archives, the node's bucket (s3) or a restic repository.
+    # panel's pre-signed flow): the name of a store (wingsbak.storage.select.REGISTERED).
     store: str = "local"
-    # The node's own bucket: the s3 store, and where its earlier backups are found.
-    s3: S3Config = field(default_factory=S3Config)
-    restic: ResticConfig = field(default_factory=ResticConfig)
+    # Each store's own block (system.backups.<its key>) as the store parsed and checked it
+    # (wingsbak.storage.select.validate): its typed settings, by key.
+    settings: dict[str, Any] = field(
+        default_factory=dict, metadata={"internal": True, "settings": True}
+    )
     # In front of Wings: the name of the read-only folder at a server's root in the panel's
     # file manager that shows its backups (wingsbak/wings/browse.py); empty: not shown.
     browse_folder: str = ".backups"
-    # Seconds between two checks of every stored backup (local and node-bucket archives read
-    # whole, restic repositories a slice at a time); 0: never.
+    # Seconds between two checks of every stored backup (each store checks its own: archives
+    # read whole, repositories a slice at a time); 0: never.
     verify_interval: float = 86400.0
     # MiB/s those checks read from an archive; 0: unlimited.
     verify_read_limit: float = 50.0
     # A JSON POST (Discord and Slack webhooks take it as is) for every failed backup or
     # restore and every backup that fails its check; empty: none.
     notify_url: str = ""
+    # The mapping as read: the stores' blocks are the stores' to parse (see settings_of).
+    raw: dict[str, Any] = field(default_factory=dict, metadata={"internal": True, "raw": True})
+
+    def settings_of(self, key: str, parse: Callable[[Any], T]) -> T:
+        """A store's settings (``system.backups.<key>``): as checked when the configuration
+        was read, else parsed with ``parse`` from the mapping now."""
+        if key not in self.settings:
+            self.settings[key] = parse(self.raw.get(key))
+        return typing.cast(T, self.settings[key])
+
+    def __getattr__(self, name: str) -> Any:
+        # ``system.backups.<key>`` of a store, read as an attribute (untyped: the store's
+        # own accessor is typed).
+        if name.startswith("__") or name in ("settings", "raw"):
+            raise AttributeError(name)
+        try:
+            return self.settings[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 @dataclass(slots=True)
@@ -247,7 +223,7 @@ class Config:
     wings_config: str = ""
     uuid: str = ""
     token_id: str = ""
-    token: str = ""
+    token: str = field(default="", metadata=SECRET)
     remote: str = ""
     api: ApiConfig = field(default_factory=ApiConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
@@ -266,38 +242,30 @@ class Config:
         return Path(self.system.backup_directory)
 
     @property
-    def s3_enabled(self) -> bool:
-        return bool(self.system.backups.s3.bucket)
-
-    @property
     def upstream(self) -> str:
         """Wings' API URL without a trailing slash; empty when standalone."""
         return self.api.upstream.rstrip("/")
 
-    @property
-    def restic_enabled(self) -> bool:
-        return bool(self.system.backups.restic.repository)
 
-
-def _check_scalar(key: str, value: Any, typ: Any) -> Any:
+def _check_scalar(key: str, value: Any, typ: Any, secret: bool = False) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {_shown(key, value)}")
+        raise ConfigError(f"{key}: expected true or false, got {_shown(value, secret)}")
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {_shown(key, value)}")
+        raise ConfigError(f"{key}: expected an integer, got {_shown(value, secret)}")
     if typ is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{key}: expected a number, got {_shown(key, value)}")
+        raise ConfigError(f"{key}: expected a number, got {_shown(value, secret)}")
     if typ is str:
         if value is None:
             return ""
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {_shown(key, value)}")
+        raise ConfigError(f"{key}: expected a string, got {_shown(value, secret)}")
     origin = typing.get_origin(typ)
     if origin is dict:
         if value is None:
@@ -319,8 +287,10 @@ def _check_scalar(key: str, value: Any, typ: Any) -> Any:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {_shown(key, value)}")
-        return [_check_scalar(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+            raise ConfigError(f"{key}: expected a list, got {_shown(value, secret)}")
+        return [
+            _check_scalar(f"{key}[{i}]", v, item_type, secret) for i, v in enumerate(value)
+        ]
     raise ConfigError(f"{key}: unsupported type {typ!r}")  # pragma: no cover
 
 
@@ -332,6 +302,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
+        if f.metadata.get("raw"):
+            values[f.name] = dict(raw)
+            continue
         if f.metadata.get("internal") or f.name not in raw:
             continue
         key = f"{prefix}.{f.name}" if prefix else f.name
@@ -347,8 +320,17 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         elif isinstance(typ, types.UnionType):  # pragma: no cover - no optional keys yet
             values[f.name] = raw[f.name]
         else:
-            values[f.name] = _check_scalar(key, raw[f.name], typ)
+            secret = bool(f.metadata.get("secret"))
+            values[f.name] = _check_scalar(key, raw[f.name], typ, secret)
     return cls(**values)
+
+
+def build_settings(cls: type[T], raw: Any, key: str) -> T:
+    """A store's settings dataclass from its block as read (None: absent, all defaults),
+    each value checked against its field's type as every key here is; ``key``: the block's
+    key (``system.backups.<key>``). A field with :data:`SECRET` metadata is never quoted."""
+    built: T = _build(cls, raw, key)
+    return built
 
 
 def _validate(cfg: Config) -> None:
@@ -371,43 +353,11 @@ def _validate(cfg: Config) -> None:
     for key in ("restore_idle_timeout", "restore_deadline"):
         if getattr(b, key) <= 0:
             raise ConfigError(f"system.backups.{key}: must be a positive number of seconds")
-    if b.s3.part_size < MIN_S3_PART_SIZE:
-        raise ConfigError(
-            f"system.backups.s3.part_size: {b.s3.part_size} is below S3's minimum of "
-            f"{MIN_S3_PART_SIZE} bytes"
-        )
-    if b.s3.part_size > MAX_S3_PART_SIZE:
-        raise ConfigError(
-            f"system.backups.s3.part_size: {b.s3.part_size} is above S3's maximum of "
-            f"{MAX_S3_PART_SIZE} bytes"
-        )
-    if b.s3.concurrency < 1:
-        raise ConfigError("system.backups.s3.concurrency: must be at least 1")
-    if b.s3.prefix.startswith("/"):
-        raise ConfigError(
-            f"system.backups.s3.prefix: {b.s3.prefix!r} must not start with '/' "
-            "(a backup's key is <prefix><server>/<archive name>)"
-        )
     if b.report_retry_initial <= 0 or b.report_retry_max < b.report_retry_initial:
         raise ConfigError(
             "system.backups.report_retry_initial must be positive and report_retry_max at "
             "least as large"
         )
-    endpoint = b.s3.endpoint.strip()
-    if endpoint and (
-        any(c.isspace() for c in endpoint)
-        or ("://" in endpoint and urlsplit(endpoint).scheme.lower() not in ("http", "https"))
-    ):
-        raise ConfigError(
-            f"system.backups.s3.endpoint: {b.s3.endpoint!r} is not an http(s) URL or a "
-            "host[:port] (which means https)"
-        )
-    if b.s3.payload_signing not in PAYLOAD_SIGNING:
-        raise ConfigError(
-            f"system.backups.s3.payload_signing: {b.s3.payload_signing!r} is not one of "
-            + ", ".join(PAYLOAD_SIGNING)
-        )
-    _validate_store(b)
     _validate_checks(b)
     if not 0 < cfg.api.port < 65536:
         raise ConfigError(f"api.port: {cfg.api.port} is not a TCP port")
@@ -513,33 +463,6 @@ def parse_min_free_space(text: str) -> tuple[int, float]:
     )
 
 
-def _validate_store(b: BackupsConfig) -> None:
-    if b.store not in STORES:
-        raise ConfigError(f"system.backups.store: {b.store!r} is not one of " + ", ".join(STORES))
-    if b.store == "s3" and not b.s3.bucket:
-        raise ConfigError("system.backups.s3.bucket: must be set for system.backups.store: s3")
-    r = b.restic
-    if b.store == "restic" and not r.repository:
-        raise ConfigError(
-            "system.backups.restic.repository: must be set for system.backups.store: restic"
-        )
-    if r.repository and not r.password_file:
-        raise ConfigError(
-            "system.backups.restic.password_file: must be set with a restic repository"
-        )
-    if r.compression not in RESTIC_COMPRESSION:
-        raise ConfigError(
-            f"system.backups.restic.compression: {r.compression!r} is not one of "
-            + ", ".join(RESTIC_COMPRESSION)
-        )
-    if r.prune_interval <= 0:
-        raise ConfigError("system.backups.restic.prune_interval: must be positive (seconds)")
-    if r.retry_timeout <= 0:
-        raise ConfigError("system.backups.restic.retry_timeout: must be positive (seconds)")
-    if not r.binary:
-        raise ConfigError("system.backups.restic.binary: must name the restic program")
-
-
 def _validate_checks(b: BackupsConfig) -> None:
     if not 0 <= b.verify_interval < math.inf:
         raise ConfigError("system.backups.verify_interval: must be 0 (never) or seconds")
@@ -579,7 +502,7 @@ WINGS_KEYS = (
 
 # Keys a SIGHUP applies to the running daemon: those read afresh by every job or request.
 # Any other changed key is logged as needing a restart (listen address, TLS, paths, the token,
-# the upstream, S3, the concurrency limit: objects built once at start hold them).
+# the upstream, the stores' settings, the concurrency limit: objects built once at start hold them).
 RELOADABLE_KEYS = frozenset(
     {
         "system.backups.write_limit",
@@ -669,9 +592,12 @@ def _wings_identity(path: Path) -> dict[str, Any]:
     return picked
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(
+    path: str | os.PathLike[str], check: Callable[[Config], None] = lambda cfg: None
+) -> Config:
     """Read ``path``; when it names ``wings_config``, Wings' file supplies the identity and
-    paths (:data:`WINGS_KEYS`) and ``path``'s own keys are laid over them."""
+    paths (:data:`WINGS_KEYS`) and ``path``'s own keys are laid over them. ``check``: what
+    the layers above check of it (the stores: wingsbak.storage.select.validate)."""
     own = Path(path)
     raw = _read_yaml(own)
     if isinstance(raw, dict) and raw.get("wings_config"):
@@ -680,6 +606,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             wings = own.parent / wings
         raw = deep_merge(_wings_identity(wings), raw)
     cfg = parse_config(raw)
+    check(cfg)
     if not cfg.token:
         raise ConfigError("token: must be set (the node token the panel signs with)")
     return cfg
@@ -688,10 +615,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("settings"):
+            for name, settings in value.items():
+                out.update(_flatten(settings, f"{prefix}{name}."))
+            continue
         if f.metadata.get("internal"):
             continue
         key = f"{prefix}{f.name}"
-        value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             out.update(_flatten(value, key + "."))
         else:

@@ -17,13 +17,13 @@ from wingsbak.config import (
     Config,
     ConfigError,
     default_config,
-    load_config,
     prepare_directories,
 )
 from wingsbak.http.app import create_app
 from wingsbak.http.server import GuardedSite, start_server
 from wingsbak.log import get_logger
 from wingsbak.node import Node
+from wingsbak.storage.select import load_config, validate
 from wingsbak.wings.identity import NodeIdentity
 
 log = get_logger(__name__)
@@ -54,8 +54,13 @@ def config_source(path: str | None) -> str | None:
 
 
 def resolve_config(path: str | None) -> Config:
+    """The configuration the daemon and the command line use, the stores' part checked."""
     chosen = config_source(path)
-    return default_config() if chosen is None else load_config(chosen)
+    if chosen is not None:
+        return load_config(chosen)
+    cfg = default_config()
+    validate(cfg)
+    return cfg
 
 
 def build_app(cfg: Config, identity: NodeIdentity | None = None) -> web.Application:

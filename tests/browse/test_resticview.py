@@ -11,9 +11,9 @@ import pytest
 
 from tests.support.restic_helpers import needs_restic, oracle, restic_block
 from wingsbak.browse.model import NotADirectory, NotFound
-from wingsbak.config import parse_config
 from wingsbak.storage.restic import ResticStore
 from wingsbak.storage.restic_view import ResticView
+from wingsbak.storage.select import parse_config
 
 pytestmark = needs_restic
 

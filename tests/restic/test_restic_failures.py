@@ -24,8 +24,9 @@ from tests.support.restic_helpers import (
     snapshots,
 )
 from wingsbak.appkeys import STORES
-from wingsbak.config import ConfigError, parse_config
+from wingsbak.config import ConfigError
 from wingsbak.storage.restic import ResticError, ResticStore
+from wingsbak.storage.select import parse_config
 
 pytestmark = needs_restic
 

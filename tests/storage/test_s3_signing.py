@@ -19,9 +19,10 @@ from botocore.exceptions import ClientError
 from bench.tlscert import self_signed_certificate
 from tests.support.s3_helpers import SERVER_UUID, FaultProxy, s3_config
 from wingsbak.appkeys import JOBS
-from wingsbak.config import ConfigError, parse_config
+from wingsbak.config import ConfigError
 from wingsbak.daemon import build_app as create_app
 from wingsbak.storage.bucket import NodeBucket, describe, endpoint_url, make_client, signs_payload
+from wingsbak.storage.select import parse_config
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 

@@ -13,9 +13,10 @@ import pytest
 from aiohttp import web
 
 from tests.support.daemon_helpers import Daemon, DaemonProcess, Node, Panel, free_port
-from wingsbak.config import parse_config, prepare_directories
+from wingsbak.config import prepare_directories
 from wingsbak.daemon import build_app as create_app
 from wingsbak.http.server import start_server
+from wingsbak.storage.select import parse_config
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 from botocore.config import Config as BotoConfig
 
-from wingsbak.config import S3Config
+from wingsbak.storage.bucket import S3Config
 
 MIB = 1024 * 1024
 SERVER_UUID = "3f0b6a57-1c2d-4e5f-8a9b-0c1d2e3f4a5b"

@@ -30,14 +30,13 @@ from tests.support.s3_helpers import admin_client, s3_config
 from wingsbak import failpoint
 from wingsbak.archive.archiver import ArchiveProgress
 from wingsbak.archive.options import ArchiveOptions
-from wingsbak.config import ResticConfig
 from wingsbak.panel import PanelClient
 from wingsbak.storage.backupdir import BackupDirectory
 from wingsbak.storage.base import BackupSource, BackupStore, Outcome
 from wingsbak.storage.bucket import NodeBucket, S3Error
 from wingsbak.storage.local import LocalStore
 from wingsbak.storage.presigned import PresignedStore, PresignedUploadError
-from wingsbak.storage.restic import ResticError, ResticStore
+from wingsbak.storage.restic import ResticConfig, ResticError, ResticStore
 from wingsbak.storage.s3 import NodeBucketStore
 
 LOCAL = "local"

@@ -15,6 +15,7 @@ from wingsbak.answers import check_bearer
 from wingsbak.appkeys import CONFIG, JOBS, METRICS
 from wingsbak.archive.codecs import HAVE_ISAL
 from wingsbak.metrics import CONTENT_TYPE_LATEST
+from wingsbak.storage.bucket import S3Config
 
 routes = web.RouteTableDef()
 
@@ -87,7 +88,7 @@ async def wingsbak_status(request: web.Request) -> web.Response:
             "daemon": "wingsbak",
             "python": platform.python_version(),
             "compression": "isal" if HAVE_ISAL else "zlib",
-            "s3_direct": cfg.s3_enabled,
+            "s3_direct": S3Config.enabled(cfg),
             "store": cfg.system.backups.store,  # where wings-adapter backups go
             "jobs": request.app[JOBS].state(),
         }

@@ -144,6 +144,17 @@ class BackupStore(ABC):
     # Whether a deleted server's backups here are this node's to remove (Wings removes only
     # those on its disk): see :meth:`remove_server`.
     outlives_server: ClassVar[bool] = False
+    # Whether ``system.backups.store`` may name this store (the panel's bucket it may not).
+    selectable: ClassVar[bool] = True
+    # The key of this store's own block under ``system.backups``; empty: it has none.
+    settings_key: ClassVar[str] = ""
+
+    @classmethod
+    def parse_settings(cls, raw: Any, chosen: bool) -> object:
+        """This store's settings (a dataclass) from its block as read (None when absent),
+        checked when the configuration is read: :class:`~wingsbak.config.ConfigError` naming
+        the key. ``chosen``: ``system.backups.store`` names this store."""
+        return None
 
     @classmethod
     def from_config(cls, ctx: StoreContext) -> BackupStore | None:

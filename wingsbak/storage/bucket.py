@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import boto3
@@ -38,7 +39,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from wingsbak.archive.archiver import ArchiveResult, write_archive
 from wingsbak.archive.codecs import GZIP, archive_name, download_filename
 from wingsbak.archive.rules import IgnoreRules
-from wingsbak.config import MIN_S3_PART_SIZE, S3Config
+from wingsbak.config import SECRET, Config, ConfigError, build_settings
 from wingsbak.formats import CHECKSUM_TYPES
 from wingsbak.log import get_logger
 from wingsbak.storage.base import (
@@ -48,6 +49,78 @@ from wingsbak.storage.s3_cleanup import STATE_NAME, S3Cleanup
 from wingsbak.uuids import UUID_PATTERN
 
 log = get_logger(__name__)
+
+MIN_S3_PART_SIZE = 5 * 1024 * 1024
+MAX_S3_PART_SIZE = 5 * 1024 * 1024 * 1024
+PAYLOAD_SIGNING = ("auto", "always", "never")
+
+
+@dataclass(slots=True)
+class S3Config:
+    """``system.backups.s3``: the node's own bucket (the ``s3`` store, and where its earlier
+    backups are found)."""
+
+    key: ClassVar[str] = "s3"
+
+    bucket: str = ""
+    region: str = "us-east-1"
+    endpoint: str = ""
+    access_key_id: str = field(default="", metadata=SECRET)
+    secret_access_key: str = field(default="", metadata=SECRET)
+    path_style: bool = False
+    part_size: int = MIN_S3_PART_SIZE
+    concurrency: int = 4
+    storage_class: str = ""
+    prefix: str = ""
+    # SHA-256 of each part in its SigV4 signature: "auto" signs over plain http only (https
+    # already protects the bytes in transit, as the AWS SDKs reason), "always" or "never".
+    payload_signing: str = "auto"
+
+    @classmethod
+    def parse(cls, raw: Any) -> S3Config:
+        """The block as read, checked (:class:`ConfigError` naming the key)."""
+        cfg = build_settings(cls, raw, f"system.backups.{cls.key}")
+        if cfg.part_size < MIN_S3_PART_SIZE:
+            raise ConfigError(
+                f"system.backups.s3.part_size: {cfg.part_size} is below S3's minimum of "
+                f"{MIN_S3_PART_SIZE} bytes"
+            )
+        if cfg.part_size > MAX_S3_PART_SIZE:
+            raise ConfigError(
+                f"system.backups.s3.part_size: {cfg.part_size} is above S3's maximum of "
+                f"{MAX_S3_PART_SIZE} bytes"
+            )
+        if cfg.concurrency < 1:
+            raise ConfigError("system.backups.s3.concurrency: must be at least 1")
+        if cfg.prefix.startswith("/"):
+            raise ConfigError(
+                f"system.backups.s3.prefix: {cfg.prefix!r} must not start with '/' "
+                "(a backup's key is <prefix><server>/<archive name>)"
+            )
+        endpoint = cfg.endpoint.strip()
+        if endpoint and (
+            any(c.isspace() for c in endpoint)
+            or ("://" in endpoint and urlsplit(endpoint).scheme.lower() not in ("http", "https"))
+        ):
+            raise ConfigError(
+                f"system.backups.s3.endpoint: {cfg.endpoint!r} is not an http(s) URL or a "
+                "host[:port] (which means https)"
+            )
+        if cfg.payload_signing not in PAYLOAD_SIGNING:
+            raise ConfigError(
+                f"system.backups.s3.payload_signing: {cfg.payload_signing!r} is not one of "
+                + ", ".join(PAYLOAD_SIGNING)
+            )
+        return cfg
+
+    @classmethod
+    def of(cls, config: Config) -> S3Config:
+        return config.system.backups.settings_of(cls.key, cls.parse)
+
+    @classmethod
+    def enabled(cls, config: Config) -> bool:
+        """Whether the node has a bucket of its own."""
+        return bool(cls.of(config).bucket)
 
 CONTENT_TYPE = GZIP.content_type
 PART_ATTEMPTS = 5

@@ -298,6 +298,7 @@ class PresignedStore(BackupStore):
     so the node itself holds nothing (a restore reads the ``download_url`` it is given)."""
 
     name = "presigned"
+    selectable = False  # the panel's ``s3`` adapter, never system.backups.store
 
     def __init__(
         self,

@@ -34,10 +34,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from wingsbak.archive.archiver import ArchiveProgress, UnreadableEntry
@@ -47,7 +47,7 @@ from wingsbak.archive.rules import IgnoreRules
 from wingsbak.archive.staging import STAGING_PREFIX, staging_label
 from wingsbak.archive.walk import Kind, walk
 from wingsbak.browse.model import BackupFolder, Browsable
-from wingsbak.config import ResticConfig
+from wingsbak.config import SECRET, Config, ConfigError, build_settings
 from wingsbak.formats import BEST_SPEED
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
@@ -78,6 +78,57 @@ STDERR_LINES = 20
 UNREADABLE_KEPT = 100
 # The lines of `restic check` that are advice, not findings.
 _CHECK_ADVICE = ("Fatal:", "The repository is damaged", "{")
+RESTIC_COMPRESSION = ("auto", "max", "off")
+
+
+@dataclass(slots=True)
+class ResticConfig:
+    """``system.backups.restic``: the node's restic repository."""
+
+    key: ClassVar[str] = "restic"
+
+    # Anything restic accepts: a path, s3:..., rest:..., sftp:...
+    repository: str = field(default="", metadata=SECRET)
+    password_file: str = ""
+    binary: str = "restic"
+    # Passed to restic (e.g. AWS_ACCESS_KEY_ID for an s3: repository); never logged.
+    environment: dict[str, str] = field(default_factory=dict, metadata=SECRET)
+    compression: str = "auto"
+    # Seconds between two prunes (space comes back after deletes).
+    prune_interval: float = 3600.0
+    # Seconds restic may keep retrying one operation on a repository it cannot reach before
+    # the command is stopped and fails (restic 0.17 and later retry for up to 15 minutes).
+    retry_timeout: float = 120.0
+
+    @classmethod
+    def parse(cls, raw: Any, needed: bool = False) -> ResticConfig:
+        """The block as read, checked (:class:`ConfigError` naming the key); ``needed``:
+        ``system.backups.store`` names the restic store."""
+        r = build_settings(cls, raw, f"system.backups.{cls.key}")
+        if needed and not r.repository:
+            raise ConfigError(
+                "system.backups.restic.repository: must be set for system.backups.store: restic"
+            )
+        if r.repository and not r.password_file:
+            raise ConfigError(
+                "system.backups.restic.password_file: must be set with a restic repository"
+            )
+        if r.compression not in RESTIC_COMPRESSION:
+            raise ConfigError(
+                f"system.backups.restic.compression: {r.compression!r} is not one of "
+                + ", ".join(RESTIC_COMPRESSION)
+            )
+        if r.prune_interval <= 0:
+            raise ConfigError("system.backups.restic.prune_interval: must be positive (seconds)")
+        if r.retry_timeout <= 0:
+            raise ConfigError("system.backups.restic.retry_timeout: must be positive (seconds)")
+        if not r.binary:
+            raise ConfigError("system.backups.restic.binary: must name the restic program")
+        return r
+
+    @classmethod
+    def of(cls, config: Config) -> ResticConfig:
+        return config.system.backups.settings_of(cls.key, cls.parse)
 _SCHEME = re.compile(r"^[a-z][a-z0-9]*:")
 _PR_SET_PDEATHSIG = 1
 _libc: Any = None
@@ -300,14 +351,19 @@ class _Process:
 class ResticStore(BackupStore):
     name = "restic"
     outlives_server = True
+    settings_key = ResticConfig.key
+
+    @classmethod
+    def parse_settings(cls, raw: Any, chosen: bool) -> ResticConfig:
+        return ResticConfig.parse(raw, needed=chosen)
 
     @classmethod
     def from_config(cls, ctx: StoreContext) -> ResticStore | None:
         config = ctx.config
-        if not config.restic_enabled:
+        cfg = ResticConfig.of(config)
+        if not cfg.repository:
             return None
-        b = config.system.backups
-        return cls(b.restic, config.backup_dir / ".restic-cache", host=config.uuid)
+        return cls(cfg, config.backup_dir / ".restic-cache", host=config.uuid)
 
     def __init__(
         self, cfg: ResticConfig, cache_dir: Path, state_file: Path | None = None, host: str = ""

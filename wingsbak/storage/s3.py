@@ -15,6 +15,7 @@ from wingsbak.archive.index import INDEX_SUFFIX
 from wingsbak.archive.rules import IgnoreRules
 from wingsbak.browse.model import BackupFolder, BackupView, Browsable
 from wingsbak.browse.tarview import S3ObjectSource, open_tar_view
+from wingsbak.config import ConfigError
 from wingsbak.download_source import shutdown_socket_under
 from wingsbak.log import get_logger
 from wingsbak.storage.base import (
@@ -26,7 +27,7 @@ from wingsbak.storage.base import (
     Redirect,
     StoreContext,
 )
-from wingsbak.storage.bucket import NodeBucket, S3Error, describe, endpoint_url
+from wingsbak.storage.bucket import NodeBucket, S3Config, S3Error, describe, endpoint_url
 
 log = get_logger(__name__)
 
@@ -39,6 +40,14 @@ class NodeBucketStore(BackupStore):
 
     name = "s3"
     outlives_server = True
+    settings_key = S3Config.key
+
+    @classmethod
+    def parse_settings(cls, raw: Any, chosen: bool) -> S3Config:
+        cfg = S3Config.parse(raw)
+        if chosen and not cfg.bucket:
+            raise ConfigError("system.backups.s3.bucket: must be set for system.backups.store: s3")
+        return cfg
 
     def __init__(
         self, storage: NodeBucket, on_uploaded: Callable[[int], None] | None = None
@@ -52,9 +61,9 @@ class NodeBucketStore(BackupStore):
     @classmethod
     def from_config(cls, ctx: StoreContext) -> NodeBucketStore | None:
         config = ctx.config
-        if not config.s3_enabled:
+        cfg = S3Config.of(config)
+        if not cfg.bucket:
             return None
-        cfg = config.system.backups.s3
         storage = NodeBucket(cfg, state_dir=config.backup_dir, servers_dir=config.data_dir)
         return cls(storage, on_uploaded=ctx.on_uploaded)
 

@@ -6,17 +6,20 @@ an earlier choice stay reachable: a lookup asks every store the node has configu
 cheapest (its disk) first.
 
 A store is one module with a :class:`~wingsbak.storage.base.BackupStore` and one line in
-:data:`REGISTERED`; nothing else in the daemon names it.
+:data:`REGISTERED`; nothing else in the daemon names it, the configuration included: the
+store parses and checks its own block of ``system.backups`` (:func:`validate`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from wingsbak.config import Config
+from wingsbak import config as configuration
+from wingsbak.config import Config, ConfigError
 from wingsbak.formats import S3_ADAPTER
 from wingsbak.log import get_logger
 from wingsbak.panel import PanelClient
@@ -31,15 +34,41 @@ log = get_logger(__name__)
 
 PANEL_BUCKET_ADAPTER = S3_ADAPTER
 
-# One line a store: how the configuration builds it (None: not configured), in the order a
-# lookup asks them (the cheapest first).
-REGISTERED: tuple[Callable[[StoreContext], BackupStore | None], ...] = (
-    LocalStore.from_config,
-    NodeBucketStore.from_config,
-    ResticStore.from_config,
-    PresignedStore.from_config,  # the panel's bucket: its ``s3`` adapter
+# One line a store, in the order a lookup asks them (the cheapest first); each reads its own
+# settings (BackupStore.parse_settings) and builds itself (BackupStore.from_config).
+REGISTERED: tuple[type[BackupStore], ...] = (
+    LocalStore,
+    NodeBucketStore,
+    ResticStore,
+    PresignedStore,  # the panel's bucket: its ``s3`` adapter
 )
 PANEL_BUCKET_STORE = PresignedStore.name
+
+
+def validate(config: Config) -> None:
+    """The stores' part of the configuration, checked as it is read (:class:`ConfigError`
+    naming the key): ``system.backups.store`` names a registered store, and each store's
+    block is parsed into its settings (``config.system.backups.settings``)."""
+    b = config.system.backups
+    names = [store.name for store in REGISTERED if store.selectable]
+    if b.store not in names:
+        raise ConfigError(f"system.backups.store: {b.store!r} is not one of " + ", ".join(names))
+    for store in REGISTERED:
+        if store.settings_key:
+            raw = b.raw.get(store.settings_key)
+            b.settings[store.settings_key] = store.parse_settings(raw, store.name == b.store)
+
+
+def parse_config(raw: Any) -> Config:
+    """:func:`wingsbak.config.parse_config` with the stores' part checked."""
+    cfg = configuration.parse_config(raw)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """:func:`wingsbak.config.load_config` with the stores' part checked."""
+    return configuration.load_config(path, validate)
 
 S = TypeVar("S", bound=BackupStore)
 
@@ -67,7 +96,7 @@ class Stores:
         """Every registered store the configuration sets up; ``system.backups.store`` takes
         the panel's ``wings`` adapter (the configuration checked it is there)."""
         ctx = StoreContext(config, directory, panel, on_uploaded)
-        built = [store for make in REGISTERED if (store := make(ctx)) is not None]
+        built = [store for kind in REGISTERED if (store := kind.from_config(ctx)) is not None]
         by_name = {store.name: store for store in built}
         presigned = by_name[PANEL_BUCKET_STORE]
         lookup = [store for store in built if store is not presigned]

@@ -111,8 +111,8 @@ def run_verify(
 
 def _check_node(cfg: Config, backup: str | None, tally: Tally, read_limit: float) -> int:
     """Check ``backup`` (every backup when None) wherever it is; returns how many found."""
-    from wingsbak.storage.bucket import NodeBucket, S3Error
-    from wingsbak.storage.restic import ResticStore
+    from wingsbak.storage.bucket import NodeBucket, S3Config, S3Error
+    from wingsbak.storage.restic import ResticConfig, ResticStore
     from wingsbak.verify.stored import local_backups, s3_backups
 
     found = 0
@@ -120,8 +120,8 @@ def _check_node(cfg: Config, backup: str | None, tally: Tally, read_limit: float
     for item in local:
         found += 1
         tally.run("local", _label(item), _local_check(item, read_limit))
-    if cfg.s3_enabled:
-        s3 = NodeBucket(cfg.system.backups.s3)
+    if S3Config.enabled(cfg):
+        s3 = NodeBucket(S3Config.of(cfg))
         try:
             objects = [i for i in s3_backups(s3) if backup in (None, i.backup)]
         except S3Error as exc:
@@ -131,10 +131,9 @@ def _check_node(cfg: Config, backup: str | None, tally: Tally, read_limit: float
         for item in objects:
             found += 1
             tally.run("s3", _label(item), _s3_check(s3, item, read_limit))
-    if cfg.restic_enabled:
-        store = ResticStore(
-            cfg.system.backups.restic, cfg.backup_dir / ".restic-cache", host=cfg.uuid
-        )
+    restic = ResticConfig.of(cfg)
+    if restic.repository:
+        store = ResticStore(restic, cfg.backup_dir / ".restic-cache", host=cfg.uuid)
         store.checked.set()  # not the daemon: nothing to wait for
         found += _check_restic(store, backup, tally)
     return found

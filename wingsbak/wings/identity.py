@@ -46,8 +46,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from wingsbak.addresses import WILDCARD_HOSTS
-from wingsbak.config import Config, ConfigError, apply_reload, load_config
+from wingsbak.config import Config, ConfigError, apply_reload
 from wingsbak.log import get_logger
+from wingsbak.storage.select import load_config
 
 if TYPE_CHECKING:
     from wingsbak.panel import PanelClient
