@@ -416,3 +416,40 @@ async def test_the_folder_can_be_renamed(start_front, panel, node, wings, make_b
     assert ".backups" not in [i["name"] for i in await ls(front, server, "/")]
     (folder,) = await ls(front, server, "/Backups")
     assert folder["name"].endswith(backup) and folder["directory"] is True
+
+
+# -- review findings -----------------------------------------------------------------------------
+
+
+async def test_restores_keep_within_the_servers_disk_limit(start_front, panel, node, wings):
+    """A restore writes as Wings' own writes do: within the server's disk limit
+    (filesystem.go Copy -> HasSpaceFor), or 400 with Wings' message; replacing a path
+    counts what it frees. Unchecked, Move/Copy out of a backup fill the node's disk."""
+    front = await start_front()
+    big = os.urandom(400 * 1024)
+    server = node.server({"big.bin": big})
+    wings.server(server, disk_space=1)  # MiB
+    backup = new_uuid()
+    assert (await front.post_backup(server, backup))[0] == 202
+    assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    root = node.data / server
+    rename = f"/api/servers/{server}/files/rename"
+
+    def move(to: str) -> dict[str, Any]:
+        return {"root": "/", "files": [{"from": f".backups/{folder}/big.bin", "to": to}]}
+
+    assert (await call(front, "PUT", rename, json=move("big2.bin")))[0] == 204
+    status, body = await call(front, "PUT", rename, json=move("big3.bin"))
+    assert status == 400, body
+    assert body["error"] == "There is not enough disk space available to perform that action."
+    assert not (root / "big3.bin").exists()
+    copy = {"location": f"/.backups/{folder}/big.bin"}
+    status, body = await call(front, "POST", f"/api/servers/{server}/files/copy", json=copy)
+    assert status == 400, body
+    assert not (root / "big copy.bin").exists()
+    # Replacing a file of the same size needs no more room.
+    (root / "big.bin").write_bytes(b"x" * len(big))
+    assert (await call(front, "PUT", rename, json=move("big.bin")))[0] == 204
+    assert (root / "big.bin").read_bytes() == big
+    assert [p for p in os.listdir(root) if p.startswith(".wingsbak")] == []

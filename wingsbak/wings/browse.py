@@ -39,12 +39,18 @@ from wingsbak.answers import check_bearer
 from wingsbak.appkeys import BROWSE_TEMPS, CATALOG, CONFIG, JOBS, USED_TOKENS
 from wingsbak.browse.catalog import Catalog, Unopenable
 from wingsbak.browse.model import BackupFolder, BackupView, Entry, NotADirectory, NotFound
-from wingsbak.browse.restore import Exists, free_copy_name, restore_path
+from wingsbak.browse.restore import (
+    Exists,
+    free_copy_name,
+    restore_path,
+    size_on_disk,
+    size_to_restore,
+)
 from wingsbak.errors import TokenRejected
 from wingsbak.log import get_logger
 from wingsbak.tokens import decode_token
 from wingsbak.uuids import is_uuid
-from wingsbak.wings.client import WINGS
+from wingsbak.wings.client import WINGS, WingsError
 from wingsbak.wings.identity import IDENTITY
 from wingsbak.wings.proxy import (
     CONTINUE_OWED,
@@ -64,6 +70,7 @@ NOT_FOUND = "The requested resources was not found on the system."  # request_er
 IS_DIR = "Cannot perform that action: file is a directory."
 RESTORING = "The server is being restored from a backup."
 EXISTS = "Cannot move or rename file, destination already exists."  # putServerRenameFiles
+NO_SPACE = "There is not enough disk space available to perform that action."  # request_error.go
 _warned: set[str] = set()
 
 
@@ -397,6 +404,33 @@ async def download_file(request: web.Request) -> web.StreamResponse:
 # -- restores: rename out of a backup, copy -------------------------------------------------------
 
 
+async def _room(
+    request: web.Request, server: str, view: BackupView, source: str, freed: list[str] | None
+) -> None:
+    """A restore fits the server's disk limit as Wings' own writes must (filesystem.go Copy,
+    HasSpaceFor; ufs/fs_quota.go CanFit: -1 no writes, 0 no limit); ``freed``: the live
+    path it replaces. Wings' usage figure is cached for minutes, so the root is measured."""
+    try:
+        details = await request.app[WINGS].server_details(server)
+    except WingsError as exc:
+        log.warning("browse_restore_limit_unknown", server=server, error=str(exc))
+        unknown = "The server's disk limit could not be read from Wings."
+        raise _Answer(_error(502, unknown)) from None
+    config = details.get("configuration")
+    build = config.get("build") if isinstance(config, dict) else None
+    limit = build.get("disk_space") if isinstance(build, dict) else None
+    if not isinstance(limit, int) or limit == 0:
+        return
+    root = request.app[JOBS].server_root(server)
+
+    def measure() -> int:
+        used = size_on_disk(root, []) - (size_on_disk(root, freed) if freed else 0)
+        return used + size_to_restore(view, source)
+
+    if limit < 0 or await asyncio.to_thread(measure) > limit * 1024 * 1024:
+        raise _Answer(_error(400, NO_SPACE))
+
+
 def _owner(request: web.Request) -> tuple[int, int] | None:
     user = request.app[CONFIG].system.user
     return (user.uid, user.gid) if os.geteuid() == 0 else None
@@ -436,6 +470,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
         except _Answer:
             log.warning("browse_restore_not_found", server=server, path="/".join(src))
             continue  # putServerRenameFiles: a source that does not exist is no error
+        await _room(request, server, view, place.path, dst)
         dest = request.app[JOBS].server_root(server)
         try:
             done = await asyncio.to_thread(
@@ -496,6 +531,7 @@ async def copy(request: web.Request) -> web.StreamResponse:
     entry = await _stat(view, place.path)
     if entry.kind != "file":  # Copy: "a directory or not a regular file" is ErrNotExist
         return _error(404, NOT_FOUND)
+    await _room(request, server, view, entry.path, None)
     live = place.path.split("/")[:-1]
     dest = request.app[JOBS].server_root(server)
     owner = _owner(request)
