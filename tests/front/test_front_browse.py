@@ -7,6 +7,7 @@ Each store is one entry of ``STORES``: a function that backs a server up into it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.daemon_helpers import auth, new_uuid
+from tests.support.daemon_helpers import auth, new_uuid, wait_until
 from tests.support.restic_helpers import restic_backups
 from tests.support.s3_helpers import s3_config
 from tests.support.wings_standin import panel_file_token
@@ -453,3 +454,59 @@ async def test_restores_keep_within_the_servers_disk_limit(start_front, panel, n
     assert (await call(front, "PUT", rename, json=move("big.bin")))[0] == 204
     assert (root / "big.bin").read_bytes() == big
     assert [p for p in os.listdir(root) if p.startswith(".wingsbak")] == []
+
+
+def _held_on_fifo() -> int:
+    """Threads of this process (the daemon runs in it) waiting in open(2) for a FIFO's
+    writer (the kernel's ``wait_for_partner``)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/wchan") as f:
+                count += f.read() == "wait_for_partner"
+        except OSError:
+            pass
+    return count
+
+
+async def test_browsing_held_by_a_hung_store_leaves_the_daemon_threads(
+    start_front, panel, node, wings
+):
+    """Opening a backup waits on its store (an index built, restic, a bucket, a mount): many
+    clicks on a store that hangs (here an index that never answers: a FIFO) must not take
+    every thread of the daemon's shared pool, or deleting a backup, which needs one, hangs
+    for every server of the node."""
+    front = await start_front()
+    server = node.server({"a.txt": "a\n"})
+    other = node.server({"b.txt": "b\n"})
+    wings.server(server)
+    wings.server(other)
+    backup, doomed = new_uuid(), new_uuid()
+    for s, b in ((server, backup), (other, doomed)):
+        assert (await front.post_backup(s, b))[0] == 202
+        assert (await panel.wait_report(b, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    (archive,) = [p for p in node.backups.rglob(f"*{backup}*") if p.name.endswith(".tar.gz")]
+    fifo = f"{archive}.index"
+    os.unlink(fifo)
+    os.mkfifo(fifo)
+
+    path = f"/api/servers/{server}/files/list-directory?directory={quote('/.backups/' + folder)}"
+    clicks = [asyncio.ensure_future(call(front, "GET", path)) for _ in range(40)]
+    try:
+        await wait_until(lambda: _held_on_fifo() >= 2, "browse requests held")
+        delete = call(front, "DELETE", f"/api/servers/{other}/backup/{doomed}")
+        status, body = await asyncio.wait_for(delete, 30)
+        assert status == 204, body
+    finally:
+        async def release() -> bool:
+            if all(c.done() for c in clicks):
+                return True
+            try:  # a writer that opens and closes gives every reader its end of file
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+            return False
+
+        await wait_until(release, "held browse requests released", timeout=120, interval=0.1)
+    assert {(await c)[0] for c in clicks} == {200}

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import os
 import posixpath
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,6 +74,18 @@ RESTORING = "The server is being restored from a backup."
 EXISTS = "Cannot move or rename file, destination already exists."  # putServerRenameFiles
 NO_SPACE = "There is not enough disk space available to perform that action."  # request_error.go
 _warned: set[str] = set()
+
+# Opening a backup waits on its store (an index built in one pass, restic, a bucket, a
+# mount) and a restore copies whole folders: on threads of their own, so that however many
+# clicks wait there, the daemon's shared pool (reports, deletes, backups) keeps its threads.
+BROWSE_THREADS = 4
+_pool = ThreadPoolExecutor(max_workers=BROWSE_THREADS, thread_name_prefix="wingsbak-browse")
+
+
+async def _run(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(
+        _pool, functools.partial(fn, *args, **kw)
+    )
 
 
 def folder_name(request: web.Request) -> str:
@@ -218,11 +232,11 @@ def catalog(request: web.Request) -> Catalog:
 
 
 async def _folder(request: web.Request, server: str, name: str) -> BackupFolder | None:
-    return await asyncio.to_thread(catalog(request).folder, server, name)
+    return await _run(catalog(request).folder, server, name)
 
 
 async def _view(request: web.Request, folder: BackupFolder) -> BackupView:
-    return await asyncio.to_thread(catalog(request).view, folder)
+    return await _run(catalog(request).view, folder)
 
 
 class _Answer(Exception):
@@ -243,7 +257,7 @@ async def _open(request: web.Request, server: str, place: Place) -> tuple[Backup
 
 async def _stat(view: BackupView, path: str) -> Entry:
     try:
-        return await asyncio.to_thread(view.stat, path)
+        return await _run(view.stat, path)
     except NotFound:
         raise _Answer(_error(404, NOT_FOUND)) from None
 
@@ -275,7 +289,7 @@ async def list_directory(request: web.Request) -> web.StreamResponse:
         return await forward(request)
     await _authorized(request)
     if place.backup is None:
-        folders = await asyncio.to_thread(catalog(request).folders, server)
+        folders = await _run(catalog(request).folders, server)
         shown = [
             stat_json(Entry(f.name, "dir", 0, 0o555, 0), f.name, f.created.timestamp())
             for f in reversed(folders)
@@ -283,7 +297,7 @@ async def list_directory(request: web.Request) -> web.StreamResponse:
         return web.json_response(shown)
     _f, view = await _open(request, server, place)
     try:
-        entries = await asyncio.to_thread(view.listdir, place.path)
+        entries = await _run(view.listdir, place.path)
     except NotFound:
         return _error(404, NOT_FOUND)
     except NotADirectory:
@@ -311,7 +325,7 @@ async def _root_listing(request: web.Request, server: str) -> web.StreamResponse
         if listing is not None:
             _warn_real(server, name)
         return web.Response(status=status, body=body, headers=wings_headers)
-    folders = await asyncio.to_thread(catalog(request).folders, server)
+    folders = await _run(catalog(request).folders, server)
     newest = folders[-1].created.timestamp() if folders else 0.0
     listing.append(stat_json(Entry(name, "dir", 0, 0o555, newest), name))
     return web.json_response(listing, headers=answer_headers)
@@ -351,18 +365,18 @@ async def _send(
         return _error(400, IS_DIR)
     if entry.kind != "file":  # a symlink is never followed; nothing else has content
         return _error(400, "Cannot open files of this type.")
-    opened = await asyncio.to_thread(view.open, entry.path)
-    src = await asyncio.to_thread(opened.__enter__)
+    opened = await _run(view.open, entry.path)
+    src = await _run(opened.__enter__)
     try:
         response = web.StreamResponse(headers=headers)
         response.content_length = entry.size
         await response.prepare(request)
-        while chunk := await asyncio.to_thread(src.read, CHUNK):
+        while chunk := await _run(src.read, CHUNK):
             await response.write(chunk)
         await response.write_eof()
         return response
     finally:
-        await asyncio.to_thread(opened.__exit__, None, None, None)
+        await _run(opened.__exit__, None, None, None)
 
 
 async def download_file(request: web.Request) -> web.StreamResponse:
@@ -427,7 +441,7 @@ async def _room(
         used = size_on_disk(root, []) - (size_on_disk(root, freed) if freed else 0)
         return used + size_to_restore(view, source)
 
-    if limit < 0 or await asyncio.to_thread(measure) > limit * 1024 * 1024:
+    if limit < 0 or await _run(measure) > limit * 1024 * 1024:
         raise _Answer(_error(400, NO_SPACE))
 
 
@@ -473,7 +487,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
         await _room(request, server, view, place.path, dst)
         dest = request.app[JOBS].server_root(server)
         try:
-            done = await asyncio.to_thread(
+            done = await _run(
                 restore_path,
                 view,
                 place.path,
@@ -554,7 +568,7 @@ async def copy(request: web.Request) -> web.StreamResponse:
             return name
 
     try:
-        name = await asyncio.to_thread(run)
+        name = await _run(run)
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
