@@ -510,3 +510,32 @@ async def test_browsing_held_by_a_hung_store_leaves_the_daemon_threads(
 
         await wait_until(release, "held browse requests released", timeout=120, interval=0.1)
     assert {(await c)[0] for c in clicks} == {200}
+
+
+async def test_restores_into_an_egg_denylisted_path_are_refused(start_front, panel, node, wings):
+    """Wings refuses a rename or copy naming a path of the egg's file_denylist (403): a
+    file uploaded under an allowed name, backed up, must not be Moved from the backup onto
+    a denylisted one."""
+    front = await start_front()
+    server = node.server({"server.jar": b"the egg's jar", "upload.bin": b"anything"})
+    wings.server(server, file_denylist=["server.jar", "/config/"])
+    backup = new_uuid()
+    assert (await front.post_backup(server, backup))[0] == 202
+    assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    root = node.data / server
+    rename = f"/api/servers/{server}/files/rename"
+    for to in ("server.jar", "plugins/../server.jar", "config/secret.cfg"):
+        body = {"root": "/", "files": [{"from": f".backups/{folder}/upload.bin", "to": to}]}
+        status, answer = await call(front, "PUT", rename, json=body)
+        assert status == 403, (to, answer)
+        assert answer["error"] == "This file cannot be modified: present in egg denylist."
+    assert (root / "server.jar").read_bytes() == b"the egg's jar"
+    assert not (root / "config").exists()
+    copy = {"location": f"/.backups/{folder}/server.jar"}
+    status, _ = await call(front, "POST", f"/api/servers/{server}/files/copy", json=copy)
+    assert status == 403
+    assert not (root / "server copy.jar").exists()
+    body = {"root": "/", "files": [{"from": f".backups/{folder}/upload.bin", "to": "ok.bin"}]}
+    assert (await call(front, "PUT", rename, json=body))[0] == 204
+    assert (root / "ok.bin").read_bytes() == b"anything"

@@ -303,6 +303,8 @@ class ServerState:
     restoring: bool = False  # Wings restores a backup of its own (server/backup.go)
     # configuration.build.disk_space in MiB, 0 unlimited (environment/settings.go Limits)
     disk_space: int = 0
+    # configuration.egg.file_denylist (server/configuration.go EggConfiguration)
+    file_denylist: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -509,6 +511,7 @@ class WingsStandin:
                     "invocation": s.invocation,
                     "container": {"image": s.image},
                     "build": {"disk_space": s.disk_space},
+                    "egg": {"file_denylist": s.file_denylist},
                 },
             }
         )

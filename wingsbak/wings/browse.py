@@ -39,6 +39,7 @@ from yarl import URL
 
 from wingsbak.answers import check_bearer
 from wingsbak.appkeys import BROWSE_TEMPS, CATALOG, CONFIG, JOBS, USED_TOKENS
+from wingsbak.archive.rules import IgnoreRules
 from wingsbak.browse.catalog import Catalog, Unopenable
 from wingsbak.browse.model import BackupFolder, BackupView, Entry, NotADirectory, NotFound
 from wingsbak.browse.restore import (
@@ -72,6 +73,7 @@ NOT_FOUND = "The requested resources was not found on the system."  # request_er
 IS_DIR = "Cannot perform that action: file is a directory."
 RESTORING = "The server is being restored from a backup."
 EXISTS = "Cannot move or rename file, destination already exists."  # putServerRenameFiles
+DENYLISTED = "This file cannot be modified: present in egg denylist."  # request_error.go
 NO_SPACE = "There is not enough disk space available to perform that action."  # request_error.go
 _warned: set[str] = set()
 
@@ -418,21 +420,48 @@ async def download_file(request: web.Request) -> web.StreamResponse:
 # -- restores: rename out of a backup, copy -------------------------------------------------------
 
 
+async def _details(request: web.Request, server: str) -> dict[str, Any]:
+    """Wings' ``GET /api/servers/{s}``: the server's disk limit and egg denylist."""
+    try:
+        return await request.app[WINGS].server_details(server)
+    except WingsError as exc:
+        log.warning("browse_restore_server_unknown", server=server, error=str(exc))
+        unknown = "The server's configuration could not be read from Wings."
+        raise _Answer(_error(502, unknown)) from None
+
+
+def _configured(details: dict[str, Any], section: str, key: str) -> Any:
+    config = details.get("configuration")
+    part = config.get(section) if isinstance(config, dict) else None
+    return part.get(key) if isinstance(part, dict) else None
+
+
+def _deny(details: dict[str, Any], *paths: list[str]) -> None:
+    """Wings refuses a rename or copy naming a path of the egg's ``file_denylist``
+    (filesystem/path.go IsIgnored, matched on the path and so on everything below a listed
+    one): a restore into one is refused alike, or a file could be put where the egg forbids."""
+    lines = _configured(details, "egg", "file_denylist")
+    if not isinstance(lines, list) or not lines:
+        return
+    rules = IgnoreRules(line for line in lines if isinstance(line, str))
+    for parts in paths:
+        for i in range(1, len(parts) + 1):
+            if rules.excludes("/".join(parts[:i]), is_dir=i < len(parts)):
+                raise _Answer(_error(403, DENYLISTED))
+
+
 async def _room(
-    request: web.Request, server: str, view: BackupView, source: str, freed: list[str] | None
+    request: web.Request,
+    server: str,
+    details: dict[str, Any],
+    view: BackupView,
+    source: str,
+    freed: list[str] | None,
 ) -> None:
     """A restore fits the server's disk limit as Wings' own writes must (filesystem.go Copy,
     HasSpaceFor; ufs/fs_quota.go CanFit: -1 no writes, 0 no limit); ``freed``: the live
     path it replaces. Wings' usage figure is cached for minutes, so the root is measured."""
-    try:
-        details = await request.app[WINGS].server_details(server)
-    except WingsError as exc:
-        log.warning("browse_restore_limit_unknown", server=server, error=str(exc))
-        unknown = "The server's disk limit could not be read from Wings."
-        raise _Answer(_error(502, unknown)) from None
-    config = details.get("configuration")
-    build = config.get("build") if isinstance(config, dict) else None
-    limit = build.get("disk_space") if isinstance(build, dict) else None
+    limit = _configured(details, "build", "disk_space")
     if not isinstance(limit, int) or limit == 0:
         return
     root = request.app[JOBS].server_root(server)
@@ -474,17 +503,19 @@ async def rename(request: web.Request) -> web.StreamResponse:
     await _authorized(request)
     if request.app[JOBS].is_restoring(server):
         return _error(409, RESTORING)
+    details = await _details(request, server)
     for _item, src, dst in ours:
         place = Place(src)
         if place.backup is None or not dst:
             return _error(403, READ_ONLY.format(folder_name(request)))
+        _deny(details, src, dst)
         _f, view = await _open(request, server, place)
         try:
             await _stat(view, place.path)
         except _Answer:
             log.warning("browse_restore_not_found", server=server, path="/".join(src))
             continue  # putServerRenameFiles: a source that does not exist is no error
-        await _room(request, server, view, place.path, dst)
+        await _room(request, server, details, view, place.path, dst)
         dest = request.app[JOBS].server_root(server)
         try:
             done = await _run(
@@ -545,8 +576,10 @@ async def copy(request: web.Request) -> web.StreamResponse:
     entry = await _stat(view, place.path)
     if entry.kind != "file":  # Copy: "a directory or not a regular file" is ErrNotExist
         return _error(404, NOT_FOUND)
-    await _room(request, server, view, entry.path, None)
     live = place.path.split("/")[:-1]
+    details = await _details(request, server)
+    _deny(details, parts, place.path.split("/"))
+    await _room(request, server, details, view, entry.path, None)
     dest = request.app[JOBS].server_root(server)
     owner = _owner(request)
 
