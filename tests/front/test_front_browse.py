@@ -539,3 +539,33 @@ async def test_restores_into_an_egg_denylisted_path_are_refused(start_front, pan
     body = {"root": "/", "files": [{"from": f".backups/{folder}/upload.bin", "to": "ok.bin"}]}
     assert (await call(front, "PUT", rename, json=body))[0] == 204
     assert (root / "ok.bin").read_bytes() == b"anything"
+
+
+async def test_writes_into_the_folder_spelled_as_go_reads_them_are_refused(
+    start_front, panel, node, wings
+):
+    """Wings reads a body as Go does (keys matched under case folding, the last winning,
+    null leaving a field as it was, only the first JSON value read) and pulls into
+    ``root``/``file_name``: every such spelling of a write into the folder is refused here,
+    or Wings makes a real ``.backups`` and the server's backups vanish from its manager."""
+    front = await start_front()
+    server = node.server({"a.txt": "a\n"})
+    wings.server(server)
+    files = f"/api/servers/{server}/files"
+    url = "https://example.com/x"
+    refused: list[tuple[str, str, bytes]] = [
+        ("POST", "create-directory", b'{"NAME": ".backups", "path": "/"}'),
+        ("POST", "create-directory", b'{"name": ".backups", "name": null, "path": "/"}'),
+        ("POST", "create-directory", b'{"name": ".backups", "path": "/"} trailing'),
+        ("POST", "create-directory", b'{"name": ".backups", "path": "/", "x": "\xff"}'),
+        ("PUT", "rename", b'{"root": "/", "Files": [{"from": "a.txt", "TO": ".backups/a"}]}'),
+        ("POST", "pull", b'{"directory": "/", "root": ".backups", "url": "%s"}' % url.encode()),
+        ("POST", "pull", b'{"root": "/", "file_name": ".backups/x", "url": "%s"}' % url.encode()),
+    ]
+    for method, route, raw in refused:
+        headers = {**auth(), "Content-Type": "application/json"}
+        async with front.request(method, f"{files}/{route}", data=raw, headers=headers) as r:
+            assert r.status == 403, (route, raw, await r.text())
+    for route in ("create-directory", "rename", "pull"):
+        assert reached_wings(wings, server, route) == [], route
+    assert not (node.data / server / ".backups").exists()

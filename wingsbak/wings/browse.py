@@ -53,6 +53,7 @@ from wingsbak.errors import TokenRejected
 from wingsbak.log import get_logger
 from wingsbak.tokens import decode_token
 from wingsbak.uuids import is_uuid
+from wingsbak.wings import gojson
 from wingsbak.wings.client import WINGS, WingsError
 from wingsbak.wings.identity import IDENTITY
 from wingsbak.wings.proxy import (
@@ -218,9 +219,34 @@ async def _body(request: web.Request) -> bytes | None:
     return await request.read()
 
 
+# The fields of Wings' file routes' bodies (router_server_files.go), as Go's decoder names them.
+_FIELDS = dict.fromkeys(
+    ("root", "files", "from", "to", "location", "file", "path", "name", "directory", "mode",
+     "url", "file_name"),
+    gojson.Kind.STRING,
+)
+
+
+def _go_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's keys as Go assigns them (wingsbak.wings.gojson): a key equal to a field
+    under case folding sets it, the last one winning; ``null`` leaves it as it was."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        name = gojson.field_name(key, _FIELDS)
+        if name is None:
+            out[key] = value
+        elif value is not None:
+            out[name] = value
+    return out
+
+
 def _decoded(body: bytes) -> dict[str, Any] | None:
+    """The body as Wings' BindJSON reads it: its first JSON value (what follows is never
+    read), each byte that is not UTF-8 as U+FFFD, keys matched as Go matches them; so that
+    no spelling Wings acts on is judged otherwise here."""
+    text = body.decode("utf-8", "replace").lstrip(" \t\n\r")
     try:
-        data = json.loads(body)
+        data, _end = json.JSONDecoder(object_pairs_hook=_go_fields).raw_decode(text)
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
@@ -636,8 +662,8 @@ def _targets(route: str, query: Any, data: dict[str, Any] | None) -> list[list[s
     if route == "chmod":
         files = [f.get("file", "") if isinstance(f, dict) else "" for f in many("files")]
         return [clean(s("root"), str(f)) for f in files] or [clean(s("root"))]
-    if route == "pull":
-        return [clean(s("directory") or s("root"))]
+    if route == "pull":  # the downloader writes root/file_name (downloader.go; not directory)
+        return [clean(s("directory")), clean(s("root")), clean(s("root"), s("file_name"))]
     return []
 
 
