@@ -569,3 +569,26 @@ async def test_writes_into_the_folder_spelled_as_go_reads_them_are_refused(
     for route in ("create-directory", "rename", "pull"):
         assert reached_wings(wings, server, route) == [], route
     assert not (node.data / server / ".backups").exists()
+
+
+async def test_a_move_to_a_bad_name_gets_a_specific_answer(start_front, panel, node, wings):
+    """A name with a NUL byte or longer than a file name can be: 400 (Wings' "file name is
+    too long" for the latter), not a 500, and nothing left behind."""
+    front = await start_front()
+    server = node.server({"a.txt": "a\n"})
+    wings.server(server)
+    backup = new_uuid()
+    assert (await front.post_backup(server, backup))[0] == 202
+    assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    rename = f"/api/servers/{server}/files/rename"
+    for to, error in (
+        ("x\x00y", "the name holds a NUL byte"),
+        ("n" * 300, "file name is too long"),
+        ("d/" + "n" * 300, "file name is too long"),
+    ):
+        body = {"root": "/", "files": [{"from": f".backups/{folder}/a.txt", "to": to}]}
+        status, answer = await call(front, "PUT", rename, json=body)
+        assert status == 400 and error in answer["error"], (to[:8], answer)
+    left = os.listdir(node.data / server)
+    assert "a.txt" in left and [p for p in left if p.startswith(".wingsbak")] == []

@@ -75,6 +75,7 @@ IS_DIR = "Cannot perform that action: file is a directory."
 RESTORING = "The server is being restored from a backup."
 EXISTS = "Cannot move or rename file, destination already exists."  # putServerRenameFiles
 DENYLISTED = "This file cannot be modified: present in egg denylist."  # request_error.go
+TOO_LONG = "Cannot perform that action: file name is too long."  # request_error.go
 NO_SPACE = "There is not enough disk space available to perform that action."  # request_error.go
 _warned: set[str] = set()
 
@@ -534,6 +535,8 @@ async def rename(request: web.Request) -> web.StreamResponse:
         place = Place(src)
         if place.backup is None or not dst:
             return _error(403, READ_ONLY.format(folder_name(request)))
+        if any("\x00" in part for part in dst):  # no file can be named so (Go: EINVAL)
+            return _error(400, "Cannot perform that action: the name holds a NUL byte.")
         _deny(details, src, dst)
         _f, view = await _open(request, server, place)
         try:
@@ -556,6 +559,8 @@ async def rename(request: web.Request) -> web.StreamResponse:
         except Exists:
             return _error(400, EXISTS)
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return _error(400, TOO_LONG)
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
             # A symlink (or a file) on the way: never written through (SafePath's 404).
@@ -629,6 +634,8 @@ async def copy(request: web.Request) -> web.StreamResponse:
     try:
         name = await _run(run)
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return _error(400, TOO_LONG)
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
         return _error(404, NOT_FOUND)
