@@ -7,6 +7,7 @@ Each store is one entry of ``STORES``: a function that backs a server up into it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.daemon_helpers import auth, new_uuid
+from tests.support.daemon_helpers import auth, new_uuid, wait_until
 from tests.support.restic_helpers import restic_backups
 from tests.support.s3_helpers import s3_config
 from tests.support.wings_standin import panel_file_token
@@ -416,3 +417,178 @@ async def test_the_folder_can_be_renamed(start_front, panel, node, wings, make_b
     assert ".backups" not in [i["name"] for i in await ls(front, server, "/")]
     (folder,) = await ls(front, server, "/Backups")
     assert folder["name"].endswith(backup) and folder["directory"] is True
+
+
+# -- review findings -----------------------------------------------------------------------------
+
+
+async def test_restores_keep_within_the_servers_disk_limit(start_front, panel, node, wings):
+    """A restore writes as Wings' own writes do: within the server's disk limit
+    (filesystem.go Copy -> HasSpaceFor), or 400 with Wings' message; replacing a path
+    counts what it frees. Unchecked, Move/Copy out of a backup fill the node's disk."""
+    front = await start_front()
+    big = os.urandom(400 * 1024)
+    server = node.server({"big.bin": big})
+    wings.server(server, disk_space=1)  # MiB
+    backup = new_uuid()
+    assert (await front.post_backup(server, backup))[0] == 202
+    assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    root = node.data / server
+    rename = f"/api/servers/{server}/files/rename"
+
+    def move(to: str) -> dict[str, Any]:
+        return {"root": "/", "files": [{"from": f".backups/{folder}/big.bin", "to": to}]}
+
+    assert (await call(front, "PUT", rename, json=move("big2.bin")))[0] == 204
+    status, body = await call(front, "PUT", rename, json=move("big3.bin"))
+    assert status == 400, body
+    assert body["error"] == "There is not enough disk space available to perform that action."
+    assert not (root / "big3.bin").exists()
+    copy = {"location": f"/.backups/{folder}/big.bin"}
+    status, body = await call(front, "POST", f"/api/servers/{server}/files/copy", json=copy)
+    assert status == 400, body
+    assert not (root / "big copy.bin").exists()
+    # Replacing a file of the same size needs no more room.
+    (root / "big.bin").write_bytes(b"x" * len(big))
+    assert (await call(front, "PUT", rename, json=move("big.bin")))[0] == 204
+    assert (root / "big.bin").read_bytes() == big
+    assert [p for p in os.listdir(root) if p.startswith(".wingsbak")] == []
+
+
+def _held_on_fifo() -> int:
+    """Threads of this process (the daemon runs in it) waiting in open(2) for a FIFO's
+    writer (the kernel's ``wait_for_partner``)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/wchan") as f:
+                count += f.read() == "wait_for_partner"
+        except OSError:
+            pass
+    return count
+
+
+async def test_browsing_held_by_a_hung_store_leaves_the_daemon_threads(
+    start_front, panel, node, wings
+):
+    """Opening a backup waits on its store (an index built, restic, a bucket, a mount): many
+    clicks on a store that hangs (here an index that never answers: a FIFO) must not take
+    every thread of the daemon's shared pool, or deleting a backup, which needs one, hangs
+    for every server of the node."""
+    front = await start_front()
+    server = node.server({"a.txt": "a\n"})
+    other = node.server({"b.txt": "b\n"})
+    wings.server(server)
+    wings.server(other)
+    backup, doomed = new_uuid(), new_uuid()
+    for s, b in ((server, backup), (other, doomed)):
+        assert (await front.post_backup(s, b))[0] == 202
+        assert (await panel.wait_report(b, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    (archive,) = [p for p in node.backups.rglob(f"*{backup}*") if p.name.endswith(".tar.gz")]
+    fifo = f"{archive}.index"
+    os.unlink(fifo)
+    os.mkfifo(fifo)
+
+    path = f"/api/servers/{server}/files/list-directory?directory={quote('/.backups/' + folder)}"
+    clicks = [asyncio.ensure_future(call(front, "GET", path)) for _ in range(40)]
+    try:
+        await wait_until(lambda: _held_on_fifo() >= 2, "browse requests held")
+        delete = call(front, "DELETE", f"/api/servers/{other}/backup/{doomed}")
+        status, body = await asyncio.wait_for(delete, 30)
+        assert status == 204, body
+    finally:
+        async def release() -> bool:
+            if all(c.done() for c in clicks):
+                return True
+            try:  # a writer that opens and closes gives every reader its end of file
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+            return False
+
+        await wait_until(release, "held browse requests released", timeout=120, interval=0.1)
+    assert {(await c)[0] for c in clicks} == {200}
+
+
+async def test_restores_into_an_egg_denylisted_path_are_refused(start_front, panel, node, wings):
+    """Wings refuses a rename or copy naming a path of the egg's file_denylist (403): a
+    file uploaded under an allowed name, backed up, must not be Moved from the backup onto
+    a denylisted one."""
+    front = await start_front()
+    server = node.server({"server.jar": b"the egg's jar", "upload.bin": b"anything"})
+    wings.server(server, file_denylist=["server.jar", "/config/"])
+    backup = new_uuid()
+    assert (await front.post_backup(server, backup))[0] == 202
+    assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    root = node.data / server
+    rename = f"/api/servers/{server}/files/rename"
+    for to in ("server.jar", "plugins/../server.jar", "config/secret.cfg"):
+        body = {"root": "/", "files": [{"from": f".backups/{folder}/upload.bin", "to": to}]}
+        status, answer = await call(front, "PUT", rename, json=body)
+        assert status == 403, (to, answer)
+        assert answer["error"] == "This file cannot be modified: present in egg denylist."
+    assert (root / "server.jar").read_bytes() == b"the egg's jar"
+    assert not (root / "config").exists()
+    copy = {"location": f"/.backups/{folder}/server.jar"}
+    status, _ = await call(front, "POST", f"/api/servers/{server}/files/copy", json=copy)
+    assert status == 403
+    assert not (root / "server copy.jar").exists()
+    body = {"root": "/", "files": [{"from": f".backups/{folder}/upload.bin", "to": "ok.bin"}]}
+    assert (await call(front, "PUT", rename, json=body))[0] == 204
+    assert (root / "ok.bin").read_bytes() == b"anything"
+
+
+async def test_writes_into_the_folder_spelled_as_go_reads_them_are_refused(
+    start_front, panel, node, wings
+):
+    """Wings reads a body as Go does (keys matched under case folding, the last winning,
+    null leaving a field as it was, only the first JSON value read) and pulls into
+    ``root``/``file_name``: every such spelling of a write into the folder is refused here,
+    or Wings makes a real ``.backups`` and the server's backups vanish from its manager."""
+    front = await start_front()
+    server = node.server({"a.txt": "a\n"})
+    wings.server(server)
+    files = f"/api/servers/{server}/files"
+    url = "https://example.com/x"
+    refused: list[tuple[str, str, bytes]] = [
+        ("POST", "create-directory", b'{"NAME": ".backups", "path": "/"}'),
+        ("POST", "create-directory", b'{"name": ".backups", "name": null, "path": "/"}'),
+        ("POST", "create-directory", b'{"name": ".backups", "path": "/"} trailing'),
+        ("POST", "create-directory", b'{"name": ".backups", "path": "/", "x": "\xff"}'),
+        ("PUT", "rename", b'{"root": "/", "Files": [{"from": "a.txt", "TO": ".backups/a"}]}'),
+        ("POST", "pull", b'{"directory": "/", "root": ".backups", "url": "%s"}' % url.encode()),
+        ("POST", "pull", b'{"root": "/", "file_name": ".backups/x", "url": "%s"}' % url.encode()),
+    ]
+    for method, route, raw in refused:
+        headers = {**auth(), "Content-Type": "application/json"}
+        async with front.request(method, f"{files}/{route}", data=raw, headers=headers) as r:
+            assert r.status == 403, (route, raw, await r.text())
+    for route in ("create-directory", "rename", "pull"):
+        assert reached_wings(wings, server, route) == [], route
+    assert not (node.data / server / ".backups").exists()
+
+
+async def test_a_move_to_a_bad_name_gets_a_specific_answer(start_front, panel, node, wings):
+    """A name with a NUL byte or longer than a file name can be: 400 (Wings' "file name is
+    too long" for the latter), not a 500, and nothing left behind."""
+    front = await start_front()
+    server = node.server({"a.txt": "a\n"})
+    wings.server(server)
+    backup = new_uuid()
+    assert (await front.post_backup(server, backup))[0] == 202
+    assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    rename = f"/api/servers/{server}/files/rename"
+    for to, error in (
+        ("x\x00y", "the name holds a NUL byte"),
+        ("n" * 300, "file name is too long"),
+        ("d/" + "n" * 300, "file name is too long"),
+    ):
+        body = {"root": "/", "files": [{"from": f".backups/{folder}/a.txt", "to": to}]}
+        status, answer = await call(front, "PUT", rename, json=body)
+        assert status == 400 and error in answer["error"], (to[:8], answer)
+    left = os.listdir(node.data / server)
+    assert "a.txt" in left and [p for p in left if p.startswith(".wingsbak")] == []

@@ -301,6 +301,10 @@ class ServerState:
     start_delay: float | None = 0.1
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # server/power.go powerLock
     restoring: bool = False  # Wings restores a backup of its own (server/backup.go)
+    # configuration.build.disk_space in MiB, 0 unlimited (environment/settings.go Limits)
+    disk_space: int = 0
+    # configuration.egg.file_denylist (server/configuration.go EggConfiguration)
+    file_denylist: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -506,6 +510,8 @@ class WingsStandin:
                     "uuid": request.match_info["server"],
                     "invocation": s.invocation,
                     "container": {"image": s.image},
+                    "build": {"disk_space": s.disk_space},
+                    "egg": {"file_denylist": s.file_denylist},
                 },
             }
         )

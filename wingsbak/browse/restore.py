@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import itertools
 import json
 import os
@@ -32,7 +33,15 @@ from wingsbak.browse.model import BackupView, Entry
 from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 
-__all__ = ["Exists", "PendingTemps", "RestoredPath", "free_copy_name", "restore_path"]
+__all__ = [
+    "Exists",
+    "PendingTemps",
+    "RestoredPath",
+    "free_copy_name",
+    "restore_path",
+    "size_on_disk",
+    "size_to_restore",
+]
 
 log = get_logger(__name__)
 
@@ -299,3 +308,42 @@ def free_copy_name(
             except FileNotFoundError:
                 return name
     raise Exists(names[-1])
+
+
+def size_to_restore(view: BackupView, source: str) -> int:
+    """Bytes of the files a restore of ``source`` writes."""
+    return sum(e.size for e in view.walk(source) if e.kind == "file")
+
+
+def size_on_disk(root: str | os.PathLike[str], parts: list[str]) -> int:
+    """Bytes of the regular files at ``root/<parts>`` (``[]``: the whole root), each inode
+    once, never through a symlink: what Wings counts as a server's disk usage. 0 for a path
+    that is missing or has a symlink on the way."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def count(st: os.stat_result) -> None:
+        nonlocal total
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+
+    name = parts[-1] if parts else "."
+    try:
+        with _parent_of(root, parts or [name], None, create=False) as parent:
+            st = os.lstat(name, dir_fd=parent)
+            if not stat.S_ISDIR(st.st_mode):
+                count(st)
+                return total
+            for _path, _dirs, files, fd in os.fwalk(name, dir_fd=parent):
+                for f in files:
+                    with contextlib.suppress(FileNotFoundError):
+                        count(os.lstat(f, dir_fd=fd))
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if not parts:
+            raise
+        log.debug("browse_size_unknown", path="/".join(parts), error=str(exc))
+    except OSError as exc:
+        if not parts or exc.errno != errno.ELOOP:
+            raise
+    return total

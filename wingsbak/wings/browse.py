@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import os
 import posixpath
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,14 +39,22 @@ from yarl import URL
 
 from wingsbak.answers import check_bearer
 from wingsbak.appkeys import BROWSE_TEMPS, CATALOG, CONFIG, JOBS, USED_TOKENS
+from wingsbak.archive.rules import IgnoreRules
 from wingsbak.browse.catalog import Catalog, Unopenable
 from wingsbak.browse.model import BackupFolder, BackupView, Entry, NotADirectory, NotFound
-from wingsbak.browse.restore import Exists, free_copy_name, restore_path
+from wingsbak.browse.restore import (
+    Exists,
+    free_copy_name,
+    restore_path,
+    size_on_disk,
+    size_to_restore,
+)
 from wingsbak.errors import TokenRejected
 from wingsbak.log import get_logger
 from wingsbak.tokens import decode_token
 from wingsbak.uuids import is_uuid
-from wingsbak.wings.client import WINGS
+from wingsbak.wings import gojson
+from wingsbak.wings.client import WINGS, WingsError
 from wingsbak.wings.identity import IDENTITY
 from wingsbak.wings.proxy import (
     CONTINUE_OWED,
@@ -64,7 +74,22 @@ NOT_FOUND = "The requested resources was not found on the system."  # request_er
 IS_DIR = "Cannot perform that action: file is a directory."
 RESTORING = "The server is being restored from a backup."
 EXISTS = "Cannot move or rename file, destination already exists."  # putServerRenameFiles
+DENYLISTED = "This file cannot be modified: present in egg denylist."  # request_error.go
+TOO_LONG = "Cannot perform that action: file name is too long."  # request_error.go
+NO_SPACE = "There is not enough disk space available to perform that action."  # request_error.go
 _warned: set[str] = set()
+
+# Opening a backup waits on its store (an index built in one pass, restic, a bucket, a
+# mount) and a restore copies whole folders: on threads of their own, so that however many
+# clicks wait there, the daemon's shared pool (reports, deletes, backups) keeps its threads.
+BROWSE_THREADS = 4
+_pool = ThreadPoolExecutor(max_workers=BROWSE_THREADS, thread_name_prefix="wingsbak-browse")
+
+
+async def _run(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(
+        _pool, functools.partial(fn, *args, **kw)
+    )
 
 
 def folder_name(request: web.Request) -> str:
@@ -195,9 +220,34 @@ async def _body(request: web.Request) -> bytes | None:
     return await request.read()
 
 
+# The fields of Wings' file routes' bodies (router_server_files.go), as Go's decoder names them.
+_FIELDS = dict.fromkeys(
+    ("root", "files", "from", "to", "location", "file", "path", "name", "directory", "mode",
+     "url", "file_name"),
+    gojson.Kind.STRING,
+)
+
+
+def _go_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's keys as Go assigns them (wingsbak.wings.gojson): a key equal to a field
+    under case folding sets it, the last one winning; ``null`` leaves it as it was."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        name = gojson.field_name(key, _FIELDS)
+        if name is None:
+            out[key] = value
+        elif value is not None:
+            out[name] = value
+    return out
+
+
 def _decoded(body: bytes) -> dict[str, Any] | None:
+    """The body as Wings' BindJSON reads it: its first JSON value (what follows is never
+    read), each byte that is not UTF-8 as U+FFFD, keys matched as Go matches them; so that
+    no spelling Wings acts on is judged otherwise here."""
+    text = body.decode("utf-8", "replace").lstrip(" \t\n\r")
     try:
-        data = json.loads(body)
+        data, _end = json.JSONDecoder(object_pairs_hook=_go_fields).raw_decode(text)
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
@@ -211,11 +261,11 @@ def catalog(request: web.Request) -> Catalog:
 
 
 async def _folder(request: web.Request, server: str, name: str) -> BackupFolder | None:
-    return await asyncio.to_thread(catalog(request).folder, server, name)
+    return await _run(catalog(request).folder, server, name)
 
 
 async def _view(request: web.Request, folder: BackupFolder) -> BackupView:
-    return await asyncio.to_thread(catalog(request).view, folder)
+    return await _run(catalog(request).view, folder)
 
 
 class _Answer(Exception):
@@ -236,7 +286,7 @@ async def _open(request: web.Request, server: str, place: Place) -> tuple[Backup
 
 async def _stat(view: BackupView, path: str) -> Entry:
     try:
-        return await asyncio.to_thread(view.stat, path)
+        return await _run(view.stat, path)
     except NotFound:
         raise _Answer(_error(404, NOT_FOUND)) from None
 
@@ -268,7 +318,7 @@ async def list_directory(request: web.Request) -> web.StreamResponse:
         return await forward(request)
     await _authorized(request)
     if place.backup is None:
-        folders = await asyncio.to_thread(catalog(request).folders, server)
+        folders = await _run(catalog(request).folders, server)
         shown = [
             stat_json(Entry(f.name, "dir", 0, 0o555, 0), f.name, f.created.timestamp())
             for f in reversed(folders)
@@ -276,7 +326,7 @@ async def list_directory(request: web.Request) -> web.StreamResponse:
         return web.json_response(shown)
     _f, view = await _open(request, server, place)
     try:
-        entries = await asyncio.to_thread(view.listdir, place.path)
+        entries = await _run(view.listdir, place.path)
     except NotFound:
         return _error(404, NOT_FOUND)
     except NotADirectory:
@@ -304,7 +354,7 @@ async def _root_listing(request: web.Request, server: str) -> web.StreamResponse
         if listing is not None:
             _warn_real(server, name)
         return web.Response(status=status, body=body, headers=wings_headers)
-    folders = await asyncio.to_thread(catalog(request).folders, server)
+    folders = await _run(catalog(request).folders, server)
     newest = folders[-1].created.timestamp() if folders else 0.0
     listing.append(stat_json(Entry(name, "dir", 0, 0o555, newest), name))
     return web.json_response(listing, headers=answer_headers)
@@ -344,18 +394,18 @@ async def _send(
         return _error(400, IS_DIR)
     if entry.kind != "file":  # a symlink is never followed; nothing else has content
         return _error(400, "Cannot open files of this type.")
-    opened = await asyncio.to_thread(view.open, entry.path)
-    src = await asyncio.to_thread(opened.__enter__)
+    opened = await _run(view.open, entry.path)
+    src = await _run(opened.__enter__)
     try:
         response = web.StreamResponse(headers=headers)
         response.content_length = entry.size
         await response.prepare(request)
-        while chunk := await asyncio.to_thread(src.read, CHUNK):
+        while chunk := await _run(src.read, CHUNK):
             await response.write(chunk)
         await response.write_eof()
         return response
     finally:
-        await asyncio.to_thread(opened.__exit__, None, None, None)
+        await _run(opened.__exit__, None, None, None)
 
 
 async def download_file(request: web.Request) -> web.StreamResponse:
@@ -397,6 +447,60 @@ async def download_file(request: web.Request) -> web.StreamResponse:
 # -- restores: rename out of a backup, copy -------------------------------------------------------
 
 
+async def _details(request: web.Request, server: str) -> dict[str, Any]:
+    """Wings' ``GET /api/servers/{s}``: the server's disk limit and egg denylist."""
+    try:
+        return await request.app[WINGS].server_details(server)
+    except WingsError as exc:
+        log.warning("browse_restore_server_unknown", server=server, error=str(exc))
+        unknown = "The server's configuration could not be read from Wings."
+        raise _Answer(_error(502, unknown)) from None
+
+
+def _configured(details: dict[str, Any], section: str, key: str) -> Any:
+    config = details.get("configuration")
+    part = config.get(section) if isinstance(config, dict) else None
+    return part.get(key) if isinstance(part, dict) else None
+
+
+def _deny(details: dict[str, Any], *paths: list[str]) -> None:
+    """Wings refuses a rename or copy naming a path of the egg's ``file_denylist``
+    (filesystem/path.go IsIgnored, matched on the path and so on everything below a listed
+    one): a restore into one is refused alike, or a file could be put where the egg forbids."""
+    lines = _configured(details, "egg", "file_denylist")
+    if not isinstance(lines, list) or not lines:
+        return
+    rules = IgnoreRules(line for line in lines if isinstance(line, str))
+    for parts in paths:
+        for i in range(1, len(parts) + 1):
+            if rules.excludes("/".join(parts[:i]), is_dir=i < len(parts)):
+                raise _Answer(_error(403, DENYLISTED))
+
+
+async def _room(
+    request: web.Request,
+    server: str,
+    details: dict[str, Any],
+    view: BackupView,
+    source: str,
+    freed: list[str] | None,
+) -> None:
+    """A restore fits the server's disk limit as Wings' own writes must (filesystem.go Copy,
+    HasSpaceFor; ufs/fs_quota.go CanFit: -1 no writes, 0 no limit); ``freed``: the live
+    path it replaces. Wings' usage figure is cached for minutes, so the root is measured."""
+    limit = _configured(details, "build", "disk_space")
+    if not isinstance(limit, int) or limit == 0:
+        return
+    root = request.app[JOBS].server_root(server)
+
+    def measure() -> int:
+        used = size_on_disk(root, []) - (size_on_disk(root, freed) if freed else 0)
+        return used + size_to_restore(view, source)
+
+    if limit < 0 or await _run(measure) > limit * 1024 * 1024:
+        raise _Answer(_error(400, NO_SPACE))
+
+
 def _owner(request: web.Request) -> tuple[int, int] | None:
     user = request.app[CONFIG].system.user
     return (user.uid, user.gid) if os.geteuid() == 0 else None
@@ -426,19 +530,24 @@ async def rename(request: web.Request) -> web.StreamResponse:
     await _authorized(request)
     if request.app[JOBS].is_restoring(server):
         return _error(409, RESTORING)
+    details = await _details(request, server)
     for _item, src, dst in ours:
         place = Place(src)
         if place.backup is None or not dst:
             return _error(403, READ_ONLY.format(folder_name(request)))
+        if any("\x00" in part for part in dst):  # no file can be named so (Go: EINVAL)
+            return _error(400, "Cannot perform that action: the name holds a NUL byte.")
+        _deny(details, src, dst)
         _f, view = await _open(request, server, place)
         try:
             await _stat(view, place.path)
         except _Answer:
             log.warning("browse_restore_not_found", server=server, path="/".join(src))
             continue  # putServerRenameFiles: a source that does not exist is no error
+        await _room(request, server, details, view, place.path, dst)
         dest = request.app[JOBS].server_root(server)
         try:
-            done = await asyncio.to_thread(
+            done = await _run(
                 restore_path,
                 view,
                 place.path,
@@ -450,6 +559,8 @@ async def rename(request: web.Request) -> web.StreamResponse:
         except Exists:
             return _error(400, EXISTS)
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return _error(400, TOO_LONG)
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
             # A symlink (or a file) on the way: never written through (SafePath's 404).
@@ -497,6 +608,9 @@ async def copy(request: web.Request) -> web.StreamResponse:
     if entry.kind != "file":  # Copy: "a directory or not a regular file" is ErrNotExist
         return _error(404, NOT_FOUND)
     live = place.path.split("/")[:-1]
+    details = await _details(request, server)
+    _deny(details, parts, place.path.split("/"))
+    await _room(request, server, details, view, entry.path, None)
     dest = request.app[JOBS].server_root(server)
     owner = _owner(request)
 
@@ -518,8 +632,10 @@ async def copy(request: web.Request) -> web.StreamResponse:
             return name
 
     try:
-        name = await asyncio.to_thread(run)
+        name = await _run(run)
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return _error(400, TOO_LONG)
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
         return _error(404, NOT_FOUND)
@@ -553,8 +669,8 @@ def _targets(route: str, query: Any, data: dict[str, Any] | None) -> list[list[s
     if route == "chmod":
         files = [f.get("file", "") if isinstance(f, dict) else "" for f in many("files")]
         return [clean(s("root"), str(f)) for f in files] or [clean(s("root"))]
-    if route == "pull":
-        return [clean(s("directory") or s("root"))]
+    if route == "pull":  # the downloader writes root/file_name (downloader.go; not directory)
+        return [clean(s("directory")), clean(s("root")), clean(s("root"), s("file_name"))]
     return []
 
 

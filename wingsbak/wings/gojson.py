@@ -116,7 +116,7 @@ def _canonical(value: dict[str, Any]) -> bytes:
     return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-def _field_name(key: str, fields: dict[str, Kind]) -> str | None:
+def field_name(key: str, fields: dict[str, Kind]) -> str | None:
     """The field ``key`` assigns: an exact match first, then one equal under folding."""
     if key in fields:
         return key
@@ -182,7 +182,7 @@ class _Decoder:
             return pos + 1
         while True:
             key, pos = self.key(pos)
-            name = _field_name(key, self.fields)
+            name = field_name(key, self.fields)
             if name is None:
                 pos = self.skip(pos, depth=1)
             else:
