@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -153,6 +153,9 @@ class JobBase:
         self._server_locks: dict[str, asyncio.Lock] = {}
         self.backups: dict[str, BackupJob] = {}
         self.restores: dict[str, RestoreJob] = {}  # by server
+        # Single paths being restored from a backup into each server (the file manager's
+        # Move and Copy): a full restore waits for none of them, so it is refused meanwhile.
+        self.path_restores: dict[str, int] = {}
         # Jobs that have ended and are being reported and recorded (by uuid): not idle yet,
         # and a stop waits for them (a report sent whose journal entry is not yet forgotten
         # would be sent again by the next start's recovery).
@@ -176,6 +179,21 @@ class JobBase:
         if lock is None:
             lock = self._server_locks[server] = asyncio.Lock()
         return lock
+
+    @contextlib.contextmanager
+    def restoring_paths(self, server: str) -> Iterator[None]:
+        """Held while single paths of a backup are written into the server (the caller
+        checked :meth:`is_restoring` first, on the loop as this): a full restore of the
+        server is refused (409) while one is held."""
+        self.path_restores[server] = self.path_restores.get(server, 0) + 1
+        try:
+            yield
+        finally:
+            left = self.path_restores[server] - 1
+            if left:
+                self.path_restores[server] = left
+            else:
+                del self.path_restores[server]
 
     def server_root(self, server: str) -> Path:
         return self.config.data_dir / server

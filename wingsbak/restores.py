@@ -45,6 +45,8 @@ class RestoreJobs(JobBase):
             raise Conflict("the server is already being restored")
         if any(j.server == server for j in self.backups.values()):
             raise Conflict("a backup of this server is running or queued")
+        if server in self.path_restores:
+            raise Conflict("files of the server are being restored from a backup")
         job = RestoreJob(server, backup_uuid, adapter, truncate, download_url)
         if download_url:
             job.source = await self._open_download_url(download_url)
@@ -57,7 +59,11 @@ class RestoreJobs(JobBase):
             if job.store is None:
                 raise NotFound("The requested backup does not exist on this node.")
         # Other requests (or the start of a shutdown) may have come while we looked.
-        busy = server in self.restores or any(j.server == server for j in self.backups.values())
+        busy = (
+            server in self.restores
+            or server in self.path_restores
+            or any(j.server == server for j in self.backups.values())
+        )
         if busy or not self.accepting:
             if job.source is not None:
                 await asyncio.to_thread(job.source.close)

@@ -75,3 +75,38 @@ async def test_a_move_killed_at_each_step_is_finished_or_undone(
     assert contents(root / "world") == (saved if STEPS[step] else griefed)
     assert "browse_restore_interrupted_cleaned" in proc.logs()
     assert await proc.stop() == 0
+
+
+async def test_a_full_restore_is_refused_while_a_move_writes_into_the_server(
+    daemon_process: Callable[..., DaemonProcess],
+    node: Node,
+    wings: WingsStandin,
+    panel: Panel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full restore does not wait for a Move: started meanwhile, it would delete the Move's
+    temporary or have the Move's folder swapped in over what it restored. It gets a 409
+    while a Move runs (held here at its start for 3 s), and runs once the Move is done."""
+    monkeypatch.setenv("WINGSBAK_FAILPOINT", "browse-restore-started:delay:3")
+    proc = in_front(daemon_process, node, wings, panel, PELICAN)
+    await proc.start()
+    server = node.server(dict(FILES))
+    wings.server(server)
+    root = node.data / server
+    backup = await backed_up(proc, panel, server)
+    (root / "world/level.dat").write_text("griefed")
+    status, listing = await call(
+        proc, "GET", f"/api/servers/{server}/files/list-directory?directory=/.backups"
+    )
+    assert status == 200, listing
+    moved = [{"from": "world/level.dat", "to": "../../world/level.dat"}]
+    body: dict[str, Any] = {"root": f"/.backups/{listing[0]['name']}", "files": moved}
+    move = asyncio.ensure_future(call(proc, "PUT", f"/api/servers/{server}/files/rename", body))
+    await wait_until(lambda: "failpoint_reached" in proc.logs(), "the Move to be held")
+
+    assert await proc.post_restore(server, backup) == 409
+    assert (await move)[0] == 204
+    assert (root / "world/level.dat").read_text() == "level as saved"
+    assert await proc.post_restore(server, backup) == 202
+    await panel.wait_report(backup, restore=True)
+    assert await proc.stop() == 0

@@ -37,6 +37,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from yarl import URL
 
+from wingsbak import failpoint
 from wingsbak.answers import check_bearer
 from wingsbak.appkeys import BROWSE_TEMPS, CATALOG, CONFIG, JOBS, USED_TOKENS
 from wingsbak.archive.rules import IgnoreRules
@@ -530,43 +531,45 @@ async def rename(request: web.Request) -> web.StreamResponse:
     await _authorized(request)
     if request.app[JOBS].is_restoring(server):
         return _error(409, RESTORING)
-    details = await _details(request, server)
-    for _item, src, dst in ours:
-        place = Place(src)
-        if place.backup is None or not dst:
-            return _error(403, READ_ONLY.format(folder_name(request)))
-        if any("\x00" in part for part in dst):  # no file can be named so (Go: EINVAL)
-            return _error(400, "Cannot perform that action: the name holds a NUL byte.")
-        _deny(details, src, dst)
-        _f, view = await _open(request, server, place)
-        try:
-            await _stat(view, place.path)
-        except _Answer:
-            log.warning("browse_restore_not_found", server=server, path="/".join(src))
-            continue  # putServerRenameFiles: a source that does not exist is no error
-        await _room(request, server, details, view, place.path, dst)
-        dest = request.app[JOBS].server_root(server)
-        try:
-            done = await _run(
-                restore_path,
-                view,
-                place.path,
-                dest,
-                dst,
-                owner=_owner(request),
-                pending=request.app[BROWSE_TEMPS],
-            )
-        except Exists:
-            return _error(400, EXISTS)
-        except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                return _error(400, TOO_LONG)
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            # A symlink (or a file) on the way: never written through (SafePath's 404).
-            return _error(404, NOT_FOUND)
-        log.info("browse_restored", server=server, backup=place.backup, path=place.path,
-                 to="/".join(dst), files=done.files, folders=done.folders)
+    with request.app[JOBS].restoring_paths(server):  # a full restore waits (409) meanwhile
+        await failpoint.reached("browse-restore-started")
+        details = await _details(request, server)
+        for _item, src, dst in ours:
+            place = Place(src)
+            if place.backup is None or not dst:
+                return _error(403, READ_ONLY.format(folder_name(request)))
+            if any("\x00" in part for part in dst):  # no file can be named so (Go: EINVAL)
+                return _error(400, "Cannot perform that action: the name holds a NUL byte.")
+            _deny(details, src, dst)
+            _f, view = await _open(request, server, place)
+            try:
+                await _stat(view, place.path)
+            except _Answer:
+                log.warning("browse_restore_not_found", server=server, path="/".join(src))
+                continue  # putServerRenameFiles: a source that does not exist is no error
+            await _room(request, server, details, view, place.path, dst)
+            dest = request.app[JOBS].server_root(server)
+            try:
+                done = await _run(
+                    restore_path,
+                    view,
+                    place.path,
+                    dest,
+                    dst,
+                    owner=_owner(request),
+                    pending=request.app[BROWSE_TEMPS],
+                )
+            except Exists:
+                return _error(400, EXISTS)
+            except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:
+                    return _error(400, TOO_LONG)
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                # A symlink (or a file) on the way: never written through (SafePath's 404).
+                return _error(404, NOT_FOUND)
+            log.info("browse_restored", server=server, backup=place.backup, path=place.path,
+                     to="/".join(dst), files=done.files, folders=done.folders)
     if theirs:
         rest = {**data, "files": [item for item, _s, _d in theirs]}  # type: ignore[dict-item]
         return await forward(request, json.dumps(rest).encode(), rewritten=True)
@@ -631,8 +634,11 @@ async def copy(request: web.Request) -> web.StreamResponse:
                 continue  # taken meanwhile: the next free name
             return name
 
+    if request.app[JOBS].is_restoring(server):  # again: one may have started meanwhile
+        return _error(409, RESTORING)
     try:
-        name = await _run(run)
+        with request.app[JOBS].restoring_paths(server):  # a full restore waits (409) meanwhile
+            name = await _run(run)
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
             return _error(400, TOO_LONG)
