@@ -16,9 +16,11 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 
 from tests.support.daemon_helpers import auth, new_uuid, wait_until
+from tests.support.rest_standin import rest_repository
 from tests.support.restic_helpers import restic_backups
 from tests.support.s3_helpers import s3_config
 from tests.support.wings_standin import panel_file_token
@@ -592,3 +594,30 @@ async def test_a_move_to_a_bad_name_gets_a_specific_answer(start_front, panel, n
         assert status == 400 and error in answer["error"], (to[:8], answer)
     left = os.listdir(node.data / server)
     assert "a.txt" in left and [p for p in left if p.startswith(".wingsbak")] == []
+
+
+async def test_a_store_that_does_not_answer_leaves_the_root_listing_answering(
+    start_front, panel, node, wings, tmp_path
+):
+    """The root listing asks the stores for the folder's time only: a restic repository
+    whose server holds its answers (the REST stand-in, tests/support/rest_standin.py) must
+    not hold the file manager's root listing; the folder is still shown."""
+    if shutil.which("restic") is None:
+        pytest.skip("restic is not installed")
+    async with rest_repository(tmp_path) as (rest, backups):
+        front = await start_front(**backups)
+        server = node.server(dict(LIVE))
+        wings.server(server)
+        rest.delay = lambda method, path: 120.0 if path.startswith("/snapshots") else 0.0
+        try:
+            async with front.request(
+                "GET",
+                f"/api/servers/{server}/files/list-directory?directory=%2F",
+                headers=auth(),
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as r:
+                assert r.status == 200
+                names = {item["name"] for item in await r.json()}
+            assert {".backups", "server.properties"} <= names
+        finally:
+            rest.delay = lambda method, path: 0.0

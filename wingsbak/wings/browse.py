@@ -84,6 +84,9 @@ _warned: set[str] = set()
 # mount) and a restore copies whole folders: on threads of their own, so that however many
 # clicks wait there, the daemon's shared pool (reports, deletes, backups) keeps its threads.
 BROWSE_THREADS = 4
+# How long the root listing waits for the stores' backups (only the folder's time needs
+# them): a store that does not answer must not hold the file manager of every server.
+ROOT_WAIT = 2.0
 _pool = ThreadPoolExecutor(max_workers=BROWSE_THREADS, thread_name_prefix="wingsbak-browse")
 
 
@@ -355,7 +358,13 @@ async def _root_listing(request: web.Request, server: str) -> web.StreamResponse
         if listing is not None:
             _warn_real(server, name)
         return web.Response(status=status, body=body, headers=wings_headers)
-    folders = await _run(catalog(request).folders, server)
+    try:  # the listing goes on finding them on its thread, and the next answer has them
+        folders = await asyncio.wait_for(
+            asyncio.shield(_run(catalog(request).folders, server)), ROOT_WAIT
+        )
+    except TimeoutError:
+        log.warning("browse_root_listing_without_backups", server=server, waited=ROOT_WAIT)
+        folders = []
     newest = folders[-1].created.timestamp() if folders else 0.0
     listing.append(stat_json(Entry(name, "dir", 0, 0o555, newest), name))
     return web.json_response(listing, headers=answer_headers)
