@@ -56,10 +56,8 @@ async def test_a_restore_shows_its_files_on_the_relayed_console_ten_a_second(
     await panel.wait_report(backup)
     # No backup.read: Wings prints its console lines to every authenticated socket.
     client = await connect(server, CONSOLE)
-    started = time.monotonic()
     assert (await front.post_restore(server, backup))[0] == 202
     events = await client.until("backup restore completed")
-    elapsed = time.monotonic() - started
 
     lines = [e["args"][0] for e in events if e["event"] == "daemon message"]
     assert lines[-1] == "Completed server restoration from local backup."  # Wings' text
@@ -68,8 +66,8 @@ async def test_a_restore_shows_its_files_on_the_relayed_console_ten_a_second(
     assert all(line.startswith("(restoring): ") for line in lines[:-1]), lines
     assert len(set(named)) == len(named) and set(named) <= set(files), named
     assert len(named) + counted == len(files)  # every file, named or counted once
-    # At most ten names in each second of the restore (its seconds start at its first file).
-    assert len(named) <= 10 * (elapsed + 1), (len(named), elapsed)
+    # The rest were counted, not named (the rate itself, ten a second, is checked on a
+    # clock of the test's own in tests/archive/test_restore_console.py).
     assert counted > 0
 
 
