@@ -56,6 +56,7 @@ from wingsbak.tokens import decode_token
 from wingsbak.uuids import is_uuid
 from wingsbak.wings import gojson
 from wingsbak.wings.client import WINGS, WingsError
+from wingsbak.wings.hold import decoded
 from wingsbak.wings.identity import IDENTITY
 from wingsbak.wings.proxy import (
     CONTINUE_OWED,
@@ -77,6 +78,7 @@ RESTORING = "The server is being restored from a backup."
 EXISTS = "Cannot move or rename file, destination already exists."  # putServerRenameFiles
 DENYLISTED = "This file cannot be modified: present in egg denylist."  # request_error.go
 TOO_LONG = "Cannot perform that action: file name is too long."  # request_error.go
+UNREADABLE = "The request body is not a JSON object Wings can read."
 NO_SPACE = "There is not enough disk space available to perform that action."  # request_error.go
 _warned: set[str] = set()
 
@@ -252,9 +254,23 @@ def _decoded(body: bytes) -> dict[str, Any] | None:
     text = body.decode("utf-8", "replace").lstrip(" \t\n\r")
     try:
         data, _end = json.JSONDecoder(object_pairs_hook=_go_fields).raw_decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # Go reads deeper nesting: judged unreadable here
         return None
     return data if isinstance(data, dict) else None
+
+
+async def _judged(request: web.Request) -> tuple[bytes | None, dict[str, Any] | None]:
+    """The body and what Wings will read in it. A body not readable so (which Wings' own
+    BindJSON refuses too, unless Go reads further than Python does) is answered here with a
+    400, never passed on unjudged. None, None: Wings is to refuse it unread."""
+    body = await _body(request)
+    if body is None:
+        return None, None
+    data = await decoded(_decoded, body)
+    if data is None:
+        await _authorized(request)
+        raise _Answer(_error(400, UNREADABLE))
+    return body, data
 
 
 # -- the backups ----------------------------------------------------------------------------------
@@ -521,8 +537,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
     server = request.match_info["server"]
     if not await _active(request, server):
         return await forward(request)
-    body = await _body(request)
-    data = _decoded(body) if body is not None else None
+    body, data = await _judged(request)
     files = data.get("files") if data is not None else None
     if body is None or not isinstance(files, list):
         return await forward(request, body)
@@ -603,8 +618,7 @@ async def copy(request: web.Request) -> web.StreamResponse:
     server = request.match_info["server"]
     if not await _active(request, server):
         return await forward(request)
-    body = await _body(request)
-    data = _decoded(body) if body is not None else None
+    body, data = await _judged(request)
     location = data.get("location") if data is not None else None
     parts = clean(location) if isinstance(location, str) else []
     place = _inside(request, parts)
@@ -703,14 +717,14 @@ def _refusing(route: str) -> Callable[[web.Request], Any]:
                 return await forward(request)
             await _authorized(request)
             return _error(403, READ_ONLY.format(folder_name(request)))
-        body = await _body(request)
-        if body is None or not _touches(request, _targets(route, {}, _decoded(body))):
+        body, data = await _judged(request)
+        if body is None or not _touches(request, _targets(route, {}, data)):
             return await forward(request, body)
         await _authorized(request)
         log.info("browse_write_refused", server=server, route=route)
         return _error(403, READ_ONLY.format(folder_name(request)))
 
-    return handler
+    return _answers(handler)
 
 
 async def upload_file(request: web.Request) -> web.StreamResponse:
