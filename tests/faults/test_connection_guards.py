@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import pytest
 import yaml
 
@@ -36,6 +37,8 @@ from tests.support.daemon_helpers import (
     ws_claims,
 )
 from tests.support.wings_standin import WingsStandin
+from wingsbak.config import ApiConfig
+from wingsbak.http.server import start_server
 
 HANG = 15.0  # seconds after which a wait is a hang, not a slow answer
 OTHER_CLIENT = "127.0.0.2"  # another client address on the loopback network
@@ -522,3 +525,20 @@ async def test_parser_refusals_are_json_and_echo_nothing_of_the_request(daemon_p
         json_error(status, headers, body)
         assert SECRET.encode() not in raw and b"download/backup" not in raw, raw
     assert SECRET not in log_of(proc)
+
+
+async def test_a_stopped_listener_frees_its_port_before_its_stop_returns() -> None:
+    """A listener moved by a node-settings save (wingsbak/wings/identity.py ``_rebind``) stops
+    the old site and listens again on the same port at once: the old socket must be closed
+    when the stop returns, not on a later turn of the loop (else the new bind fails, or a
+    connection waits in a backlog nobody accepts from)."""
+    app = aiohttp.web.Application()
+    runner = await start_server(app, ApiConfig(host="127.0.0.1", port=0))
+    try:
+        (site,) = runner.sites
+        port = runner.addresses[0][1]
+        await site.stop()
+        again = socket.create_server(("127.0.0.1", port))  # EADDRINUSE while it is open
+        again.close()
+    finally:
+        await runner.cleanup()

@@ -73,6 +73,8 @@ REFUSED_LINGER_SECONDS = 2.0
 OVER_CAP_GRACE_SECONDS = 2.0
 # The pause after an accept failed for want of descriptors or memory (asyncio's own delay).
 ACCEPT_RETRY_SECONDS = 1.0
+# Connections taken from the backlog per wake-up, so that one busy port shares the loop.
+ACCEPT_BATCH = 64
 
 
 def raw_error_answer(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
@@ -415,7 +417,12 @@ async def listening_sockets(host: str, port: int, backlog: int) -> list[socket.s
 
 class Listener(asyncio.AbstractServer):
     """Accepts on its sockets and hands each connection to ``serve``, which counts it before a
-    TLS handshake (asyncio's own server would run the handshake first)."""
+    TLS handshake (asyncio's own server would run the handshake first).
+
+    Accepting is a reader callback, not a task awaiting ``sock_accept``: a connection the
+    kernel handed over is never lost to a cancellation, and :meth:`close` stops accepting
+    and closes the sockets before it returns, so the port is free for a new listener at once
+    (a moved listener, see wingsbak.wings.identity)."""
 
     def __init__(
         self,
@@ -426,7 +433,10 @@ class Listener(asyncio.AbstractServer):
         self._sockets = sockets
         self._serve = serve
         self._connections: set[asyncio.Task[None]] = set()
-        self._accepting = [self._loop.create_task(self._accept(sock)) for sock in sockets]
+        self._closed = self._loop.create_future()
+        self._retries: dict[socket.socket, asyncio.TimerHandle] = {}
+        for sock in sockets:
+            self._loop.add_reader(sock, self._accept, sock)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -439,39 +449,55 @@ class Listener(asyncio.AbstractServer):
         return bool(self._sockets)
 
     def close(self) -> None:
-        """Stop accepting; connections still in their TLS handshake are dropped (the others
-        are aiohttp's to close)."""
-        self._sockets = []
-        for task in (*self._accepting, *self._connections):
+        """Stop accepting and close the sockets; connections still in their TLS handshake are
+        dropped (the others are aiohttp's to close)."""
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            self._loop.remove_reader(sock)
+            retry = self._retries.pop(sock, None)
+            if retry is not None:
+                retry.cancel()
+            sock.close()
+        for task in self._connections:
             task.cancel()
+        if not self._closed.done():
+            self._closed.set_result(None)
 
     async def wait_closed(self) -> None:
-        await asyncio.gather(*self._accepting, *self._connections, return_exceptions=True)
+        await asyncio.gather(*self._connections, return_exceptions=True)
 
     async def start_serving(self) -> None:
         pass
 
     async def serve_forever(self) -> None:
-        await asyncio.gather(*self._accepting)
+        await self._closed
 
-    async def _accept(self, sock: socket.socket) -> None:
-        try:
-            while True:
-                try:
-                    conn, peer = await self._loop.sock_accept(sock)
-                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                    continue  # ECONNABORTED: the client left before its accept
-                except OSError as exc:
-                    # Out of descriptors or memory (or worse): the pending connections wait
-                    # in the backlog meanwhile; the listener never stops for good.
-                    log.error("accept_failed", error=exc.strerror, retry=ACCEPT_RETRY_SECONDS)
-                    await asyncio.sleep(ACCEPT_RETRY_SECONDS)
-                    continue
-                task = self._loop.create_task(self._serve(conn, peer))
-                self._connections.add(task)
-                task.add_done_callback(self._connections.discard)
-        finally:
-            sock.close()
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # ECONNABORTED: the client left before its accept
+            except OSError as exc:
+                # Out of descriptors or memory (or worse): the pending connections wait
+                # in the backlog meanwhile; the listener never stops for good.
+                log.error("accept_failed", error=exc.strerror, retry=ACCEPT_RETRY_SECONDS)
+                self._loop.remove_reader(sock)
+                self._retries[sock] = self._loop.call_later(
+                    ACCEPT_RETRY_SECONDS, self._resume, sock
+                )
+                return
+            conn.setblocking(False)
+            task = self._loop.create_task(self._serve(conn, peer))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    def _resume(self, sock: socket.socket) -> None:
+        self._retries.pop(sock, None)
+        if sock in self._sockets:
+            self._loop.add_reader(sock, self._accept, sock)
 
 
 class GuardedSite(web.BaseSite):
