@@ -527,6 +527,17 @@ async def _room(
         raise _Answer(_error(400, NO_SPACE))
 
 
+def _write_refused(exc: OSError) -> web.Response:
+    """Wings' answer to a restore's write that the file system refused; anything else is
+    raised again."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return _error(400, TOO_LONG)
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        # A symlink (or a file) on the way: never written through (SafePath's 404).
+        return _error(404, NOT_FOUND)
+    raise exc
+
+
 def _owner(request: web.Request) -> tuple[int, int] | None:
     user = request.app[CONFIG].system.user
     return (user.uid, user.gid) if os.geteuid() == 0 else None
@@ -586,12 +597,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
             except Exists:
                 return _error(400, EXISTS)
             except OSError as exc:
-                if exc.errno == errno.ENAMETOOLONG:
-                    return _error(400, TOO_LONG)
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                # A symlink (or a file) on the way: never written through (SafePath's 404).
-                return _error(404, NOT_FOUND)
+                return _write_refused(exc)
             log.info("browse_restored", server=server, backup=place.backup, path=place.path,
                      to="/".join(dst), files=done.files, folders=done.folders)
     if theirs:
@@ -663,11 +669,7 @@ async def copy(request: web.Request) -> web.StreamResponse:
         with request.app[JOBS].restoring_paths(server):  # a full restore waits (409) meanwhile
             name = await _run(run)
     except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:
-            return _error(400, TOO_LONG)
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-        return _error(404, NOT_FOUND)
+        return _write_refused(exc)
     log.info("browse_copied", server=server, backup=place.backup, path=place.path, name=name)
     return web.Response(status=204)
 
