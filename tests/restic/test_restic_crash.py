@@ -35,7 +35,9 @@ async def test_kill_9_during_a_restic_backup_then_restart(
     backups = restic_backups(tmp_path)
     assert oracle(backups["restic"], "init").returncode == 0
     # 1 MiB/s to the repository: the backup is mid-way for seconds.
-    proc = daemon_process(remote=panel.url, write_limit=1, **backups)
+    # No scheduled check: its `restic check` takes a lock of its own while the test looks
+    # for the stale one to be gone.
+    proc = daemon_process(remote=panel.url, write_limit=1, verify_interval=0, **backups)
     await proc.start()
     server = node.random_server(16 * MIB, files=4)
     backup = new_uuid()
