@@ -98,7 +98,16 @@ async def upload_via_panel(
     (``Cancelled``...). The temporary file is gone when this returns or raises, also when the
     task is cancelled.
     """
-    temp = await asyncio.to_thread(AtomicFile, Path(temp_dir) / earlier_archive_name(backup_uuid))
+    creating = asyncio.ensure_future(
+        asyncio.to_thread(AtomicFile, Path(temp_dir) / earlier_archive_name(backup_uuid))
+    )
+    try:
+        temp = await asyncio.shield(creating)
+    except asyncio.CancelledError:  # the file may be made meanwhile: it goes too
+        made = (await asyncio.gather(creating, return_exceptions=True))[0]
+        if isinstance(made, AtomicFile):
+            made.abort()
+        raise
     try:
         result = await _archive_in_thread(root, temp, rules, archive_options)
         urls, part_size = await _call_get_part_urls(get_part_urls, result.size)
