@@ -93,3 +93,114 @@ def test_member_reader_refuses_truncated_and_trailing_garbage() -> None:
         reader = MemberReader(io.BytesIO(packed + b"\0junk"))
         while reader.read(65536):
             pass
+
+
+def _writer_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("gzmember")]
+
+
+@pytest.mark.parametrize(
+    ("isal", "threads", "inline"),
+    [(True, 1, False), (True, 3, False), (False, 2, False), (False, 1, True)],
+    ids=["isal-1", "isal-3", "zlib-2", "zlib-inline"],
+)
+@pytest.mark.parametrize("total", [0, 1, 3 * 65536, MEMBER_SIZE + 12345], ids=str)
+def test_the_writer_keeps_blocks_in_order_whatever_the_threads_and_write_sizes(
+    tmp_path: Path, isal: bool, threads: int, inline: bool, total: int
+) -> None:
+    """Blocks go to the workers in turn and come back in turn: the stream gzip reads is the
+    input, byte for byte, for odd write sizes, a stream of no bytes and a partial last member."""
+    from wingsbak.archive.gzmembers import MemberWriter
+
+    if isal and not wgzip.HAVE_ISAL:
+        pytest.skip("isal is not installed")
+    data = (os.urandom(40_000) + b"text " * 20_000) * (total // 140_000 + 1)
+    data = data[:total]
+    out = tmp_path / "out.gz"
+    with open(out, "wb") as raw:
+        writer = MemberWriter(raw, 1, threads, isal=isal, inline=inline,
+                              member_size=256 * 1024, block_size=64 * 1024)
+        pos, step = 0, 1
+        while pos < len(data):
+            writer.write(data[pos : pos + step])
+            pos += step
+            step = step * 3 + 7  # 1, 10, 37, ... across block ends
+        writer.close()
+    gzip_test(out)
+    assert subprocess.run(["gzip", "-dc", str(out)], capture_output=True, check=True).stdout == data
+    assert [u for _, u in writer.members][:-1] == list(range(0, max(total, 1), 256 * 1024))
+    assert not _writer_threads()
+
+
+class _FailingSink:
+    def __init__(self, fail_at: int) -> None:
+        self.writes = 0
+        self.fail_at = fail_at
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes >= self.fail_at:
+            raise OSError(28, "No space left on device")
+        return len(data)
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["threads", "inline"])
+def test_a_sink_that_fails_stops_the_writer_with_its_error_and_no_thread_left(
+    inline: bool,
+) -> None:
+    import threading
+
+    from wingsbak.archive.gzmembers import MemberWriter
+
+    sink = _FailingSink(fail_at=3)
+    writer = MemberWriter(sink, 1, 2, isal=wgzip.HAVE_ISAL, inline=inline,
+                          member_size=128 * 1024, block_size=64 * 1024)
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for _ in range(200):  # far more than the buffers in flight: the producer must see it
+                writer.write(os.urandom(64 * 1024))
+        except OSError as exc:
+            errors.append(exc)
+        try:
+            writer.close()
+        except OSError as exc:
+            errors.append(exc)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(120)
+    assert not producer.is_alive(), "the producer waits forever on a writer that failed"
+    assert errors and all(e.errno == 28 for e in errors)  # type: ignore[attr-defined]
+    assert sink.writes == 3
+    assert not _writer_threads()
+
+
+def test_a_compressor_that_fails_ends_the_stream_with_its_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wingsbak.archive import gzmembers
+
+    calls = {"n": 0}
+    real = gzmembers._BlockCompressor.__call__
+
+    def flaky(self: object, data: memoryview, zdict: bytes) -> tuple[bytes, int]:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise MemoryError("no room for the block")
+        return real(self, data, zdict)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gzmembers._BlockCompressor, "__call__", flaky)
+    sink = io.BytesIO()
+    writer = gzmembers.MemberWriter(sink, 1, 2, isal=wgzip.HAVE_ISAL,
+                                    member_size=128 * 1024, block_size=64 * 1024)
+    with pytest.raises(MemoryError, match="no room"):
+        for _ in range(50):
+            writer.write(os.urandom(64 * 1024))
+        writer.close()
+    with pytest.raises(MemoryError):  # the stream is not whole: closing says so, and waits
+        writer.close()
+    assert not _writer_threads()
