@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -156,6 +156,7 @@ class JobBase:
         # Single paths being restored from a backup into each server (the file manager's
         # Move and Copy): a full restore waits for none of them, so it is refused meanwhile.
         self.path_restores: dict[str, int] = {}
+        self._path_locks: dict[str, asyncio.Lock] = {}
         # Jobs that have ended and are being reported and recorded (by uuid): not idle yet,
         # and a stop waits for them (a report sent whose journal entry is not yet forgotten
         # would be sent again by the next start's recovery).
@@ -180,20 +181,25 @@ class JobBase:
             lock = self._server_locks[server] = asyncio.Lock()
         return lock
 
-    @contextlib.contextmanager
-    def restoring_paths(self, server: str) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def restoring_paths(self, server: str) -> AsyncIterator[None]:
         """Held while single paths of a backup are written into the server (the caller
         checked :meth:`is_restoring` first, on the loop as this): a full restore of the
-        server is refused (409) while one is held."""
+        server is refused (409) while one is held or waited for. One at a time per server:
+        each measures the room the server has left and then writes, and two measuring at
+        once would each find the room for one and together pass the disk limit."""
         self.path_restores[server] = self.path_restores.get(server, 0) + 1
+        lock = self._path_locks.setdefault(server, asyncio.Lock())
         try:
-            yield
+            async with lock:
+                yield
         finally:
             left = self.path_restores[server] - 1
             if left:
                 self.path_restores[server] = left
-            else:
+            else:  # nobody holds the lock nor waits for it
                 del self.path_restores[server]
+                del self._path_locks[server]
 
     def server_root(self, server: str) -> Path:
         return self.config.data_dir / server

@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -457,6 +458,53 @@ async def test_restores_keep_within_the_servers_disk_limit(start_front, panel, n
     assert (root / "big.bin").read_bytes() == big
     assert [p for p in os.listdir(root) if p.startswith(".wingsbak")] == []
 
+
+
+async def test_two_moves_at_once_keep_within_the_disk_limit_together(
+    start_front, panel, node, wings, monkeypatch
+):
+    """Each Move measures the room left and then writes. Two measuring before either has
+    written would each find room for one and together pass the limit; one at a time, the
+    second measures what the first wrote. The first write is held until the second Move
+    has started writing too (or, as it must be, for 2 s while the second waits)."""
+    from wingsbak.wings import browse
+
+    front = await start_front()
+    big = os.urandom(400 * 1024)
+    server = node.server({"big.bin": big})
+    wings.server(server, disk_space=1)  # MiB: the live file and one restored copy fit
+    backup = new_uuid()
+    assert (await front.post_backup(server, backup))[0] == 202
+    assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    real = browse.restore_path
+    second = threading.Event()
+    started: list[str] = []
+    guard = threading.Lock()
+
+    def held(*args: Any, **kw: Any) -> Any:
+        with guard:
+            started.append("/".join(args[3]))
+            first = len(started) == 1
+        if first:
+            second.wait(2)
+        else:
+            second.set()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(browse, "restore_path", held)
+    rename = f"/api/servers/{server}/files/rename"
+
+    def move(to: str) -> dict[str, Any]:
+        return {"root": "/", "files": [{"from": f".backups/{folder}/big.bin", "to": to}]}
+
+    answers = await asyncio.gather(
+        *(call(front, "PUT", rename, json=move(name)) for name in ("a.bin", "b.bin"))
+    )
+    assert sorted(status for status, _ in answers) == [204, 400], answers
+    root = node.data / server
+    assert len([n for n in ("a.bin", "b.bin") if (root / n).exists()]) == 1
+    assert [p for p in os.listdir(root) if p.startswith(".wingsbak")] == []
 
 def _held_on_fifo() -> int:
     """Threads of this process (the daemon runs in it) waiting in open(2) for a FIFO's

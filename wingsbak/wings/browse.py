@@ -566,7 +566,8 @@ async def rename(request: web.Request) -> web.StreamResponse:
     await _authorized(request)
     if request.app[JOBS].is_restoring(server):
         return _error(409, RESTORING)
-    with request.app[JOBS].restoring_paths(server):  # a full restore waits (409) meanwhile
+    # One at a time per server; a full restore waits (409) meanwhile.
+    async with request.app[JOBS].restoring_paths(server):
         await failpoint.reached("browse-restore-started")
         details = await _details(request, server)
         for _item, src, dst in ours:
@@ -642,7 +643,6 @@ async def copy(request: web.Request) -> web.StreamResponse:
     live = place.path.split("/")[:-1]
     details = await _details(request, server)
     _deny(details, parts, place.path.split("/"))
-    await _room(request, server, details, view, entry.path, None)
     dest = request.app[JOBS].server_root(server)
     owner = _owner(request)
 
@@ -666,7 +666,10 @@ async def copy(request: web.Request) -> web.StreamResponse:
     if request.app[JOBS].is_restoring(server):  # again: one may have started meanwhile
         return _error(409, RESTORING)
     try:
-        with request.app[JOBS].restoring_paths(server):  # a full restore waits (409) meanwhile
+        # One at a time per server (the room measured is the room written into); a full
+        # restore waits (409) meanwhile.
+        async with request.app[JOBS].restoring_paths(server):
+            await _room(request, server, details, view, entry.path, None)
             name = await _run(run)
     except OSError as exc:
         return _write_refused(exc)
