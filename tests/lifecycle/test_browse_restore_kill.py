@@ -110,3 +110,62 @@ async def test_a_full_restore_is_refused_while_a_move_writes_into_the_server(
     assert await proc.post_restore(server, backup) == 202
     await panel.wait_report(backup, restore=True)
     assert await proc.stop() == 0
+
+
+# The path moved -> what the Move answers once a racing writer has put a symlink to a folder
+# outside the server where ``world`` was, while the restored copy waited to be renamed in.
+RACED = {"world/level.dat": 204, "world": 400}
+
+
+@pytest.mark.parametrize("moved", list(RACED))
+async def test_a_move_raced_by_a_writer_that_swaps_in_a_symlink_writes_nothing_through_it(
+    daemon_process: Callable[..., DaemonProcess],
+    node: Node,
+    wings: WingsStandin,
+    panel: Panel,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    moved: str,
+) -> None:
+    """The daemon is stopped with its copy built beside the destination; meanwhile the
+    server's own process moves ``world`` aside and puts a symlink to a folder outside the
+    server in its place. The Move goes on through the folder it opened (a file lands in the
+    real folder, under its new name) or refuses the swap (a folder: the name no longer holds
+    a folder); nothing is written through the link and nothing stays under a hidden name."""
+    monkeypatch.setenv("WINGSBAK_FAILPOINT", "browse-restore-built:pause")
+    proc = in_front(daemon_process, node, wings, panel, PELICAN)
+    await proc.start()
+    server = node.server(dict(FILES))
+    wings.server(server)
+    root = node.data / server
+    await backed_up(proc, panel, server)
+    (root / "world/level.dat").write_text("griefed")
+    griefed = contents(root / "world")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the server's")
+
+    status, listing = await call(
+        proc, "GET", f"/api/servers/{server}/files/list-directory?directory=/.backups"
+    )
+    assert status == 200, listing
+    pair = {"from": moved, "to": f"../../{moved}"}
+    body = {"root": f"/.backups/{listing[0]['name']}", "files": [pair]}
+    move = asyncio.ensure_future(call(proc, "PUT", f"/api/servers/{server}/files/rename", body))
+    assert proc.proc is not None
+    await wait_until(lambda: paused(proc.proc), "the daemon to stop with its copy built")
+    (root / "world").rename(root / "world.real")
+    (root / "world").symlink_to(outside)
+    proc.proc.send_signal(signal.SIGCONT)
+    status, answer = await move
+
+    assert status == RACED[moved], answer
+    assert contents(outside) == {"keep.txt": b"not the server's"}
+    assert (root / "world").is_symlink()
+    assert hidden(root) == [] and hidden(outside) == []
+    if moved == "world/level.dat":
+        assert (root / "world.real/level.dat").read_text() == "level as saved"
+    else:
+        assert answer["error"] == "Cannot move or rename file, destination already exists."
+        assert contents(root / "world.real") == griefed
+    assert await proc.stop() == 0
