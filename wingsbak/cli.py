@@ -252,6 +252,26 @@ def _cmd_cat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pending_temps(config_path: str | None) -> Any:
+    """This run's record of its temporaries, beside the daemon's in the backup directory, so
+    that the next start of either removes what a kill of this one left; None (said on
+    stderr) where that directory cannot be written."""
+    from wingsbak.browse.restore import PendingTemps, recover_left
+    from wingsbak.daemon import resolve_config
+
+    directory = resolve_config(config_path).backup_dir
+    try:
+        recover_left(directory)
+        return PendingTemps.of_this_process(directory)
+    except OSError as exc:
+        print(
+            f"wingsbak: {directory}: {exc.strerror}; a kill of this run would leave its "
+            "temporaries (.wingsbak-part-*) where it writes",
+            file=sys.stderr,
+        )
+        return None
+
+
 def _restore_only(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -263,16 +283,23 @@ def _restore_only(args: argparse.Namespace) -> int:
         raise SystemExit("wingsbak: --only restores single paths; --truncate does not apply")
     view = _open_backup(args.archive, args.config)
     os.close(open_server_root(args.dest))  # created when missing, refused when a symlink
+    pending = _pending_temps(args.config)
     restored = []
-    for only in args.only:
-        path = _backup_path(only)
-        if not path:
-            raise SystemExit("wingsbak: --only needs a path inside the backup")
-        try:
-            done = restore_path(view, path, args.dest, path.split("/"), owner=None)
-        except NotFound:
-            raise SystemExit(f"wingsbak: {only}: not in the backup") from None
-        restored.append({"path": path, **asdict(done)})
+    try:
+        for only in args.only:
+            path = _backup_path(only)
+            if not path:
+                raise SystemExit("wingsbak: --only needs a path inside the backup")
+            try:
+                done = restore_path(
+                    view, path, args.dest, path.split("/"), owner=None, pending=pending
+                )
+            except NotFound:
+                raise SystemExit(f"wingsbak: {only}: not in the backup") from None
+            restored.append({"path": path, **asdict(done)})
+    finally:
+        if pending is not None:
+            pending.forget()
     print(json.dumps({"dest": str(Path(args.dest).absolute()), "restored": restored}))
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from wingsbak.browse.catalog import Catalog
-from wingsbak.browse.restore import PendingTemps
+from wingsbak.browse.restore import RECORD, PendingTemps, recover_left
 from wingsbak.config import Config
 from wingsbak.events import EventBus
 from wingsbak.freespace import FreeSpace
@@ -30,7 +30,6 @@ from wingsbak.wings.identity import NodeIdentity
 from wingsbak.wings.lifecycle import ServerLifecycle
 from wingsbak.wings.quiesce import Quiesce
 
-BROWSE_RECORD = ".wingsbak-browse-restores.json"
 
 class Node:
     def __init__(self, config: Config, identity: NodeIdentity | None = None) -> None:
@@ -80,7 +79,7 @@ class Node:
         )
         # The backups' folder of the file manager, and its single-path restores' temporaries.
         self.catalog = Catalog(self.stores.all)
-        self.browse_temps = PendingTemps(config.backup_dir / BROWSE_RECORD)
+        self.browse_temps = PendingTemps(config.backup_dir / RECORD)
         self.watch = Watch(config, self.metrics, self.outbox)
         self.jobs.on_job_end = self.watch.job_end
         self.verifier = Verifier(config, self.jobs, self.watch, self.stores)
@@ -103,6 +102,7 @@ class Node:
         await self.watch.start()
         await self.jobs.recover()
         await asyncio.to_thread(self.browse_temps.recover)
+        await asyncio.to_thread(recover_left, self.config.backup_dir)
         self.stores.start()
         await self.verifier.start()
         if self.lifecycle is not None:

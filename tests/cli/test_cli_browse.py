@@ -5,11 +5,14 @@ its uuid in the configured stores, as ``wingsbak verify`` finds one."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 
@@ -91,3 +94,41 @@ def test_restore_only_restores_the_paths_named(tmp_path: Path) -> None:
     assert os.readlink(dest / "passwd-link") == "/etc/passwd"
     assert (dest / "server.properties").read_text() == "motd=live\n"  # not named: untouched
     assert sorted(os.listdir(dest)) == ["passwd-link", "server.properties", "world"]
+
+
+@pytest.mark.parametrize("next_start", ["command line", "daemon"])
+async def test_a_restore_only_killed_midway_is_finished_by_the_next_start(
+    tmp_path: Path, next_start: str, start_daemon: Any
+) -> None:
+    """``restore --only world`` killed between the swap of the folder and the removal of the
+    old one (which sits under a hidden name then): the next ``restore --only`` or the
+    daemon's next start removes it, from the run's record beside the daemon's; the live
+    folder is the backup's."""
+    config, backup = node(tmp_path)
+    dest = tmp_path / "dest"
+    (dest / "world").mkdir(parents=True)
+    (dest / "world/level.dat").write_bytes(b"griefed")
+    killed = subprocess.run(
+        [sys.executable, "-m", "wingsbak", "restore", backup, str(dest), "--only", "world",
+         "--config", str(config)],
+        capture_output=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "WINGSBAK_FAILPOINT": "browse-restore-swapped:kill"},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    hidden = [p for p in os.listdir(dest) if p.startswith(".wingsbak-part-")]
+    assert len(hidden) == 1 and (dest / hidden[0] / "level.dat").read_bytes() == b"griefed"
+    records = list((tmp_path / "backups").glob(".wingsbak-browse-restores-*.json"))
+    assert len(records) == 1
+
+    if next_start == "command line":
+        again = wingsbak("restore", backup, str(dest), "--only", "server.properties",
+                         "--config", str(config), cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+    else:
+        backups = str(tmp_path / "backups")
+        await start_daemon(config_hook=lambda raw: raw["system"].update(backup_directory=backups))
+    assert sorted(os.listdir(dest)) == (
+        ["server.properties", "world"] if next_start == "command line" else ["world"]
+    )
+    assert (dest / "world/level.dat").read_bytes() == b"level"
+    assert list((tmp_path / "backups").glob(".wingsbak-browse-restores-*.json")) == []

@@ -17,6 +17,7 @@ import errno
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -34,10 +35,12 @@ from wingsbak.log import get_logger
 from wingsbak.statefile import write_json_atomic
 
 __all__ = [
+    "RECORD",
     "Exists",
     "PendingTemps",
     "RestoredPath",
     "free_copy_name",
+    "recover_left",
     "restore_path",
     "size_on_disk",
     "size_to_restore",
@@ -69,16 +72,32 @@ def _temp_name() -> str:
     return f"{TEMP_PREFIX}{os.getpid()}-{next(_seq)}-{secrets.token_hex(4)}"
 
 
+RECORD = ".wingsbak-browse-restores.json"  # the daemon's, in the backup directory
+_RECORD_OF = re.compile(r"^\.wingsbak-browse-restores-(\d+)\.json$")  # a command line run's
+
+
 class PendingTemps:
     """The temporaries of single-path restores under way, on disk before each is made and
     until it is gone, so that a start after a kill removes what one left: a part-built copy
     (the live path untouched) or, after a folder's swap, the old folder it replaced (the
-    restore rolled forward). Nothing of a server is ever left under a hidden name."""
+    restore rolled forward). Nothing of a server is ever left under a hidden name.
+
+    The daemon keeps :data:`RECORD`; a command line run (``restore --only``) its own record
+    beside it, named with its process id (:meth:`of_this_process`), which the next start of
+    either removes once that process is gone (:func:`recover_left`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def of_this_process(cls, directory: Path) -> PendingTemps:
+        """A command line run's record, written at once (empty): :class:`OSError` where
+        ``directory`` takes none."""
+        pending = cls(directory / f".wingsbak-browse-restores-{os.getpid()}.json")
+        pending._save()
+        return pending
 
     def _save(self) -> None:
         write_json_atomic(self.path, self._pending)
@@ -94,6 +113,12 @@ class PendingTemps:
             with self._lock:
                 self._pending.pop(temp, None)
                 self._save()
+
+    def forget(self) -> None:
+        """The run is over with nothing under way: its record goes."""
+        with self._lock:
+            if not self._pending:
+                self.path.unlink(missing_ok=True)
 
     def recover(self) -> int:
         """Blocking, at start: remove every temporary an earlier run left; how many."""
@@ -120,6 +145,34 @@ class PendingTemps:
         with self._lock:
             self._save()
         return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def recover_left(directory: Path) -> int:
+    """Blocking: what command line runs now gone left in ``directory`` (their records) is
+    removed, and so are their records; how many temporaries. A run still going is left be."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        match = _RECORD_OF.match(name)
+        if match is None or int(match[1]) == os.getpid() or _alive(int(match[1])):
+            continue
+        record = PendingTemps(directory / name)
+        removed += record.recover()
+        record.forget()
+    return removed
 
 
 @contextmanager
