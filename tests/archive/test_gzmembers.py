@@ -36,7 +36,7 @@ def test_members_are_independent_and_the_archive_is_ordinary_gzip(
     root = tmp_path / "root"
     _tree(root)
     out = tmp_path / "b.tar.gz"
-    result = archive_file(root, out)
+    result = archive_file(root, out, index=True)
     gzip_test(out)
     dest = tmp_path / "dest"
     gnu_extract(out, dest)

@@ -112,6 +112,7 @@ class _Archiver:
         bytes_total: list[int],
         clock: Clock = time.monotonic,
         allow_unreadable: bool = False,
+        index: bool = False,
     ) -> None:
         self.out = out
         self.allow_unreadable = allow_unreadable
@@ -127,7 +128,7 @@ class _Archiver:
         self.view = memoryview(self.block)
         self.pos = 0
         self.offset = 0  # bytes of the tar stream handed to ``out`` so far
-        self.index = IndexData()
+        self.index = IndexData() if index else None
 
     def skip(self, relpath: str, reason: str) -> None:
         """An entry that could not be read (no access, an I/O error)."""
@@ -207,6 +208,8 @@ class _Archiver:
 
     def note(self, entry: WalkEntry, size: int, header_at: int, data_at: int) -> None:
         """One entry for the index, as a reader of the tar stream will see it."""
+        if self.index is None:
+            return
         st = entry.st
         kind = _INDEX_KIND[entry.kind]
         # The headers store whole seconds, never before the epoch.
@@ -328,6 +331,7 @@ def write_archive(
     clock: Clock = time.monotonic,
     allow_unreadable: bool = False,
     on_read_end: Callable[[], None] | None = None,
+    index: bool = False,
 ) -> ArchiveResult:
     """Stream a gzip tar archive of ``root`` into ``sink`` and say what was written.
 
@@ -339,7 +343,8 @@ def write_archive(
     every 0.25 s of ``clock``, and once at the end; when given, the total is counted by a
     second walk alongside (:class:`TreeTotal`, stopped and joined before this returns).
     ``on_read_end`` is called once every file has been read, before the last of the archive
-    is compressed and written (a game may save again from then on).
+    is compressed and written (a game may save again from then on). ``index``: gather the
+    archive's index as it is written (``ArchiveResult.index``; its caller closes it).
     Raises :class:`Cancelled` when ``cancel`` is set, or the sink's own error.
     """
     limiter = TokenBucket(write_limit * MIB, cancel) if write_limit > 0 else None
@@ -348,7 +353,7 @@ def write_archive(
     rules = rules or IgnoreRules()
     measure = TreeTotal(root, rules, bytes_total, cancel) if progress is not None else None
     gz = GZIP.open_writer(metered, level, threads)  # type: ignore[arg-type]
-    archiver = _Archiver(gz, cancel, progress, bytes_total, clock, allow_unreadable)
+    archiver = _Archiver(gz, cancel, progress, bytes_total, clock, allow_unreadable, index)
     ok = False
     try:
         if measure is not None:
@@ -372,21 +377,28 @@ def write_archive(
     finally:
         if measure is not None:
             measure.stop()
-        if ok:
-            gz.close()
-        else:
-            try:
+        try:
+            if ok:
                 gz.close()
-            except Exception:  # the first error is the one that matters
-                pass
+            else:
+                try:
+                    gz.close()
+                except Exception:  # the first error is the one that matters
+                    pass
+        finally:
+            if not ok and archiver.index is not None:
+                archiver.index.close()
     # The measuring thread may not have finished: the final report has the exact total.
     bytes_total[0] = archiver.bytes_read
     archiver.report()
     members = getattr(gz, "members", None)
-    index = None
-    if members is not None:
-        index = archiver.index
-        index.members = list(members)
+    gathered = archiver.index
+    if gathered is not None:
+        if members is None:  # a writer without members: nothing to index by
+            gathered.close()
+            gathered = None
+        else:
+            gathered.members = list(members)
     return ArchiveResult(
         size=metered.size,
         checksum=metered.hexdigest(),
@@ -395,7 +407,7 @@ def write_archive(
         skipped=archiver.skipped,
         unreadable=archiver.unreadable,
         bytes_read=archiver.bytes_read,
-        index=index,
+        index=gathered,
     )
 
 
@@ -417,18 +429,23 @@ def archive_to_file(
     """
     path = Path(path)
     cancel = options.get("cancel")
-    with AtomicFile(path) as f:
-        result = write_archive(root, f, rules, **options)  # type: ignore[arg-type]
-        f.commit(cancel if isinstance(cancel, threading.Event) else None)
+    result: ArchiveResult | None = None
     try:
-        write_sidecar(path, result.checksum, result.checksum_type)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    if index and result.index is not None:
+        with AtomicFile(path) as f:
+            result = write_archive(root, f, rules, index=index, **options)  # type: ignore[arg-type]
+            f.commit(cancel if isinstance(cancel, threading.Event) else None)
         try:
-            write_index_for_file(path, result.index)
-        except Exception as exc:
-            # The archive is complete without it: the first browse builds it again.
-            log.warning("archive_index_not_written", archive=str(path), error=str(exc))
+            write_sidecar(path, result.checksum, result.checksum_type)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if result.index is not None:
+            try:
+                write_index_for_file(path, result.index)
+            except Exception as exc:
+                # The archive is complete without it: the first browse builds it again.
+                log.warning("archive_index_not_written", archive=str(path), error=str(exc))
+    finally:
+        if result is not None and result.index is not None:
+            result.index.close()  # written: its members stay readable, its spool is gone
     return result

@@ -35,7 +35,9 @@ of its first header block in the tar stream, the offset of its data (both -1 for
 the archive implies but holds no entry of), the length of its name, the length of its link
 target; then the name and the link target (as stored, never followed). One row per folder
 rather than per entry: the archiver writes it at the end of a backup, where a row per entry
-would cost several percent of the backup's time, and a listing reads a single row.
+would cost several percent of the backup's time, and a listing reads a single row. Until
+then the entries wait in a private temporary database on disk (:class:`IndexData`), not
+in memory: a million of them cost the memory of a few.
 
 A hard link to a file is indexed as a file with its target's size and offsets. An entry
 whose path climbs out (``..``) is left out. Later entries of the same path replace earlier
@@ -56,7 +58,7 @@ import struct
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -183,13 +185,25 @@ _KIND_CODE = {KIND_FILE: 0, KIND_DIR: 1, KIND_SYMLINK: 2, KIND_OTHER: 3}
 _KIND_NAME = {code: kind for kind, code in _KIND_CODE.items()}
 
 
-@dataclass(slots=True)
 class IndexData:
-    """An index's content before it is written: each folder's children as packed records
-    (in stream order, a later one of the same name replacing an earlier one), and members."""
+    """An index's content before it is written: every entry as it comes, spooled to a
+    private temporary SQLite database (on disk, its pages cached a few MiB at most, removed
+    when closed or when the process ends however it ends), so that a million entries take
+    the memory of ten; and the members. :meth:`folders` gives what the index holds."""
 
-    folders: dict[bytes, list[tuple[bytes, bytes]]] = field(default_factory=dict)
-    members: list[Member] = field(default_factory=list)
+    _BATCH = 4096
+
+    def __init__(self) -> None:
+        self.members: list[Member] = []
+        self._db = sqlite3.connect("", check_same_thread=False)  # "": a temporary file
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE entries (seq INTEGER PRIMARY KEY, parent BLOB NOT NULL,"
+            " name BLOB NOT NULL, record BLOB)"
+        )
+        self._batch: list[tuple[bytes, bytes, bytes]] = []
+        self._by_name = False
 
     def add(
         self,
@@ -213,10 +227,87 @@ class IndexData:
             len(name),
             len(linkname),
         )
-        children = self.folders.get(parent)
-        if children is None:
-            children = self.folders[parent] = []
-        children.append((name, record + name + linkname))
+        self._batch.append((parent, name, record + name + linkname))
+        if len(self._batch) >= self._BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._db.executemany(
+                "INSERT INTO entries (parent, name, record) VALUES (?, ?, ?)", self._batch
+            )
+            self._batch.clear()
+
+    def file(self, parent: bytes, name: bytes) -> tuple[int, int, int] | None:
+        """The size and header and data offsets of the file last added at that path, if
+        the entry there is a file (what a hard link to it stands for)."""
+        self._flush()
+        if not self._by_name:  # made at the first hard link only: most archives have none
+            self._db.execute("CREATE INDEX by_name ON entries (parent, name)")
+            self._by_name = True
+        row = self._db.execute(
+            "SELECT record FROM entries WHERE parent = ? AND name = ? ORDER BY seq DESC LIMIT 1",
+            (parent, name),
+        ).fetchone()
+        if row is None:
+            return None
+        kind, _mode, size, _mtime, header, data, _n, _l = _RECORD.unpack_from(row[0])
+        return (size, header, data) if kind == _KIND_CODE[KIND_FILE] else None
+
+    def folders(self) -> Iterator[tuple[bytes, bytes]]:
+        """Each folder's path and its children packed back to back, sorted by name, a
+        later entry of a name replacing an earlier one; the root and every folder the
+        entries imply (tar needs no entry for a folder) included."""
+        self._flush()
+        db = self._db
+        db.execute("DROP TABLE IF EXISTS implied")
+        db.execute("CREATE TABLE implied (parent BLOB, name BLOB, PRIMARY KEY (parent, name))")
+        parents = db.execute("SELECT DISTINCT parent FROM entries WHERE parent != x''")
+        while rows := parents.fetchmany(1024):
+            for (path,) in rows:
+                while path:
+                    parent, name = _split(path)
+                    inserted = db.execute(
+                        "INSERT OR IGNORE INTO implied VALUES (?, ?)", (parent, name)
+                    ).rowcount
+                    if not inserted:
+                        break  # and so are the folders above it
+                    path = parent
+        rows = db.execute(
+            "SELECT parent, name, record, seq FROM entries"
+            " UNION ALL SELECT parent, name, NULL, -1 FROM implied"
+            " ORDER BY 1, 2, 4"  # in stream order within a name: the last one stays
+        )
+        folder: bytes | None = None
+        children: list[bytes] = []
+        last = b""
+        root_seen = False
+        while batch := rows.fetchmany(1024):
+            for parent, name, record, _seq in batch:
+                if parent != folder:
+                    if folder is not None:
+                        yield folder, b"".join(children)
+                    folder, children, last = parent, [], b""
+                    root_seen = root_seen or parent == b""
+                if record is None:
+                    record = _implied(name)
+                if children and name == last:
+                    children[-1] = record
+                else:
+                    children.append(record)
+                    last = name
+        if folder is not None:
+            yield folder, b"".join(children)
+        if not root_seen:
+            yield b"", b""
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _implied(name: bytes) -> bytes:
+    """A folder the archive holds no entry of."""
+    return _RECORD.pack(_KIND_CODE[KIND_DIR], _IMPLIED_MODE, 0, 0, -1, -1, len(name), 0) + name
 
 
 def index_path(archive: str | os.PathLike[str]) -> Path:
@@ -253,25 +344,26 @@ def build_index(stream: _Readable) -> IndexData:
     :class:`~wingsbak.archive.gzmembers.GzipFormatError` for one that is not gzip."""
     reader = MemberReader(stream)
     data = IndexData()
-    files: dict[bytes, tuple[int, int, int]] = {}  # path -> size, header and data offsets
-    tar = iter_entries(reader, passthrough=(GzipFormatError,))
-    tar.check_start()
-    for entry in tar:
-        path = _normal(entry.name)
-        if path is None:
-            continue
-        kind = _kind(entry.type)
-        size = entry.real_size if kind == KIND_FILE else 0
-        at = (entry.header_offset, entry.data_offset)
-        linkname = entry.linkname
-        if entry.type == HARDLINK:
-            target = files.get(_normal(entry.linkname) or b"")
-            if target is not None:
-                kind, size, at, linkname = KIND_FILE, target[0], target[1:], b""
-        if kind == KIND_FILE:
-            files[path] = (size, *at)
-        parent, name = _split(path)
-        data.add(parent, name, kind, size, entry.mode & 0o7777, entry.mtime, linkname, *at)
+    try:
+        tar = iter_entries(reader, passthrough=(GzipFormatError,))
+        tar.check_start()
+        for entry in tar:
+            path = _normal(entry.name)
+            if path is None:
+                continue
+            kind = _kind(entry.type)
+            size = entry.real_size if kind == KIND_FILE else 0
+            at = (entry.header_offset, entry.data_offset)
+            linkname = entry.linkname
+            if entry.type == HARDLINK:
+                target = data.file(*_split(_normal(entry.linkname) or b""))
+                if target is not None:
+                    kind, size, at, linkname = KIND_FILE, target[0], target[1:], b""
+            parent, name = _split(path)
+            data.add(parent, name, kind, size, entry.mode & 0o7777, entry.mtime, linkname, *at)
+    except BaseException:
+        data.close()
+        raise
     data.members = list(reader.members)
     return data
 
@@ -329,25 +421,7 @@ def _fill(db: sqlite3.Connection, data: IndexData, stamp: Stamp) -> None:
         "INSERT INTO members VALUES (?, ?, ?)",
         [(i, c, u) for i, (c, u) in enumerate(data.members)],
     )
-    folders = {parent: dict(children) for parent, children in data.folders.items()}
-    folders.setdefault(b"", {})
-    # A folder the archive holds no entry of (tar needs none) is listed all the same.
-    pending = [p for p in folders if p]
-    while pending:
-        path = pending.pop()
-        parent, name = _split(path)
-        siblings = folders.get(parent)
-        if siblings is None:
-            siblings = folders[parent] = {}
-            if parent:
-                pending.append(parent)
-        if name not in siblings:
-            record = _RECORD.pack(_KIND_CODE[KIND_DIR], _IMPLIED_MODE, 0, 0, -1, -1, len(name), 0)
-            siblings[name] = record + name
-    db.executemany(
-        "INSERT INTO folders VALUES (?, ?)",
-        [(path, b"".join(v for _, v in sorted(c.items()))) for path, c in folders.items()],
-    )
+    db.executemany("INSERT INTO folders VALUES (?, ?)", data.folders())
     db.commit()
 
 

@@ -239,7 +239,10 @@ def open_tar_view(source: RangeSource, index_file: str | os.PathLike[str]) -> Ta
             if index is None:
                 stamp = stamp_of(source)
                 data = build_index(_SourceReader(source, 0, [source.size]))
-                write_index(Path(index_file), data, stamp)
+                try:
+                    write_index(Path(index_file), data, stamp)
+                finally:
+                    data.close()
                 index = ArchiveIndex(index_file)
     return TarView(source, index)
 
