@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -170,3 +171,31 @@ def test_gathering_an_index_takes_the_same_memory_for_many_entries(tmp_path: Pat
     folders = [e.path for e in index.children(b"plugins")]
     assert folders[:2] == [b"plugins/data000", b"plugins/data001"] and len(folders) == 200
     assert len(index.children(b"plugins/data199")) == 1000
+
+
+def test_a_spool_that_cannot_be_written_costs_the_index_not_the_backup(tmp_path: Path) -> None:
+    """The entries wait in SQLite's temporary folder; where it is full, the backup is made
+    all the same and whole (gzip and tar read it), and no index, not even part of one, is
+    left beside it (the first browse builds it)."""
+    from tests.support.daemon_helpers import mounted_tmpfs
+
+    root = tmp_path / "root"
+    for folder in range(5):
+        (root / f"d{folder}").mkdir(parents=True)
+        for i in range(1000):
+            (root / f"d{folder}" / (f"{i:04d}" + "n" * 200)).write_text("x")
+    out = tmp_path / "b.tar.gz"
+    with mounted_tmpfs(tmp_path / "spool", "64k") as spool:
+        done = subprocess.run(
+            [sys.executable, "-m", "wingsbak", "archive", str(root), "-o", str(out), "--index"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "SQLITE_TMPDIR": str(spool)},
+        )
+        assert list(spool.iterdir()) == []
+    assert done.returncode == 0, done.stderr
+    assert "archive_index_given_up" in done.stderr + done.stdout
+    subprocess.run(["gzip", "-t", str(out)], check=True)
+    listed = subprocess.run(["tar", "-tzf", str(out)], capture_output=True, check=True).stdout
+    assert len(listed.splitlines()) == 5 * 1001
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["b.tar.gz", "b.tar.gz.sha1", "root", "spool"]

@@ -73,6 +73,7 @@ from wingsbak.archive.tarread import (
     SYMLINK,
     iter_entries,
 )
+from wingsbak.log import get_logger
 
 __all__ = [
     "FORMAT",
@@ -91,6 +92,8 @@ __all__ = [
     "write_index",
     "write_index_for_file",
 ]
+
+log = get_logger(__name__)
 
 FORMAT = 1
 INDEX_SUFFIX = ".index"
@@ -195,9 +198,14 @@ class IndexData:
 
     def __init__(self) -> None:
         self.members: list[Member] = []
+        # Where the spool cannot be written (its folder full, SQLite's temporary folder not
+        # writable), the index is given up, not the backup: said once, then raised by
+        # :meth:`folders` and :meth:`file`, so that no index is written.
+        self.error: sqlite3.Error | None = None
         self._db = sqlite3.connect("", check_same_thread=False)  # "": a temporary file
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("PRAGMA cache_size=-1024")  # KiB
         self._db.execute(
             "CREATE TABLE entries (seq INTEGER PRIMARY KEY, parent BLOB NOT NULL,"
             " name BLOB NOT NULL, record BLOB)"
@@ -227,21 +235,35 @@ class IndexData:
             len(name),
             len(linkname),
         )
+        if self.error is not None:
+            return
         self._batch.append((parent, name, record + name + linkname))
         if len(self._batch) >= self._BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        if self._batch:
+        if not self._batch:
+            return
+        try:
             self._db.executemany(
                 "INSERT INTO entries (parent, name, record) VALUES (?, ?, ?)", self._batch
             )
+        except sqlite3.Error as exc:
+            self.error = exc
+            log.warning("archive_index_given_up", error=str(exc))
+        finally:
             self._batch.clear()
+
+    def _spooled(self) -> sqlite3.Connection:
+        self._flush()
+        if self.error is not None:
+            raise self.error
+        return self._db
 
     def file(self, parent: bytes, name: bytes) -> tuple[int, int, int] | None:
         """The size and header and data offsets of the file last added at that path, if
         the entry there is a file (what a hard link to it stands for)."""
-        self._flush()
+        self._spooled()
         if not self._by_name:  # made at the first hard link only: most archives have none
             self._db.execute("CREATE INDEX by_name ON entries (parent, name)")
             self._by_name = True
@@ -258,8 +280,7 @@ class IndexData:
         """Each folder's path and its children packed back to back, sorted by name, a
         later entry of a name replacing an earlier one; the root and every folder the
         entries imply (tar needs no entry for a folder) included."""
-        self._flush()
-        db = self._db
+        db = self._spooled()
         db.execute("DROP TABLE IF EXISTS implied")
         db.execute("CREATE TABLE implied (parent BLOB, name BLOB, PRIMARY KEY (parent, name))")
         parents = db.execute("SELECT DISTINCT parent FROM entries WHERE parent != x''")
