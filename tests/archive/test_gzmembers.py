@@ -204,3 +204,72 @@ def test_a_compressor_that_fails_ends_the_stream_with_its_error(
     with pytest.raises(MemoryError):  # the stream is not whole: closing says so, and waits
         writer.close()
     assert not _writer_threads()
+
+
+def test_a_compressor_that_cannot_be_made_fails_the_writer_instead_of_hanging() -> None:
+    """A worker whose compressor cannot be made (ISA-L refuses a level; no memory for its
+    buffers) answers each block with that error: the writer waits on every worker in turn,
+    so a worker that ended without a word held the producer and ``close`` forever."""
+    import threading
+
+    from wingsbak.archive.gzmembers import MemberWriter
+
+    if not wgzip.HAVE_ISAL:
+        pytest.skip("isal is not installed")
+    writer = MemberWriter(io.BytesIO(), 7, 2, isal=True,  # ISA-L's levels are 0 to 3
+                          member_size=128 * 1024, block_size=64 * 1024)
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for _ in range(50):  # more than the buffers in flight
+                writer.write(os.urandom(64 * 1024))
+        except ValueError as exc:
+            errors.append(exc)
+        try:
+            writer.close()
+        except ValueError as exc:
+            errors.append(exc)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    producer.join(120)
+    assert not producer.is_alive(), "the producer waits forever on a worker that never began"
+    assert errors and all("compression level" in str(e) for e in errors)
+    assert not _writer_threads()
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["threads", "inline"])
+def test_a_write_after_close_is_refused_and_the_stream_stays_whole(
+    tmp_path: Path, inline: bool
+) -> None:
+    """Closed, the writer takes nothing more: the workers have ended (a block would wait for
+    them forever) and the stream is finished (bytes after its size member would be lost)."""
+    import threading
+
+    from wingsbak.archive.gzmembers import MemberWriter
+
+    out = tmp_path / "out.gz"
+    with open(out, "wb") as raw:
+        writer = MemberWriter(raw, 1, 2, isal=wgzip.HAVE_ISAL and not inline, inline=inline,
+                              member_size=128 * 1024, block_size=64 * 1024)
+        writer.write(b"kept " * 1000)
+        writer.close()
+        refused: list[BaseException] = []
+
+        def late() -> None:
+            try:
+                writer.write(os.urandom(64 * 1024 * 8))  # more than the buffers in flight
+            except ValueError as exc:
+                refused.append(exc)
+
+        thread = threading.Thread(target=late, daemon=True)
+        thread.start()
+        thread.join(120)
+        assert not thread.is_alive(), "a write after close waits forever on ended workers"
+        assert refused and "closed" in str(refused[0])
+        writer.close()  # a second close is nothing
+    assert subprocess.run(["gzip", "-dc", str(out)], capture_output=True, check=True).stdout == (
+        b"kept " * 1000
+    )
+    assert not _writer_threads()

@@ -222,6 +222,8 @@ class MemberWriter:
             thread.start()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        if self._closed:  # the workers have ended: a block would wait for them forever
+            raise ValueError("write to a closed gzip stream")
         if self._error is not None:
             raise self._error
         view = memoryview(data).cast("B")
@@ -265,11 +267,17 @@ class MemberWriter:
         self._fill = 0
 
     def _compress(self, i: int) -> None:
-        compressor = _BlockCompressor(self._level, self._isal, self.block_size)
         inbox, outbox = self._in[i], self._out[i]
+        compressor: _BlockCompressor | BaseException
+        try:
+            compressor = _BlockCompressor(self._level, self._isal, self.block_size)
+        except BaseException as exc:  # each block says so: the writer waits for every one
+            compressor = exc
         while (block := inbox.get()) is not None:
             buf, length, start, zdict = block
             try:
+                if isinstance(compressor, BaseException):
+                    raise compressor
                 compressed, crc = compressor(memoryview(buf)[:length], zdict)
                 outbox.put((buf, length, start, compressed, crc))
             except BaseException as exc:
