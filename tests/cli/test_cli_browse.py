@@ -132,3 +132,42 @@ async def test_a_restore_only_killed_midway_is_finished_by_the_next_start(
     )
     assert (dest / "world/level.dat").read_bytes() == b"level"
     assert list((tmp_path / "backups").glob(".wingsbak-browse-restores-*.json")) == []
+
+
+@pytest.mark.parametrize("next_start", ["command line", "daemon"])
+async def test_records_no_run_could_have_left_stop_neither_start(
+    tmp_path: Path, next_start: str, start_daemon: Any
+) -> None:
+    """Beside a real run's record, one named with a number no process can have (``os.kill``
+    raises OverflowError for it) and a folder named as a gone run's record (it cannot be
+    read nor rewritten): both are logged and passed over, the command line still keeps its
+    own record and the next start still finishes the killed run."""
+    config, backup = node(tmp_path)
+    backups = tmp_path / "backups"
+    (backups / ".wingsbak-browse-restores-99999999999.json").write_text("{}")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (backups / f".wingsbak-browse-restores-{dead.pid}.json").mkdir()
+    dest = tmp_path / "dest"
+    (dest / "world").mkdir(parents=True)
+    (dest / "world/level.dat").write_bytes(b"griefed")
+    killed = subprocess.run(
+        [sys.executable, "-m", "wingsbak", "restore", backup, str(dest), "--only", "world",
+         "--config", str(config)],
+        capture_output=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "WINGSBAK_FAILPOINT": "browse-restore-swapped:kill"},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert b"cannot be written" not in killed.stderr  # it kept its record
+    assert len([p for p in os.listdir(dest) if p.startswith(".wingsbak-part-")]) == 1
+
+    if next_start == "command line":
+        again = wingsbak("restore", backup, str(dest), "--only", "server.properties",
+                         "--config", str(config), cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+    else:
+        folder = str(backups)
+        await start_daemon(config_hook=lambda raw: raw["system"].update(backup_directory=folder))
+    assert not [p for p in os.listdir(dest) if p.startswith(".wingsbak-part-")]
+    assert (dest / "world/level.dat").read_bytes() == b"level"
+    assert (backups / f".wingsbak-browse-restores-{dead.pid}.json").is_dir()  # not ours to remove

@@ -150,7 +150,7 @@ class PendingTemps:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: a number beyond any pid
         return False
     except PermissionError:  # another user's
         return True
@@ -170,8 +170,12 @@ def recover_left(directory: Path) -> int:
         if match is None or int(match[1]) == os.getpid() or _alive(int(match[1])):
             continue
         record = PendingTemps(directory / name)
-        removed += record.recover()
-        record.forget()
+        try:
+            removed += record.recover()
+            record.forget()
+        except OSError as exc:  # not a record (a folder) or not ours to rewrite: the next one
+            log.error("browse_restore_record_not_recovered", path=str(record.path),
+                      error=str(exc))
     return removed
 
 
