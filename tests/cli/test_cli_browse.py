@@ -171,3 +171,37 @@ async def test_records_no_run_could_have_left_stop_neither_start(
     assert not [p for p in os.listdir(dest) if p.startswith(".wingsbak-part-")]
     assert (dest / "world/level.dat").read_bytes() == b"level"
     assert (backups / f".wingsbak-browse-restores-{dead.pid}.json").is_dir()  # not ours to remove
+
+
+def test_a_killed_runs_record_is_finished_by_a_run_that_has_its_pid_again(
+    tmp_path: Path,
+) -> None:
+    """Process ids come round again: the next run may have the id of the run that was
+    killed. Its record is then a dead run's all the same (a run writes its own only after
+    the look), and is finished; passed over, it was overwritten with the new run's empty one
+    and the killed run's hidden folder stayed for good."""
+    config, backup = node(tmp_path)
+    backups = tmp_path / "backups"
+    dest = tmp_path / "dest"
+    (dest / "world").mkdir(parents=True)
+    (dest / "world/level.dat").write_bytes(b"griefed")
+    killed = subprocess.run(
+        [sys.executable, "-m", "wingsbak", "restore", backup, str(dest), "--only", "world",
+         "--config", str(config)],
+        capture_output=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "WINGSBAK_FAILPOINT": "browse-restore-swapped:kill"},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (record,) = backups.glob(".wingsbak-browse-restores-*.json")
+    assert len([p for p in os.listdir(dest) if p.startswith(".wingsbak-part-")]) == 1
+    # The shell's pid is the next run's (exec keeps it): the killed run's record takes it.
+    again = subprocess.run(
+        ["sh", "-c", f'mv "$1" "$2/.wingsbak-browse-restores-$$.json" && exec "$3" -m wingsbak '
+         f'restore {backup} "$4" --only server.properties --config "$5"',
+         "sh", str(record), str(backups), sys.executable, str(dest), str(config)],
+        capture_output=True, timeout=120, cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    assert sorted(os.listdir(dest)) == ["server.properties", "world"]
+    assert (dest / "world/level.dat").read_bytes() == b"level"
+    assert list(backups.glob(".wingsbak-browse-restores-*.json")) == []

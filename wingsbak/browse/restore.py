@@ -167,7 +167,9 @@ def recover_left(directory: Path) -> int:
     removed = 0
     for name in names:
         match = _RECORD_OF.match(name)
-        if match is None or int(match[1]) == os.getpid() or _alive(int(match[1])):
+        # One named with this process's id is a gone run's that had it before: this
+        # process writes its own record only after this look.
+        if match is None or (int(match[1]) != os.getpid() and _alive(int(match[1]))):
             continue
         record = PendingTemps(directory / name)
         try:
