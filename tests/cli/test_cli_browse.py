@@ -96,15 +96,11 @@ def test_restore_only_restores_the_paths_named(tmp_path: Path) -> None:
     assert sorted(os.listdir(dest)) == ["passwd-link", "server.properties", "world"]
 
 
-@pytest.mark.parametrize("next_start", ["command line", "daemon"])
-async def test_a_restore_only_killed_midway_is_finished_by_the_next_start(
-    tmp_path: Path, next_start: str, start_daemon: Any
-) -> None:
-    """``restore --only world`` killed between the swap of the folder and the removal of the
-    old one (which sits under a hidden name then): the next ``restore --only`` or the
-    daemon's next start removes it, from the run's record beside the daemon's; the live
-    folder is the backup's."""
-    config, backup = node(tmp_path)
+def killed_after_the_swap(
+    tmp_path: Path, config: Path, backup: str
+) -> tuple[Path, subprocess.CompletedProcess[bytes]]:
+    """``restore --only world`` over a live ``world``, SIGKILLed after the folders' swap
+    (the old one under a hidden name then)."""
     dest = tmp_path / "dest"
     (dest / "world").mkdir(parents=True)
     (dest / "world/level.dat").write_bytes(b"griefed")
@@ -115,18 +111,38 @@ async def test_a_restore_only_killed_midway_is_finished_by_the_next_start(
         env={**os.environ, "WINGSBAK_FAILPOINT": "browse-restore-swapped:kill"},
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return dest, killed
+
+
+async def start_next(
+    next_start: str, tmp_path: Path, config: Path, backup: str, start_daemon: Any
+) -> None:
+    """The next ``restore --only`` (of another path) or the daemon's next start."""
+    if next_start == "command line":
+        again = wingsbak("restore", backup, str(tmp_path / "dest"), "--only",
+                         "server.properties", "--config", str(config), cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+    else:
+        backups = str(tmp_path / "backups")
+        await start_daemon(config_hook=lambda raw: raw["system"].update(backup_directory=backups))
+
+
+@pytest.mark.parametrize("next_start", ["command line", "daemon"])
+async def test_a_restore_only_killed_midway_is_finished_by_the_next_start(
+    tmp_path: Path, next_start: str, start_daemon: Any
+) -> None:
+    """``restore --only world`` killed between the swap of the folder and the removal of the
+    old one (which sits under a hidden name then): the next ``restore --only`` or the
+    daemon's next start removes it, from the run's record beside the daemon's; the live
+    folder is the backup's."""
+    config, backup = node(tmp_path)
+    dest, _killed = killed_after_the_swap(tmp_path, config, backup)
     hidden = [p for p in os.listdir(dest) if p.startswith(".wingsbak-part-")]
     assert len(hidden) == 1 and (dest / hidden[0] / "level.dat").read_bytes() == b"griefed"
     records = list((tmp_path / "backups").glob(".wingsbak-browse-restores-*.json"))
     assert len(records) == 1
 
-    if next_start == "command line":
-        again = wingsbak("restore", backup, str(dest), "--only", "server.properties",
-                         "--config", str(config), cwd=tmp_path)
-        assert again.returncode == 0, again.stderr
-    else:
-        backups = str(tmp_path / "backups")
-        await start_daemon(config_hook=lambda raw: raw["system"].update(backup_directory=backups))
+    await start_next(next_start, tmp_path, config, backup, start_daemon)
     assert sorted(os.listdir(dest)) == (
         ["server.properties", "world"] if next_start == "command line" else ["world"]
     )
@@ -148,26 +164,11 @@ async def test_records_no_run_could_have_left_stop_neither_start(
     dead = subprocess.Popen(["true"])
     dead.wait()
     (backups / f".wingsbak-browse-restores-{dead.pid}.json").mkdir()
-    dest = tmp_path / "dest"
-    (dest / "world").mkdir(parents=True)
-    (dest / "world/level.dat").write_bytes(b"griefed")
-    killed = subprocess.run(
-        [sys.executable, "-m", "wingsbak", "restore", backup, str(dest), "--only", "world",
-         "--config", str(config)],
-        capture_output=True, timeout=120, cwd=tmp_path,
-        env={**os.environ, "WINGSBAK_FAILPOINT": "browse-restore-swapped:kill"},
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    dest, killed = killed_after_the_swap(tmp_path, config, backup)
     assert b"cannot be written" not in killed.stderr  # it kept its record
     assert len([p for p in os.listdir(dest) if p.startswith(".wingsbak-part-")]) == 1
 
-    if next_start == "command line":
-        again = wingsbak("restore", backup, str(dest), "--only", "server.properties",
-                         "--config", str(config), cwd=tmp_path)
-        assert again.returncode == 0, again.stderr
-    else:
-        folder = str(backups)
-        await start_daemon(config_hook=lambda raw: raw["system"].update(backup_directory=folder))
+    await start_next(next_start, tmp_path, config, backup, start_daemon)
     assert not [p for p in os.listdir(dest) if p.startswith(".wingsbak-part-")]
     assert (dest / "world/level.dat").read_bytes() == b"level"
     assert (backups / f".wingsbak-browse-restores-{dead.pid}.json").is_dir()  # not ours to remove
@@ -182,16 +183,7 @@ def test_a_killed_runs_record_is_finished_by_a_run_that_has_its_pid_again(
     and the killed run's hidden folder stayed for good."""
     config, backup = node(tmp_path)
     backups = tmp_path / "backups"
-    dest = tmp_path / "dest"
-    (dest / "world").mkdir(parents=True)
-    (dest / "world/level.dat").write_bytes(b"griefed")
-    killed = subprocess.run(
-        [sys.executable, "-m", "wingsbak", "restore", backup, str(dest), "--only", "world",
-         "--config", str(config)],
-        capture_output=True, timeout=120, cwd=tmp_path,
-        env={**os.environ, "WINGSBAK_FAILPOINT": "browse-restore-swapped:kill"},
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    dest, _killed = killed_after_the_swap(tmp_path, config, backup)
     (record,) = backups.glob(".wingsbak-browse-restores-*.json")
     assert len([p for p in os.listdir(dest) if p.startswith(".wingsbak-part-")]) == 1
     # The shell's pid is the next run's (exec keeps it): the killed run's record takes it.
