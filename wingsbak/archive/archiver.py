@@ -377,17 +377,13 @@ def write_archive(
     finally:
         if measure is not None:
             measure.stop()
-        try:
-            if ok:
+        if not ok and archiver.index is not None:
+            archiver.index.close()
+        if ok:
+            gz.close()
+        else:
+            with contextlib.suppress(Exception):  # the first error is the one that matters
                 gz.close()
-            else:
-                try:
-                    gz.close()
-                except Exception:  # the first error is the one that matters
-                    pass
-        finally:
-            if not ok and archiver.index is not None:
-                archiver.index.close()
     # The measuring thread may not have finished: the final report has the exact total.
     bytes_total[0] = archiver.bytes_read
     archiver.report()

@@ -10,7 +10,8 @@ from pathlib import Path
 from wingsbak.archive.ratelimit import MIB, Cancelled
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the names in the folder ``path`` (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -71,7 +72,7 @@ class AtomicFile:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled before the file was committed")
             os.replace(self.tmp_path, self.final_path)
-            _fsync_dir(self.final_path.parent)
+            fsync_dir(self.final_path.parent)
         except BaseException:
             self.abort()
             raise

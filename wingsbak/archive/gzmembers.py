@@ -196,13 +196,12 @@ class MemberWriter:
         self.member_size = member_size
         self.block_size = block_size
         self.members: list[Member] = []
-        self.size = 0  # uncompressed bytes taken
         threads = 0 if inline else max(1, threads)
         keep_blocks_in_heap()
         self._level, self._isal = level, isal
         # Buffers in flight bound memory, and hold the producer back when the sink is slow.
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(2 * threads + 1):
+        for _ in range(2 * threads + 1 if threads else 0):
             self._free.put(bytearray(block_size))
         self._buf = bytearray(block_size)
         self._view = memoryview(self._buf)
@@ -239,7 +238,6 @@ class MemberWriter:
             raise self._error
         view = memoryview(data).cast("B")
         n = len(view)
-        self.size += n
         while view:
             k = min(self.block_size - self._fill, len(view))
             self._view[self._fill : self._fill + k] = view[:k]

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Protocol
 
 from wingsbak import failpoint
+from wingsbak.archive.atomic import fsync_dir
 from wingsbak.archive.gzmembers import GzipFormatError, Member, MemberReader
 from wingsbak.archive.tarread import (
     DIRECTORY,
@@ -409,11 +410,7 @@ def write_index(path: str | os.PathLike[str], data: IndexData, stamp: Stamp) -> 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(final.parent)
     return final
 
 

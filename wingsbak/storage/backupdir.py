@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from wingsbak import failpoint
+from wingsbak.archive.atomic import fsync_dir
 from wingsbak.archive.checksum import read_sidecar, sidecar_path, write_sidecar
 from wingsbak.archive.codecs import EARLIER_PREFIX, GZIP, archive_name, earlier_archive_name
 from wingsbak.archive.index import index_path
@@ -283,7 +284,7 @@ class BackupDirectory:
                 write_sidecar(new, sidecar[1], sidecar[0])
             failpoint.hit("rename-sidecar-written")
             os.replace(old, new)
-            _fsync_dir(folder)
+            fsync_dir(folder)
             failpoint.hit("rename-archive-renamed")
             for kind in CHECKSUM_TYPES:
                 sidecar_path(old, kind).unlink(missing_ok=True)
@@ -292,10 +293,3 @@ class BackupDirectory:
             renamed += 1
         return renamed
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
