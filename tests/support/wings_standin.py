@@ -223,25 +223,36 @@ def ascii_fold(key: str, name: str) -> bool:
 
 
 def go_struct(
-    tree: Any, fields: dict[str, str], fold: Callable[[str, str], bool] = equal_fold
+    tree: Any, fields: dict[str, Any], fold: Callable[[str, str], bool] = equal_fold
 ) -> dict[str, Any]:
     """What decoding ``tree`` into a struct with these fields (JSON name -> "string",
-    "[]string" or "int") leaves in it, or GoDecodeError for any error (Wings then discards the
-    whole message): every matching key assigns, in order; null leaves a string or an int as it
-    was and empties a list; a list read again keeps the element it had where the new one is
-    null (decode.go array() decodes into the slice it finds)."""
-    values: dict[str, Any] = {
-        name: {"string": "", "[]string": None, "int": 0}[kind] for name, kind in fields.items()
-    }
+    "[]string", "int", or a dict of fields: a list of such structs) leaves in it, or
+    GoDecodeError for any error (Wings then discards the whole message): every matching key
+    assigns, in order; null leaves a string or an int as it was and empties a list; a list
+    read again keeps the element it had where the new one is null, and decodes an object
+    into the element it finds (decode.go array() decodes into the slice it finds)."""
+    return _decode_into({name: _zero(kind) for name, kind in fields.items()}, tree, fields, fold)
+
+
+def _zero(kind: Any) -> Any:
+    return {"string": "", "[]string": None, "int": 0}.get(kind) if isinstance(kind, str) else None
+
+
+def _decode_into(
+    values: dict[str, Any], tree: Any, fields: dict[str, Any], fold: Callable[[str, str], bool]
+) -> dict[str, Any]:
     if tree is None:
         return values
     if not isinstance(tree, _Object):
         raise GoDecodeError("cannot unmarshal into a struct")
     for key, value in tree.pairs:
         name = key if key in fields else next((n for n in fields if fold(key, n)), None)
-        if name is None or (value is None and fields[name] != "[]string"):
+        if name is None:
             continue
         kind = fields[name]
+        is_list = kind == "[]string" or isinstance(kind, dict)
+        if value is None and not is_list:
+            continue
         if kind == "string":
             if not isinstance(value, str):
                 raise GoDecodeError(f"cannot unmarshal into the string field {name}")
@@ -260,8 +271,12 @@ def go_struct(
             before = values[name] or []
             after = []
             for i, item in enumerate(value):
-                if item is None:
-                    after.append(before[i] if i < len(before) else "")
+                had = before[i] if i < len(before) else None
+                if isinstance(kind, dict):  # a struct per element
+                    base = dict(had) if had is not None else go_struct(None, kind, fold)
+                    after.append(_decode_into(base, item, kind, fold))
+                elif item is None:
+                    after.append(had if had is not None else "")
                 elif isinstance(item, str):
                     after.append(item)
                 else:
@@ -281,6 +296,7 @@ class Received:
     query: str
     headers: dict[str, str]
     body: Any = None  # parsed JSON, or {"sha256": ..., "size": ...} for a streamed body
+    raw: bytes = b""  # a file route's JSON body as it came
     client_ip: str = ""  # gin's ClientIP (issue 19.9)
 
 
@@ -1626,6 +1642,15 @@ def console_origin(wings: WingsStandin) -> Any:
 # system.", router/middleware/request_error.go). Hooked in by one line in ``start``.
 
 _FS_NOT_FOUND = "The requested resources was not found on the system."
+# The structs each handler binds its body into (router_server_files.go).
+RENAME_FIELDS = {"root": "string", "files": {"to": "string", "from": "string"}}
+WRITER_FIELDS: dict[str, dict[str, Any]] = {
+    "delete": {"root": "string", "files": "[]string"},
+    "create-directory": {"name": "string", "path": "string"},
+    "chmod": {"root": "string", "files": {"file": "string", "mode": "string"}},
+    "compress": {"root": "string", "files": "[]string"},
+    "decompress": {"root": "string", "file": "string"},
+}
 
 
 def _http(status: int, body: str) -> web.HTTPException:
@@ -1660,14 +1685,17 @@ def add_file_routes(wings: WingsStandin, app: web.Application) -> None:
             raise _http(404, json.dumps({"error": _FS_NOT_FOUND}))
         return path
 
-    async def body_of(request: web.Request) -> dict[str, Any]:
+    async def body_of(request: web.Request, fields: dict[str, Any]) -> dict[str, Any]:
+        """gin's BindJSON into the handler's struct (``fields``, as go_struct takes them):
+        the first JSON value only, keys matched as encoding/json matches them."""
         await go_continue(request)
+        request[RECORD].raw = raw = await request.read()
         try:
-            data = json.loads(await request.read())
-        except ValueError:
+            data = go_struct(go_parse(raw, first_value_only=True), fields)
+        except GoDecodeError:
             raise _http(400, json.dumps({"error": "Failed to parse the request body."})) from None
         request[RECORD].body = data
-        return data if isinstance(data, dict) else {}
+        return data
 
     async def list_directory(request: web.Request) -> web.Response:
         # getServerListDirectory -> filesystem.ListDirectory: lstat of each entry (DirEntry
@@ -1702,13 +1730,13 @@ def add_file_routes(wings: WingsStandin, app: web.Application) -> None:
         # existing destination is a 400.
         server = request.match_info["server"]
         wings._known(request)
-        data = await body_of(request)
-        files = data.get("files") or []
+        data = await body_of(request, RENAME_FIELDS)
+        files = data["files"] or []
         if not files:
             raise _http(422, json.dumps({"error": "No files to move or rename were provided."}))
         for item in files:
-            src = safe(server, data.get("root", ""), item.get("from", ""))
-            dst = safe(server, data.get("root", ""), item.get("to", ""))
+            src = safe(server, data["root"], item["from"])
+            dst = safe(server, data["root"], item["to"])
             if not os.path.lexists(src):
                 continue
             if os.path.lexists(dst):
@@ -1722,8 +1750,8 @@ def add_file_routes(wings: WingsStandin, app: web.Application) -> None:
         # postServerCopyFile -> filesystem.Copy: "name copy.ext", "name copy 1.ext", ...
         server = request.match_info["server"]
         wings._known(request)
-        data = await body_of(request)
-        src = safe(server, data.get("location", ""))
+        data = await body_of(request, {"location": "string"})
+        src = safe(server, data["location"])
         if not src.is_file() or src.is_symlink():
             raise _http(404, json.dumps({"error": _FS_NOT_FOUND}))
         ext = os.path.splitext(src.name)[1] if "." in src.name[1:] else ""
@@ -1743,10 +1771,10 @@ def add_file_routes(wings: WingsStandin, app: web.Application) -> None:
         async def handler(request: web.Request) -> web.Response:
             server = request.match_info["server"]
             wings._known(request)
-            data = await body_of(request)
+            data = await body_of(request, WRITER_FIELDS[kind])
             root = data.get("root", "")
             if kind == "delete":
-                for f in data.get("files") or []:
+                for f in data["files"] or []:
                     p = safe(server, root, f)
                     if p.is_dir() and not p.is_symlink():
                         import shutil
@@ -1755,18 +1783,18 @@ def add_file_routes(wings: WingsStandin, app: web.Application) -> None:
                     elif os.path.lexists(p):
                         p.unlink()
             elif kind == "create-directory":
-                safe(server, data.get("path", ""), data.get("name", "")).mkdir(parents=True)
+                safe(server, data["path"], data["name"]).mkdir(parents=True)
             elif kind == "chmod":
-                for f in data.get("files") or []:
+                for f in data["files"] or []:
                     safe(server, root, f["file"]).chmod(int(f["mode"], 8))
             elif kind == "compress":
                 out = safe(server, root, f"archive-{int(time.time())}.tar.gz")
                 with tarfile.open(out, "w:gz") as tar:
-                    for f in data.get("files") or []:
+                    for f in data["files"] or []:
                         tar.add(safe(server, root, f), arcname=f)
                 return web.json_response({"name": out.name})
             elif kind == "decompress":
-                src = safe(server, root, data.get("file", ""))
+                src = safe(server, root, data["file"])
                 with tarfile.open(src, "r:*") as tar:
                     tar.extractall(safe(server, root), filter="data")
             return web.Response(status=204)
