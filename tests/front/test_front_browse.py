@@ -8,6 +8,7 @@ Each store is one entry of ``STORES``: a function that backs a server up into it
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -620,6 +621,29 @@ async def test_writes_into_the_folder_spelled_as_go_reads_them_are_refused(
         assert reached_wings(wings, server, route) == [], route
     assert not (node.data / server / ".backups").exists()
 
+
+
+async def test_wings_is_sent_the_body_as_it_was_judged(start_front, panel, node, wings):
+    """A body judged here (does it touch the folder?) reaches Wings as it was read: the
+    fields as Go assigned them (a key in other case, the last of a duplicate), written again
+    without what Go never reads (text after the first value), never the bytes as they came,
+    which a reading other than the one judged could take otherwise."""
+    front = await start_front()
+    server = node.server({"a.txt": "a", "b.txt": "b"})
+    wings.server(server)
+    files = f"/api/servers/{server}/files"
+    rename = (b'{"root":"/.backups","Root":"/","files":[{"FROM":"a.txt","to":"c.txt"}]}'
+              b' and text Go never reads')
+    delete = b'{"root":"/","files":["b.txt"],"FILES":["b.txt"]}'
+    for method, route, raw in (("PUT", "rename", rename), ("POST", "delete", delete)):
+        async with front.request(method, f"{files}/{route}", data=raw,
+                                 headers={**auth(), "Content-Type": "application/json"}) as r:
+            assert r.status == 204, await r.text()
+    (sent,) = reached_wings(wings, server, "rename")
+    assert json.loads(sent.raw) == {"root": "/", "files": [{"from": "a.txt", "to": "c.txt"}]}
+    (sent,) = reached_wings(wings, server, "delete")
+    assert json.loads(sent.raw) == {"root": "/", "files": ["b.txt"]}
+    assert sorted(os.listdir(node.data / server)) == ["c.txt"]
 
 async def test_a_move_to_a_bad_name_gets_a_specific_answer(start_front, panel, node, wings):
     """A name with a NUL byte or longer than a file name can be: 400 (Wings' "file name is

@@ -273,6 +273,17 @@ async def _judged(request: web.Request) -> tuple[bytes | None, dict[str, Any] | 
     return body, data
 
 
+async def _onward(
+    request: web.Request, body: bytes | None, data: dict[str, Any] | None
+) -> web.StreamResponse:
+    """To Wings: what was judged here (``data``, the body as Wings reads it) written again,
+    so that no reading of the bytes Wings might make can differ from the one judged; a body
+    to be refused unread (None) goes as it came."""
+    if body is None or data is None:
+        return await forward(request, body)
+    return await forward(request, json.dumps(data).encode(), rewritten=True)
+
+
 # -- the backups ----------------------------------------------------------------------------------
 
 
@@ -551,7 +562,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
     body, data = await _judged(request)
     files = data.get("files") if data is not None else None
     if body is None or not isinstance(files, list):
-        return await forward(request, body)
+        return await _onward(request, body, data)
     root = data.get("root") if isinstance(data.get("root"), str) else ""  # type: ignore[union-attr]
     ours, theirs = [], []
     for item in files:
@@ -562,7 +573,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
             return _error(403, READ_ONLY.format(folder_name(request)))
         (ours if _inside(request, src) is not None else theirs).append((item, src, dst))
     if not ours:
-        return await forward(request, body)
+        return await _onward(request, body, data)
     await _authorized(request)
     if request.app[JOBS].is_restoring(server):
         return _error(409, RESTORING)
@@ -603,7 +614,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
                      to="/".join(dst), files=done.files, folders=done.folders)
     if theirs:
         rest = {**data, "files": [item for item, _s, _d in theirs]}  # type: ignore[dict-item]
-        return await forward(request, json.dumps(rest).encode(), rewritten=True)
+        return await _onward(request, body, rest)
     return web.Response(status=204)
 
 
@@ -630,7 +641,7 @@ async def copy(request: web.Request) -> web.StreamResponse:
     parts = clean(location) if isinstance(location, str) else []
     place = _inside(request, parts)
     if body is None or place is None:
-        return await forward(request, body)
+        return await _onward(request, body, data)
     await _authorized(request)
     if place.backup is None or not place.path:
         return _error(404, NOT_FOUND)
@@ -724,7 +735,7 @@ def _refusing(route: str) -> Callable[[web.Request], Any]:
             return _error(403, READ_ONLY.format(folder_name(request)))
         body, data = await _judged(request)
         if body is None or not _touches(request, _targets(route, {}, data)):
-            return await forward(request, body)
+            return await _onward(request, body, data)
         await _authorized(request)
         log.info("browse_write_refused", server=server, route=route)
         return _error(403, READ_ONLY.format(folder_name(request)))
