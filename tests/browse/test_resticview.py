@@ -109,3 +109,20 @@ def test_closing_a_read_early_stops_restic_dump(snapshot: tuple[ResticStore, Pat
         assert len(f.read(4096)) == 4096
         assert _children(os.getpid(), "dump")
     assert _children(os.getpid(), "dump") == []
+
+
+def test_a_folder_restored_from_a_snapshot_keeps_its_symlinks(
+    snapshot: tuple[ResticStore, Path, str], tmp_path: Path
+) -> None:
+    """A folder's listing gives its links their targets, as ``stat`` and ``walk`` do: a
+    folder restored (a Move) holds its links, not a copy without them."""
+    from wingsbak.browse.restore import restore_path
+
+    store, _root, snap = snapshot
+    view = ResticView(store, snap)
+    assert {e.name: e.linkname for e in view.listdir("")}["link"] == "server.properties"
+    dest = tmp_path / "server"
+    dest.mkdir()
+    restore_path(view, "", dest, ["whole"], owner=None)
+    assert os.readlink(dest / "whole" / "link") == "server.properties"
+    assert (dest / "whole" / "world" / "level.dat").read_bytes() == b"\x0a" * 1000

@@ -194,7 +194,7 @@ class ResticView:
         entry = self._stat(path)
         if entry.kind != "dir":
             raise NotADirectory(path)
-        return list(self._children.get(entry.path, []))
+        return self._with_targets(list(self._children.get(entry.path, [])))
 
     def walk(self, path: str) -> Iterator[Entry]:
         yield from self._with_targets(list(self._below(self._stat(path))))
