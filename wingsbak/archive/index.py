@@ -145,6 +145,7 @@ class FileSource:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._fd = -1  # until it is open: nothing for close (and __del__) to close
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         st = os.fstat(self._fd)
         self._size = st.st_size

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from wingsbak.browse.model import BackupFolder, BackupView, Browsable
+from wingsbak.errors import describe
 from wingsbak.log import get_logger
 
 log = get_logger(__name__)
@@ -85,7 +86,9 @@ class Catalog:
             view = item.open()
         except Exception as exc:
             log.warning("browse_unopenable", backup=folder.uuid, error=str(exc))
-            raise Unopenable(f"the backup {folder.uuid} cannot be opened: {exc}") from exc
+            # Said to the file manager: the error's own words, never the node's paths.
+            reason = describe(exc, one_line=True)
+            raise Unopenable(f"the backup {folder.uuid} cannot be opened: {reason}") from exc
         with self._lock:
             self._views[key] = view
             while len(self._views) > OPEN_VIEWS:
