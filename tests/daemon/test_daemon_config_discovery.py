@@ -83,7 +83,12 @@ async def test_the_daemon_finds_its_file_on_either_panels_node(
 
         async with aiohttp.ClientSession() as s:
             await wait_until(lambda: answers(s), f"the daemon to serve /etc/{chosen}'s file", 20)
-        assert f"/etc/{chosen}/config.yml" in log_path.read_text()
+        # The line naming the file comes once the listener is up, perhaps after an answer.
+        await wait_until(
+            lambda: f"/etc/{chosen}/config.yml" in log_path.read_text(),
+            f"the log to name /etc/{chosen}/config.yml",
+            20,
+        )
     finally:
         proc.kill()
         proc.wait()
