@@ -33,6 +33,7 @@ LIVE = {
     "world/region/r.0.0.mca": b"\x00region" * 1000,
     "data.tar.gz": b"not really gzip",
 }
+NO_SPACE_TEXT = "There is not enough disk space available to perform that action."
 FOLDER = re.compile(r"^\d{4}-\d\d-\d\d_\d{4}_(?P<uuid>[0-9a-f-]{36})$")
 GO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)$")
 
@@ -460,6 +461,28 @@ async def test_restores_keep_within_the_servers_disk_limit(start_front, panel, n
     assert [p for p in os.listdir(root) if p.startswith(".wingsbak")] == []
 
 
+
+
+async def test_one_move_of_several_paths_counts_each_against_the_disk_limit(
+    start_front, panel, node, wings
+):
+    """The file manager moves several selected paths in one request: each is held to the
+    room the ones before it left (the root measured once, then counted on)."""
+    front = await start_front()
+    big = os.urandom(400 * 1024)
+    server = node.server({"big.bin": big})
+    wings.server(server, disk_space=1)  # MiB: the live file and one restored copy fit
+    backup = new_uuid()
+    assert (await front.post_backup(server, backup))[0] == 202
+    assert (await panel.wait_report(backup, timeout=60)).json["successful"] is True
+    (folder,) = [item["name"] for item in await ls(front, server, "/.backups")]
+    pairs = [{"from": f".backups/{folder}/big.bin", "to": name} for name in ("a.bin", "b.bin")]
+    status, body = await call(
+        front, "PUT", f"/api/servers/{server}/files/rename", json={"root": "/", "files": pairs}
+    )
+    assert status == 400 and body["error"] == NO_SPACE_TEXT, body
+    root = node.data / server
+    assert (root / "a.bin").read_bytes() == big and not (root / "b.bin").exists()
 
 async def test_two_moves_at_once_keep_within_the_disk_limit_together(
     start_front, panel, node, wings, monkeypatch

@@ -514,28 +514,34 @@ def _deny(details: dict[str, Any], *paths: list[str]) -> None:
                 raise _Answer(_error(403, DENYLISTED))
 
 
-async def _room(
-    request: web.Request,
-    server: str,
-    details: dict[str, Any],
-    view: BackupView,
-    source: str,
-    freed: list[str] | None,
-) -> None:
-    """A restore fits the server's disk limit as Wings' own writes must (filesystem.go Copy,
-    HasSpaceFor; ufs/fs_quota.go CanFit: -1 no writes, 0 no limit); ``freed``: the live
-    path it replaces. Wings' usage figure is cached for minutes, so the root is measured."""
-    limit = _configured(details, "build", "disk_space")
-    if not isinstance(limit, int) or limit == 0:
-        return
-    root = request.app[JOBS].server_root(server)
+class _Room:
+    """The server's disk limit against what one request's restores write, as Wings' own
+    writes must fit it (filesystem.go Copy, HasSpaceFor; ufs/fs_quota.go CanFit: -1 no
+    writes, 0 no limit). Wings' usage figure is cached for minutes, so the root is measured,
+    once per request, then kept up to date with what each restore writes and frees."""
 
-    def measure() -> int:
-        used = size_on_disk(root, []) - (size_on_disk(root, freed) if freed else 0)
-        return used + size_to_restore(view, source)
+    def __init__(self, request: web.Request, server: str, details: dict[str, Any]) -> None:
+        self.limit = _configured(details, "build", "disk_space")
+        self.root = request.app[JOBS].server_root(server)
+        self.used: int | None = None
 
-    if limit < 0 or await _run(measure) > limit * 1024 * 1024:
-        raise _Answer(_error(400, NO_SPACE))
+    async def claim(self, view: BackupView, source: str, freed: list[str] | None) -> None:
+        """Room for ``source`` of the backup, replacing the live path ``freed``; else 400."""
+        limit = self.limit
+        if not isinstance(limit, int) or limit == 0:
+            return
+        if limit < 0:
+            raise _Answer(_error(400, NO_SPACE))
+
+        def measure() -> int:
+            used = self.used if self.used is not None else size_on_disk(self.root, [])
+            gone = size_on_disk(self.root, freed) if freed else 0
+            return used - gone + size_to_restore(view, source)
+
+        after = await _run(measure)
+        if after > limit * 1024 * 1024:
+            raise _Answer(_error(400, NO_SPACE))
+        self.used = after
 
 
 def _write_refused(exc: OSError) -> web.Response:
@@ -581,6 +587,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
     async with request.app[JOBS].restoring_paths(server):
         await failpoint.reached("browse-restore-started")
         details = await _details(request, server)
+        room = _Room(request, server, details)
         for _item, src, dst in ours:
             place = Place(src)
             if place.backup is None or not dst:
@@ -594,7 +601,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
             except _Answer:
                 log.warning("browse_restore_not_found", server=server, path="/".join(src))
                 continue  # putServerRenameFiles: a source that does not exist is no error
-            await _room(request, server, details, view, place.path, dst)
+            await room.claim(view, place.path, dst)
             dest = request.app[JOBS].server_root(server)
             try:
                 done = await _run(
@@ -680,7 +687,7 @@ async def copy(request: web.Request) -> web.StreamResponse:
         # One at a time per server (the room measured is the room written into); a full
         # restore waits (409) meanwhile.
         async with request.app[JOBS].restoring_paths(server):
-            await _room(request, server, details, view, entry.path, None)
+            await _Room(request, server, details).claim(view, entry.path, None)
             name = await _run(run)
     except OSError as exc:
         return _write_refused(exc)
